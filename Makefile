@@ -1,0 +1,40 @@
+# Two entry points for a newcomer: `make demo` (the station on simulated devices) and `make test`.
+# Everything else here is what those two need, plus checks CI runs.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test check lint vermin system-deps soak clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[runtime,train,dev]'
+	touch $@
+
+# System packages the tests talk to for real (a Mosquitto broker; systemd-analyze for the unit checks).
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; }
+	@command -v systemd-analyze >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd; }
+
+demo: $(STAMP) system-deps
+	$(BIN)/isic-station demo
+
+test: $(STAMP) system-deps
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check firmware_py drivers models_om tests
+
+# The code that runs on the board must run on Python 3.8.
+vermin: $(STAMP)
+	$(BIN)/vermin --no-tips --violations --eval-annotations -t=3.8- firmware_py drivers
+
+check: lint vermin
+
+soak: $(STAMP) system-deps
+	$(BIN)/python -m pytest -m soak -s
+
+clean:
+	rm -rf $(VENV) build *.egg-info

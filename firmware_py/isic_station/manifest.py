@@ -1,0 +1,146 @@
+"""The model manifest: what the runtime feeds ISiC-Net and how it reads the outputs.
+
+Training writes it (`isic-model export`), the runtime reads it through `load_manifest`; nothing
+about inputs, shapes, the wavelength grid, preprocessing or labels is written twice by hand.
+Its schema is `schemas/manifest.schema.json`.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from isic_station.errors import ModelError
+from isic_station.schemas import validation_errors
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output as the manifest declares it."""
+
+    name: str
+    shape: Tuple[int, ...]
+    dtype: str
+    meaning: str = ""
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph (bimodal or signal-only) and its files beside the manifest."""
+
+    key: str
+    onnx_path: Path
+    om_path: Optional[Path]
+    sha256: str
+    inputs: Tuple[TensorSpec, ...]
+    outputs: Tuple[TensorSpec, ...]
+
+    def output(self, name: str) -> TensorSpec:
+        """The output called `name` (ModelError when the graph has none)."""
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise ModelError(f"graph '{self.key}' has no output '{name}' (has {[o.name for o in self.outputs]})")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest; `raw` keeps the document for the fields only some readers need."""
+
+    path: Path
+    raw: Dict[str, Any]
+    fibres: Tuple[str, ...]
+    blend_classes: Tuple[str, ...]
+    graphs: Dict[str, GraphSpec]
+
+    @property
+    def name(self) -> str:
+        return str(self.raw["model"]["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.raw["model"]["version"])
+
+    @property
+    def spectrum(self) -> Dict[str, Any]:
+        return self.raw["spectrum"]
+
+    @property
+    def image(self) -> Dict[str, Any]:
+        return self.raw["image"]
+
+    @property
+    def wavelengths_nm(self) -> List[float]:
+        return list(self.raw["spectrum"]["wavelengths_nm"])
+
+
+def _tensor(doc: Dict[str, Any]) -> TensorSpec:
+    return TensorSpec(doc["name"], tuple(int(d) for d in doc["shape"]), doc["dtype"], doc.get("meaning", ""))
+
+
+def _graph(key: str, doc: Dict[str, Any], folder: Path) -> GraphSpec:
+    om = doc.get("om")
+    return GraphSpec(
+        key=key,
+        onnx_path=folder / doc["onnx"],
+        om_path=(folder / om) if om else None,
+        sha256=doc["sha256"],
+        inputs=tuple(_tensor(t) for t in doc["inputs"]),
+        outputs=tuple(_tensor(t) for t in doc["outputs"]),
+    )
+
+
+def _consistency_problems(raw: Dict[str, Any]) -> List[str]:
+    """Cross-field checks the JSON Schema cannot express."""
+    problems = []
+    spectrum = raw["spectrum"]
+    n_points = len(spectrum["wavelengths_nm"])
+    for key in ("mean", "std"):
+        if len(spectrum[key]) != n_points:
+            problems.append(f"spectrum.{key} has {len(spectrum[key])} values, wavelengths_nm has {n_points}")
+    fibres = set(raw["fibres"])
+    for label in raw["blend_classes"]:
+        unknown = [f for f in label.split("/") if f not in fibres]
+        if unknown:
+            problems.append(f"blend class '{label}' names fibres not in 'fibres': {unknown}")
+    return problems
+
+
+def load_manifest(path: Union[str, Path]) -> Manifest:
+    """Read and validate a manifest; ModelError names the file and every problem found."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"model manifest not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model manifest {path} cannot be read: {exc}") from None
+    problems = validation_errors(raw, "manifest")
+    if not problems:
+        problems = _consistency_problems(raw)
+    if problems:
+        raise ModelError(f"model manifest {path} is invalid: " + "; ".join(problems))
+    graphs = {key: _graph(key, doc, path.parent) for key, doc in raw["graphs"].items()}
+    return Manifest(path, raw, tuple(raw["fibres"]), tuple(raw["blend_classes"]), graphs)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks (models can be larger than we want in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_graph_file(graph: GraphSpec) -> None:
+    """ModelError unless the graph's .onnx exists and matches the manifest's sha256."""
+    if not graph.onnx_path.is_file():
+        raise ModelError(f"model file missing: {graph.onnx_path} (graph '{graph.key}')")
+    actual = file_sha256(graph.onnx_path)
+    if actual != graph.sha256:
+        raise ModelError(
+            f"model file {graph.onnx_path} is corrupt or replaced: sha256 {actual[:12]}… "
+            f"but the manifest expects {graph.sha256[:12]}…"
+        )

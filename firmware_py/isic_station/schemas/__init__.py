@@ -1,0 +1,30 @@
+"""JSON Schemas kept in the repo: the model manifest, the config, result and command payloads.
+
+They are the single source of truth for those contracts: the runtime validates against them,
+the tests validate every payload against them, and the README tables are generated from them.
+"""
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict
+
+SCHEMA_DIR = Path(__file__).resolve().parent
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> Dict[str, Any]:
+    """The schema `<name>.schema.json` from this folder."""
+    with open(SCHEMA_DIR / f"{name}.schema.json", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def validation_errors(document: Any, name: str) -> list:
+    """Every violation of schema `name` in `document`, each as 'path: message' (empty when valid)."""
+    import jsonschema
+
+    schema = load_schema(name)
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator = validator_cls(schema)
+    errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
+    return [f"{'.'.join(str(p) for p in e.absolute_path) or '<top>'}: {e.message}" for e in errors]

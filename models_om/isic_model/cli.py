@@ -1,0 +1,26 @@
+"""`isic-model`: data, training, evaluation, export (the training extra; never on the board)."""
+
+import sys
+from typing import List, Optional
+
+from isic_model import __version__
+from isic_station.command_line import build_parser, run
+
+# One module per concern; each registers its own sub-commands.
+COMMAND_MODULES = (
+)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point of the `isic-model` console command."""
+    parser = build_parser(
+        "isic-model",
+        "ISiC-Net model work: generate virtual-lab data, train, evaluate against PLS/SVM, export to ONNX and .om.",
+        __version__,
+        COMMAND_MODULES,
+    )
+    return run(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
