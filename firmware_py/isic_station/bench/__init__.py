@@ -1,0 +1,20 @@
+"""`isic-station bench ...`: benchmark commands that print measured figures (text, or one JSON object).
+
+Speed and memory targets are checked by these commands, not by timed tests: the machines that
+run the tests are shared and noisy. Each module in BENCH_MODULES registers one `bench` sub-command.
+"""
+
+import argparse
+import importlib
+
+BENCH_MODULES = (
+)
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    """Add `bench` and its sub-commands."""
+    parser = subparsers.add_parser("bench", help="measure speed and memory (prints figures; --json for one object)")
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH")
+    sub.required = True
+    for name in BENCH_MODULES:
+        importlib.import_module(name).register(sub)
