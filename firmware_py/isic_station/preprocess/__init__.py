@@ -1,0 +1,1 @@
+"""Model-input preprocessing shared by training and both inference backends (numpy/OpenCV only)."""
