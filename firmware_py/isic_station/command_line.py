@@ -15,7 +15,9 @@ from typing import Iterable, List, Optional
 from isic_station.errors import StationError
 
 
-def build_parser(prog: str, description: str, version: str, modules: Iterable[str]) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str, description: str, version: str, modules: Iterable[str]
+) -> argparse.ArgumentParser:
     """The whole command tree, assembled from the modules that own each sub-command."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version}")

@@ -15,7 +15,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `isic-model` console command."""
     parser = build_parser(
         "isic-model",
-        "ISiC-Net model work: generate virtual-lab data, train, evaluate against PLS/SVM, export to ONNX and .om.",
+        "ISiC-Net model work: generate virtual-lab data, train, evaluate against PLS/SVM, "
+        "export to ONNX and .om.",
         __version__,
         COMMAND_MODULES,
     )

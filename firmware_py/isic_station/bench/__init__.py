@@ -13,7 +13,9 @@ BENCH_MODULES = (
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
     """Add `bench` and its sub-commands."""
-    parser = subparsers.add_parser("bench", help="measure speed and memory (prints figures; --json for one object)")
+    parser = subparsers.add_parser(
+        "bench", help="measure speed and memory (prints figures; --json for one object)"
+    )
     sub = parser.add_subparsers(dest="bench", metavar="BENCH")
     sub.required = True
     for name in BENCH_MODULES:
