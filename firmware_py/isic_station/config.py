@@ -1,0 +1,351 @@
+"""The station's configuration: a TOML file, validated against `schemas/config.schema.json`.
+
+The schema is the single source of truth: it validates the file, supplies every default, and
+generates the reference table in `config/README.md` (`python -m isic_station.config --update
+config/README.md`; a test fails when the two differ). Errors a technician must fix raise
+`ConfigError` (exit 78, so systemd does not restart-loop) naming the key, the value and what is
+expected. The broker password never sits in the file: it comes from an environment variable or
+a systemd credential (`LoadCredential=` -> `$CREDENTIALS_DIRECTORY/<name>`) and is read only
+when the MQTT link connects, so it is never part of a logged or printed config.
+"""
+
+import argparse
+import copy
+import os
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from isic_station.errors import ConfigError
+from isic_station.schemas import load_schema, validation_errors
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on the board's Python 3.8
+    import tomli as tomllib
+
+SCHEMA_NAME = "config"
+STATE_DIRECTORY_DEFAULT = "$STATE_DIRECTORY"
+
+
+@dataclass(frozen=True)
+class StationSection:
+    """Who the station is and where it keeps its state."""
+
+    id: str
+    prefix: str
+    log_level: str
+    state_dir: Path
+    lot: str
+
+
+@dataclass(frozen=True)
+class ModeSection:
+    """How measurements are started: on a timer (continuous) or on command (triggered)."""
+
+    kind: str
+    interval_s: float
+
+
+@dataclass(frozen=True)
+class SpectrometerSection:
+    """The OBP spectrometer on a serial port."""
+
+    port: str
+    baud: int
+    timeout_s: float
+    integration_us: int
+    coadd: int
+
+
+@dataclass(frozen=True)
+class CameraSection:
+    """The microscope camera; an empty `source` means signal-only measurements."""
+
+    source: str
+    width: int
+    height: int
+    fps: float
+    um_per_px: float
+    frames_per_measurement: int
+
+
+@dataclass(frozen=True)
+class QualitySection:
+    """Thresholds of the frame quality gate and the spectrum signal check."""
+
+    min_focus: float
+    max_saturated_fraction: float
+    min_fibre_fraction: float
+    min_signal_fraction: float
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Which model manifest to load and on which backend."""
+
+    manifest: Optional[Path]
+    backend: str
+    threads: int
+    device_id: int
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    """Broker address, TLS and credentials (the password itself is read by `mqtt_password`)."""
+
+    host: str
+    port: int
+    tls: bool
+    ca_file: Optional[Path]
+    cert_file: Optional[Path]
+    key_file: Optional[Path]
+    username: str
+    password_env: str
+    password_credential: str
+    client_id: str
+    keepalive_s: int
+    discovery: bool
+    discovery_prefix: str
+
+
+@dataclass(frozen=True)
+class OutboxSection:
+    """The durable SQLite outbox and its disk quota."""
+
+    path: Path
+    quota_mb: float
+
+
+@dataclass(frozen=True)
+class CalibrationSection:
+    """Where dark/white references live and when they go stale."""
+
+    dir: Path
+    max_age_h: float
+
+
+@dataclass(frozen=True)
+class HealthSection:
+    """How often the health document is published."""
+
+    interval_s: float
+
+
+@dataclass(frozen=True)
+class PipelineSection:
+    """Sizes of the pipeline's bounded queues."""
+
+    queue_size: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration with every default filled in and every path resolved."""
+
+    source: Optional[Path]
+    station: StationSection
+    mode: ModeSection
+    spectrometer: SpectrometerSection
+    camera: CameraSection
+    quality: QualitySection
+    model: ModelSection
+    mqtt: MqttSection
+    outbox: OutboxSection
+    calibration: CalibrationSection
+    health: HealthSection
+    pipeline: PipelineSection
+
+    @property
+    def topic_base(self) -> str:
+        """`<prefix>/<station id>`, the root of every topic of this station."""
+        return f"{self.station.prefix}/{self.station.id}"
+
+
+SECTION_TYPES = {f.name: f.type for f in fields(Config) if f.name != "source"}
+
+
+def load_config(path: Union[str, Path]) -> Config:
+    """Read, validate and resolve the TOML file at `path` (ConfigError naming what is wrong)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            document = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (give an existing TOML file with --config)") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return config_from_document(document, base_dir=path.resolve().parent, source=path)
+
+
+def config_from_document(document: Dict[str, Any], base_dir: Path, source: Optional[Path] = None) -> Config:
+    """Validate a parsed config document and build the `Config` (paths relative to `base_dir`)."""
+    where = f"config file {source}" if source else "config"
+    problems = validation_errors(document, SCHEMA_NAME)
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(_explain(p, document) for p in problems))
+    full = with_defaults(document)
+    station = dict(full["station"])
+    station["state_dir"] = _state_dir(station["state_dir"], base_dir)
+    state_dir = station["state_dir"]
+    sections: Dict[str, Any] = {"station": StationSection(**station)}
+    model = dict(full["model"])
+    model["manifest"] = _path(model["manifest"], base_dir)
+    sections["model"] = ModelSection(**model)
+    mqtt = dict(full["mqtt"])
+    for key in ("ca_file", "cert_file", "key_file"):
+        mqtt[key] = _path(mqtt[key], base_dir)
+    sections["mqtt"] = MqttSection(**mqtt)
+    outbox = dict(full["outbox"])
+    outbox["path"] = _path(outbox["path"], state_dir)
+    sections["outbox"] = OutboxSection(**outbox)
+    calibration = dict(full["calibration"])
+    calibration["dir"] = _path(calibration["dir"], state_dir)
+    sections["calibration"] = CalibrationSection(**calibration)
+    for name in ("mode", "spectrometer", "camera", "quality", "health", "pipeline"):
+        sections[name] = SECTION_TYPES[name](**full[name])
+    config = Config(source=source, **sections)
+    _check_consistency(config, where)
+    return config
+
+
+def with_defaults(document: Dict[str, Any]) -> Dict[str, Any]:
+    """A copy of `document` with every section and key the schema gives a default for."""
+    full = copy.deepcopy(document)
+    for section, spec in load_schema(SCHEMA_NAME)["properties"].items():
+        values = full.setdefault(section, {})
+        for key, prop in spec["properties"].items():
+            if "default" in prop:
+                values.setdefault(key, prop["default"])
+    return full
+
+
+def mqtt_password(mqtt: MqttSection, environ: Optional[Dict[str, str]] = None) -> Optional[str]:
+    """The broker password from the environment or a systemd credential; None when none is configured.
+
+    Read at connect time only, never stored in the Config and never logged.
+    """
+    environ = os.environ if environ is None else environ
+    if mqtt.password_env:
+        if mqtt.password_env not in environ:
+            raise ConfigError(f"mqtt.password_env = '{mqtt.password_env}': that environment variable is not set "
+                              f"(set it, or use mqtt.password_credential with systemd's LoadCredential=)")
+        return environ[mqtt.password_env]
+    if mqtt.password_credential:
+        directory = environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ConfigError(f"mqtt.password_credential = '{mqtt.password_credential}' but $CREDENTIALS_DIRECTORY is "
+                              f"not set (run under systemd with LoadCredential={mqtt.password_credential}:FILE)")
+        cred = Path(directory) / mqtt.password_credential
+        try:
+            return cred.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"mqtt.password_credential = '{mqtt.password_credential}': cannot read {cred}: "
+                              f"{exc.strerror}") from None
+    return None
+
+
+def _explain(problem: str, document: Dict[str, Any]) -> str:
+    """Add the key's description from the schema to a 'key: message' violation, so it says what is expected."""
+    key, _, message = problem.partition(": ")
+    prop = _schema_property(key.split(".")) if key != "<top>" else None
+    if prop and prop.get("description"):
+        return f"key {key}: {message} (expected: {prop['description']})"
+    if "Additional properties" in message:
+        section = load_schema(SCHEMA_NAME)["properties"].get(key, {}) if key != "<top>" else load_schema(SCHEMA_NAME)
+        allowed = ", ".join(sorted(section.get("properties", {})))
+        return f"{'key ' + key if key != '<top>' else 'top level'}: {message} (allowed: {allowed})"
+    return f"key {key}: {message}"
+
+
+def _schema_property(path: List[str]) -> Optional[Dict[str, Any]]:
+    node: Optional[Dict[str, Any]] = load_schema(SCHEMA_NAME)
+    for part in path:
+        node = (node or {}).get("properties", {}).get(part)
+        if node is None:
+            return None
+    return node
+
+
+def _state_dir(value: str, base_dir: Path) -> Path:
+    if value == STATE_DIRECTORY_DEFAULT:
+        from_systemd = os.environ.get("STATE_DIRECTORY", "")
+        # systemd passes one path per StateDirectory= entry, colon-separated; the first is ours.
+        return Path(from_systemd.split(":")[0]) if from_systemd else base_dir / "state"
+    return _path(value, base_dir) or base_dir
+
+
+def _path(value: str, base: Path) -> Optional[Path]:
+    if not value:
+        return None
+    path = Path(os.path.expandvars(os.path.expanduser(value)))
+    return path if path.is_absolute() else base / path
+
+
+def _check_consistency(config: Config, where: str) -> None:
+    """Rules that span keys, which the schema cannot say."""
+    mqtt = config.mqtt
+    if mqtt.password_env and mqtt.password_credential:
+        raise ConfigError(f"{where}: keys mqtt.password_env ('{mqtt.password_env}') and mqtt.password_credential "
+                          f"('{mqtt.password_credential}') are both set (expected: one source for the password)")
+    if (mqtt.password_env or mqtt.password_credential) and not mqtt.username:
+        raise ConfigError(f"{where}: a broker password is configured but key mqtt.username is empty "
+                          f"(expected: the user name that goes with the password)")
+    if bool(mqtt.cert_file) != bool(mqtt.key_file):
+        raise ConfigError(f"{where}: keys mqtt.cert_file and mqtt.key_file must be given together "
+                          f"(cert_file={mqtt.cert_file}, key_file={mqtt.key_file})")
+    if (mqtt.ca_file or mqtt.cert_file) and not mqtt.tls:
+        raise ConfigError(f"{where}: TLS files are set but key mqtt.tls is false (expected: tls = true)")
+
+
+def reference_markdown() -> str:
+    """The config reference table (one row per key), generated from the schema."""
+    schema = load_schema(SCHEMA_NAME)
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for section, spec in schema["properties"].items():
+        for key, prop in spec["properties"].items():
+            kind = " \\| ".join(f"`{v}`" for v in prop["enum"]) if "enum" in prop else prop.get("type", "")
+            required = key in spec.get("required", [])
+            default = "required" if required else f"`{_toml_value(prop.get('default'))}`"
+            lines.append(f"| `{section}.{key}` | {kind} | {default} | {prop.get('description', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+REFERENCE_BEGIN = "<!-- config reference: generated by `python -m isic_station.config --update config/README.md` -->"
+REFERENCE_END = "<!-- end of config reference -->"
+
+
+def replace_reference(text: str) -> str:
+    """`text` (a README) with the part between the reference markers regenerated from the schema."""
+    start, end = text.find(REFERENCE_BEGIN), text.find(REFERENCE_END)
+    if start < 0 or end < start:
+        raise ConfigError(f"the README has no '{REFERENCE_BEGIN}' ... '{REFERENCE_END}' block to fill")
+    return text[: start + len(REFERENCE_BEGIN)] + "\n" + reference_markdown() + text[end:]
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Print the config reference table, or rewrite it in place inside a README (`--update FILE`)."""
+    parser = argparse.ArgumentParser(prog="python -m isic_station.config", description=main.__doc__)
+    parser.add_argument("--update", metavar="README", help="rewrite the generated block of this file")
+    args = parser.parse_args(argv)
+    if args.update:
+        target = Path(args.update)
+        target.write_text(replace_reference(target.read_text(encoding="utf-8")), encoding="utf-8")
+    else:
+        sys.stdout.write(reference_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
