@@ -1,0 +1,151 @@
+"""The spectrometer as the station uses it: serial number, wavelength axis, integration time, trigger
+mode, raw and co-added spectra, over OBP on a SerialTransport.
+
+Each request carries a fresh `regarding` number; only the reply that echoes it (and the request's
+message type) is accepted, so a late reply to an earlier, retried request is never mistaken for the
+current one. A request is sent again, up to `retries` times, after a timeout, a lost line, or a
+NACK that says sending again can help (bad checksum, device busy).
+"""
+
+import logging
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from isic_drivers.obp.codec import (
+    DeviceRejected,
+    Flag,
+    Frame,
+    FrameError,
+    InvalidPayload,
+    MessageType,
+    ObpError,
+    device_error,
+    pack_request,
+    unpack_reply,
+)
+from isic_drivers.obp.transport import LinkDown, ReplyTimeout, SerialTransport
+
+log = logging.getLogger(__name__)
+
+
+class ObpSpectrometer:
+    """An OBP spectrometer on a serial transport; every failure is an ObpError (a DeviceError)."""
+
+    def __init__(self, transport: SerialTransport, retries: int = 3, reply_timeout_s: Optional[float] = None) -> None:
+        self.transport = transport
+        self.retries = retries
+        self.reply_timeout_s = transport.read_timeout_s if reply_timeout_s is None else reply_timeout_s
+        self.pixel_count: Optional[int] = None
+        self.retried_requests = 0
+        self.stale_replies = 0
+        self._regarding = int(time.monotonic() * 1000) & 0xFFFFFFFF
+
+    def request(self, message_type: int, payload: bytes = b"", ack: bool = False) -> Frame:
+        """Send one request and return its reply; retries a bounded number of times.
+
+        `ack` asks the instrument to acknowledge a command that returns no data (a setting).
+        """
+        last_error: Optional[ObpError] = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.retried_requests += 1
+                log.info("retrying 0x%08x (attempt %d) after: %s", message_type, attempt + 1, last_error)
+            self._regarding = (self._regarding + 1) & 0xFFFFFFFF
+            frame = Frame(message_type, payload, flags=Flag.ACK_REQUESTED if ack else 0, regarding=self._regarding)
+            try:
+                self.transport.write_frame(frame)
+                reply = self._await_reply(frame)
+            except (ReplyTimeout, LinkDown) as exc:
+                last_error = exc
+                continue
+            error = device_error(reply)
+            if error is None:
+                return reply
+            if not error.retryable:
+                raise error
+            last_error = error
+        if isinstance(last_error, DeviceRejected):
+            raise last_error
+        raise type(last_error)(f"{last_error} (gave up after {self.retries + 1} attempts)")
+
+    def _await_reply(self, request: Frame) -> Frame:
+        deadline = time.monotonic() + self.reply_timeout_s
+        while True:
+            reply = self.transport.read_frame(max(0.0, deadline - time.monotonic()))
+            answers = reply.flags & (Flag.RESPONSE | Flag.ACK | Flag.NACK)
+            if answers and reply.regarding == request.regarding and reply.message_type == request.message_type:
+                return reply
+            self.stale_replies += 1
+            log.debug("ignoring frame 0x%08x regarding %d (waiting for %d)", reply.message_type,
+                      reply.regarding, request.regarding)
+
+    def serial_number(self) -> str:
+        """The instrument's serial number (ASCII)."""
+        payload = self.request(MessageType.GET_SERIAL_NUMBER).payload
+        return payload.split(b"\0", 1)[0].decode("ascii", errors="replace")
+
+    def wavelength_coefficients(self) -> List[float]:
+        """The calibration polynomial c_0..c_n: lambda(i) = sum c_k i**k, in nm."""
+        kind = MessageType.GET_WAVELENGTH_COEFFICIENT_COUNT
+        (count,) = unpack_reply(kind, self.request(kind).payload)
+        kind = MessageType.GET_WAVELENGTH_COEFFICIENT
+        return [
+            float(unpack_reply(kind, self.request(kind, pack_request(kind, index)).payload)[0])
+            for index in range(int(count))
+        ]
+
+    def wavelengths(self, pixel_count: Optional[int] = None) -> np.ndarray:
+        """The wavelength of each pixel in nm (pixel count from one spectrum unless given)."""
+        if pixel_count is None:
+            pixel_count = self.pixel_count if self.pixel_count is not None else len(self.raw_spectrum())
+        pixels = np.arange(pixel_count, dtype=np.float64)
+        return np.polynomial.polynomial.polyval(pixels, np.asarray(self.wavelength_coefficients(), dtype=np.float64))
+
+    def integration_time_us(self) -> int:
+        """The integration time in microseconds."""
+        kind = MessageType.GET_INTEGRATION_TIME
+        return int(unpack_reply(kind, self.request(kind).payload)[0])
+
+    def set_integration_time_us(self, microseconds: int) -> None:
+        """Set the integration time; InvalidPayload (naming the value) when the instrument refuses it."""
+        kind = MessageType.SET_INTEGRATION_TIME
+        if not 0 < microseconds <= 0xFFFFFFFF:
+            raise InvalidPayload(f"integration time {microseconds} us is not a positive 32-bit number")
+        try:
+            self.request(kind, pack_request(kind, int(microseconds)), ack=True)
+        except InvalidPayload as exc:
+            raise InvalidPayload(
+                f"spectrometer refused integration time {microseconds} us: {exc}",
+                exc.error_number, exc.message_type, exc.flags,
+            ) from exc
+
+    def set_trigger_mode(self, mode: int) -> None:
+        """Set the trigger mode (0 = free running; other modes as the instrument defines them)."""
+        kind = MessageType.SET_TRIGGER_MODE
+        self.request(kind, pack_request(kind, mode), ack=True)
+
+    def raw_spectrum(self) -> np.ndarray:
+        """One scan: counts per pixel (uint16, little-endian on the wire)."""
+        payload = self.request(MessageType.GET_RAW_SPECTRUM).payload
+        if len(payload) % 2:
+            raise FrameError(f"raw spectrum of {len(payload)} bytes is not a whole number of uint16 pixels")
+        counts = np.frombuffer(payload, dtype="<u2").astype(np.uint16)
+        self.pixel_count = len(counts)
+        return counts
+
+    def coadd(self, scans: int) -> np.ndarray:
+        """The mean of `scans` raw spectra (float64): noise falls with the square root of `scans`."""
+        if scans < 1:
+            raise ValueError(f"co-adding needs at least one scan, got {scans}")
+        total = self.raw_spectrum().astype(np.float64)
+        for _ in range(scans - 1):
+            total += self.raw_spectrum()
+        return total / scans
+
+    def health(self) -> Dict[str, Any]:
+        """Link and driver counters for the station's health report."""
+        figures = self.transport.health()
+        figures.update(retried_requests=self.retried_requests, stale_replies=self.stale_replies)
+        return figures
