@@ -1,0 +1,105 @@
+"""One measurement in, one fused Prediction out: preprocessing, the right graph, fusion over tiles.
+
+The bimodal graph sees the same spectrum beside each of the B image tiles and answers per tile;
+the station reports the mean over tiles and their spread as the uncertainty. Without usable
+frames the signal-only graph answers alone (uncertainty 0, `signal_only` set), so a failed camera
+degrades the result instead of stopping the station.
+"""
+
+import time
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+from isic_station.inference.base import GRAPH_BIMODAL, GRAPH_SIGNAL_ONLY, Backend, Prediction
+from isic_station.manifest import Manifest
+from isic_station.preprocess.image import build_image_batch
+from isic_station.preprocess.spectrum import preprocess_spectrum
+
+# Tensor names fixed by the manifest contract (ARCHITECTURE.md, "Model manifest").
+INPUT_SPECTRUM = "spectrum"
+INPUT_IMAGE = "image"
+OUTPUT_COMPOSITION = "composition"
+OUTPUT_BLEND_LOGITS = "blend_logits"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by the row maximum so large logits cannot overflow."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _milliseconds(start: float, end: float) -> float:
+    return (end - start) * 1000.0
+
+
+class Predictor:
+    """Joins the manifest's preprocessing, a loaded backend and the fusion over tiles."""
+
+    def __init__(self, manifest: Manifest, backend: Backend) -> None:
+        self.manifest = manifest
+        self.backend = backend
+
+    def predict(
+        self,
+        reflectance: np.ndarray,
+        wavelengths_nm: np.ndarray,
+        frames_bgr: Optional[Sequence[np.ndarray]],
+        camera_um_per_px: float,
+    ) -> Prediction:
+        """The fused result for one measurement; no frames (None or empty) means signal-only.
+
+        `timings_ms` holds `preprocess_ms` (spectrum and image preprocessing) and `infer_ms`.
+        """
+        start = time.perf_counter()
+        spectrum = preprocess_spectrum(reflectance, wavelengths_nm, self.manifest.spectrum)
+        tiles = None
+        if frames_bgr is not None and len(frames_bgr) > 0:
+            tiles = build_image_batch(frames_bgr, camera_um_per_px, self.manifest.image)
+        preprocessed = time.perf_counter()
+        outputs = self.infer(spectrum, tiles)
+        done = time.perf_counter()
+        timings = {"preprocess_ms": _milliseconds(start, preprocessed), "infer_ms": _milliseconds(preprocessed, done)}
+        return self.fuse(outputs, signal_only=tiles is None, timings_ms=timings)
+
+    def predict_preprocessed(self, spectrum: np.ndarray, tiles: Optional[np.ndarray]) -> Prediction:
+        """The fused result from already preprocessed inputs (evaluation builds them itself).
+
+        `spectrum` is float32 [S] from `preprocess_spectrum`, `tiles` float32 [B, C, P, P] from
+        `build_image_batch` or None for signal-only. `timings_ms` holds `infer_ms` only.
+        """
+        start = time.perf_counter()
+        outputs = self.infer(spectrum, tiles)
+        timings = {"infer_ms": _milliseconds(start, time.perf_counter())}
+        return self.fuse(outputs, signal_only=tiles is None, timings_ms=timings)
+
+    def infer(self, spectrum: np.ndarray, tiles: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
+        """The raw graph outputs for one measurement: bimodal with tiles, signal-only without."""
+        spectrum = np.asarray(spectrum, dtype=np.float32)
+        if spectrum.ndim != 1:
+            raise ValueError(f"spectrum must be one preprocessed vector [S], got shape {list(spectrum.shape)}")
+        if tiles is None:
+            return self.backend.run(GRAPH_SIGNAL_ONLY, {INPUT_SPECTRUM: spectrum[None, :]})
+        rows = np.repeat(spectrum[None, :], len(tiles), axis=0)
+        return self.backend.run(GRAPH_BIMODAL, {INPUT_SPECTRUM: rows, INPUT_IMAGE: tiles})
+
+    def fuse(self, outputs: Mapping[str, np.ndarray], signal_only: bool,
+             timings_ms: Optional[Dict[str, float]] = None) -> Prediction:
+        """Average the per-tile rows: composition mean and std per fibre, blend from the mean softmax."""
+        composition = np.asarray(outputs[OUTPUT_COMPOSITION], dtype=np.float64)
+        blend = softmax(np.asarray(outputs[OUTPUT_BLEND_LOGITS], dtype=np.float64)).mean(axis=0)
+        mean = composition.mean(axis=0)
+        spread = np.zeros_like(mean) if signal_only else composition.std(axis=0)
+        best = int(np.argmax(blend))
+        fibres, classes = self.manifest.fibres, self.manifest.blend_classes
+        return Prediction(
+            composition={f: float(v) for f, v in zip(fibres, mean)},
+            uncertainty={f: float(v) for f, v in zip(fibres, spread)},
+            blend=classes[best],
+            blend_probabilities={c: float(p) for c, p in zip(classes, blend)},
+            confidence=float(blend[best]),
+            signal_only=signal_only,
+            backend=self.backend.name,
+            timings_ms=dict(timings_ms or {}),
+        )

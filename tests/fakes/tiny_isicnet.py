@@ -1,0 +1,149 @@
+"""A tiny deterministic stand-in for the shipped ISiC-Net: two ONNX graphs and a schema-valid manifest.
+
+Built with `onnx.helper` (no torch), so the runtime's tests do not depend on a trained model. The
+graphs keep the real contract (input/output names and shapes, composition rows summing to 1,
+per-tile rows that differ with the image) with fixed random weights; the numbers mean nothing.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+FIBRES = ("cotton", "polyester", "wool")
+BLEND_CLASSES = ("cotton", "cotton/polyester", "polyester/wool")
+N_POINTS = 32
+TILE_PX = 16
+TILES = 4
+CHANNELS = 1
+OPSET = 13
+# Placeholder bytes for the .om files: FakeAcl loads the .onnx beside them instead.
+OM_PLACEHOLDER = b"FAKE .om placeholder: tests.fakes.fake_acl runs the .onnx beside this file\n"
+
+
+def model_weights(seed: int) -> Dict[str, np.ndarray]:
+    """The fixed random weights of the tiny graphs (tests recompute the graphs in numpy)."""
+    rng = np.random.default_rng(seed)
+    n_fibres, n_classes, n_pixels = len(FIBRES), len(BLEND_CLASSES), CHANNELS * TILE_PX * TILE_PX
+    return {
+        "w_spec_comp": rng.normal(0, 0.5, (N_POINTS, n_fibres)).astype(np.float32),
+        "w_img_comp": rng.normal(0, 0.1, (n_pixels, n_fibres)).astype(np.float32),
+        "b_comp": rng.normal(0, 0.1, (n_fibres,)).astype(np.float32),
+        "w_spec_blend": rng.normal(0, 0.5, (N_POINTS, n_classes)).astype(np.float32),
+        "w_img_blend": rng.normal(0, 0.1, (n_pixels, n_classes)).astype(np.float32),
+    }
+
+
+def build_graph(bimodal: bool, seed: int = 7) -> Any:
+    """The ONNX ModelProto of the bimodal graph (spectrum + image) or the signal-only one."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = model_weights(seed)
+    batch = TILES if bimodal else 1
+    inputs = [helper.make_tensor_value_info("spectrum", TensorProto.FLOAT, [batch, N_POINTS])]
+    nodes = [
+        helper.make_node("MatMul", ["spectrum", "w_spec_comp"], ["spec_comp"]),
+        helper.make_node("MatMul", ["spectrum", "w_spec_blend"], ["spec_blend"]),
+    ]
+    comp_sum = "spec_comp"
+    used = ["w_spec_comp", "w_spec_blend", "b_comp"]
+    if bimodal:
+        inputs.append(helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, CHANNELS, TILE_PX, TILE_PX]))
+        nodes += [
+            helper.make_node("Flatten", ["image"], ["pixels"], axis=1),
+            helper.make_node("MatMul", ["pixels", "w_img_comp"], ["img_comp"]),
+            helper.make_node("MatMul", ["pixels", "w_img_blend"], ["img_blend"]),
+            helper.make_node("Add", ["spec_comp", "img_comp"], ["both_comp"]),
+            helper.make_node("Add", ["spec_blend", "img_blend"], ["blend_logits"]),
+        ]
+        comp_sum = "both_comp"
+        used += ["w_img_comp", "w_img_blend"]
+    else:
+        nodes.append(helper.make_node("Identity", ["spec_blend"], ["blend_logits"]))
+    nodes += [
+        helper.make_node("Add", [comp_sum, "b_comp"], ["comp_logits"]),
+        helper.make_node("Softmax", ["comp_logits"], ["composition"], axis=-1),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("composition", TensorProto.FLOAT, [batch, len(FIBRES)]),
+        helper.make_tensor_value_info("blend_logits", TensorProto.FLOAT, [batch, len(BLEND_CLASSES)]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_isicnet_bimodal" if bimodal else "tiny_isicnet_signal", inputs, outputs,
+        initializer=[numpy_helper.from_array(weights[name], name) for name in used],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tiny_isicnet")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _tensor(name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
+    return {"name": name, "shape": list(shape), "dtype": "float32"}
+
+
+def manifest_document(shas: Dict[str, str], om: bool, seed: int = 11) -> Dict[str, Any]:
+    """A manifest for the tiny graphs (valid against schemas/manifest.schema.json)."""
+    rng = np.random.default_rng(seed)
+    outputs = [_tensor("composition", (TILES, len(FIBRES))), _tensor("blend_logits", (TILES, len(BLEND_CLASSES)))]
+    signal_outputs = [_tensor("composition", (1, len(FIBRES))), _tensor("blend_logits", (1, len(BLEND_CLASSES)))]
+    bimodal = {
+        "onnx": "isicnet.onnx",
+        "sha256": shas["bimodal"],
+        "inputs": [_tensor("spectrum", (TILES, N_POINTS)), _tensor("image", (TILES, CHANNELS, TILE_PX, TILE_PX))],
+        "outputs": outputs,
+    }
+    signal_only = {
+        "onnx": "isicnet_signal.onnx",
+        "sha256": shas["signal_only"],
+        "inputs": [_tensor("spectrum", (1, N_POINTS))],
+        "outputs": signal_outputs,
+    }
+    if om:
+        bimodal["om"], signal_only["om"] = "isicnet.om", "isicnet_signal.om"
+    return {
+        "manifest_version": 1,
+        "model": {"name": "tiny-isicnet", "version": "0.0.0-test"},
+        "fibres": list(FIBRES),
+        "blend_classes": list(BLEND_CLASSES),
+        "spectrum": {
+            "wavelengths_nm": np.linspace(1000.0, 2500.0, N_POINTS).round(3).tolist(),
+            "reflectance_clip": [1e-4, 1.5],
+            "scatter": "snv",
+            "savgol": {"window": 7, "polyorder": 2, "deriv": 1},
+            "mean": rng.normal(0.0, 0.01, N_POINTS).round(6).tolist(),
+            "std": rng.uniform(0.01, 0.05, N_POINTS).round(6).tolist(),
+        },
+        "image": {"tile_px": TILE_PX, "um_per_px": 1.0, "channels": CHANNELS,
+                  "tiles_per_measurement": TILES, "mean": 0.5, "std": 0.25},
+        "graphs": {"bimodal": bimodal, "signal_only": signal_only},
+    }
+
+
+def write_tiny_model(folder: Path, om: bool = True, seed: Optional[int] = None) -> Path:
+    """Write both graphs, placeholder .om files (when `om`) and manifest.json into `folder`.
+
+    Returns the manifest's path. `seed` changes the weights (same seed, same bytes).
+    """
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shas = {}
+    for key, file_name, bimodal in (("bimodal", "isicnet.onnx", True), ("signal_only", "isicnet_signal.onnx", False)):
+        path = folder / file_name
+        onnx.save(build_graph(bimodal, seed=7 if seed is None else seed), str(path))
+        shas[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+        if om:
+            path.with_suffix(".om").write_bytes(OM_PLACEHOLDER)
+    manifest_path = folder / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest_document(shas, om), indent=1), encoding="utf-8")
+    return manifest_path
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(write_tiny_model(Path(sys.argv[1] if len(sys.argv) > 1 else "tiny-isicnet")))
