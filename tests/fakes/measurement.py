@@ -1,0 +1,35 @@
+"""Synthetic raw inputs of one measurement for the runtime's tests: a NIR reflectance and microscope frames.
+
+Only shape and plausibility matter here (smooth reflectance with absorption bands on an instrument
+axis wider than the model grid; frames with dark fibre strokes); the virtual lab does physics.
+"""
+
+from typing import List, Tuple
+
+import numpy as np
+
+INSTRUMENT_NM = np.linspace(950.0, 2550.0, 301)
+BANDS_NM = (1200.0, 1450.0, 1720.0, 1930.0, 2100.0, 2310.0)
+
+
+def reflectance(rng: np.random.Generator, wavelengths_nm: np.ndarray = INSTRUMENT_NM) -> np.ndarray:
+    """A reflectance curve (0..1) with random band depths, a sloped baseline and a little noise."""
+    slope = rng.uniform(-1e-4, 1e-4) * (wavelengths_nm - wavelengths_nm.mean())
+    absorbance = rng.uniform(0.1, 0.3) + slope
+    for centre in BANDS_NM:
+        width = rng.uniform(15.0, 60.0)
+        absorbance = absorbance + rng.uniform(0.0, 0.4) * np.exp(-0.5 * ((wavelengths_nm - centre) / width) ** 2)
+    return 10.0 ** -absorbance + rng.normal(0.0, 1e-3, wavelengths_nm.shape)
+
+
+def frames(rng: np.random.Generator, count: int = 2, shape: Tuple[int, int] = (64, 80)) -> List[np.ndarray]:
+    """Bright-field BGR frames with a few dark fibre strokes each."""
+    out = []
+    for _ in range(count):
+        frame = np.full(shape + (3,), 210, np.uint8)
+        frame += rng.integers(0, 6, frame.shape, dtype=np.uint8)
+        for _ in range(3):
+            row = int(rng.integers(0, shape[0] - 4))
+            frame[row : row + 4, :] = int(rng.integers(20, 80))
+        out.append(frame)
+    return out
