@@ -95,6 +95,21 @@ class FrameScanner:
             self.stats.frames += 1
             return frame
 
+    def flush(self) -> Optional[Frame]:
+        """The line went idle: no more bytes will complete what is pending.
+
+        An incomplete candidate then was a false start (a truncated frame, a header whose length was
+        hit by noise): drop it one byte at a time and return the first complete frame found in the
+        rest, or None once the buffer is empty.
+        """
+        while self._buffer:
+            frame = self.next_frame()
+            if frame is not None:
+                return frame
+            if self._buffer:
+                self._reject()
+        return None
+
     def _discard(self, count: int) -> None:
         if count > 0:
             del self._buffer[:count]

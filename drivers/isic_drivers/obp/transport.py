@@ -46,7 +46,10 @@ class SerialTransport:
 
     `read_timeout_s` is the default deadline of `read_frame`; `poll_s` is how long one blocking read
     waits in select() (it bounds how late a deadline is noticed, not the CPU use); reopening waits
-    `backoff_initial_s`, doubled after each failure up to `backoff_max_s`.
+    `backoff_initial_s`, doubled after each failure up to `backoff_max_s`. When the line has been
+    silent for `idle_resync_s` with an incomplete frame pending, that frame was cut short (or its
+    length field was hit by noise) and the scanner gives it up instead of waiting for bytes that
+    will not come.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class SerialTransport:
         poll_s: float = 0.05,
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 2.0,
+        idle_resync_s: float = 0.1,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
     ) -> None:
         self.port = port
@@ -67,12 +71,14 @@ class SerialTransport:
         self.poll_s = poll_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
+        self.idle_resync_s = idle_resync_s
         self.scanner = FrameScanner(max_payload)
         self.stats = TransportStats()
         self._serial: Optional[serial.Serial] = None
         self._backoff_s = backoff_initial_s
         self._next_attempt = 0.0
         self._last_error = ""
+        self._last_data = time.monotonic()
 
     def __enter__(self) -> "SerialTransport":
         return self
@@ -133,7 +139,12 @@ class SerialTransport:
                     f"({self.scanner.pending} bytes pending)"
                 )
             self._ensure_open(deadline)
-            self._read_available()
+            if self._read_available():
+                continue
+            if self.scanner.pending and time.monotonic() - self._last_data >= self.idle_resync_s:
+                frame = self.scanner.flush()
+                if frame is not None:
+                    return frame
 
     def health(self) -> Dict[str, Any]:
         """Counters for the station's health report."""
@@ -142,7 +153,8 @@ class SerialTransport:
         figures.update(port=self.port, open=self.is_open, last_error=self._last_error)
         return figures
 
-    def _read_available(self) -> None:
+    def _read_available(self) -> bool:
+        """Feed what the port has (waiting up to `poll_s` for a first byte); False when nothing came."""
         port = self._serial
         assert port is not None
         try:
@@ -150,10 +162,13 @@ class SerialTransport:
             data = port.read(waiting if waiting > 0 else 1)
         except (serial.SerialException, OSError) as exc:
             self._lost(exc)
-            return
-        if data:
-            self.stats.bytes_read += len(data)
-            self.scanner.feed(data)
+            return False
+        if not data:
+            return False
+        self._last_data = time.monotonic()
+        self.stats.bytes_read += len(data)
+        self.scanner.feed(data)
+        return True
 
     def _lost(self, exc: BaseException) -> None:
         """The port went away: close it and wait a backoff step before the first reopen."""
