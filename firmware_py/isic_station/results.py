@@ -1,0 +1,154 @@
+"""The documents the station publishes: results, health and alarms (schemas in `schemas/`).
+
+Built in one place so every producer fills the same keys the same way: a uuid4 `message_id`
+that stays the same on every re-send (consumers drop duplicates by it), ISO 8601 UTC times,
+and `schema_version`. The per-station `sequence` comes from `Outbox.next_sequence()`, which keeps
+the counter in the outbox database so it keeps increasing across restarts.
+"""
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+SCHEMA_VERSION = 1
+
+# The quality flags a result may carry (the result schema's enum says the same).
+RESULT_FLAGS = (
+    "saturation",
+    "low_signal",
+    "stale_reference",
+    "missing_reference",
+    "white_drift",
+    "blurred_image",
+    "missing_image",
+    "exposure",
+    "empty_field",
+    "signal_only",
+    "out_of_spec",
+)
+
+
+def utc_iso(moment: Optional[datetime] = None) -> str:
+    """`moment` (default: now) as ISO 8601 UTC with milliseconds and a `Z`, e.g. 2026-11-21T19:30:00.123Z."""
+    moment = moment or datetime.now(timezone.utc)
+    if moment.tzinfo is None:
+        raise ValueError("a naive datetime has no time zone: pass an aware (UTC) datetime")
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def build_result(
+    *,
+    station: str,
+    sequence: int,
+    composition: Mapping[str, float],
+    blend: str,
+    confidence: float,
+    uncertainty: Mapping[str, float],
+    flags: Iterable[str],
+    model: Mapping[str, str],
+    backend: str,
+    timings_ms: Mapping[str, float],
+    sample_id: Optional[str] = None,
+    lot_id: Optional[str] = None,
+    spec: Optional[Mapping[str, Any]] = None,
+    measured_at: Optional[datetime] = None,
+) -> Dict[str, Any]:
+    """A result document (schema `result`); `out_of_spec` is added to the flags when `spec` says so.
+
+    `model` is {name, version, sha256}; `timings_ms` is {acquire, preprocess, infer, total};
+    `spec` is what `spec_check.check_composition` returned, or None when no lot is set.
+    """
+    unknown = sorted(set(flags) - set(RESULT_FLAGS))
+    if unknown:
+        raise ValueError(f"unknown result flag(s) {unknown}; known: {list(RESULT_FLAGS)}")
+    flag_list = [f for f in RESULT_FLAGS if f in set(flags)]
+    if spec is not None and not spec["in_spec"] and "out_of_spec" not in flag_list:
+        flag_list.append("out_of_spec")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "message_id": str(uuid.uuid4()),
+        "sequence": int(sequence),
+        "measured_at": utc_iso(measured_at),
+        "station": station,
+        "sample_id": sample_id,
+        "lot_id": lot_id,
+        "composition": {k: float(v) for k, v in composition.items()},
+        "blend": blend,
+        "confidence": float(confidence),
+        "uncertainty": {k: float(v) for k, v in uncertainty.items()},
+        "flags": flag_list,
+        "model": {"name": model["name"], "version": model["version"], "sha256": model["sha256"]},
+        "backend": backend,
+        "timings_ms": {k: round(float(timings_ms[k]), 3) for k in ("acquire", "preprocess", "infer", "total")},
+        "spec": dict(spec) if spec is not None else None,
+        "replayed": False,
+    }
+
+
+def build_alarm(
+    *, station: str, kind: str, severity: str, message: str, details: Optional[Mapping[str, Any]] = None
+) -> Dict[str, Any]:
+    """An alarm document (schema `alarm`): kind out_of_spec | device_fault | outbox_dropped."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "message_id": str(uuid.uuid4()),
+        "raised_at": utc_iso(),
+        "station": station,
+        "kind": kind,
+        "severity": severity,
+        "message": message,
+        "details": dict(details or {}),
+        "replayed": False,
+    }
+
+
+def out_of_spec_alarm(result: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """The alarm for a result whose lot check failed, or None when it passed or no lot is set."""
+    spec = result.get("spec")
+    if spec is None or spec["in_spec"]:
+        return None
+    worst = max(spec["out_of_spec_fibres"], key=lambda f: abs(spec["deviation_pp"][f]))
+    return build_alarm(
+        station=result["station"],
+        kind="out_of_spec",
+        severity="warning",
+        message=(
+            f"lot {spec['lot_id']} out of spec: {worst} off by {spec['deviation_pp'][worst]:+.1f} pp "
+            f"(tolerance ±{spec['tolerance_pp']:g} pp)"
+        ),
+        details={
+            "sequence": result["sequence"],
+            "result_message_id": result["message_id"],
+            "sample_id": result["sample_id"],
+            "lot_id": result["lot_id"],
+            "spec": spec,
+        },
+    )
+
+
+def build_health(
+    *,
+    station: str,
+    uptime_s: float,
+    results: Mapping[str, Any],
+    inference_ms: Mapping[str, Optional[float]],
+    devices: Mapping[str, Mapping[str, Any]],
+    calibration: Mapping[str, Optional[float]],
+    outbox: Mapping[str, Any],
+    mqtt: Mapping[str, Any],
+) -> Dict[str, Any]:
+    """A health document (schema `health`). The station supplies uptime, results {total, per_minute},
+    inference_ms {p50, p99}, devices {name: {state, reconnects}} and calibration {dark_age_s, white_age_s};
+    the MQTT link adds outbox (`OutboxStats.to_dict()`) and mqtt (`MqttLink.stats()`)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "station": station,
+        "reported_at": utc_iso(),
+        "uptime_s": round(float(uptime_s), 3),
+        "results": dict(results),
+        "inference_ms": dict(inference_ms),
+        "outbox": dict(outbox),
+        "mqtt": dict(mqtt),
+        "devices": {k: dict(v) for k, v in devices.items()},
+        "calibration": dict(calibration),
+    }
