@@ -1,0 +1,204 @@
+"""Export a trained ISiC-Net to the two ONNX graphs the station runs, and write their manifest.
+
+Both graphs are ONNX opset 11 with static shapes (what ATC on CANN 5.x accepts), every node's op
+type must be on `atc_allowlist.txt`, `onnx.checker` must pass, and ONNX Runtime must reproduce
+torch's outputs; `export_model` refuses to write a manifest for graphs that fail any of these.
+"""
+
+import datetime as dt
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from isic_model.net import BimodalGraph, ISiCNet, NetConfig, SignalOnlyGraph
+from isic_station.errors import ModelError
+from isic_station.manifest import file_sha256
+
+log = logging.getLogger(__name__)
+
+OPSET = 11
+ALLOWLIST_PATH = Path(__file__).resolve().parent / "atc_allowlist.txt"
+BIMODAL_ONNX = "isicnet.onnx"
+SIGNAL_ONNX = "isicnet_signal.onnx"
+MANIFEST_NAME = "manifest.json"
+# ONNX Runtime must agree with torch to this absolute tolerance on every output.
+ORT_TOLERANCE = 1e-4
+
+
+def load_allowlist(path: Path = ALLOWLIST_PATH) -> frozenset:
+    """The ONNX op types ATC accepts, one per line in the repo's allow-list ('#' comments)."""
+    names = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return frozenset(name for name in names if name)
+
+
+def graph_op_types(path: Path) -> frozenset:
+    """Every op type used by the graph's nodes (top level; our graphs have no subgraphs)."""
+    import onnx
+
+    return frozenset(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def graph_problems(path: Path, allowlist: Optional[frozenset] = None) -> List[str]:
+    """Why ATC would reject this graph: checker errors, opset, ops off the allow-list, dynamic dims."""
+    import onnx
+
+    allowlist = load_allowlist() if allowlist is None else allowlist
+    model = onnx.load(str(path))
+    problems = []
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        problems.append(f"onnx.checker: {exc}")
+    opsets = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
+    if opsets.get("ai.onnx") != OPSET:
+        problems.append(f"opset {opsets} is not ai.onnx {OPSET}")
+    off_list = sorted({node.op_type for node in model.graph.node} - allowlist)
+    if off_list:
+        problems.append(f"ops not on the ATC allow-list {ALLOWLIST_PATH.name}: {off_list}")
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for value in list(inferred.graph.input) + list(inferred.graph.output) + list(inferred.graph.value_info):
+        dims = value.type.tensor_type.shape.dim
+        if any(not dim.HasField("dim_value") for dim in dims):
+            problems.append(f"tensor '{value.name}' has a dynamic shape")
+    return problems
+
+
+def export_graph(
+    module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], output_names: Sequence[str], path: Path
+) -> None:
+    """TorchScript-based ONNX export at opset 11, static shapes, constants folded."""
+    module.eval()
+    # The TorchScript exporter is the one that still writes opset 11; its deprecation notice and the
+    # tracer's notes on constant sizes (static shapes are the point) are expected.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            module,
+            tuple(inputs.values()),
+            str(path),
+            input_names=list(inputs),
+            output_names=list(output_names),
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def max_difference(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], path: Path) -> float:
+    """Largest |ONNX Runtime - torch| over all outputs for these inputs."""
+    import onnxruntime as ort
+
+    module.eval()
+    with torch.no_grad():
+        expected = [t.numpy() for t in module(*inputs.values())]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {name: t.numpy() for name, t in inputs.items()})
+    return max(float(np.abs(a - b).max()) for a, b in zip(expected, got))
+
+
+def _tensor(name: str, shape: Sequence[int], meaning: str) -> Dict[str, Any]:
+    return {"name": name, "shape": [int(s) for s in shape], "dtype": "float32", "meaning": meaning}
+
+
+def example_inputs(
+    cfg: NetConfig, tiles: int, seed: int = 0
+) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """Random inputs of the exported shapes: (bimodal, signal-only)."""
+    gen = torch.Generator().manual_seed(seed)
+    spectrum = torch.randn(1, cfg.spectrum_points, generator=gen)
+    image = torch.randn(tiles, cfg.channels, cfg.tile_px, cfg.tile_px, generator=gen)
+    return {"spectrum": spectrum.expand(tiles, -1).contiguous(), "image": image}, {"spectrum": spectrum}
+
+
+def export_model(
+    net: ISiCNet,
+    out_dir: Path,
+    fibres: Sequence[str],
+    blend_classes: Sequence[str],
+    spectrum_params: Dict[str, Any],
+    image_params: Dict[str, Any],
+    training: Dict[str, Any],
+    metrics: Optional[Dict[str, Any]] = None,
+    model_version: str = "1",
+) -> Path:
+    """Write isicnet.onnx, isicnet_signal.onnx and manifest.json into out_dir; return the manifest path.
+
+    ModelError when a graph fails the ATC checks or ONNX Runtime disagrees with torch.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = net.cfg
+    tiles = int(image_params["tiles_per_measurement"])
+    if cfg.channels != int(image_params["channels"]) or cfg.tile_px != int(image_params["tile_px"]):
+        raise ModelError(
+            f"network expects {cfg.channels}x{cfg.tile_px}px tiles, image params say "
+            f"{image_params['channels']}x{image_params['tile_px']}px"
+        )
+    bimodal_inputs, signal_inputs = example_inputs(cfg, tiles)
+    outputs = ("composition", "blend_logits")
+    graphs = {}
+    for key, module, inputs, fname in (
+        ("bimodal", BimodalGraph(net), bimodal_inputs, BIMODAL_ONNX),
+        ("signal_only", SignalOnlyGraph(net), signal_inputs, SIGNAL_ONNX),
+    ):
+        path = out_dir / fname
+        export_graph(module, inputs, outputs, path)
+        problems = graph_problems(path)
+        if problems:
+            raise ModelError(f"exported graph {path} is not ATC-ready: " + "; ".join(problems))
+        diff = max_difference(module, inputs, path)
+        if diff > ORT_TOLERANCE:
+            raise ModelError(f"ONNX Runtime differs from torch by {diff:.2e} on {path} (limit {ORT_TOLERANCE})")
+        b = inputs["spectrum"].shape[0]
+        tensor_inputs = [
+            _tensor("spectrum", inputs["spectrum"].shape, "preprocessed spectrum (see `spectrum`), one row per tile")
+        ]
+        if "image" in inputs:
+            tensor_inputs.append(_tensor("image", inputs["image"].shape, "normalised microscope tiles (see `image`)"))
+        graphs[key] = {
+            "onnx": fname,
+            "sha256": file_sha256(path),
+            "inputs": tensor_inputs,
+            "outputs": [
+                _tensor(
+                    "composition", (b, len(fibres)), "mass fractions over `fibres` per row; rows sum to 1; average rows"
+                ),
+                _tensor(
+                    "blend_logits",
+                    (b, len(blend_classes)),
+                    "logits over `blend_classes` per row; average rows, then argmax",
+                ),
+            ],
+        }
+        log.info("exported %s (%d bytes, ORT-torch max diff %.1e)", path, path.stat().st_size, diff)
+    manifest = {
+        "manifest_version": 1,
+        "model": {
+            "name": "isicnet",
+            "version": model_version,
+            "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        },
+        "fibres": list(fibres),
+        "blend_classes": list(blend_classes),
+        "spectrum": spectrum_params,
+        "image": image_params,
+        "graphs": graphs,
+        "training": dict(training, network=cfg.to_dict()),
+    }
+    if metrics is not None:
+        manifest["metrics"] = metrics
+    path = out_dir / MANIFEST_NAME
+    path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def set_manifest_metrics(manifest_path: Path, metrics: Dict[str, Any]) -> None:
+    """Record evaluation figures (what `evaluate --json` printed) in an existing manifest."""
+    doc = json.loads(manifest_path.read_text(encoding="utf-8"))
+    doc["metrics"] = metrics
+    manifest_path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")

@@ -1,0 +1,326 @@
+"""ISiC-Net: the image-signal correlation network of the seed talk, small enough for a 2-core trainer.
+
+Modules, each switchable so the ablation (signal; + image; + RG; + ISiCA; + REC) is this same code:
+- signal encoder: signal tokens Q = W2·ReLU(W1·C) from the preprocessed spectrum C;
+- image encoder: ViT-style (convolutional patch embedding, class token, position embedding,
+  pre-norm transformer encoder) over one microscope tile;
+- candidate region generation (RG): cosine similarity SIM_ij between patch features P_i and
+  signal tokens Q_j; a patch's relevance max_j SIM_ij gates it, and a softmax over patches per
+  token pools the regions relevant to each token;
+- image-signal correlation attention (ISiCA), both directions: H = [P; P⊙Q], U = [Q; P⊙Q],
+  S = w_s·H, M = w_m·U, softmax each way, Q̂_i = Σ_j a_ij Q_j, P̂_j = Σ_i b_ji P_i;
+- reconstruction (REC): training-only decoders that rebuild the spectrum from the fused feature
+  and masked image patches from their tokens (never exported);
+- heads: composition (softmax over fibres, rows sum to 1) and blend-class logits.
+
+A measurement is one spectrum and B tiles. Every tile row gets its own outputs (the runtime
+averages rows), and each row also sees the mean of all B tile features, because a single tile
+shows only a few fibres while the blend shows in many.
+
+Only ops on the ATC allow-list are used at inference (MatMul, Conv, Relu, Softmax, Erf, Reduce*,
+elementwise arithmetic, Reshape/Transpose/Concat/Slice); shapes are static.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class NetConfig:
+    """Sizes and module switches; stored in the checkpoint and the manifest's training section."""
+
+    spectrum_points: int
+    n_fibres: int
+    n_classes: int
+    channels: int = 1
+    tile_px: int = 64
+    dim: int = 48
+    depth: int = 2
+    heads: int = 4
+    mlp_dim: int = 96
+    signal_tokens: int = 8
+    signal_hidden: int = 192
+    head_hidden: int = 128
+    use_image: bool = True
+    use_rg: bool = True
+    use_isica: bool = True
+    use_rec: bool = True
+    rec_mask_ratio: float = 0.15
+
+    @property
+    def patch_px(self) -> int:
+        """Pixels per patch side: the convolutional patch embedding downsamples by 8."""
+        return 8
+
+    @property
+    def n_patches(self) -> int:
+        return (self.tile_px // self.patch_px) ** 2
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written out as the seed's MindSpore cell (qkv Dense, BatchMatMul)."""
+
+    def __init__(self, dim: int, heads: int, n_tokens: int) -> None:
+        super().__init__()
+        self.heads, self.n_tokens, self.dim = heads, n_tokens, dim
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Sizes are constants (not read from x.shape) so the exported graph has static shapes.
+        n, c = self.n_tokens, self.dim
+        qkv = self.qkv(x).reshape(-1, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.scale, dim=-1)
+        out = torch.matmul(attn, v).transpose(1, 2).reshape(-1, n, c)
+        return self.out(out)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer layer: x + Attn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int, n_tokens: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, n_tokens)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Linear(mlp_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.ffn(self.norm2(x))
+
+
+class ImageEncoder(nn.Module):
+    """ViT over one tile: a small convolutional patch embedding (8x8 px per token), class token,
+    learned position embedding and a transformer encoder. Optional token masking feeds REC."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.patch_embedding = nn.Sequential(
+            nn.Conv2d(cfg.channels, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, d, 2, stride=2),
+        )
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embedding = nn.Parameter(torch.randn(1, cfg.n_patches + 1, d) * 0.02)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.n_patches, self.dim = cfg.n_patches, d
+        self.transformer = nn.Sequential(
+            *[TransformerBlock(d, cfg.heads, cfg.mlp_dim, cfg.n_patches + 1) for _ in range(cfg.depth)]
+        )
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, tiles: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """tiles [T, C, P, P] -> tokens [T, 1 + Np, d] (class token first); mask [T, Np] replaces patches."""
+        x = self.patch_embedding(tiles).reshape(-1, self.dim, self.n_patches).transpose(1, 2)
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), self.mask_token.expand_as(x), x)
+        # Broadcasting (not expand) keeps the exported shapes static.
+        cls = x[:, :1] * 0 + self.cls_token
+        x = torch.cat([cls, x], dim=1) + self.pos_embedding
+        return self.norm(self.transformer(x))
+
+
+class SignalEncoder(nn.Module):
+    """Signal tokens Q = W2·ReLU(W1·C): every token is a learned view of the whole spectrum."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.tokens, self.dim = cfg.signal_tokens, cfg.dim
+        self.w1 = nn.Linear(cfg.spectrum_points, cfg.signal_hidden)
+        self.w2 = nn.Linear(cfg.signal_hidden, cfg.signal_tokens * cfg.dim)
+        self.pos_embedding = nn.Parameter(torch.randn(1, cfg.signal_tokens, cfg.dim) * 0.02)
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def forward(self, spectrum: torch.Tensor) -> torch.Tensor:
+        """spectrum [T, S] -> signal tokens [T, Nq, d]."""
+        q = self.w2(torch.relu(self.w1(spectrum))).reshape(-1, self.tokens, self.dim)
+        return self.norm(q + self.pos_embedding)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """x / ||x|| along the last axis (written out so ONNX gets ReduceSum/Sqrt, not a norm op)."""
+    return x / torch.sqrt((x * x).sum(dim=-1, keepdim=True) + 1e-6)
+
+
+class RegionGeneration(nn.Module):
+    """RG: SIM_ij = <P_i/|P_i|, Q_j/|Q_j|>; patches gated by relevance max_j SIM_ij; for each token j
+    the regions most similar to it pooled by a softmax over patches (Q_rel)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gate_scale = nn.Parameter(torch.tensor(5.0))
+        self.gate_shift = nn.Parameter(torch.tensor(0.0))
+        self.temperature = nn.Parameter(torch.tensor(10.0))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, patches: torch.Tensor, tokens: torch.Tensor):
+        sim = torch.matmul(_unit(patches), _unit(tokens).transpose(1, 2))  # [T, Np, Nq]
+        relevance = sim.max(dim=-1, keepdim=True)[0]  # [T, Np, 1]
+        gated = patches * torch.sigmoid(self.gate_scale * relevance + self.gate_shift)
+        pool = torch.softmax(sim.transpose(1, 2) * self.temperature, dim=-1)  # [T, Nq, Np]
+        regions = torch.matmul(pool, patches)  # [T, Nq, d]
+        return gated, self.proj(regions.mean(dim=1))
+
+
+class CorrelationAttention(nn.Module):
+    """ISiCA: S_ij = w_s·[P_i; P_i⊙Q_j] and M_ij = w_m·[Q_j; P_i⊙Q_j], softmax over tokens (a) and
+    over patches (b); returns the patch-side and signal-side fused vectors."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.ws_p = nn.Linear(dim, 1, bias=False)
+        self.ws_pq = nn.Parameter(torch.randn(dim) * dim**-0.5)
+        self.wm_q = nn.Linear(dim, 1, bias=False)
+        self.wm_pq = nn.Parameter(torch.randn(dim) * dim**-0.5)
+        self.fuse_patch = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU())
+        self.fuse_signal = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU())
+
+    def forward(self, patches: torch.Tensor, tokens: torch.Tensor):
+        # S[i, j] = w_s_p·P_i + w_s_pq·(P_i ⊙ Q_j)
+        s = self.ws_p(patches) + torch.matmul(patches * self.ws_pq, tokens.transpose(1, 2))  # [T, Np, Nq]
+        # M[j, i] = w_m_q·Q_j + w_m_pq·(P_i ⊙ Q_j), kept token-major so both softmaxes run on the last axis
+        m = self.wm_q(tokens) + torch.matmul(tokens * self.wm_pq, patches.transpose(1, 2))  # [T, Nq, Np]
+        q_hat = torch.matmul(torch.softmax(s, dim=-1), tokens)  # [T, Np, d]: signal seen by each patch
+        p_hat = torch.matmul(torch.softmax(m, dim=-1), patches)  # [T, Nq, d]: image seen by each token
+        patch_side = self.fuse_patch(torch.cat([patches, q_hat, patches * q_hat], dim=-1)).mean(dim=1)
+        signal_side = self.fuse_signal(torch.cat([tokens, p_hat, tokens * p_hat], dim=-1)).mean(dim=1)
+        return patch_side, signal_side
+
+
+class ISiCNet(nn.Module):
+    """The whole network; `forward` works on measurements (spectrum [N, S], tiles [N, B, C, P, P])."""
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.signal = SignalEncoder(cfg)
+        self.signal_pool = nn.Sequential(nn.Linear(cfg.signal_tokens * d, d), nn.GELU())
+        # Learned stand-ins for image-derived features when the camera failed (modality dropout).
+        self.null_image = nn.Parameter(torch.zeros(d))
+        self.null_signal_side = nn.Parameter(torch.zeros(d))
+        if cfg.use_image:
+            self.image = ImageEncoder(cfg)
+            self.image_pool = nn.Sequential(nn.Linear(2 * d, d), nn.GELU())
+            if cfg.use_rg:
+                self.rg = RegionGeneration(d)
+            if cfg.use_isica:
+                self.isica = CorrelationAttention(d)
+        self.trunk = nn.Sequential(
+            nn.Linear(4 * d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, cfg.head_hidden), nn.GELU()
+        )
+        self.composition_head = nn.Linear(cfg.head_hidden, cfg.n_fibres)
+        self.blend_head = nn.Linear(cfg.head_hidden, cfg.n_classes)
+        if cfg.use_rec:
+            self.spectrum_decoder = nn.Linear(cfg.head_hidden, cfg.spectrum_points)
+            if cfg.use_image:
+                self.patch_decoder = nn.Linear(d, cfg.channels * cfg.patch_px * cfg.patch_px)
+
+    def _image_features(self, tokens: torch.Tensor, tiles: torch.Tensor, mask: Optional[torch.Tensor]):
+        """Per-tile image vector and signal-side vector from ISiCA (or the null stand-in)."""
+        enc = self.image(tiles, mask)
+        cls, patches = enc[:, 0], enc[:, 1:]
+        side = cls * 0 + self.null_signal_side
+        if self.cfg.use_rg:
+            patches, regions = self.rg(patches, tokens)
+        else:
+            regions = cls
+        if self.cfg.use_isica:
+            image_vec, side = self.isica(patches, tokens)
+        else:
+            image_vec = self.image_pool(torch.cat([patches.mean(dim=1), regions], dim=-1))
+        return enc, image_vec, side
+
+    def forward(
+        self,
+        spectrum: torch.Tensor,
+        tiles: Optional[torch.Tensor] = None,
+        image_present: Optional[torch.Tensor] = None,
+        patch_mask: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """spectrum [N, S] (one per measurement) or [N, B, S] (one per tile row); tiles [N, B, C, P, P]
+        or None (signal only); image_present [N] bool (modality dropout); patch_mask [N*B, Np] bool
+        (REC masking, training).
+
+        Returns composition [N, B, F] (rows sum to 1), blend_logits [N, B, K], and in training
+        the REC reconstructions. Sizes come from the config and from the tiles' static size, never
+        from traced shapes, so that the exported graphs have static shapes.
+        """
+        cfg, d = self.cfg, self.cfg.dim
+        if spectrum.dim() == 3:
+            b = int(spectrum.shape[1])
+        else:
+            b = 1 if tiles is None or not cfg.use_image else int(tiles.shape[1])
+        if spectrum.dim() == 2:
+            spectrum = spectrum.unsqueeze(1)
+            if b > 1:
+                spectrum = spectrum.expand(-1, b, -1)
+        flat_spectrum = spectrum.reshape(-1, cfg.spectrum_points)
+        tokens = self.signal(flat_spectrum)  # [T, Nq, d], T = N*B
+        signal_vec = self.signal_pool(tokens.reshape(-1, cfg.signal_tokens * d))
+        absent = signal_vec * 0  # [T, d] zeros, broadcast target for the null stand-ins
+        out: Dict[str, torch.Tensor] = {}
+        if tiles is not None and cfg.use_image:
+            flat_tiles = tiles.reshape(-1, cfg.channels, cfg.tile_px, cfg.tile_px)
+            enc, image_vec, side = self._image_features(tokens, flat_tiles, patch_mask)
+            # Every row also sees the mean over the measurement's B tiles.
+            per_tile = image_vec.reshape(-1, b, d)
+            image_mean = (per_tile * 0 + per_tile.mean(dim=1, keepdim=True)).reshape(-1, d)
+            if image_present is not None:
+                keep = image_present.to(image_vec.dtype).reshape(-1, 1, 1).expand(-1, b, 1).reshape(-1, 1)
+                image_vec = keep * image_vec + (1 - keep) * self.null_image
+                image_mean = keep * image_mean + (1 - keep) * self.null_image
+                side = keep * side + (1 - keep) * self.null_signal_side
+            if cfg.use_rec and self.training and patch_mask is not None:
+                out["patch_rec"] = self.patch_decoder(enc[:, 1:])
+        else:
+            image_vec = absent + self.null_image
+            image_mean = image_vec
+            side = absent + self.null_signal_side
+        hidden = self.trunk(torch.cat([signal_vec, side, image_vec, image_mean], dim=-1))
+        out["composition"] = torch.softmax(self.composition_head(hidden), dim=-1).reshape(-1, b, cfg.n_fibres)
+        out["blend_logits"] = self.blend_head(hidden).reshape(-1, b, cfg.n_classes)
+        if cfg.use_rec and self.training:
+            out["spectrum_rec"] = self.spectrum_decoder(hidden).reshape(-1, b, cfg.spectrum_points)
+        return out
+
+
+class BimodalGraph(nn.Module):
+    """The exported bimodal graph: spectrum [B, S], image [B, C, P, P] -> composition [B, F], blend_logits [B, K]."""
+
+    def __init__(self, net: ISiCNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, spectrum: torch.Tensor, image: torch.Tensor):
+        out = self.net(spectrum.unsqueeze(0), image.unsqueeze(0))
+        composition, logits = out["composition"][0], out["blend_logits"][0]
+        if not self.net.cfg.use_image:
+            # The signal-only ablation keeps the contract's `image` input (the exporter would drop an
+            # unused input); it contributes exactly zero.
+            logits = logits + image[:, :1, :1, 0] * 0
+        return composition, logits
+
+
+class SignalOnlyGraph(nn.Module):
+    """The exported signal-only graph (camera failed): spectrum [1, S] -> composition [1, F], blend_logits [1, K]."""
+
+    def __init__(self, net: ISiCNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, spectrum: torch.Tensor):
+        out = self.net(spectrum)
+        return out["composition"][:, 0], out["blend_logits"][:, 0]

@@ -1,0 +1,131 @@
+"""ISiC-Net: shapes and module switches, and the ONNX export the Ascend toolchain can take."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from isic_model.export import (
+    ORT_TOLERANCE,
+    example_inputs,
+    export_graph,
+    export_model,
+    graph_op_types,
+    graph_problems,
+    load_allowlist,
+    max_difference,
+)
+from isic_model.net import BimodalGraph, ISiCNet, NetConfig, SignalOnlyGraph
+from isic_station.manifest import load_manifest, verify_graph_file
+
+SMALL = dict(
+    spectrum_points=40,
+    n_fibres=5,
+    n_classes=7,
+    tile_px=32,
+    dim=16,
+    depth=1,
+    heads=2,
+    mlp_dim=32,
+    signal_tokens=4,
+    signal_hidden=32,
+    head_hidden=32,
+)
+ABLATION = {
+    "signal": dict(use_image=False, use_rg=False, use_isica=False, use_rec=False),
+    "image": dict(use_rg=False, use_isica=False, use_rec=False),
+    "rg": dict(use_isica=False, use_rec=False),
+    "isica": dict(use_rec=False),
+    "full": dict(),
+}
+
+
+def _net(**flags):
+    torch.manual_seed(0)
+    return ISiCNet(NetConfig(**SMALL, **flags))
+
+
+@pytest.mark.parametrize("variant", sorted(ABLATION))
+def test_every_ablation_variant_trains_and_gives_fractions(variant):
+    net = _net(**ABLATION[variant]).train()
+    spectrum, tiles = torch.randn(3, 40), torch.randn(3, 4, 1, 32, 32)
+    mask = torch.rand(12, net.cfg.n_patches) < 0.2
+    out = net(spectrum, tiles, image_present=torch.tensor([True, False, True]), patch_mask=mask)
+    rows = 1 if variant == "signal" else 4
+    assert out["composition"].shape == (3, rows, 5) and out["blend_logits"].shape == (3, rows, 7)
+    torch.testing.assert_close(out["composition"].sum(-1), torch.ones(3, rows))
+    assert ("spectrum_rec" in out) == (variant == "full")
+    assert ("patch_rec" in out) == (variant == "full")
+    loss = out["composition"].square().sum() + out["blend_logits"].square().sum()
+    loss.backward()
+    assert net.signal.w1.weight.grad is not None
+
+
+def test_rows_see_every_tile_of_the_measurement():
+    """Changing one tile changes the other rows too (the mean over tiles reaches every row)."""
+    net = _net().eval()
+    spectrum, tiles = torch.randn(1, 40), torch.randn(1, 4, 1, 32, 32)
+    with torch.no_grad():
+        before = net(spectrum, tiles)["composition"][0, 1]
+        tiles[0, 0] = torch.randn(1, 32, 32)
+        after = net(spectrum, tiles)["composition"][0, 1]
+    assert not torch.allclose(before, after)
+
+
+def test_image_absent_rows_equal_the_signal_only_path():
+    """Modality dropout uses the same null features as the signal-only graph."""
+    net = _net().eval()
+    spectrum, tiles = torch.randn(2, 40), torch.randn(2, 4, 1, 32, 32)
+    with torch.no_grad():
+        dropped = net(spectrum, tiles, image_present=torch.tensor([False, False]))["composition"][:, 0]
+        alone = net(spectrum)["composition"][:, 0]
+    torch.testing.assert_close(dropped, alone)
+
+
+@pytest.mark.parametrize("variant", ["signal", "image", "full"])
+def test_export_is_static_opset11_allowlisted_and_matches_torch(tmp_path, variant):
+    net = _net(**ABLATION[variant]).eval()
+    bimodal, signal = example_inputs(net.cfg, tiles=4)
+    for module, inputs, name in ((BimodalGraph(net), bimodal, "b.onnx"), (SignalOnlyGraph(net), signal, "s.onnx")):
+        path = tmp_path / name
+        export_graph(module, inputs, ("composition", "blend_logits"), path)
+        assert graph_problems(path) == []
+        assert graph_op_types(path) <= load_allowlist()
+        assert max_difference(module, inputs, path) <= ORT_TOLERANCE
+
+
+def test_graph_problems_names_an_op_atc_cannot_parse(tmp_path):
+    class Cumulative(torch.nn.Module):
+        def forward(self, x):
+            return torch.cumsum(x, dim=1)
+
+    path = tmp_path / "cumsum.onnx"
+    export_graph(Cumulative(), {"x": torch.randn(2, 3)}, ("y",), path)
+    problems = graph_problems(path)
+    assert any("CumSum" in p for p in problems), problems
+
+
+def test_export_model_writes_a_manifest_the_station_loads(tmp_path):
+    net = _net().eval()
+    grid = np.linspace(950, 1650, 40).tolist()
+    spectrum = {
+        "wavelengths_nm": grid,
+        "reflectance_clip": [0.01, 1.2],
+        "scatter": "snv",
+        "savgol": {"window": 7, "polyorder": 2, "deriv": 1},
+        "mean": [0.0] * 40,
+        "std": [1.0] * 40,
+    }
+    image = {"tile_px": 32, "um_per_px": 1.0, "channels": 1, "tiles_per_measurement": 4, "mean": 0.5, "std": 0.2}
+    fibres = ["cotton", "linen", "viscose", "polyester", "nylon"]
+    classes = ["cotton", "linen", "viscose", "polyester", "nylon", "cotton/linen", "cotton/linen/nylon"]
+    path = export_model(net, tmp_path, fibres, classes, spectrum, image, {"seed": 1}, metrics={"accuracy": 0.5})
+    manifest = load_manifest(path)
+    assert manifest.fibres == tuple(fibres) and manifest.blend_classes == tuple(classes)
+    assert manifest.graphs["bimodal"].inputs[1].shape == (4, 1, 32, 32)
+    assert manifest.graphs["signal_only"].inputs[0].shape == (1, 40)
+    assert manifest.graphs["bimodal"].output("composition").shape == (4, 5)
+    for graph in manifest.graphs.values():
+        verify_graph_file(graph)
+    assert json.loads(path.read_text())["training"]["network"]["dim"] == 16
