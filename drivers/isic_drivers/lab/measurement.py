@@ -1,0 +1,105 @@
+"""One station measurement of a sample, as the station's devices would deliver it.
+
+Spectrum: co-added raw scans, a dark and a white reference at the same integration time, and the
+reflectance the station computes from them, R = (S - D) / (W - D). Frames: the microscope's view
+of the same sample. Truth: what was really under the probe. The emulated spectrometer uses
+`scan_counts` for a single scan of whatever lies on the stage.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+
+from isic_drivers.lab.fibres import FibreSet, load_fibres, resolve_fibres
+from isic_drivers.lab.instrument import InstrumentModel, dark_counts, raw_counts, white_counts
+from isic_drivers.lab.microscope import render_frame
+from isic_drivers.lab.sample import Nuisance, Sample, blend_label, composition_vector
+from isic_drivers.lab.spectra import reflectance
+from isic_drivers.lab.stage import ReferenceTile
+
+
+@dataclass
+class MeasurementTruth:
+    """What was really measured: composition over the fibre set, blend label, fibres in each frame."""
+
+    fibre_names: List[str]
+    composition: np.ndarray
+    blend: str
+    frame_counts: List[Dict[str, int]]
+    sample: Sample
+
+
+@dataclass
+class Measurement:
+    """Co-added raw counts, dark/white references, station reflectance, frames and the truth."""
+
+    wavelengths_nm: np.ndarray
+    integration_us: int
+    coadd: int
+    raw_counts: np.ndarray
+    dark_counts: np.ndarray
+    white_counts: np.ndarray
+    reflectance: np.ndarray
+    frames: List[np.ndarray] = field(default_factory=list)
+    um_per_px: float = 0.8
+    truth: Optional[MeasurementTruth] = None
+
+
+def scan_counts(instrument: InstrumentModel, target: Union[Sample, ReferenceTile], integration_us: float,
+                rng: np.random.Generator, nuisance: Optional[Nuisance] = None,
+                fibres: Optional[FibreSet] = None) -> np.ndarray:
+    """One raw scan (uint16) of what lies under the probe: a sample, the white tile, or nothing (dark).
+
+    The instrument state comes from `nuisance`, else from the sample's own, else nominal.
+    """
+    if isinstance(target, ReferenceTile):
+        state = nuisance or Nuisance()
+        if target.kind == "white":
+            return white_counts(instrument, integration_us, rng, state)
+        return dark_counts(instrument, integration_us, rng, state)
+    state = nuisance or target.nuisance
+    r = reflectance(target, instrument.true_axis(state), rng, fibres)
+    return raw_counts(instrument, r, integration_us, rng, state)
+
+
+def station_reflectance(sample_counts: np.ndarray, dark: np.ndarray, white: np.ndarray) -> np.ndarray:
+    """R = (S - D) / (W - D), with pixels whose white is not above dark set to 0."""
+    span = np.asarray(white, dtype=float) - dark
+    return np.divide(np.asarray(sample_counts, dtype=float) - dark, span,
+                     out=np.zeros_like(span), where=span > 0)
+
+
+def simulate_measurement(sample: Sample, rng: np.random.Generator, instrument: Optional[InstrumentModel] = None,
+                         integration_us: Optional[int] = None, coadd: int = 8, n_frames: int = 4,
+                         frame_size: int = 256, um_per_px: float = 0.8,
+                         fibres: Optional[FibreSet] = None) -> Measurement:
+    """What the station sees for one measurement of `sample` (deterministic for the rng's seed).
+
+    `fibres` is the set composition vectors are expressed in (default: the station's five); the
+    physics looks fibres up in the full loaded set.
+    """
+    instrument = instrument or InstrumentModel()
+    integration_us = int(integration_us or instrument.default_integration_us)
+    if coadd < 1:
+        raise ValueError(f"coadd must be >= 1, got {coadd}")
+    fibre_set = resolve_fibres(fibres)
+    physics = load_fibres(fibre_set.path)
+    nu = sample.nuisance
+    axis = instrument.true_axis(nu)
+
+    def mean_of(scan) -> np.ndarray:  # co-adding: the mean of `coadd` clipped scans
+        return np.mean([scan().astype(float) for _ in range(coadd)], axis=0)
+
+    dark = mean_of(lambda: dark_counts(instrument, integration_us, rng, nu))
+    white = mean_of(lambda: white_counts(instrument, integration_us, rng, nu))
+    raw = mean_of(lambda: raw_counts(instrument, reflectance(sample, axis, rng, physics), integration_us, rng, nu))
+    frames, counts = [], []
+    for _ in range(n_frames):
+        frame, truth = render_frame(sample, rng, frame_size, frame_size, um_per_px, physics)
+        frames.append(frame)
+        counts.append(truth.counts)
+    truth = MeasurementTruth(list(fibre_set), composition_vector(sample, fibre_set),
+                             blend_label(sample, fibre_set), counts, sample)
+    return Measurement(instrument.wavelengths_nm, integration_us, coadd, raw, dark, white,
+                       station_reflectance(raw, dark, white), frames, um_per_px, truth)

@@ -1,0 +1,281 @@
+"""The virtual microscope: bright-field frames of a fabric's fibres, lengthwise view.
+
+Each fibre is an optical-density layer drawn with OpenCV primitives along a gently curving centre
+line: the body, then the structures of its type as listed in its `morphology` entry in
+`fibres.json` (twisted ribbon with convolutions, lumen, nodes and cross-marks, striations, scales,
+medulla, groove, trilobal shadows, delustrant specks), then its refractive edges. Layers add up
+(overlapping fibres are darker), the light passes through as exp(-OD) under uneven illumination,
+then optics blur (focus), dust, and camera noise are applied.
+
+How many fibres of each type a frame holds follows the mass fractions weighted by
+1 / (density * diameter^2), the relation the microscope counting method uses to turn counts into
+mass percentages. The morphology features are chosen by the keys present in a fibre's entry, so a
+new fibre type composes the existing features without code.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import cv2
+import numpy as np
+
+from isic_drivers.lab.fibres import Fibre, FibreSet, load_fibres
+from isic_drivers.lab.sample import Sample
+
+# Fixed-point bits for sub-pixel drawing with cv2 (coordinates are multiplied by 2**_SHIFT).
+_SHIFT = 3
+_SCALE = float(1 << _SHIFT)
+# Optical point-spread of the in-focus objective (sigma, micrometres) and the lamp level.
+_PSF_UM = 0.35
+_LAMP_LEVEL = 0.92
+_LAMP_TINT_BGR = (0.93, 0.98, 1.0)
+_DYE_OD = 1.2
+_CENTRELINE_STEP_PX = 2.0
+
+FrameDecorator = Callable[[np.ndarray], None]
+
+
+@dataclass
+class DrawnFibre:
+    """One fibre drawn in a frame: its type, diameter, and centre line in pixels (N x 2, x/y)."""
+
+    name: str
+    diameter_um: float
+    centreline_px: np.ndarray
+
+
+@dataclass
+class FrameTruth:
+    """What a frame really shows: the count per fibre type and each drawn fibre."""
+
+    counts: Dict[str, int]
+    fibres: List[DrawnFibre] = field(default_factory=list)
+    defocus_um: float = 0.0
+
+
+def count_weights(composition: Mapping[str, float], fibres: FibreSet) -> Dict[str, float]:
+    """Expected share of fibres of each type in view: mass fraction / (density * mean d^2), normalised."""
+    raw = {n: frac / (fibres[n].density_g_cm3 * fibres[n].mean_square_diameter_um2)
+           for n, frac in composition.items() if frac > 0}
+    total = sum(raw.values())
+    return {n: v / total for n, v in raw.items()}
+
+
+def _dye_od_bgr(sample: Sample) -> np.ndarray:
+    """Per-channel optical density of the dye at full uptake (a hue absorbs its complement)."""
+    nu = sample.nuisance
+    if nu.dye_darkness <= 0:
+        return np.zeros(3, dtype=np.float32)
+    hsv = np.array([[[int(nu.dye_hue_deg % 360) // 2, 210, 255]]], dtype=np.uint8)
+    colour = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0].astype(np.float32) / 255.0
+    organic = (1.0 - nu.dye_carbon) * (1.0 - colour) + nu.dye_carbon
+    return (_DYE_OD * nu.dye_darkness * organic).astype(np.float32)
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, knot_every: float) -> np.ndarray:
+    """A smooth random profile of length n (unit sd at the knots), linearly interpolated."""
+    knots = max(2, int(n / max(knot_every, 1.0)) + 2)
+    values = rng.standard_normal(knots)
+    return np.interp(np.linspace(0, knots - 1, n), np.arange(knots), values)
+
+
+def _centreline(rng: np.random.Generator, width: int, height: int, curl_rad_per_px: float
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points (N x 2), tangent angles and arc length of a fibre crossing a random point of the frame."""
+    half = float(np.hypot(width, height)) * 0.75
+    s = np.arange(-half, half + _CENTRELINE_STEP_PX, _CENTRELINE_STEP_PX)
+    curvature = curl_rad_per_px * (rng.standard_normal() + 0.5 * _smooth_noise(rng, len(s), len(s) / 3))
+    theta = rng.uniform(0.0, np.pi) + np.cumsum(curvature) * _CENTRELINE_STEP_PX
+    theta -= theta[len(s) // 2] - rng.uniform(0.0, np.pi)
+    steps = np.stack([np.cos(theta), np.sin(theta)], axis=1) * _CENTRELINE_STEP_PX
+    points = np.cumsum(steps, axis=0)
+    points += np.array([rng.uniform(0, width), rng.uniform(0, height)]) - points[len(s) // 2]
+    return points, theta, s
+
+
+def _fixed(points: np.ndarray) -> np.ndarray:
+    return np.rint(points * _SCALE).astype(np.int32)
+
+
+def _polyline(layer: np.ndarray, points: np.ndarray, value: float, thickness_px: float) -> None:
+    cv2.polylines(layer, [_fixed(points)], False, float(value), max(1, int(round(thickness_px))),
+                  cv2.LINE_8, _SHIFT)
+
+
+def _segments(mask: np.ndarray) -> List[Tuple[int, int]]:
+    """Start/stop index pairs of the runs where `mask` is true."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    return list(zip(edges[::2], edges[1::2]))
+
+
+def _across(points: np.ndarray, normal: np.ndarray, half_w: np.ndarray, i: int, skew: float) -> np.ndarray:
+    """A short line across the fibre at index i, from edge to edge, skewed along the fibre by `skew` px."""
+    tangent = np.array([normal[i, 1], -normal[i, 0]])
+    a = points[i] + normal[i] * half_w[i] - tangent * skew
+    b = points[i] - normal[i] * half_w[i] + tangent * skew
+    return np.stack([a, b])
+
+
+def _positions(rng: np.random.Generator, s: np.ndarray, spacing_px: float) -> np.ndarray:
+    """Indices along the centre line at roughly even, jittered spacing."""
+    if spacing_px <= 0:
+        return np.array([], dtype=int)
+    marks = np.arange(s[0] + rng.uniform(0, spacing_px), s[-1], spacing_px)
+    marks += rng.uniform(-0.3, 0.3, len(marks)) * spacing_px
+    return np.clip(np.searchsorted(s, marks), 0, len(s) - 1)
+
+
+def _draw_fibre(layer: np.ndarray, fibre: Fibre, rng: np.random.Generator, um_per_px: float) -> DrawnFibre:
+    """Draw one fibre's optical density into `layer` (values set, not added, within the fibre)."""
+    m: Dict[str, Any] = fibre.morphology
+    height, width = layer.shape
+    diameter = float(rng.uniform(*fibre.diameter_um))
+    w = diameter / um_per_px
+    curl = float(m.get("curl", 0.5)) * um_per_px / 1000.0
+    points, theta, s = _centreline(rng, width, height, curl)
+    normal = np.stack([-np.sin(theta), np.cos(theta)], axis=1)
+    half_w = 0.5 * w * (1.0 + float(m.get("edge_roughness", 0.0)) * _smooth_noise(rng, len(s), 8.0 / um_per_px))
+    s_um = s * um_per_px
+    flat = np.ones_like(s)
+    twists = np.array([], dtype=int)
+    if "twist_per_mm" in m:  # cotton: a flat ribbon twisting back and forth
+        period_um = 1000.0 / rng.uniform(*m["twist_per_mm"])
+        phase = np.cos(np.pi * s_um / period_um + rng.uniform(0, np.pi))
+        lo = float(m["twist_min_width"])
+        half_w = half_w * (lo + (1.0 - lo) * np.abs(phase))
+        flat = np.abs(phase)
+        twists = np.flatnonzero(np.diff(np.sign(phase)) != 0)
+    nodes = np.array([], dtype=int)
+    if "nodes_per_mm" in m:  # linen: bamboo-like nodes with a slight swelling
+        nodes = _positions(rng, s, 1000.0 / rng.uniform(*m["nodes_per_mm"]) / um_per_px)
+        bulge = np.zeros_like(s)
+        for i in nodes:
+            bulge += np.exp(-(((s - s[i]) / w) ** 2))
+        half_w = half_w * (1.0 + float(m["node_bulge"]) * bulge)
+    left = points + normal * half_w[:, None]
+    right = points - normal * half_w[:, None]
+    body = np.concatenate([left, right[::-1]])
+    cv2.fillPoly(layer, [_fixed(body)], float(m["body_od"]), cv2.LINE_8, _SHIFT)
+
+    if "lumen_od" in m:
+        for a, b in _segments(flat > 0.6):
+            if b - a > 2:
+                _polyline(layer, points[a:b], m["lumen_od"], max(1.0, m["lumen_width"] * w))
+    if "striations" in m:
+        k = int(rng.integers(m["striations"][0], m["striations"][1] + 1))
+        for off in np.linspace(-0.6, 0.6, k) + rng.uniform(-0.08, 0.08, k):
+            _polyline(layer, points + normal * (off * half_w)[:, None], m["striation_od"], 1)
+    if "groove_od" in m:
+        off = rng.uniform(-0.3, 0.3)
+        _polyline(layer, points + normal * (off * half_w)[:, None], m["groove_od"], max(1.0, 0.12 * w))
+    if rng.random() < float(m.get("trilobal_p", 0.0)):
+        for off in (-0.35, 0.35):
+            _polyline(layer, points + normal * (off * half_w)[:, None], 0.5 * m["edge_od"], max(1.0, 0.08 * w))
+    if rng.random() < float(m.get("medulla_p", 0.0)):
+        breaks = _smooth_noise(rng, len(s), 30.0 / um_per_px) > -0.5
+        for a, b in _segments(breaks):
+            if b - a > 2:
+                _polyline(layer, points[a:b], m["medulla_od"], max(1.0, 0.3 * w))
+    if "scale_spacing_um" in m:  # wool: overlapping cuticle scales, irregular edges across the fibre
+        for i in _positions(rng, s, rng.uniform(*m["scale_spacing_um"]) / um_per_px):
+            tangent = np.array([normal[i, 1], -normal[i, 0]])
+            mid = points[i] + tangent * rng.uniform(-0.25, 0.35) * w
+            line = np.stack([points[i] + normal[i] * half_w[i], mid, points[i] - normal[i] * half_w[i]])
+            _polyline(layer, line, m["scale_od"], 1)
+    for i in twists:  # a convolution: the ribbon edges cross the fibre
+        _polyline(layer, _across(points, normal, half_w, i, 0.5 * w), m["convolution_od"], max(1.0, 0.08 * w))
+    for i in nodes:  # linen node: a dark band with cross-marks (an X) across the fibre
+        _polyline(layer, _across(points, normal, half_w, i, rng.uniform(-0.15, 0.15) * w), m["node_od"], 1)
+        for skew in (-0.35, 0.35):
+            _polyline(layer, _across(points, normal, half_w, i, skew * w * rng.uniform(0.7, 1.3)),
+                      0.7 * m["node_od"], 1)
+    if "specks_per_100um2" in m:  # delustrant (TiO2) or a grainy surface: sub-micrometre dark dots
+        length_um = float(s[-1] - s[0]) * um_per_px
+        n = rng.poisson(rng.uniform(*m["specks_per_100um2"]) * length_um * diameter / 100.0)
+        idx = rng.integers(0, len(s), n)
+        pts = points[idx] + normal[idx] * (rng.uniform(-0.8, 0.8, n) * half_w[idx])[:, None]
+        x, y = np.rint(pts[:, 0]).astype(int), np.rint(pts[:, 1]).astype(int)
+        inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+        layer[y[inside], x[inside]] = float(m.get("speck_od", 0.9))
+    edge = max(1.0, 0.08 * w)
+    _polyline(layer, left, m["edge_od"], edge)
+    _polyline(layer, right, m["edge_od"], edge)
+    return DrawnFibre(fibre.name, diameter, points.astype(np.float32))
+
+
+def _illumination(rng: np.random.Generator, width: int, height: int, unevenness: float) -> np.ndarray:
+    """Lamp field: vignetting around an off-centre hot spot plus a linear gradient, tinted."""
+    y, x = np.ogrid[0:height, 0:width]
+    cx, cy = rng.uniform(0.3, 0.7) * width, rng.uniform(0.3, 0.7) * height
+    r2 = ((x - cx) ** 2 + (y - cy) ** 2) / float(width * width + height * height)
+    angle = rng.uniform(0, 2 * np.pi)
+    gradient = (np.cos(angle) * x / width + np.sin(angle) * y / height - 0.5) * 0.5
+    field_ = _LAMP_LEVEL * (1.0 - unevenness * (2.0 * r2 + gradient)).astype(np.float32)
+    return field_[:, :, None] * np.array(_LAMP_TINT_BGR, dtype=np.float32)
+
+
+def _dust(od: np.ndarray, rng: np.random.Generator, mean_count: float, um_per_px: float) -> None:
+    """Dust and debris on the slide: dark round specks and short fibrils."""
+    height, width = od.shape[:2]
+    for _ in range(rng.poisson(mean_count)):
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        grey = float(rng.uniform(0.3, 1.5))
+        if rng.random() < 0.7:
+            radius = max(1, int(rng.uniform(0.5, 4.0) / um_per_px))
+            cv2.circle(od, centre, radius, (grey, grey, grey), -1)
+        else:
+            angle = rng.uniform(0, np.pi)
+            length = rng.uniform(5.0, 25.0) / um_per_px
+            end = (int(centre[0] + length * np.cos(angle)), int(centre[1] + length * np.sin(angle)))
+            cv2.line(od, centre, end, (grey, grey, grey), 1)
+
+
+def render_frame(sample: Sample, rng: np.random.Generator, width: int = 256, height: int = 256,
+                 um_per_px: float = 0.8, fibres: Optional[FibreSet] = None, sharp: bool = False,
+                 defocus_um: Optional[float] = None,
+                 decorate: Optional[FrameDecorator] = None) -> Tuple[np.ndarray, FrameTruth]:
+    """One bright-field frame of the sample (BGR uint8, height x width) and what it really shows.
+
+    `sharp=True` renders in perfect focus; `defocus_um` forces a blur (sigma in micrometres),
+    otherwise each frame draws its own around `sample.nuisance.defocus_um`. `decorate(image)` may
+    draw on the float BGR transmission image (0..1) before optics and camera act, e.g. a printed
+    label on the sample.
+    """
+    fibres = fibres if fibres is not None else load_fibres()
+    nu = sample.nuisance
+    weights = count_weights(sample.composition, fibres)
+    names = list(weights)
+    frame_mm = max(width, height) * um_per_px / 1000.0
+    n = int(rng.poisson(nu.fibre_density_per_mm * frame_mm))
+    kinds = rng.choice(len(names), size=n, p=np.array([weights[k] for k in names]))
+    dye = _dye_od_bgr(sample)
+    od = np.zeros((height, width, 3), dtype=np.float32)
+    layer = np.empty((height, width), dtype=np.float32)
+    drawn = []
+    for k in kinds:
+        fibre = fibres[names[k]]
+        layer.fill(0.0)
+        drawn.append(_draw_fibre(layer, fibre, rng, um_per_px))
+        colour = np.asarray(fibre.morphology.get("tint", (1.0, 1.0, 1.0)), dtype=np.float32)
+        od += layer[:, :, None] * colour
+        if nu.dye_darkness > 0:
+            od += (layer > 0)[:, :, None] * (dye * fibre.dye_uptake)
+    _dust(od, rng, nu.dust_per_frame, um_per_px)
+    image = _illumination(rng, width, height, nu.illumination_unevenness) * np.exp(-od)
+    if decorate is not None:
+        decorate(image)
+    if sharp:
+        blur_um = 0.0
+    elif defocus_um is not None:
+        blur_um = float(defocus_um)
+    else:
+        blur_um = float(nu.defocus_um * rng.uniform(0.5, 1.5))
+    sigma_px = float(np.hypot(_PSF_UM, blur_um)) / um_per_px
+    image = cv2.GaussianBlur(image, (0, 0), sigma_px)
+    image *= 255.0
+    image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(nu.camera_noise)
+    frame = np.clip(image, 0, 255).astype(np.uint8)
+    counts = {name: 0 for name in sample.composition}
+    for fibre_drawn in drawn:
+        counts[fibre_drawn.name] += 1
+    return frame, FrameTruth(counts, drawn, blur_um)
