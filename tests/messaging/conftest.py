@@ -1,0 +1,50 @@
+"""Fixtures of the messaging tests: links on the real Mosquitto, a broker that keeps sessions."""
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from isic_station.mqtt_link import MqttSettings
+
+from .mqtt_helpers import publish_once, unique
+
+
+@pytest.fixture
+def names() -> dict:
+    """Unique topic prefix, station id and discovery prefix, so tests sharing the broker never meet."""
+    return {"prefix": unique("t-"), "station": unique("st"), "ha_prefix": unique("ha-")}
+
+
+def fast_settings(host: str, port: int, names: dict, **overrides) -> MqttSettings:
+    """Settings that reconnect and report quickly, so tests stay within seconds."""
+    values = dict(host=host, port=port, prefix=names["prefix"], station_id=names["station"],
+                  ha_prefix=names["ha_prefix"], reconnect_min_s=0.1, reconnect_max_s=0.5,
+                  health_interval_s=60.0, keepalive_s=10)
+    values.update(overrides)
+    return MqttSettings(**values)
+
+
+@pytest.fixture
+def clear_retained(mqtt_broker) -> Iterator[list]:
+    """Topics appended to this list get an empty retained message at the end (keeps the shared broker clean)."""
+    topics: list = []
+    yield topics
+    for topic in topics:
+        publish_once(*mqtt_broker, topic, b"", retain=True)
+
+
+@pytest.fixture
+def persistent_broker(private_broker, tmp_path: Path):
+    """A private Mosquitto that keeps sessions and queued messages across a restart (persistence on),
+    so a subscriber misses nothing while the broker is down."""
+    private_broker.stop()
+    store = tmp_path / "mosquitto-store"
+    store.mkdir()
+    private_broker.config.write_text(
+        f"listener {private_broker.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+        f"persistence_location {store}/\nautosave_interval 1\n",
+        encoding="utf-8",
+    )
+    private_broker.start()
+    return private_broker
