@@ -8,8 +8,8 @@ from typing import List, Tuple
 
 import numpy as np
 
-INSTRUMENT_NM = np.linspace(950.0, 2550.0, 301)
-BANDS_NM = (1200.0, 1450.0, 1720.0, 1930.0, 2100.0, 2310.0)
+INSTRUMENT_NM = np.linspace(900.0, 1700.0, 256)  # the virtual lab's InGaAs axis
+BANDS_NM = (1030.0, 1200.0, 1360.0, 1450.0, 1540.0, 1660.0)
 
 
 def reflectance(rng: np.random.Generator, wavelengths_nm: np.ndarray = INSTRUMENT_NM) -> np.ndarray:

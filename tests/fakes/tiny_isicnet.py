@@ -110,7 +110,7 @@ def manifest_document(shas: Dict[str, str], om: bool, seed: int = 11) -> Dict[st
         "fibres": list(FIBRES),
         "blend_classes": list(BLEND_CLASSES),
         "spectrum": {
-            "wavelengths_nm": np.linspace(1000.0, 2500.0, N_POINTS).round(3).tolist(),
+            "wavelengths_nm": np.linspace(950.0, 1650.0, N_POINTS).round(3).tolist(),
             "reflectance_clip": [1e-4, 1.5],
             "scatter": "snv",
             "savgol": {"window": 7, "polyorder": 2, "deriv": 1},

@@ -8,6 +8,7 @@ import argparse
 import importlib
 
 BENCH_MODULES = (
+    "isic_station.bench.model",
 )
 
 

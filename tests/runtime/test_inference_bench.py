@@ -1,0 +1,58 @@
+"""`isic-station bench model`: runs on a manifest and prints the contracted JSON object (no timing asserted)."""
+
+import json
+import sys
+
+import pytest
+
+from fakes.fake_acl import FakeAcl
+from isic_station.cli import main
+
+TIMINGS = ("preprocess_ms", "infer_ms", "total_ms")
+
+
+def _bench_json(capsys, *extra):
+    code = main(["bench", "model", "--repeats", "3", "--json", *extra])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert len(lines) == 1, out
+    return json.loads(lines[0])
+
+
+def test_json_is_one_object_with_the_contracted_keys(tiny_manifest_path, capsys, no_acl):
+    result = _bench_json(capsys, "--manifest", str(tiny_manifest_path), "--backend", "auto", "--threads", "1")
+    assert set(result) == {"backend", *TIMINGS}
+    assert result["backend"] == "onnxruntime"
+    for key in TIMINGS:
+        assert set(result[key]) == {"p50", "p99"}
+        assert 0 < result[key]["p50"] <= result[key]["p99"]
+
+
+def test_bench_runs_on_the_acl_backend(tiny_manifest_path, capsys, monkeypatch):
+    fake = FakeAcl()
+    monkeypatch.setitem(sys.modules, "acl", fake)
+    result = _bench_json(capsys, "--manifest", str(tiny_manifest_path), "--backend", "acl")
+    assert result["backend"] == "acl"
+    assert fake.violations == [] and fake.leaks() == []
+
+
+def test_text_output_names_backend_and_each_figure(tiny_manifest_path, capsys):
+    assert main(["bench", "model", "--repeats", "2", "--backend", "onnxruntime",
+                 "--manifest", str(tiny_manifest_path)]) == 0
+    out = capsys.readouterr().out
+    assert "on onnxruntime" in out
+    for key in TIMINGS:
+        assert key in out
+
+
+def test_missing_manifest_is_one_clear_line(tmp_path, capsys):
+    assert main(["bench", "model", "--manifest", str(tmp_path / "nope.json")]) == 78
+    assert "model manifest not found" in capsys.readouterr().err
+
+
+def test_repeats_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["bench", "model", "--repeats", "0"])
+    assert caught.value.code == 2
+    assert "expected a whole number >= 1" in capsys.readouterr().err
