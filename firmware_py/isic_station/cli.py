@@ -9,6 +9,8 @@ from isic_station.command_line import build_parser, run
 # One module per concern; each registers its own sub-commands.
 COMMAND_MODULES = (
     "isic_station.bench",
+    "isic_station.station_commands",
+    "isic_drivers.emulators.cli",
 )
 
 

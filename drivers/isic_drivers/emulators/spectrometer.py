@@ -1,0 +1,299 @@
+"""An emulated OBP spectrometer on a pseudo-terminal, measuring the virtual lab's sample stage.
+
+It answers the OBP messages the station's driver sends (serial number, wavelength coefficients,
+integration time, trigger mode, raw spectrum, baud rate) as an InGaAs instrument would (900-1700 nm,
+256 pixels, 16-bit counts by default), with counts from the virtual lab's `scan_counts` of whatever
+`SampleStage.current()` holds. The physics is the lab's; this module adds only what an instrument
+and its cable add: the protocol, a lamp that ages, and faults switched on by rate:
+
+- `garbage`: random bytes before a reply (line noise);
+- `checksum`: a reply with one checksum byte flipped;
+- `drop`: no reply at all;
+- `delay`: the reply comes `delay_s` later (after the driver's timeout, as a late reply);
+- `nack`: a NACK with a retryable error number (3 bad checksum, 7 device not ready);
+- `reopen`: instead of replying the line is closed, stays down for `reopen_s`, and a new pty opens
+  (behind the same `--link` path when one is given: a USB adapter unplugged and plugged back in).
+
+Each fault is drawn independently per request with the given probability, from a seeded generator.
+"""
+
+import dataclasses
+import errno
+import logging
+import os
+import select
+import time
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from isic_drivers.emulators.pseudo_terminal import PseudoTerminal
+from isic_drivers.lab.instrument import InstrumentModel
+from isic_drivers.lab.measurement import scan_counts
+from isic_drivers.lab.sample import Nuisance, Sample
+from isic_drivers.lab.stage import SampleStage
+from isic_drivers.obp.codec import (
+    DeviceRejected,
+    Flag,
+    Frame,
+    InvalidPayload,
+    MessageType,
+    UnknownMessageType,
+    encode_frame,
+    pack_reply,
+    unpack_request,
+)
+from isic_drivers.obp.scanner import FrameScanner
+from isic_station.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+FAULT_NAMES = ("garbage", "checksum", "drop", "delay", "nack", "reopen")
+RETRYABLE_NACKS = (3, 7)
+BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+TRIGGER_MODES = range(0, 5)
+# How long one blocking write to the pty may wait for the reader before the rest is dropped, as a
+# serial line with nobody listening drops bytes (the emulator must never hang on a gone client).
+WRITE_STALL_S = 0.5
+
+
+@dataclass(frozen=True)
+class FaultRates:
+    """Probability per request of each fault (0 = off)."""
+
+    garbage: float = 0.0
+    checksum: float = 0.0
+    drop: float = 0.0
+    delay: float = 0.0
+    nack: float = 0.0
+    reopen: float = 0.0
+
+    @classmethod
+    def parse(cls, items: Sequence[str]) -> "FaultRates":
+        """From `NAME=RATE` strings (e.g. `garbage=0.05`); ConfigError naming a bad item."""
+        rates = {}
+        for item in items:
+            name, _, value = item.partition("=")
+            if name not in FAULT_NAMES:
+                raise ConfigError(f"--fault {item!r}: unknown fault {name!r}; expected one of {', '.join(FAULT_NAMES)}")
+            try:
+                rate = float(value)
+            except ValueError:
+                raise ConfigError(f"--fault {item!r}: the rate must be a number in 0..1, e.g. {name}=0.05") from None
+            if not 0.0 <= rate <= 1.0:
+                raise ConfigError(f"--fault {item!r}: the rate {rate} is outside 0..1")
+            rates[name] = rate
+        return cls(**rates)
+
+
+def instrument_for(pixels: Optional[int], wavelength_range: Optional[Tuple[float, float]],
+                   serial: Optional[str]) -> InstrumentModel:
+    """The lab's default InGaAs instrument, or one with a linear axis over `wavelength_range` on `pixels`."""
+    nominal = InstrumentModel()
+    changes = {}
+    if pixels is not None or wavelength_range is not None:
+        count = pixels if pixels is not None else nominal.n_pixels
+        if count < 2:
+            raise ConfigError(f"--pixels {count}: an instrument needs at least 2 pixels")
+        low, high = wavelength_range if wavelength_range is not None else (
+            float(nominal.wavelengths_nm[0]), float(nominal.wavelengths_nm[-1]))
+        if not 0 < low < high:
+            raise ConfigError(f"--range {low} {high}: expected 0 < start < end (nm)")
+        changes.update(n_pixels=count, wavelength_coeffs=(low, (high - low) / (count - 1)))
+    if serial is not None:
+        if not serial.isascii() or not 0 < len(serial) <= 32:
+            raise ConfigError(f"--serial {serial!r}: expected 1 to 32 ASCII characters")
+        changes["serial"] = serial
+    return dataclasses.replace(nominal, **changes) if changes else nominal
+
+
+class EmulatedSpectrometer:
+    """The instrument's state and its answers to OBP requests (no I/O: `serve` does that)."""
+
+    def __init__(self, stage: SampleStage, instrument: InstrumentModel, faults: FaultRates = FaultRates(),
+                 seed: int = 0, baud: int = 115200, lamp_drift_per_h: float = 0.0, delay_s: float = 1.5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stage = stage
+        self.instrument = instrument
+        self.faults = faults
+        self.baud = baud
+        self.lamp_drift_per_h = lamp_drift_per_h
+        self.delay_s = delay_s
+        self.integration_us = instrument.default_integration_us
+        self.trigger_mode = 0
+        self.requests = 0
+        self._clock = clock
+        self._started = clock()
+        self._rng = np.random.default_rng(seed)
+
+    def lamp_factor(self) -> float:
+        """Lamp output relative to when the emulator started (ageing at `lamp_drift_per_h` per hour)."""
+        hours = (self._clock() - self._started) / 3600.0
+        return max(0.0, 1.0 - self.lamp_drift_per_h * hours)
+
+    def scan(self) -> np.ndarray:
+        """One raw scan of what is on the stage now, with the aged lamp."""
+        target = self.stage.current()
+        base = target.nuisance if isinstance(target, Sample) else Nuisance()
+        state = dataclasses.replace(base, lamp_intensity=base.lamp_intensity * self.lamp_factor())
+        return scan_counts(self.instrument, target, self.integration_us, self._rng, state)
+
+    def answer(self, request: Frame) -> Frame:
+        """The fault-free reply to `request`: data, an ACK, or a NACK with the OBP error number."""
+        self.requests += 1
+        try:
+            payload = self._payload(request)
+        except DeviceRejected as exc:
+            log.info("NACK %s to 0x%08x: %s", exc.error_number, request.message_type, exc)
+            return Frame(request.message_type, flags=Flag.RESPONSE | Flag.NACK, error_number=exc.error_number,
+                         regarding=request.regarding)
+        flags = Flag.RESPONSE | (Flag.ACK if request.ack_requested else 0)
+        return Frame(request.message_type, payload, flags=flags, regarding=request.regarding)
+
+    def _payload(self, request: Frame) -> bytes:
+        kind = request.message_type
+        values = unpack_request(kind, request.payload)
+        if kind == MessageType.GET_SERIAL_NUMBER:
+            return self.instrument.serial.encode("ascii")
+        if kind == MessageType.GET_SERIAL_NUMBER_LENGTH:
+            return pack_reply(kind, len(self.instrument.serial))
+        if kind == MessageType.GET_BAUD_RATE:
+            return pack_reply(kind, self.baud)
+        if kind == MessageType.SET_BAUD_RATE:
+            self.baud = int(_check(values[0], BAUD_RATES, "baud rate"))
+            return b""
+        if kind == MessageType.GET_RAW_SPECTRUM:
+            return self.scan().astype("<u2").tobytes()
+        if kind == MessageType.GET_INTEGRATION_TIME:
+            return pack_reply(kind, self.integration_us)
+        if kind == MessageType.SET_INTEGRATION_TIME:
+            limits = range(self.instrument.min_integration_us, self.instrument.max_integration_us + 1)
+            self.integration_us = int(_check(values[0], limits, "integration time (us)"))
+            return b""
+        if kind == MessageType.SET_TRIGGER_MODE:
+            self.trigger_mode = int(_check(values[0], TRIGGER_MODES, "trigger mode"))
+            return b""
+        if kind == MessageType.GET_WAVELENGTH_COEFFICIENT_COUNT:
+            return pack_reply(kind, len(self.instrument.wavelength_coeffs))
+        if kind == MessageType.GET_WAVELENGTH_COEFFICIENT:
+            index = int(_check(values[0], range(len(self.instrument.wavelength_coeffs)), "coefficient index"))
+            return pack_reply(kind, self.instrument.wavelength_coeffs[index])
+        raise UnknownMessageType(f"message type 0x{kind:08x} is not implemented", error_number=2, message_type=kind)
+
+    def replies(self, request: Frame) -> "Reply":
+        """What goes back on the line for `request`, faults included."""
+        faults, rng = self.faults, self._rng
+        if rng.random() < faults.reopen:
+            return Reply(reopen=True)
+        if rng.random() < faults.drop:
+            return Reply()
+        if rng.random() < faults.nack:
+            reply = Frame(request.message_type, flags=Flag.RESPONSE | Flag.NACK,
+                          error_number=int(rng.choice(RETRYABLE_NACKS)), regarding=request.regarding)
+        else:
+            reply = self.answer(request)
+        data = bytearray(encode_frame(reply))
+        if rng.random() < faults.checksum:
+            data[-5 - int(rng.integers(0, 16))] ^= 0xFF
+        if rng.random() < faults.garbage:
+            data[:0] = rng.integers(0, 256, int(rng.integers(1, 65)), dtype=np.uint8).tobytes()
+        delay = self.delay_s if rng.random() < faults.delay else 0.0
+        return Reply(bytes(data), delay)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Bytes to send after `delay_s`, or a line to close and reopen."""
+
+    data: bytes = b""
+    delay_s: float = 0.0
+    reopen: bool = False
+
+
+def _check(value: float, allowed: Sequence[int], what: str) -> float:
+    if value not in allowed:
+        raise InvalidPayload(f"{what} {value} is not supported", error_number=6)
+    return value
+
+
+class Server:
+    """Serves an EmulatedSpectrometer on a PseudoTerminal until `stop()`.
+
+    Delayed replies wait in a queue so other requests are still served meanwhile; a reopen drops them
+    (they were on the line that went away).
+    """
+
+    def __init__(self, device: EmulatedSpectrometer, line: PseudoTerminal, reopen_s: float = 0.5) -> None:
+        self.device = device
+        self.line = line
+        self.reopen_s = reopen_s
+        self.reopens = 0
+        self._scanner = FrameScanner()
+        self._pending: List[Tuple[float, bytes]] = []
+        self._running = True
+
+    def stop(self) -> None:
+        """Ask `serve` to return (safe from a signal handler)."""
+        self._running = False
+
+    def serve(self) -> None:
+        """Answer requests until stopped."""
+        os.set_blocking(self.line.master_fd, False)
+        while self._running:
+            now = time.monotonic()
+            due = [data for when, data in self._pending if when <= now]
+            self._pending = [(when, data) for when, data in self._pending if when > now]
+            for data in due:
+                self._write(data)
+            wait = min([0.1] + [when - now for when, _ in self._pending])
+            try:
+                ready, _, _ = select.select([self.line.master_fd], [], [], max(0.0, wait))
+            except InterruptedError:
+                continue
+            if not ready:
+                continue
+            try:
+                chunk = os.read(self.line.master_fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EIO:  # no client has the slave open: wait for one
+                    time.sleep(0.05)
+                    continue
+                raise
+            self._scanner.feed(chunk)
+            for request in self._scanner.frames():
+                self._handle(request)
+
+    def _handle(self, request: Frame) -> None:
+        reply = self.device.replies(request)
+        if reply.reopen:
+            self._reopen()
+        elif reply.delay_s:
+            self._pending.append((time.monotonic() + reply.delay_s, reply.data))
+        elif reply.data:
+            self._write(reply.data)
+
+    def _reopen(self) -> None:
+        log.info("fault: closing the line for %.2f s", self.reopen_s)
+        self.line.close()
+        self._pending.clear()
+        self._scanner = FrameScanner()
+        time.sleep(self.reopen_s)
+        self.line.open()
+        os.set_blocking(self.line.master_fd, False)
+        self.reopens += 1
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + WRITE_STALL_S
+        while view:
+            _, writable, _ = select.select([], [self.line.master_fd], [], max(0.0, deadline - time.monotonic()))
+            if not writable:
+                log.warning("nobody reads the line: %d reply bytes dropped", len(view))
+                return
+            try:
+                view = view[os.write(self.line.master_fd, view):]
+            except BlockingIOError:
+                continue

@@ -1,0 +1,127 @@
+"""The driver against the emulated instrument over a real pseudo-terminal, faults on, calibrated spectra out."""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from isic_drivers.lab.instrument import InstrumentModel
+from isic_drivers.lab.sample import Sample
+from isic_drivers.lab.spectra import reflectance as lab_reflectance
+from isic_drivers.lab.stage import SampleStage
+from isic_drivers.obp.codec import InvalidPayload
+from isic_drivers.obp.spectrometer import ObpSpectrometer
+from isic_drivers.obp.transport import SerialTransport
+from isic_station.calibration import CalibrationStore
+
+ALL_FAULTS = ["--fault", "garbage=0.15", "--fault", "checksum=0.08", "--fault", "drop=0.05",
+              "--fault", "delay=0.05", "--fault", "nack=0.08", "--fault", "reopen=0.04",
+              "--delay-s", "0.6", "--reopen-s", "0.2"]
+COTTON = Sample({"cotton": 1.0}, sample_id="cotton-nominal")
+
+
+def driver(port, timeout_s=0.4, retries=8):
+    transport = SerialTransport(port, read_timeout_s=timeout_s, backoff_initial_s=0.05, backoff_max_s=0.4)
+    return ObpSpectrometer(transport, retries=retries)
+
+
+def test_instrument_features_without_faults(start_emulator, tmp_path):
+    stage = SampleStage(tmp_path / "stage.json")
+    stage.put_sample(COTTON)
+    emulator = start_emulator("--stage", str(stage.path), "--serial", "NIR-42", "--pixels", "128",
+                              "--range", "950", "1650")
+    spectrometer = driver(emulator.port)
+    try:
+        assert spectrometer.serial_number() == "NIR-42"
+        axis = spectrometer.wavelengths()
+        assert len(axis) == 128 and axis[0] == pytest.approx(950) and axis[-1] == pytest.approx(1650, abs=1e-3)
+        spectrometer.set_integration_time_us(4000)
+        assert spectrometer.integration_time_us() == 4000
+        spectrometer.set_trigger_mode(1)
+        with pytest.raises(InvalidPayload, match="integration time 5 us"):
+            spectrometer.set_integration_time_us(5)
+        raw = spectrometer.raw_spectrum()
+        assert raw.dtype == np.uint16 and raw.shape == (128,) and raw.max() > 2000
+        single_sd = np.std(spectrometer.raw_spectrum().astype(float) - spectrometer.raw_spectrum()) / np.sqrt(2)
+        first, second = spectrometer.coadd(16), spectrometer.coadd(16)
+        coadded_sd = np.std(first - second) / np.sqrt(2)
+        assert first.dtype == np.float64 and first.shape == (128,)
+        assert 2.5 < single_sd / coadded_sd < 6.5  # sqrt(16) = 4
+    finally:
+        spectrometer.transport.close()
+    assert emulator.stop() == 0
+
+
+def fault_evidence(health):
+    """Which fault modes the driver has met so far, from its counters."""
+    return {
+        "retried (drop, nack, delay, checksum)": health["retried_requests"] > 0,
+        "late reply ignored (delay)": health["stale_replies"] > 0,
+        "bad checksum skipped": health["scanner_checksum_failures"] > 0,
+        "garbage discarded": health["scanner_discarded_bytes"] > 0,
+        "line reopened": health["reconnects"] > 0,
+    }
+
+
+def test_calibrated_spectra_with_every_fault_on(start_emulator, tmp_path):
+    """Calibrate, then measure until the driver has come through every fault mode; every spectrum is right."""
+    stage = SampleStage(tmp_path / "stage.json")
+    stage.put_reference("dark")
+    link = str(tmp_path / "spectrometer")
+    emulator = start_emulator("--stage", str(stage.path), "--link", link, "--noise-seed", "5", *ALL_FAULTS)
+    assert emulator.port == link
+    spectrometer = driver(link)
+    store = CalibrationStore(tmp_path / "calibration")
+    truth = lab_reflectance(COTTON, InstrumentModel().true_axis(COTTON.nuisance)) / 0.99  # white tile R = 0.99
+    try:
+        serial = spectrometer.serial_number()
+        axis = spectrometer.wavelengths()
+        band = (axis > 950) & (axis < 1650)
+        store.capture(spectrometer, "dark", scans=8)
+        stage.put_reference("white")
+        store.capture(spectrometer, "white", scans=8)
+        stage.put_sample(COTTON)
+        deadline = time.monotonic() + 60
+        measurements = 0
+        while not all(fault_evidence(spectrometer.health()).values()) and time.monotonic() < deadline:
+            measured, flags = store.reflectance(spectrometer.coadd(4), serial=serial,
+                                                integration_us=spectrometer.integration_time_us())
+            measurements += 1
+            assert flags == ()
+            assert np.median(np.abs(measured[band] - truth[band])) < 0.02
+        health = spectrometer.health()
+    finally:
+        spectrometer.transport.close()
+    assert measurements > 0
+    assert all(fault_evidence(health).values()), fault_evidence(health)
+    assert emulator.stop() == 0
+    assert not os.path.lexists(link)
+
+
+def test_lamp_ageing_shows_as_white_drift(start_emulator, tmp_path):
+    stage = SampleStage(tmp_path / "stage.json")
+    stage.put_reference("dark")
+    emulator = start_emulator("--stage", str(stage.path), "--lamp-drift", "360")  # 10 % per second
+    spectrometer = driver(emulator.port)
+    store = CalibrationStore(tmp_path / "calibration", drift_threshold=0.03)
+    try:
+        store.capture(spectrometer, "dark", scans=4)
+        stage.put_reference("white")
+        store.capture(spectrometer, "white", scans=4)
+        assert "white_drift" not in store.flags()
+        time.sleep(0.5)
+        ratio = store.check_white(spectrometer, scans=4)
+    finally:
+        spectrometer.transport.close()
+    assert 0.85 < ratio < 0.97
+    assert "white_drift" in store.flags()
+
+
+def test_bad_fault_option_is_one_line_config_error():
+    command = [sys.executable, "-m", "isic_station.cli", "emulate", "spectrometer", "--fault", "noise=0.1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 78
+    assert result.stdout == "" and result.stderr.count("\n") == 1 and "unknown fault 'noise'" in result.stderr
