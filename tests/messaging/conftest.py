@@ -1,5 +1,7 @@
 """Fixtures of the messaging tests: links on the real Mosquitto, a broker that keeps sessions."""
 
+import os
+import pwd
 from pathlib import Path
 from typing import Iterator
 
@@ -34,17 +36,23 @@ def clear_retained(mqtt_broker) -> Iterator[list]:
         publish_once(*mqtt_broker, topic, b"", retain=True)
 
 
+def reconfigure(broker, lines: str) -> None:
+    """Restart a private broker with more configuration lines. `user` keeps it running as the test's own
+    user: as root, Mosquitto would otherwise drop to the `mosquitto` user, who cannot read the test's files."""
+    broker.stop()
+    broker.config.write_text(
+        f"listener {broker.port} 127.0.0.1\nuser {pwd.getpwuid(os.getuid()).pw_name}\n{lines}", encoding="utf-8"
+    )
+    broker.start()
+
+
 @pytest.fixture
 def persistent_broker(private_broker, tmp_path: Path):
     """A private Mosquitto that keeps sessions and queued messages across a restart (persistence on),
     so a subscriber misses nothing while the broker is down."""
-    private_broker.stop()
     store = tmp_path / "mosquitto-store"
     store.mkdir()
-    private_broker.config.write_text(
-        f"listener {private_broker.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-        f"persistence_location {store}/\nautosave_interval 1\n",
-        encoding="utf-8",
-    )
-    private_broker.start()
-    return private_broker
+    reconfigure(private_broker, f"allow_anonymous true\npersistence true\npersistence_location {store}/\n")
+    yield private_broker
+    log = private_broker.log.read_text(encoding="utf-8", errors="replace")
+    assert "Error" not in log, f"the test broker reported an error:\n{log}"

@@ -49,7 +49,7 @@ class Recorder:
 
     def __init__(self, host: str, port: int, topics: List[str], client_id: Optional[str] = None,
                  persistent: bool = False) -> None:
-        self.messages: List[Tuple[str, bytes, bool]] = []
+        self.messages: List[Tuple[str, bytes, bool, int]] = []  # topic, payload, retain, qos
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self._topics = topics
@@ -68,15 +68,15 @@ class Recorder:
 
     def _on_message(self, client, userdata, message) -> None:
         with self._cond:
-            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain), message.qos))
             self._cond.notify_all()
 
     def wait_subscribed(self, timeout: float = 5.0) -> None:
         assert self._subscribed.wait(timeout), "subscriber did not get its SUBACK"
         self._subscribed.clear()
 
-    def wait_for(self, predicate: Callable[[List[Tuple[str, bytes, bool]]], bool], timeout: float = 10.0,
-                 what: str = "messages") -> List[Tuple[str, bytes, bool]]:
+    def wait_for(self, predicate: Callable[[List[Tuple[str, bytes, bool, int]]], bool], timeout: float = 10.0,
+                 what: str = "messages") -> List[Tuple[str, bytes, bool, int]]:
         deadline = time.monotonic() + timeout
         with self._cond:
             while not predicate(self.messages):
@@ -88,11 +88,21 @@ class Recorder:
     def payloads(self, topic: str) -> List[Any]:
         """JSON payloads received on `topic`, in arrival order (empty payloads as None)."""
         with self._cond:
-            return [json.loads(p) if p else None for t, p, _ in self.messages if t == topic]
+            return [json.loads(m[1]) if m[1] else None for m in self.messages if m[0] == topic]
+
+    def count(self, topic: str) -> int:
+        """How many messages arrived on `topic`."""
+        with self._cond:
+            return sum(1 for m in self.messages if m[0] == topic)
+
+    def wait_count(self, topic: str, n: int, timeout: float = 10.0) -> List[Any]:
+        """Wait until `n` messages arrived on `topic`; their JSON payloads."""
+        self.wait_for(lambda msgs: sum(1 for m in msgs if m[0] == topic) >= n, timeout, f"{n} on {topic}")
+        return self.payloads(topic)
 
     def topics(self) -> List[str]:
         with self._cond:
-            return [t for t, _, _ in self.messages]
+            return [m[0] for m in self.messages]
 
     def close(self) -> None:
         self.client.disconnect()

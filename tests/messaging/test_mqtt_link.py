@@ -1,0 +1,235 @@
+"""The MQTT link against the machine's real Mosquitto: results, state, health, commands, discovery, stop."""
+
+import json
+import time
+
+import pytest
+
+from isic_station.commands import CommandRouter
+from isic_station.errors import ConfigError
+from isic_station.ha_discovery import node_id
+from isic_station.mqtt_link import MqttLink, MqttSettings
+from isic_station.outbox import Outbox
+from isic_station.schemas import validation_errors
+from isic_station.spec_check import LotSpec
+
+from .conftest import fast_settings
+from .mqtt_helpers import FIBRES, Recorder, health_part, publish_once, sample_result, unique, wait_until
+
+
+@pytest.fixture
+def make_link(tmp_path):
+    """Build started links (outbox in tmp_path); every one is stopped at the end of the test."""
+    made = []
+
+    def make(settings, **kwargs):
+        outbox = Outbox(tmp_path / f"outbox-{len(made)}.sqlite3")
+        link = MqttLink(settings, outbox, **kwargs)
+        link.start()
+        made.append((link, outbox))
+        return link, outbox
+
+    yield make
+    for link, outbox in made:
+        link.stop(timeout=2.0)
+        outbox.close()
+
+
+@pytest.fixture
+def recorder_factory():
+    made = []
+
+    def make(*args, **kwargs):
+        rec = Recorder(*args, **kwargs)
+        rec.wait_subscribed()
+        made.append(rec)
+        return rec
+
+    yield make
+    for rec in made:
+        rec.close()
+
+
+def retained_of(link):
+    return [link.topics.status, link.topics.state, link.topics.health]
+
+
+def test_results_arrive_at_qos1_in_order_validate_and_leave_the_outbox(
+        mqtt_broker, names, make_link, recorder_factory, clear_retained):
+    settings = fast_settings(*mqtt_broker, names)
+    base = f"{names['prefix']}/{names['station']}"
+    rec = recorder_factory(*mqtt_broker, [f"{base}/#"])
+    link, outbox = make_link(settings, health_source=health_part)
+    clear_retained.extend(retained_of(link))
+    assert link.wait_connected(5)
+    sent = [sample_result(names["station"], outbox.next_sequence()) for _ in range(5)]
+    for doc in sent:
+        link.publish_result(doc)
+    results = rec.wait_count(link.topics.result, 5)
+    assert [r["sequence"] for r in results] == [1, 2, 3, 4, 5]
+    assert [r["message_id"] for r in results] == [d["message_id"] for d in sent]
+    for doc in results:
+        assert validation_errors(doc, "result") == []
+        assert doc["replayed"] is False
+    assert {m[3] for m in rec.messages if m[0] == link.topics.result} == {1}, "results travel at QoS 1"
+    wait_until(lambda: outbox.stats().depth == 0, 5, "PUBACKs to empty the outbox")
+    assert link.stats()["published_total"] == 5
+    # A dashboard that connects later gets the latest result and the availability, retained.
+    late = recorder_factory(*mqtt_broker, [link.topics.state, link.topics.status, link.topics.health])
+    late.wait_for(lambda m: {link.topics.state, link.topics.status, link.topics.health} <= {x[0] for x in m},
+                  5, "retained state, status and health")
+    assert late.payloads(link.topics.state)[-1]["sequence"] == 5
+    assert late.payloads(link.topics.status)[-1] == {"state": "online", "station": names["station"]}
+    health = late.payloads(link.topics.health)[-1]
+    assert validation_errors(health, "health") == []
+    assert health["mqtt"]["connected"] is True and health["devices"]["camera"]["reconnects"] == 2
+    assert all(m[2] for m in late.messages), "state, status and health are retained"
+
+
+def test_health_is_periodic_and_reports_the_outbox(mqtt_broker, names, make_link, recorder_factory, clear_retained):
+    settings = fast_settings(*mqtt_broker, names, health_interval_s=0.3)
+    rec = recorder_factory(*mqtt_broker, [f"{names['prefix']}/{names['station']}/health"])
+    link, outbox = make_link(settings, health_source=health_part)
+    clear_retained.extend(retained_of(link))
+    docs = rec.wait_count(link.topics.health, 3, timeout=5)
+    for doc in docs:
+        assert validation_errors(doc, "health") == []
+        assert doc["outbox"]["quota_bytes"] == outbox.quota_bytes
+    times = [doc["reported_at"] for doc in docs]
+    assert times == sorted(times) and len(set(times)) == len(times)
+
+
+def test_broken_health_source_does_not_stop_results(mqtt_broker, names, make_link, recorder_factory, clear_retained):
+    def broken():
+        raise RuntimeError("sensor gone")
+
+    settings = fast_settings(*mqtt_broker, names, health_interval_s=0.1)
+    rec = recorder_factory(*mqtt_broker, [f"{names['prefix']}/{names['station']}/#"])
+    link, outbox = make_link(settings, health_source=broken)
+    clear_retained.extend(retained_of(link))
+    assert link.wait_connected(5)
+    time.sleep(0.3)
+    link.publish_result(sample_result(names["station"], outbox.next_sequence()))
+    assert rec.wait_count(link.topics.result, 1)[0]["sequence"] == 1
+    assert rec.count(link.topics.health) == 0
+
+
+def test_commands_round_trip_with_validation(mqtt_broker, names, make_link, recorder_factory, clear_retained):
+    lots = []
+
+    def set_lot(payload):
+        lots.append(LotSpec.from_dict(payload, known_fibres=FIBRES))
+        return {"lot_id": lots[-1].lot_id}
+
+    def measure(payload):
+        raise RuntimeError("spectrometer timed out")
+
+    router = CommandRouter({"set_lot": set_lot, "measure": measure, "status": lambda p: {"lot": "L1"}})
+    settings = fast_settings(*mqtt_broker, names)
+    base = f"{names['prefix']}/{names['station']}"
+    rec = recorder_factory(*mqtt_broker, [f"{base}/cmd/+/response"])
+    link, _ = make_link(settings, commands=router)
+    clear_retained.extend(retained_of(link))
+    assert link.wait_connected(5)
+    host, port = mqtt_broker
+    publish_once(host, port, link.topics.command("set_lot"),
+                 json.dumps({"transaction": "t1", "lot_id": "L1", "composition": {"cotton": 0.6, "polyester": 0.4},
+                             "tolerance_pp": 4}).encode())
+    publish_once(host, port, link.topics.command("set_lot"), b'{"transaction": "t2", "lot_id": "L2"}')
+    publish_once(host, port, link.topics.command("set_lot"), b"not json")
+    publish_once(host, port, link.topics.command("measure"), b'{"transaction": 3}')
+    publish_once(host, port, link.topics.command("frobnicate"), b'{"transaction": 4}')
+    publish_once(host, port, link.topics.command("status"), b"")
+    set_lot_answers = rec.wait_count(link.topics.response("set_lot"), 3)
+    for doc in set_lot_answers:
+        assert validation_errors(doc, "command_response") == []
+    assert set_lot_answers[0] == {"status": "ok", "data": {"lot_id": "L1"}, "error": None, "transaction": "t1"}
+    assert set_lot_answers[1]["status"] == "error" and set_lot_answers[1]["transaction"] == "t2"
+    assert "'composition' is a required property" in set_lot_answers[1]["error"]
+    assert set_lot_answers[2]["status"] == "error" and "not valid JSON" in set_lot_answers[2]["error"]
+    assert lots == [LotSpec("L1", {"cotton": 0.6, "polyester": 0.4}, 4.0)]
+    (crash,) = rec.wait_count(link.topics.response("measure"), 1)
+    assert crash["status"] == "error" and "spectrometer timed out" in crash["error"] and crash["transaction"] == 3
+    (unknown,) = rec.wait_count(link.topics.response("frobnicate"), 1)
+    assert "unknown command 'frobnicate'" in unknown["error"] and unknown["transaction"] is None
+    (status,) = rec.wait_count(link.topics.response("status"), 1)
+    assert status == {"status": "ok", "data": {"lot": "L1"}, "error": None, "transaction": None}
+    assert link.connected, "bad commands and a crashing handler leave the link up"
+
+
+def test_home_assistant_discovery_and_republish_on_birth(mqtt_broker, names, make_link, recorder_factory,
+                                                         clear_retained):
+    settings = fast_settings(*mqtt_broker, names)
+    ha = names["ha_prefix"]
+    rec = recorder_factory(*mqtt_broker, [f"{ha}/+/{node_id(names['station'])}/+/config"])
+    link, _ = make_link(settings, ha_fibres=FIBRES, sw_version="9.9.9")
+    expected = {f"{ha}/sensor/{node_id(names['station'])}/{obj}/config"
+                for obj in ("composition_cotton", "composition_polyester", "blend", "confidence")}
+    expected.add(f"{ha}/binary_sensor/{node_id(names['station'])}/status/config")
+    clear_retained.extend(retained_of(link) + sorted(expected))
+    rec.wait_for(lambda m: expected <= {x[0] for x in m}, 5, "discovery configs")
+    first = len(rec.messages)
+    assert first == len(expected)
+    for topic in expected:
+        (config,) = rec.payloads(topic)
+        assert config["device"]["identifiers"] == [node_id(names["station"])]
+        assert config["device"]["sw_version"] == "9.9.9"
+        assert config["unique_id"].startswith(node_id(names["station"]))
+        assert config["state_topic"] in (link.topics.state, link.topics.status)
+        if "binary_sensor" not in topic:
+            assert config["availability_topic"] == link.topics.status
+    cotton = rec.payloads(f"{ha}/sensor/{node_id(names['station'])}/composition_cotton/config")[0]
+    assert cotton["unit_of_measurement"] == "%" and "composition['cotton']" in cotton["value_template"]
+    publish_once(*mqtt_broker, f"{ha}/status", b"offline")
+    publish_once(*mqtt_broker, f"{ha}/status", b"online")
+    rec.wait_for(lambda m: len(m) >= 2 * first, 5, "discovery re-published after Home Assistant came online")
+    # A new model without polyester removes that entity (empty retained payload).
+    link.set_ha_fibres(["cotton"])
+    removed = f"{ha}/sensor/{node_id(names['station'])}/composition_polyester/config"
+    rec.wait_for(lambda m: any(x[0] == removed and x[1] == b"" for x in m), 5, "entity removal")
+
+
+def test_stop_flushes_and_publishes_offline(mqtt_broker, names, tmp_path, recorder_factory, clear_retained):
+    settings = fast_settings(*mqtt_broker, names)
+    rec = recorder_factory(*mqtt_broker, [f"{names['prefix']}/{names['station']}/#"])
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    link = MqttLink(settings, outbox)
+    link.start()
+    clear_retained.extend(retained_of(link))
+    try:
+        assert link.wait_connected(5)
+        for _ in range(20):
+            link.publish_result(sample_result(names["station"], outbox.next_sequence()))
+        started = time.monotonic()
+        link.stop(timeout=5.0)
+        assert time.monotonic() - started < 7.0
+        assert outbox.stats().depth == 0, "stop sends what it can before disconnecting"
+        statuses = rec.wait_for(
+            lambda m: any(x[0] == link.topics.status and b"offline" in x[1] for x in m), 5, "offline")
+        assert [json.loads(x[1])["sequence"] for x in statuses if x[0] == link.topics.result] == list(range(1, 21))
+        assert rec.payloads(link.topics.status)[-1] == {"state": "offline", "station": names["station"]}
+        assert not link.connected
+    finally:
+        outbox.close()
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"port": 0}, "mqtt.port"),
+    ({"qos": 0}, "mqtt.qos"),
+    ({"prefix": "a/+/b"}, "mqtt.prefix"),
+    ({"station_id": "a/b"}, "mqtt.station_id"),
+    ({"tls": True, "ca_file": "/nonexistent/ca.pem"}, "mqtt.ca_file"),
+    ({"ca_file": "/etc/hostname"}, "mqtt.tls"),
+    ({"cert_file": "/etc/hostname"}, "mqtt.cert_file"),
+    ({"password": "s3cret"}, "mqtt.password"),
+])
+def test_settings_errors_name_the_key(overrides, key):
+    values = dict(host="127.0.0.1", station_id="st1")
+    values.update(overrides)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        MqttSettings(**values)
+
+
+def test_password_is_not_shown(caplog):
+    settings = MqttSettings(username="station", password="hunter2-" + unique(""))
+    assert settings.password not in repr(settings)
