@@ -76,8 +76,9 @@ class QualitySection:
     """Thresholds of the frame quality gate and the spectrum signal check."""
 
     min_focus: float
-    max_saturated_fraction: float
-    min_fibre_fraction: float
+    max_clipped_high: float
+    max_clipped_low: float
+    min_coverage: float
     min_signal_fraction: float
 
 

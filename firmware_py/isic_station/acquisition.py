@@ -1,0 +1,219 @@
+"""Acquisition: one measurement from the spectrometer and the microscope, with its sample context.
+
+A measurement is what the probe saw of one piece of fabric: a co-added raw spectrum (several
+scans averaged, so noise falls with their square root), the reflectance computed from it with the
+dark/white references, the microscope frames that passed the quality gate, the flags that say what
+was wrong with any of it, and who it belongs to (station, lot, sample). The sample id is the one
+the `measure` command gave; else a QR/barcode label read from a frame; else one generated from the
+station id and the UTC time, so every result can be traced back.
+
+Only the acquisition thread calls `Acquirer` (it owns both devices), so no locking is needed here.
+A failed camera degrades the measurement (flag `missing_image`, signal-only inference) instead of
+failing it; a failed spectrometer fails it (there is nothing to infer from).
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import numpy as np
+
+from isic_station.errors import DeviceError, StationError
+from isic_station.pipeline import MeasureJob
+
+log = logging.getLogger(__name__)
+
+# The OBP wire format carries counts as uint16; a co-added pixel this close to it was clipped in
+# (nearly) every scan.
+FULL_SCALE_COUNTS = 65535.0
+SATURATION_FRACTION = 0.98
+# Scans co-added into a dark or white reference (at least the measurement's own co-adding).
+REFERENCE_SCANS = 16
+
+# quality_gate reasons -> result flags
+GATE_FLAGS = {"blurred": "blurred_image", "overexposed": "exposure", "underexposed": "exposure",
+              "empty": "empty_field"}
+
+
+@dataclass
+class Measurement:
+    """Everything inference and the result need about one measurement (spectra, frames, context, flags)."""
+
+    station: str
+    lot_id: Optional[str]
+    sample_id: str
+    sample_id_source: str  # "command", "label" or "generated"
+    origin: str  # "command" or "timer"
+    measured_at: datetime
+    requested_at: float  # time.monotonic() of the trigger (command arrival or timer tick)
+    acquire_ms: float
+    counts: np.ndarray
+    wavelengths_nm: np.ndarray
+    reflectance: np.ndarray
+    frames: List[np.ndarray]
+    flags: Set[str] = field(default_factory=set)
+
+
+class NotCalibrated(StationError):
+    """No usable dark and white reference: reflectance cannot be computed, so no result can be either."""
+
+
+def spectrum_flags(counts: np.ndarray, dark: Optional[np.ndarray], white_peak: Optional[float],
+                   min_signal_fraction: float) -> Set[str]:
+    """`saturation` when pixels sat at full scale; `low_signal` when the peak above the dark is below
+    `min_signal_fraction` of the white reference's peak (of full scale without one)."""
+    flags = set()
+    if float(np.max(counts)) >= SATURATION_FRACTION * FULL_SCALE_COUNTS:
+        flags.add("saturation")
+    signal = counts - dark if dark is not None and dark.shape == counts.shape else counts
+    reference = white_peak if white_peak else FULL_SCALE_COUNTS
+    if float(np.max(signal)) < min_signal_fraction * reference:
+        flags.add("low_signal")
+    return flags
+
+
+def generated_sample_id(station: str, moment: datetime) -> str:
+    """A sample id for a measurement nobody named: station and UTC time to the millisecond."""
+    return f"{station}-{moment.astimezone(timezone.utc).strftime('%Y%m%dT%H%M%S')}{moment.microsecond // 1000:03d}Z"
+
+
+class Acquirer:
+    """Takes measurements and references with the devices it is given.
+
+    `spectrometer` is an `ObpSpectrometer`; `camera` a `CameraSource` or None (signal-only); `gate` a
+    `QualityGate`; `label_reader` a `SampleLabelReader` or None; `calibration` the `CalibrationStore` whose
+    references turn counts into reflectance; `context()` gives (station, lot id).
+    """
+
+    def __init__(
+        self,
+        spectrometer: Any,
+        camera: Optional[Any],
+        gate: Any,
+        label_reader: Optional[Any],
+        calibration: Any,
+        integration_us: int,
+        context: Callable[[], Tuple[str, Optional[str]]],
+        coadd: int,
+        frames_per_measurement: int,
+        min_signal_fraction: float,
+        frame_timeout_s: float = 2.0,
+    ) -> None:
+        self.spectrometer = spectrometer
+        self.camera = camera
+        self.gate = gate
+        self.label_reader = label_reader
+        self.calibration = calibration
+        self.integration_us = integration_us
+        self._context = context
+        self.coadd = coadd
+        self.frames_per_measurement = frames_per_measurement
+        self.min_signal_fraction = min_signal_fraction
+        self.frame_timeout_s = frame_timeout_s
+        self._wavelengths: Optional[np.ndarray] = None
+        self._serial: Optional[str] = None
+        self.camera_failures = 0
+
+    @property
+    def wavelengths_nm(self) -> np.ndarray:
+        """The instrument's wavelength axis (read once from the spectrometer, then kept)."""
+        if self._wavelengths is None:
+            self._wavelengths = np.asarray(self.spectrometer.wavelengths(), dtype=np.float64)
+        return self._wavelengths
+
+    @property
+    def serial_number(self) -> str:
+        """The instrument's serial number (read once, then kept): references must come from the same one."""
+        if self._serial is None:
+            self._serial = str(self.spectrometer.serial_number())
+        return self._serial
+
+    def take_reference(self, kind: str) -> Any:
+        """Capture and store a dark or white reference (more scans than a measurement: it is reused)."""
+        return self.calibration.capture(self.spectrometer, kind, scans=max(REFERENCE_SCANS, self.coadd))
+
+    def measure(self, job: MeasureJob) -> Measurement:
+        """One measurement for `job`: spectrum, frames, flags and sample context."""
+        station, lot_id = self._context()
+        measured_at = datetime.now(timezone.utc)
+        started = time.monotonic()
+        counts = self.spectrometer.coadd(self.coadd)
+        wavelengths = self.wavelengths_nm
+        reflectance, calibration_flags = self.calibration.reflectance(counts, serial=self.serial_number,
+                                                                      integration_us=self.integration_us)
+        if not np.all(np.isfinite(reflectance)):
+            raise NotCalibrated(f"no usable dark and white reference in {self.calibration.path} "
+                                f"({', '.join(calibration_flags)}): calibrate dark, then white")
+        flags = set(calibration_flags)
+        dark = self.calibration.references.get("dark")
+        flags |= spectrum_flags(counts, None if dark is None else np.asarray(dark.counts),
+                                self.calibration.white_peak, self.min_signal_fraction)
+        all_frames, passed, frame_flags = self._frames()
+        flags |= frame_flags
+        sample_id, source = self._sample_id(job, all_frames, station, measured_at)
+        acquire_ms = (time.monotonic() - started) * 1000.0
+        return Measurement(
+            station=station, lot_id=lot_id, sample_id=sample_id, sample_id_source=source, origin=job.origin,
+            measured_at=measured_at, requested_at=job.requested_at, acquire_ms=acquire_ms, counts=counts,
+            wavelengths_nm=wavelengths, reflectance=reflectance, frames=passed, flags=flags,
+        )
+
+    def _frames(self) -> Tuple[List[np.ndarray], List[np.ndarray], Set[str]]:
+        """(every frame read, the frames that passed the gate, image flags)."""
+        if self.camera is None:
+            return [], [], set()
+        frames: List[np.ndarray] = []
+        try:
+            for _ in range(self.frames_per_measurement):
+                frame = self.camera.read(timeout_s=self.frame_timeout_s)
+                if frame is None:
+                    break
+                frames.append(frame.image)
+        except DeviceError as exc:
+            self.camera_failures += 1
+            log.warning("camera gave %d of %d frames (%s); measuring with what there is",
+                        len(frames), self.frames_per_measurement, exc)
+        if not frames:
+            return [], [], {"missing_image"}
+        passed: List[np.ndarray] = []
+        flags: Set[str] = set()
+        for image in frames:
+            quality = self.gate.assess(image)
+            if quality.passed:
+                passed.append(image)
+            flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
+        return frames, passed, flags
+
+    def _sample_id(self, job: MeasureJob, frames: List[np.ndarray], station: str,
+                   measured_at: datetime) -> Tuple[str, str]:
+        if job.sample_id:
+            return job.sample_id, "command"
+        if self.label_reader is not None:
+            for image in frames:
+                label = self.label_reader.read(image)
+                if label:
+                    return label, "label"
+        return generated_sample_id(station, measured_at), "generated"
+
+    def device_states(self) -> Dict[str, Dict[str, Any]]:
+        """The health document's `devices`: spectrometer and camera state and reconnect counts."""
+        devices: Dict[str, Dict[str, Any]] = {}
+        link = self.spectrometer.health()
+        devices["spectrometer"] = {
+            "state": "ok" if link.get("open") else "disconnected",
+            "reconnects": int(link.get("reconnects", 0)),
+            "detail": f"{link.get('port')}: {link.get('last_error') or 'no error'}",
+        }
+        if self.camera is None:
+            devices["camera"] = {"state": "absent", "reconnects": 0, "detail": "signal-only (camera.source is empty)"}
+        else:
+            stats = self.camera.stats()
+            devices["camera"] = {
+                "state": "ok" if stats.connected else "disconnected",
+                "reconnects": int(stats.reconnects_total),
+                "detail": f"{stats.source}: {stats.fps:.1f} fps, {stats.stalls_total} stalls"
+                + (f", last error: {stats.last_error}" if stats.last_error else ""),
+            }
+        return devices

@@ -1,0 +1,223 @@
+"""`isic-station doctor`: checks what a station needs, one line per check, and says what to do.
+
+For a technician at a new or failing station: each check opens the real thing (the serial port
+and the instrument behind it, the camera and one frame through the quality gate, the model files
+against their sha256, the inference backend, the broker with the configured TLS and credentials,
+the state directory and the calibration) and prints `OK` or `FAIL` with the detail, and for a
+failure the most likely fix. Checks do not depend on each other, so one run shows every problem.
+Run it while the service is stopped: the service holds the serial port.
+"""
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from isic_station.config import Config
+from isic_station.errors import EX_UNAVAILABLE, StationError
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check: what was checked, whether it passed, what was seen, what to do."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        """`OK   name: detail` or `FAIL name: detail -> fix`."""
+        text = f"{'OK  ' if self.ok else 'FAIL'} {self.name:<12} {self.detail}"
+        return text if self.ok or not self.fix else f"{text}\n     {'':<12} -> {self.fix}"
+
+
+def _guard(name: str, fix: str, check: Callable[[], str]) -> CheckResult:
+    """Run one check; any exception becomes a FAIL with its message and `fix`."""
+    try:
+        return CheckResult(name, True, check())
+    except (StationError, OSError, ValueError, RuntimeError) as exc:
+        return CheckResult(name, False, str(exc) or type(exc).__name__, fix)
+
+
+def check_serial(config: Config) -> CheckResult:
+    """Open the spectrometer's port and ask the instrument for its serial number and wavelength axis."""
+    spec = config.spectrometer
+
+    def probe() -> str:
+        from isic_drivers.obp.spectrometer import ObpSpectrometer
+        from isic_drivers.obp.transport import SerialTransport
+
+        if not spec.port.startswith("/dev/pts/") and not os.path.exists(spec.port):
+            raise OSError(f"{spec.port} does not exist")
+        with SerialTransport(spec.port, spec.baud, read_timeout_s=spec.timeout_s) as transport:
+            transport.open()
+            instrument = ObpSpectrometer(transport)
+            serial_number = instrument.serial_number()
+            axis = instrument.wavelengths()
+        return f"{spec.port}: spectrometer {serial_number}, {len(axis)} pixels, {axis[0]:.0f}-{axis[-1]:.0f} nm"
+
+    return _guard("spectrometer", f"check the USB cable and power, that {spec.port} exists (udev rule, "
+                  "`ls -l /dev/isic-*`), that the station's user is in group dialout, that the service is "
+                  "stopped (it holds the port), and spectrometer.baud", probe)
+
+
+def check_camera(config: Config) -> CheckResult:
+    """Open the camera, read one frame and put it through the quality gate."""
+    cam = config.camera
+    if not cam.source:
+        return CheckResult("camera", True, "none configured: signal-only measurements")
+
+    def probe() -> str:
+        from isic_drivers.camera import CameraSource
+        from isic_station.quality_gate import assess
+        from isic_station.station import quality_thresholds
+
+        source = CameraSource(cam.source, cam.width, cam.height, cam.fps, cam.um_per_px, read_timeout_s=5.0)
+        with source:
+            frame = source.read()
+        if frame is None:
+            raise OSError(f"camera {cam.source} gave no frame")
+        quality = assess(frame.image, quality_thresholds(config))
+        height, width = frame.image.shape[:2]
+        verdict = "passes the quality gate" if quality.passed else f"fails the gate: {', '.join(quality.reasons)}"
+        return f"{cam.source}: {width}x{height} frame, focus {quality.focus:.0f}, {verdict}"
+
+    return _guard("camera", f"check the cable, that {cam.source} exists (`v4l2-ctl --list-devices`), that the "
+                  "station's user is in group video, and camera.width/height/fps", probe)
+
+
+def check_model(config: Config) -> CheckResult:
+    """Load the manifest and check every graph file against its sha256."""
+
+    def probe() -> str:
+        from isic_station.manifest import load_manifest, verify_graph_file
+        from isic_station.station import manifest_path
+
+        manifest = load_manifest(manifest_path(config))
+        for graph in manifest.graphs.values():
+            verify_graph_file(graph)
+        shas = ", ".join(f"{g.key} {g.sha256[:12]}" for g in manifest.graphs.values())
+        return f"{manifest.name} {manifest.version}: sha256 ok ({shas})"
+
+    return _guard("model", "reinstall the package (its shipped model), or point model.manifest at a manifest "
+                  "written by `isic-model export` with its .onnx/.om files beside it", probe)
+
+
+def check_backend(config: Config) -> CheckResult:
+    """Start the configured inference backend with the model."""
+
+    def probe() -> str:
+        from isic_station.inference.registry import create_backend
+        from isic_station.manifest import load_manifest
+        from isic_station.station import manifest_path
+
+        manifest = load_manifest(manifest_path(config))
+        started = time.monotonic()
+        backend = create_backend(config.model.backend, manifest,
+                                 {"threads": config.model.threads, "device_id": config.model.device_id})
+        try:
+            return f"{backend.name} loaded in {time.monotonic() - started:.1f} s (asked for {config.model.backend})"
+        finally:
+            backend.close()
+
+    return _guard("backend", "for acl: source CANN's set_env.sh (the service's environment file) and check "
+                  "`npu-smi info`; for onnxruntime: install the runtime extra (pip install 'isic-station[runtime]')",
+                  probe)
+
+
+def check_broker(config: Config, timeout_s: float = 5.0) -> CheckResult:
+    """Connect to the broker with the configured address, TLS and credentials."""
+    m = config.mqtt
+
+    def probe() -> str:
+        from isic_station.station import mqtt_settings
+
+        return probe_broker(mqtt_settings(config), timeout_s)
+
+    return _guard("broker", f"check that the broker runs and answers on {m.host}:{m.port} (firewall, "
+                  "mqtt.host/port), mqtt.tls and ca_file, and the user name and password", probe)
+
+
+def probe_broker(settings: Any, timeout_s: float) -> str:
+    """Connect once with the link's settings under a client id of its own (so a running station is not
+    kicked off), wait for the CONNACK, disconnect. Publishes nothing."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    answer: Dict[str, Any] = {}
+    connected = threading.Event()
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        answer["reason"] = reason
+        connected.set()
+
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2,
+                         client_id=f"isic-doctor-{settings.station_id}-{os.getpid()}")
+    client.on_connect = on_connect
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password)
+    if settings.tls:
+        client.tls_set(ca_certs=settings.ca_file, certfile=settings.cert_file, keyfile=settings.key_file)
+    started = time.monotonic()
+    client.connect(settings.host, settings.port, keepalive=10)
+    client.loop_start()
+    try:
+        if not connected.wait(timeout_s):
+            raise OSError(f"no CONNACK from {settings.host}:{settings.port} within {timeout_s:g} s")
+        if answer["reason"].is_failure:
+            raise OSError(f"{settings.host}:{settings.port} refused the connection: {answer['reason']}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    tls = " with TLS" if settings.tls else ""
+    user = f" as {settings.username}" if settings.username else ""
+    return f"{settings.host}:{settings.port}{tls}{user}: connected in {(time.monotonic() - started) * 1000:.0f} ms"
+
+
+def check_state(config: Config) -> CheckResult:
+    """The state directory is writable and the calibration is present and fresh."""
+
+    def probe() -> str:
+        from isic_station.calibration import CalibrationStore
+        from isic_station.station import reference_ages
+
+        state = config.station.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        probe_file = state / ".doctor-write-test"
+        probe_file.write_text("ok", encoding="utf-8")
+        probe_file.unlink()
+        store = CalibrationStore(config.calibration.dir, max_age_s=config.calibration.max_age_h * 3600.0)
+        ages = {k.replace("_age_s", ""): age for k, age in reference_ages(store.references).items()}
+        missing = [k for k, age in ages.items() if age is None]
+        if missing:
+            raise OSError(f"no {' and no '.join(missing)} reference in {config.calibration.dir}")
+        stale = [k for k, age in ages.items() if age is not None and age > config.calibration.max_age_h * 3600]
+        text = ", ".join(f"{k} {age / 3600:.1f} h old" for k, age in ages.items())
+        if stale:
+            raise OSError(f"stale reference(s): {text} (limit {config.calibration.max_age_h:g} h)")
+        return f"{state} writable; calibration {text}"
+
+    return _guard("state", "take the references: `isic-station calibrate dark --config FILE` (probe covered), "
+                  "then `... calibrate white` (white tile under the probe); state_dir must be writable", probe)
+
+
+def run_checks(config: Config, only: Optional[List[str]] = None) -> List[CheckResult]:
+    """Every check (or those named in `only`), in the order a technician would go through them."""
+    checks = {
+        "spectrometer": check_serial, "camera": check_camera, "model": check_model, "backend": check_backend,
+        "broker": check_broker, "state": check_state,
+    }
+    return [check(config) for name, check in checks.items() if only is None or name in only]
+
+
+def doctor(config: Config) -> int:
+    """Print one line per check; exit code 0 when all passed, EX_UNAVAILABLE (69) otherwise."""
+    results = run_checks(config)
+    for result in results:
+        print(result.line(), flush=True)
+    failed = [r.name for r in results if not r.ok]
+    print(f"{len(results) - len(failed)} of {len(results)} checks passed" + (f"; failed: {', '.join(failed)}"
+                                                                             if failed else ""))
+    return EX_UNAVAILABLE if failed else 0

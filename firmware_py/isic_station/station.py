@@ -1,0 +1,452 @@
+"""The station daemon: builds every part from the config, wires them together and answers commands.
+
+    spectrometer + camera -> Acquirer -> Pipeline (acquisition, inference threads) -> result
+    result -> MqttLink.publish_result (durable Outbox first, then MQTT) ; out-of-spec -> alarm
+    MQTT cmd/<name> -> CommandRouter -> the handlers here ; health <- Station.health_source()
+
+Start-up order is what systemd's READY=1 promises: outbox (state directory writable), model and
+backend (sha256 checked), devices opened, pipeline and MQTT link running. A device that is absent
+at start does not stop the station: it starts degraded, says so in STATUS=, and the drivers keep
+reconnecting. A broker that is absent never matters to start-up: results wait in the outbox.
+Shutdown (SIGTERM/SIGINT): STOPPING=1, stop taking measurements, finish those already taken,
+flush the outbox to the broker within the flush timeout, disconnect, close the devices.
+"""
+
+import logging
+import signal
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from isic_station import __version__
+from isic_station.acquisition import Acquirer, Measurement
+from isic_station.commands import CommandError, CommandRouter
+from isic_station.config import Config, mqtt_password
+from isic_station.errors import DeviceError, StationError
+from isic_station.outbox import Outbox
+from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, percentile
+from isic_station.results import build_result, out_of_spec_alarm
+from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
+from isic_station.spec_check import InvalidLotSpec, LotSpec, check_composition
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# The longest a `measure` or `calibrate` command waits for its answer (several co-added scans,
+# frames, inference; a spectrometer that is reconnecting).
+COMMAND_TIMEOUT_S = 30.0
+
+
+def manifest_path(config: Config) -> Path:
+    """The configured manifest, or the model shipped with the package."""
+    if config.model.manifest is not None:
+        return config.model.manifest
+    from isic_model import SHIPPED_MANIFEST
+
+    return SHIPPED_MANIFEST
+
+
+def quality_thresholds(config: Config) -> Any:
+    """The quality gate's `GateThresholds` from the [quality] section."""
+    from isic_station.quality_gate import GateThresholds
+
+    q = config.quality
+    return GateThresholds(min_focus=q.min_focus, max_clipped_high=q.max_clipped_high,
+                          max_clipped_low=q.max_clipped_low, min_coverage=q.min_coverage)
+
+
+def mqtt_settings(config: Config) -> Any:
+    """The MQTT link's `MqttSettings` from the [mqtt], [station] and [health] sections (password read now)."""
+    from isic_station.mqtt_link import MqttSettings
+
+    m = config.mqtt
+    return MqttSettings(
+        host=m.host, port=m.port, prefix=config.station.prefix, station_id=config.station.id,
+        client_id=m.client_id or None, keepalive_s=m.keepalive_s, tls=m.tls,
+        ca_file=str(m.ca_file) if m.ca_file else None,
+        cert_file=str(m.cert_file) if m.cert_file else None,
+        key_file=str(m.key_file) if m.key_file else None,
+        username=m.username or None, password=mqtt_password(m),
+        health_interval_s=config.health.interval_s, discovery=m.discovery, ha_prefix=m.discovery_prefix,
+    )
+
+
+def reference_ages(references: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """`{dark_age_s, white_age_s}`: seconds since each reference was taken, None when there is none."""
+    now = time.time()
+    return {f"{kind}_age_s": (round(max(0.0, now - references[kind].captured_at), 1) if kind in references
+                              else None) for kind in ("dark", "white")}
+
+
+class PubackClock(Outbox):
+    """The outbox, also noting when each entry's PUBACK arrives (time-to-result for `status` and the demo).
+
+    The MQTT link tells the outbox which message id carries which row (`mark_inflight`) and acknowledges
+    by message id (`ack`); this keeps that mapping long enough to turn an ack into "row N acknowledged
+    at time T" for the callback.
+    """
+
+    def __init__(self, path: Path, quota_bytes: int, on_acked: Callable[[int, float], None]) -> None:
+        super().__init__(path, quota_bytes)
+        self._on_acked = on_acked
+        self._rows_by_mid: Dict[int, int] = {}
+
+    def mark_inflight(self, row_id: int, mid: int) -> None:
+        super().mark_inflight(row_id, mid)
+        self._rows_by_mid[mid] = row_id
+
+    def ack(self, mid: int) -> bool:
+        acked = super().ack(mid)
+        row = self._rows_by_mid.pop(mid, None)
+        if acked and row is not None:
+            self._on_acked(row, time.monotonic())
+        return acked
+
+
+class TimeToResult:
+    """Trigger-to-PUBACK time of recent results, minus the acquisition itself (the station's own latency)."""
+
+    KEEP = 1024
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._triggers: Dict[int, float] = OrderedDict()  # row -> trigger + acquisition time
+        self._acks: Dict[int, float] = OrderedDict()  # row -> ack time, when the ack came first
+        self.samples_ms: List[float] = []
+
+    def published(self, row: int, requested_at: float, acquire_ms: float) -> None:
+        """Result `row` was triggered at `requested_at` (monotonic) and took `acquire_ms` to acquire."""
+        with self._lock:
+            start = requested_at + acquire_ms / 1000.0
+            acked = self._acks.pop(row, None)
+            if acked is not None:
+                self._add(acked - start)
+            else:
+                self._keep(self._triggers, row, start)
+
+    def acked(self, row: int, at: float) -> None:
+        """Outbox row `row` was acknowledged by the broker at `at` (monotonic)."""
+        with self._lock:
+            start = self._triggers.pop(row, None)
+            if start is not None:
+                self._add(at - start)
+            else:
+                self._keep(self._acks, row, at)
+
+    def _keep(self, table: Dict[int, float], row: int, value: float) -> None:
+        table[row] = value
+        while len(table) > self.KEEP:
+            del table[next(iter(table))]
+
+    def _add(self, seconds: float) -> None:
+        self.samples_ms.append(max(0.0, seconds * 1000.0))
+        del self.samples_ms[: -self.KEEP]
+
+    def summary(self) -> Dict[str, Any]:
+        """{n, p50, p99} in milliseconds over the recent results."""
+        with self._lock:
+            values = list(self.samples_ms)
+        return {"n": len(values), "p50": percentile(values, 50), "p99": percentile(values, 99)}
+
+
+class Station:
+    """The daemon object: owns every part; `start()`, `stop()`, and the command handlers."""
+
+    def __init__(self, config: Config, notifier: Optional[ServiceNotifier] = None) -> None:
+        self.config = config
+        self.notifier = notifier or ServiceNotifier.from_environment()
+        self.watchdog = ProgressWatchdog.from_environment(self.notifier)
+        self.time_to_result = TimeToResult()
+        self._started_at = time.monotonic()
+        self._lot: Optional[LotSpec] = None
+        self._lot_id: Optional[str] = config.station.lot or None
+        self._model_lock = threading.Lock()
+        self._predictor: Any = None
+        self._manifest: Any = None
+        self.outbox: Optional[PubackClock] = None
+        self.link: Any = None
+        self.pipeline: Optional[Pipeline] = None
+        self.acquirer: Optional[Acquirer] = None
+        self.calibration: Any = None
+        self._transport: Any = None
+        self._camera: Any = None
+        self.degraded: Dict[str, str] = {}
+
+    # ----- life cycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Bring every part up in the order the module docstring gives; READY=1 at the end."""
+        c = self.config
+        self.notifier.status("Starting: opening the outbox")
+        self.outbox = PubackClock(c.outbox.path, int(c.outbox.quota_mb * MIB), self.time_to_result.acked)
+        self.notifier.status("Starting: loading the model")
+        self._load_model()
+        self.watchdog.progress("model loaded")
+        self.notifier.status("Starting: opening the devices")
+        self._open_devices()
+        self.watchdog.progress("devices opened")
+        self.pipeline = Pipeline(
+            self.acquirer.measure, self._take_reference, self._process,
+            continuous_interval_s=c.mode.interval_s if c.mode.kind == "continuous" else None,
+            queue_size=c.pipeline.queue_size, on_progress=self.watchdog.progress,
+        )
+        router = CommandRouter({
+            "measure": self.cmd_measure, "set_lot": self.cmd_set_lot, "calibrate": self.cmd_calibrate,
+            "reload_model": self.cmd_reload_model, "status": self.cmd_status,
+        })
+        from isic_station.mqtt_link import MqttLink
+
+        self.link = MqttLink(mqtt_settings(c), self.outbox, health_source=self.health_source, commands=router,
+                             ha_fibres=self._manifest.fibres, sw_version=__version__)
+        self.link.start()
+        self.pipeline.start()
+        self.watchdog.start()
+        summary = self.status_line()
+        log.info("station %s running: %s", c.station.id, summary)
+        self.notifier.ready(summary)
+
+    def stop(self, flush_timeout_s: float = 10.0) -> None:
+        """Stop measuring, finish what was measured, flush the outbox, close everything."""
+        self.notifier.stopping("Stopping: finishing measurements and flushing the outbox")
+        log.info("stopping: finishing measurements, flushing the outbox (up to %.1f s)", flush_timeout_s)
+        if self.pipeline is not None:
+            self.pipeline.stop(timeout_s=max(5.0, flush_timeout_s))
+        if self.link is not None:
+            self.link.stop(timeout=flush_timeout_s)
+        self.watchdog.stop()
+        if self._camera is not None:
+            self._camera.close()
+        if self._transport is not None:
+            self._transport.close()
+        with self._model_lock:
+            if self._predictor is not None:
+                self._predictor.backend.close()
+        if self.outbox is not None:
+            left = self.outbox.stats().depth
+            self.outbox.close()
+            log.info("stopped; %d result(s) kept in the outbox for the next start", left)
+        self.notifier.close()
+
+    # ----- parts -------------------------------------------------------------------------------
+    def _load_model(self) -> None:
+        from isic_station.inference.predictor import Predictor
+        from isic_station.inference.registry import create_backend
+        from isic_station.manifest import load_manifest
+
+        manifest = load_manifest(manifest_path(self.config))
+        backend = create_backend(self.config.model.backend, manifest,
+                                 {"threads": self.config.model.threads, "device_id": self.config.model.device_id})
+        with self._model_lock:
+            old, self._predictor, self._manifest = self._predictor, Predictor(manifest, backend), manifest
+        if old is not None:
+            old.backend.close()
+        log.info("model %s %s on %s", manifest.name, manifest.version, backend.name)
+
+    def _open_devices(self, camera: bool = True) -> None:
+        from isic_drivers.camera import CameraSource
+        from isic_drivers.obp.spectrometer import ObpSpectrometer
+        from isic_drivers.obp.transport import SerialTransport
+        from isic_station.calibration import CalibrationStore
+        from isic_station.quality_gate import QualityGate
+        from isic_station.sample_label import SampleLabelReader
+
+        c = self.config
+        self._transport = SerialTransport(c.spectrometer.port, c.spectrometer.baud,
+                                          read_timeout_s=c.spectrometer.timeout_s)
+        spectrometer = ObpSpectrometer(self._transport)
+        serial_number = "unknown"
+        try:
+            self._transport.open()
+            serial_number = spectrometer.serial_number()
+            spectrometer.set_integration_time_us(c.spectrometer.integration_us)
+            log.info("spectrometer %s on %s, integration %d us, %d scans co-added", serial_number,
+                     c.spectrometer.port, c.spectrometer.integration_us, c.spectrometer.coadd)
+        except DeviceError as exc:
+            self.degraded["spectrometer"] = str(exc)
+            log.error("spectrometer not available at start (%s); starting degraded, reconnecting", exc)
+        self.calibration = CalibrationStore(c.calibration.dir, max_age_s=c.calibration.max_age_h * 3600.0)
+        if c.camera.source and camera:
+            self._camera = CameraSource(c.camera.source, c.camera.width, c.camera.height, c.camera.fps,
+                                        c.camera.um_per_px)
+            try:
+                self._camera.open()
+            except DeviceError as exc:
+                self.degraded["camera"] = str(exc)
+                log.error("camera not available at start (%s); measuring signal-only until it is back", exc)
+        self.acquirer = Acquirer(
+            spectrometer, self._camera, QualityGate(quality_thresholds(c)),
+            SampleLabelReader() if self._camera is not None else None,
+            calibration=self.calibration, integration_us=c.spectrometer.integration_us, context=self._context,
+            coadd=c.spectrometer.coadd, frames_per_measurement=c.camera.frames_per_measurement,
+            min_signal_fraction=c.quality.min_signal_fraction,
+        )
+
+    def _context(self) -> Tuple[str, Optional[str]]:
+        return self.config.station.id, self._lot_id
+
+    # ----- calibration (runs on the acquisition thread) ---------------------------------------
+    def _take_reference(self, job: CalibrateJob) -> Dict[str, Any]:
+        assert self.acquirer is not None
+        reference = self.acquirer.take_reference(job.reference)
+        return {"reference": reference.kind, "scans": reference.scans, "integration_us": reference.integration_us,
+                "serial": reference.serial, "peak_counts": round(max(reference.counts), 1),
+                "file": str(self.calibration.path)}
+
+    # ----- inference thread ---------------------------------------------------------------------
+    def _process(self, m: Measurement) -> Dict[str, Any]:
+        """Measurement -> prediction -> spec check -> result in the outbox (-> MQTT); the measure answer."""
+        with self._model_lock:
+            predictor, manifest = self._predictor, self._manifest
+            prediction = predictor.predict(m.reflectance, m.wavelengths_nm, m.frames or None,
+                                           self.config.camera.um_per_px)
+        flags = set(m.flags)
+        if prediction.signal_only:
+            flags.add("signal_only")
+        lot = self._lot
+        spec = check_composition(lot, prediction.composition) if lot is not None and lot.lot_id == m.lot_id else None
+        graph = manifest.graphs["signal_only" if prediction.signal_only else "bimodal"]
+        total_ms = (time.monotonic() - m.requested_at) * 1000.0
+        doc = build_result(
+            station=m.station, sequence=self.outbox.next_sequence(), composition=prediction.composition,
+            blend=prediction.blend, confidence=prediction.confidence, uncertainty=prediction.uncertainty,
+            flags=flags, model={"name": manifest.name, "version": manifest.version, "sha256": graph.sha256},
+            backend=prediction.backend,
+            timings_ms={"acquire": m.acquire_ms, "preprocess": prediction.timings_ms.get("preprocess_ms", 0.0),
+                        "infer": prediction.timings_ms.get("infer_ms", 0.0), "total": total_ms},
+            sample_id=m.sample_id, lot_id=m.lot_id, spec=spec, measured_at=m.measured_at,
+        )
+        row = self.link.publish_result(doc)
+        self.time_to_result.published(row, m.requested_at, m.acquire_ms)
+        alarm = out_of_spec_alarm(doc)
+        if alarm is not None:
+            log.warning("%s", alarm["message"])
+            self.link.publish_alarm(alarm)
+        log.debug("result %d: %s %s (%.0f ms)", doc["sequence"], doc["blend"], doc["flags"], total_ms)
+        return {"sequence": doc["sequence"], "message_id": doc["message_id"], "sample_id": doc["sample_id"],
+                "sample_id_source": m.sample_id_source, "composition": doc["composition"], "blend": doc["blend"],
+                "flags": doc["flags"]}
+
+    # ----- commands (the router's worker thread) -----------------------------------------------
+    def _wait(self, job: Any, what: str) -> Dict[str, Any]:
+        assert self.pipeline is not None
+        try:
+            future = self.pipeline.submit(job)
+        except PipelineBusy as exc:
+            raise CommandError(f"station busy: {exc}") from None
+        try:
+            return future.result(timeout=COMMAND_TIMEOUT_S)
+        except StationError as exc:
+            raise CommandError(f"{what} failed: {exc}") from None
+        except TimeoutError:
+            raise CommandError(f"{what} did not finish within {COMMAND_TIMEOUT_S:.0f} s") from None
+
+    def cmd_measure(self, payload: Dict[str, Any]) -> Dict[str, Any]:
+        """Take one measurement now (optionally for a named sample) and answer with its result's sequence."""
+        return self._wait(MeasureJob(origin="command", sample_id=payload.get("sample_id")), "measurement")
+
+    def cmd_calibrate(self, payload: Dict[str, Any]) -> Dict[str, Any]:
+        """Take a dark or white reference on the acquisition thread."""
+        return self._wait(CalibrateJob(payload["reference"]), f"{payload['reference']} calibration")
+
+    def cmd_set_lot(self, payload: Dict[str, Any]) -> Dict[str, Any]:
+        """Check results against this lot's declared composition from now on."""
+        try:
+            spec = LotSpec.from_dict(payload, known_fibres=self._manifest.fibres)
+        except InvalidLotSpec as exc:
+            raise CommandError(str(exc)) from None
+        self._lot, self._lot_id = spec, spec.lot_id
+        log.info("lot %s: declared %s, tolerance %g pp", spec.lot_id, spec.composition, spec.tolerance_pp)
+        return spec.to_dict()
+
+    def cmd_reload_model(self, payload: Dict[str, Any]) -> Dict[str, Any]:
+        """Load the configured model again (after an update); the old one keeps running if the new one fails."""
+        try:
+            self._load_model()
+        except StationError as exc:
+            raise CommandError(f"model not reloaded, the previous one keeps running: {exc}") from None
+        self.link.set_ha_fibres(self._manifest.fibres)
+        return {"model": {"name": self._manifest.name, "version": self._manifest.version},
+                "backend": self._predictor.backend.name, "fibres": list(self._manifest.fibres)}
+
+    def cmd_status(self, payload: Dict[str, Any]) -> Dict[str, Any]:
+        """Mode, lot, model, devices, pipeline counters (skipped, rejected), outbox and time-to-result."""
+        assert self.pipeline is not None and self.outbox is not None
+        stats = self.pipeline.stats.snapshot()
+        return {
+            "station": self.config.station.id,
+            "mode": self.config.mode.kind,
+            "interval_s": self.config.mode.interval_s if self.config.mode.kind == "continuous" else None,
+            "lot": self._lot.to_dict() if self._lot is not None else {"lot_id": self._lot_id},
+            "model": {"name": self._manifest.name, "version": self._manifest.version},
+            "backend": self._predictor.backend.name,
+            "devices": self.acquirer.device_states() if self.acquirer else {},
+            "calibration": self.calibration_ages(),
+            "pipeline": {**stats["counts"], **self.pipeline.depth, "results_per_minute": stats["results_per_minute"],
+                         "inference_ms": stats["inference_ms"], "acquire_ms": stats["acquire_ms"]},
+            "time_to_result_ms": self.time_to_result.summary(),
+            "outbox": self.outbox.stats().to_dict(),
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+        }
+
+    # ----- health (called by the MQTT link's thread) ------------------------------------------
+    def calibration_ages(self) -> Dict[str, Optional[float]]:
+        """Seconds since the dark and white references were taken (None when missing)."""
+        return reference_ages(self.calibration.references if self.calibration is not None else {})
+
+    def health_source(self) -> Dict[str, Any]:
+        """The station's part of the health document (the link adds outbox and MQTT figures)."""
+        assert self.pipeline is not None
+        stats = self.pipeline.stats.snapshot()
+        return {
+            "uptime_s": time.monotonic() - self._started_at,
+            "results": {"total": stats["counts"]["results"], "per_minute": stats["results_per_minute"]},
+            "inference_ms": stats["inference_ms"],
+            "devices": self.acquirer.device_states() if self.acquirer else {},
+            "calibration": self.calibration_ages(),
+        }
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: mode, model, backend and what is degraded."""
+        c = self.config
+        mode = f"continuous every {c.mode.interval_s:g} s" if c.mode.kind == "continuous" else "triggered"
+        text = f"{mode}; model {self._manifest.name} {self._manifest.version} on {self._predictor.backend.name}"
+        if self.degraded:
+            text += "; DEGRADED: " + "; ".join(f"{k}: {v}" for k, v in self.degraded.items())
+        return text
+
+
+def run_daemon(config: Config, flush_timeout_s: float = 10.0) -> int:
+    """Run the station until SIGTERM or SIGINT, then stop cleanly. Returns the exit code."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("%s received", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    station = Station(config)
+    try:
+        station.start()
+        while not stop.wait(1.0):
+            pass
+    finally:
+        station.stop(flush_timeout_s)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def calibrate_once(config: Config, reference: str) -> str:
+    """Take one reference with the spectrometer outside the daemon (`isic-station calibrate`)."""
+    station = Station(config, notifier=ServiceNotifier(None))
+    station._open_devices(camera=False)
+    try:
+        if "spectrometer" in station.degraded:
+            raise DeviceError(f"spectrometer on {config.spectrometer.port} cannot be used: "
+                              f"{station.degraded['spectrometer']}")
+        saved = station._take_reference(CalibrateJob(reference))
+    finally:
+        station._transport.close()
+    return (f"{reference} reference saved to {saved['file']}: {saved['scans']} scans at {saved['integration_us']} us, "
+            f"peak {saved['peak_counts']:.0f} counts, instrument {saved['serial']}")
