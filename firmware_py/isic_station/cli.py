@@ -10,7 +10,6 @@ from isic_station.command_line import build_parser, run
 COMMAND_MODULES = (
     "isic_station.bench",
     "isic_station.station_commands",
-    "isic_station.station_commands",
     "isic_drivers.emulators.cli",
 )
 
