@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; }
 	@command -v systemd-analyze >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd; }
+	@command -v shellcheck >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck; }
 	@(exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null || { echo "starting Mosquitto on 127.0.0.1:1883"; mosquitto -d -c /etc/mosquitto/mosquitto.conf; sleep 1; }
 
 demo: $(STAMP) system-deps
