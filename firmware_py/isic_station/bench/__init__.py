@@ -9,6 +9,7 @@ import importlib
 
 BENCH_MODULES = (
     "isic_station.bench.model",
+    "isic_station.bench.serial_link",
 )
 
 
