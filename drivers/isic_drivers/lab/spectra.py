@@ -16,7 +16,7 @@ only, and the one synthesis package with these band tables (nirs4all) is AGPL.
 """
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -119,3 +119,18 @@ def absorbance(sample: Sample, wavelengths_nm: np.ndarray, rng: Optional[np.rand
                fibres: Optional[FibreSet] = None) -> np.ndarray:
     """log10(1/R) of `reflectance()`: what chemometrics works on."""
     return -np.log10(reflectance(sample, wavelengths_nm, rng, fibres))
+
+
+def pure_fibre_distances(names: Sequence[str], wavelengths_nm: np.ndarray,
+                         fibres: Optional[FibreSet] = None) -> np.ndarray:
+    """RMS difference of SNV absorbance between pure fibres in the nominal state (rows/cols = names).
+
+    SNV removes the offset and scale scatter leaves, so what remains is the band structure that a
+    chemometric model can use to tell two fibres apart.
+    """
+    spectra = []
+    for name in names:
+        a = absorbance(Sample({name: 1.0}), wavelengths_nm, None, fibres)
+        spectra.append((a - a.mean()) / a.std())
+    stacked = np.array(spectra)
+    return np.sqrt(np.mean((stacked[:, None, :] - stacked[None, :, :]) ** 2, axis=2))

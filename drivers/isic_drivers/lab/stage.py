@@ -98,7 +98,7 @@ class SampleStage:
         self.path = Path(path) if path is not None else None
         self._line = line
         self._clock = clock
-        self._stamp: Optional[Tuple[int, int]] = None
+        self._stamp: Optional[Tuple[int, int, int]] = None
         self._content: Optional[Union[Sample, ReferenceTile, ProductionLine]] = None
 
     @classmethod
@@ -145,7 +145,7 @@ class SampleStage:
             stat = self.path.stat()
         except FileNotFoundError:
             return ReferenceTile("dark")  # nothing under the probe: it sees (almost) no light
-        stamp = (stat.st_mtime_ns, stat.st_size)
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # os.replace gives a new inode per write
         if stamp != self._stamp or self._content is None:
             try:
                 data = json.loads(self.path.read_text(encoding="utf-8"))
