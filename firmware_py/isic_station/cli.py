@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "isic_station.bench",
     "isic_station.station_commands",
     "isic_drivers.emulators.cli",
+    "isic_station.schema_docs",
 )
 
 
