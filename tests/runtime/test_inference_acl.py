@@ -5,6 +5,7 @@ records every misuse the real runtime would punish (order, sizes, copy kinds, co
 and each test ends by checking that none happened and nothing was left alive.
 """
 
+import json
 import shutil
 import sys
 import threading
@@ -230,3 +231,23 @@ def test_acl_asked_for_explicitly_does_not_fall_back(tiny_manifest, fake_acl):
     fake_acl.fail_next("acl.rt.set_device", 507033)
     with pytest.raises(AclError, match="acl.rt.set_device failed with ACL error 507033"):
         create_backend("acl", tiny_manifest)
+
+
+def test_om_compiled_for_other_shapes_is_a_model_error(tiny_manifest_path, fake_acl):
+    doc = json.loads(tiny_manifest_path.read_text())
+    doc["graphs"]["bimodal"]["inputs"][1]["shape"] = [4, 1, 32, 32]
+    tiny_manifest_path.write_text(json.dumps(doc))
+    message = r"isicnet.om input 'image' holds 4096 bytes, but the manifest's shape \[4, 1, 32, 32\] "
+    message += "as float32 needs 16384"
+    with pytest.raises(ModelError, match=message):
+        AclBackend(load_manifest(tiny_manifest_path)).load()
+
+
+def test_loading_twice_is_refused_without_touching_the_npu(tiny_manifest, fake_acl):
+    npu = AclBackend(tiny_manifest)
+    npu.load()
+    calls = len(fake_acl.calls)
+    with pytest.raises(RuntimeError, match="already loaded"):
+        npu.load()
+    assert len(fake_acl.calls) == calls
+    npu.close()

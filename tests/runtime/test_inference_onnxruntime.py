@@ -106,3 +106,12 @@ def test_missing_onnxruntime_is_backend_unavailable_saying_what_to_install(tiny_
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(BackendUnavailable, match=r"ONNX Runtime is not installed.*isic-station\[runtime\]"):
         OnnxRuntimeBackend(tiny_manifest).load()
+
+
+def test_manifest_shapes_that_the_graph_does_not_take_are_a_model_error(tiny_manifest_path):
+    doc = json.loads(tiny_manifest_path.read_text())
+    doc["graphs"]["bimodal"]["inputs"][1]["shape"] = [4, 1, 32, 32]
+    tiny_manifest_path.write_text(json.dumps(doc))
+    message = r"input 'image' has shape \[4, 1, 16, 16\], but the manifest declares \[4, 1, 32, 32\]"
+    with pytest.raises(ModelError, match=message):
+        OnnxRuntimeBackend(load_manifest(tiny_manifest_path)).load()

@@ -176,6 +176,8 @@ class _AclModel:
         check_ret("acl.rt.malloc", ret)
         self.device_ptrs.append(ptr)
         buffer = acl.create_data_buffer(ptr, size)
+        if buffer is None:
+            raise BackendUnavailable(f"pyACL acl.create_data_buffer gave no buffer for {size} bytes at {ptr:#x}")
         self.data_buffers.append(buffer)
         _, ret = acl.mdl.add_dataset_buffer(dataset, buffer)
         check_ret("acl.mdl.add_dataset_buffer", ret)
@@ -247,6 +249,8 @@ class AclBackend(Backend):
         self._lock = threading.Lock()
 
     def load(self) -> None:
+        if self._acl is not None:
+            raise RuntimeError("pyACL backend is already loaded (close() it first)")
         acl = import_acl()
         for graph in self.manifest.graphs.values():
             if graph.om_path is None or not graph.om_path.is_file():

@@ -74,6 +74,16 @@ class OnnxRuntimeBackend(Backend):
                 f"{graph.onnx_path} has inputs {actual[0]} and outputs {actual[1]}, but the manifest "
                 f"declares inputs {declared[0]} and outputs {declared[1]} for graph '{graph.key}'"
             )
+        declared_shapes = {t.name: t.shape for t in graph.inputs}
+        for tensor in session.get_inputs():
+            # Static dimensions must agree; a symbolic one (a str) accepts the manifest's value.
+            shape = tuple(tensor.shape)
+            wanted = declared_shapes[tensor.name]
+            if len(shape) != len(wanted) or any(isinstance(d, int) and d != w for d, w in zip(shape, wanted)):
+                raise ModelError(
+                    f"{graph.onnx_path} input '{tensor.name}' has shape {list(shape)}, but the manifest "
+                    f"declares {list(wanted)} for graph '{graph.key}'"
+                )
         return session
 
     def run(self, graph_key: str, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
