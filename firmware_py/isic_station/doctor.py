@@ -113,7 +113,10 @@ def check_backend(config: Config) -> CheckResult:
         from isic_station.manifest import load_manifest
         from isic_station.station import manifest_path
 
-        manifest = load_manifest(manifest_path(config))
+        try:
+            manifest = load_manifest(manifest_path(config))
+        except StationError as exc:
+            raise OSError(f"not tried: it needs the model first ({exc})") from None
         started = time.monotonic()
         backend = create_backend(config.model.backend, manifest,
                                  {"threads": config.model.threads, "device_id": config.model.device_id})
@@ -161,7 +164,10 @@ def probe_broker(settings: Any, timeout_s: float) -> str:
     if settings.tls:
         client.tls_set(ca_certs=settings.ca_file, certfile=settings.cert_file, keyfile=settings.key_file)
     started = time.monotonic()
-    client.connect(settings.host, settings.port, keepalive=10)
+    try:
+        client.connect(settings.host, settings.port, keepalive=10)
+    except OSError as exc:
+        raise OSError(f"{settings.host}:{settings.port}: {exc.strerror or exc}") from None
     client.loop_start()
     try:
         if not connected.wait(timeout_s):
