@@ -411,13 +411,18 @@ class FakeAcl(types.ModuleType):
         self._buffers[buffer] = (ptr, size)
         return buffer
 
-    def _destroy_data_buffer(self, buffer: int) -> int:
-        code = self._enter("acl.destroy_data_buffer")
+    def _destroy(self, call: str, table: Dict[int, Any], handle: int) -> int:
+        """Destroy a plain handle (data buffer, dataset, desc): unknown or already destroyed is punished."""
+        code = self._enter(call)
         if code:
             return code
-        if self._buffers.pop(buffer, None) is None:
-            return self._punish(ACL_ERROR_INVALID_PARAM, f"acl.destroy_data_buffer of unknown buffer {buffer!r}")
+        if handle not in table:
+            return self._punish(ACL_ERROR_INVALID_PARAM, f"{call} of unknown or destroyed handle {handle!r}")
+        del table[handle]
         return ACL_SUCCESS
+
+    def _destroy_data_buffer(self, buffer: int) -> int:
+        return self._destroy("acl.destroy_data_buffer", self._buffers, buffer)
 
     def _get_data_buffer_addr(self, buffer: int) -> int:
         return self._buffers[buffer][0]
@@ -432,12 +437,7 @@ class FakeAcl(types.ModuleType):
         return dataset
 
     def _destroy_dataset(self, dataset: int) -> int:
-        code = self._enter("acl.mdl.destroy_dataset")
-        if code:
-            return code
-        if self._datasets.pop(dataset, None) is None:
-            return self._punish(ACL_ERROR_INVALID_PARAM, f"acl.mdl.destroy_dataset of unknown dataset {dataset!r}")
-        return ACL_SUCCESS
+        return self._destroy("acl.mdl.destroy_dataset", self._datasets, dataset)
 
     def _add_dataset_buffer(self, dataset: int, buffer: int) -> Tuple[int, int]:
         code = self._enter("acl.mdl.add_dataset_buffer")
@@ -500,13 +500,7 @@ class FakeAcl(types.ModuleType):
         return desc
 
     def _destroy_desc(self, desc: int) -> int:
-        code = self._enter("acl.mdl.destroy_desc")
-        if code:
-            return code
-        if desc not in self._descs:
-            return self._punish(ACL_ERROR_INVALID_PARAM, f"acl.mdl.destroy_desc of unknown desc {desc!r}")
-        del self._descs[desc]
-        return ACL_SUCCESS
+        return self._destroy("acl.mdl.destroy_desc", self._descs, desc)
 
     def _get_desc(self, desc: int, model_id: int) -> int:
         code = self._enter("acl.mdl.get_desc")
