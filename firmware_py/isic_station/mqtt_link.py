@@ -50,6 +50,7 @@ from isic_station.results import build_health
 log = logging.getLogger(__name__)
 
 HealthSource = Callable[[], Dict[str, Any]]
+DeliveryCallback = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,10 @@ class MqttLink:
         commands: Optional[CommandRouter] = None,
         ha_fibres: Sequence[str] = (),
         sw_version: str = __version__,
+        on_delivered: Optional[DeliveryCallback] = None,
     ) -> None:
         self.settings = settings
+        self._on_delivered = on_delivered
         self.topics = StationTopics(settings.prefix, settings.station_id)
         self._outbox = outbox
         self._health_source = health_source
@@ -404,8 +407,7 @@ class MqttLink:
             elif kind == "puback":
                 if value in self._inflight:  # status, state, health... have mids too
                     self._inflight.discard(value)
-                    if self._outbox.ack(value):
-                        self._acked += 1
+                    self._delivered(self._outbox.ack(value))
             elif kind == "message":
                 self._dispatch(*value)
 
@@ -442,6 +444,16 @@ class MqttLink:
         if was and not self._stopping.is_set():
             log.warning("MQTT connection to %s:%d lost (%s); reconnecting, results wait in the outbox",
                         self.settings.host, self.settings.port, reason)
+
+    def _delivered(self, row_id: Optional[int]) -> None:
+        if row_id is None:
+            return
+        self._acked += 1
+        if self._on_delivered is not None:
+            try:
+                self._on_delivered(row_id)
+            except Exception:  # an observer's bug must not stop deliveries
+                log.exception("on_delivered callback failed for outbox entry %d", row_id)
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         if topic == f"{self.settings.ha_prefix}/{BIRTH_TOPIC_SUFFIX}":

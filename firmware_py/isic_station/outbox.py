@@ -208,16 +208,18 @@ class Outbox:
         """Record that entry `row_id` was handed to paho as message `mid`."""
         self._write(lambda: self._db.execute("UPDATE outbox SET inflight_mid = ? WHERE id = ?", (mid, row_id)))
 
-    def ack(self, mid: int) -> bool:
-        """The PUBACK for `mid` arrived: delete its entry. False when no entry is in flight under `mid`."""
-        return bool(self._write(self._delete_mid, mid))
+    def ack(self, mid: int) -> Optional[int]:
+        """The PUBACK for `mid` arrived: delete its entry and return its row id (None when no entry is in
+        flight under `mid`, e.g. the quota dropped it meanwhile)."""
+        return self._write(self._delete_mid, mid)
 
-    def _delete_mid(self, mid: int) -> int:
-        rows = self._db.execute("SELECT id, size FROM outbox WHERE inflight_mid = ?", (mid,)).fetchall()
-        for row_id, size in rows:
-            self._db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
-            self._bytes -= int(size)
-        return len(rows)
+    def _delete_mid(self, mid: int) -> Optional[int]:
+        row = self._db.execute("SELECT id, size FROM outbox WHERE inflight_mid = ?", (mid,)).fetchone()
+        if row is None:
+            return None
+        self._db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
+        self._bytes -= int(row[1])
+        return int(row[0])
 
     def start_replay(self) -> int:
         """A new connection: no PUBACK will come for anything sent before, so every stored entry is

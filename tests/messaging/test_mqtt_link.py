@@ -59,12 +59,12 @@ def test_results_arrive_at_qos1_in_order_validate_and_leave_the_outbox(
     settings = fast_settings(*mqtt_broker, names)
     base = f"{names['prefix']}/{names['station']}"
     rec = recorder_factory(*mqtt_broker, [f"{base}/#"])
-    link, outbox = make_link(settings, health_source=health_part)
+    delivered = []
+    link, outbox = make_link(settings, health_source=health_part, on_delivered=delivered.append)
     clear_retained.extend(retained_of(link))
     assert link.wait_connected(5)
     sent = [sample_result(names["station"], outbox.next_sequence()) for _ in range(5)]
-    for doc in sent:
-        link.publish_result(doc)
+    rows = [link.publish_result(doc) for doc in sent]
     results = rec.wait_count(link.topics.result, 5)
     assert [r["sequence"] for r in results] == [1, 2, 3, 4, 5]
     assert [r["message_id"] for r in results] == [d["message_id"] for d in sent]
@@ -74,6 +74,7 @@ def test_results_arrive_at_qos1_in_order_validate_and_leave_the_outbox(
     assert {m[3] for m in rec.messages if m[0] == link.topics.result} == {1}, "results travel at QoS 1"
     wait_until(lambda: outbox.stats().depth == 0, 5, "PUBACKs to empty the outbox")
     assert link.stats()["published_total"] == 5
+    assert delivered == rows, "on_delivered reports each outbox entry once, when its PUBACK came"
     # A dashboard that connects later gets the latest result and the availability, retained.
     late = recorder_factory(*mqtt_broker, [link.topics.state, link.topics.status, link.topics.health])
     late.wait_for(lambda m: {link.topics.state, link.topics.status, link.topics.health} <= {x[0] for x in m},

@@ -28,9 +28,9 @@ def test_pending_oldest_first_and_deleted_only_by_its_mid(outbox):
     outbox.mark_inflight(ids[1], 42)
     assert [e.row_id for e in outbox.pending(10)] == [ids[2]], "in-flight entries are not pending"
     assert outbox.inflight_count() == 2
-    assert outbox.ack(99) is False, "an unknown mid deletes nothing"
+    assert outbox.ack(99) is None, "an unknown mid deletes nothing"
     assert outbox.stats().depth == 3
-    assert outbox.ack(42) is True
+    assert outbox.ack(42) == ids[1]
     assert outbox.stats().depth == 2
     assert [json.loads(e.payload)["n"] for e in outbox.pending(10)] == [2]
 
@@ -42,7 +42,7 @@ def test_start_replay_requeues_inflight_and_marks_replayed(outbox):
     (entry,) = outbox.pending(10)
     assert entry.replayed
     assert json.loads(entry.wire_payload()) == {"n": 1, "replayed": True}
-    assert outbox.ack(7) is False, "a mid from the lost connection must not delete the requeued entry"
+    assert outbox.ack(7) is None, "a mid from the lost connection must not delete the requeued entry"
     assert outbox.stats().depth == 1
 
 
