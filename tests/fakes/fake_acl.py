@@ -27,7 +27,7 @@ import types
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -114,7 +114,7 @@ class FakeAcl(types.ModuleType):
         self._thread = threading.local()
         self._next_handle = 0x1000
         self._initialised = False
-        self._devices: Set[int] = set()
+        self._devices: Dict[int, int] = {}  # device -> set_device calls not yet reset (CANN counts them)
         self._contexts: Dict[int, int] = {}  # context -> device
         self._streams: Dict[int, int] = {}  # stream -> context
         self._regions: Dict[int, _Region] = {}  # allocated memory by start address
@@ -168,7 +168,7 @@ class FakeAcl(types.ModuleType):
             found += [f"model desc {d:#x} not destroyed" for d in self._descs]
             found += [f"stream {s:#x} not destroyed" for s in self._streams]
             found += [f"context {c:#x} not destroyed" for c in self._contexts]
-            found += [f"device {d} not reset" for d in sorted(self._devices)]
+            found += [f"device {d} not reset ({n} set_device call(s) open)" for d, n in sorted(self._devices.items())]
             if self._initialised:
                 found.append("acl.init without acl.finalize")
             return found
@@ -240,7 +240,7 @@ class FakeAcl(types.ModuleType):
             return self._punish(ACL_ERROR_UNINITIALIZE, "acl.rt.set_device before acl.init")
         if device_id != 0:
             return ACL_ERROR_INVALID_PARAM  # the fake has one NPU, device 0
-        self._devices.add(device_id)
+        self._devices[device_id] = self._devices.get(device_id, 0) + 1
         return ACL_SUCCESS
 
     def _reset_device(self, device_id: int) -> int:
@@ -249,8 +249,11 @@ class FakeAcl(types.ModuleType):
             return code
         if device_id not in self._devices:
             return self._punish(ACL_ERROR_INVALID_PARAM, f"acl.rt.reset_device({device_id}) of a device not set")
+        self._devices[device_id] -= 1
+        if self._devices[device_id]:
+            return ACL_SUCCESS  # other users of the device remain
+        del self._devices[device_id]
         contexts = [c for c, d in self._contexts.items() if d == device_id]
-        self._devices.discard(device_id)
         if contexts:
             return self._punish(ACL_ERROR_INTERNAL_ERROR, f"acl.rt.reset_device with live contexts {contexts}")
         return ACL_SUCCESS

@@ -162,4 +162,4 @@ def test_finalize_with_live_resources_is_refused_and_leaks_lists_them(tiny_manif
     leaks = fake.leaks()
     assert any("model id 1" in leak for leak in leaks)
     assert sum("device memory" in leak for leak in leaks) == 3
-    assert "context" in " ".join(leaks) and "device 0 not reset" in leaks
+    assert "context" in " ".join(leaks) and "device 0 not reset (1 set_device call(s) open)" in leaks

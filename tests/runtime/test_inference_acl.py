@@ -251,3 +251,16 @@ def test_loading_twice_is_refused_without_touching_the_npu(tiny_manifest, fake_a
         npu.load()
     assert len(fake_acl.calls) == calls
     npu.close()
+
+
+def test_a_reload_holds_two_backends_and_pyacl_is_initialised_once(tiny_manifest, fake_acl):
+    """The daemon loads the new model before closing the old one: both share one acl.init."""
+    old = AclBackend(tiny_manifest)
+    old.load()
+    new = AclBackend(tiny_manifest)
+    new.load()
+    old.close()
+    assert new.run("bimodal", _bimodal_inputs(0))["composition"].shape == (4, 3)
+    assert "acl.finalize" not in fake_acl.calls
+    new.close()
+    assert (fake_acl.calls.count("acl.init"), fake_acl.calls.count("acl.finalize")) == (1, 1)

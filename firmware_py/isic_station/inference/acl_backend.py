@@ -61,6 +61,12 @@ def check_ret(call: str, ret: int) -> None:
         raise AclError(call, ret)
 
 
+def _record(call: str, ret: int, failures: List[AclError]) -> None:
+    """Note a failed teardown step; teardown goes on with the next one."""
+    if ret != 0:
+        failures.append(AclError(call, ret))
+
+
 def import_acl() -> Any:
     """The `acl` module, or BackendUnavailable saying how to get it."""
     try:
@@ -81,6 +87,39 @@ def acl_importable() -> bool:
     except BackendUnavailable:
         return False
     return True
+
+
+class _ProcessInit:
+    """acl.init / acl.finalize, which CANN allows once per process, shared by every AclBackend.
+
+    A model reload briefly holds two backends (the new one loads before the old one closes), so
+    the first backend to load initialises pyACL and the last to close finalises it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._module: Any = None
+        self._users = 0
+
+    def acquire(self, acl: Any) -> None:
+        with self._lock:
+            if self._module is not acl:
+                # A different `acl` module object has nothing initialised (tests install a new fake each).
+                self._module, self._users = acl, 0
+            if self._users == 0:
+                check_ret("acl.init", acl.init())
+            self._users += 1
+
+    def release(self, acl: Any, failures: List[AclError]) -> None:
+        with self._lock:
+            if self._module is not acl or self._users == 0:
+                return
+            self._users -= 1
+            if self._users == 0:
+                _record("acl.finalize", acl.finalize(), failures)
+
+
+_PROCESS_INIT = _ProcessInit()
 
 
 def _device_id_option(options: Mapping[str, Any]) -> int:
@@ -215,12 +254,6 @@ class _AclModel:
         self.inputs, self.outputs, self.data_buffers, self.device_ptrs = [], [], [], []
 
 
-def _record(call: str, ret: int, failures: List[AclError]) -> None:
-    """Note a failed teardown step; teardown goes on with the next one."""
-    if ret != 0:
-        failures.append(AclError(call, ret))
-
-
 class AclBackend(Backend):
     """Every graph of the manifest as an .om on one NPU device, in one context.
 
@@ -239,7 +272,7 @@ class AclBackend(Backend):
         self.device_id = _device_id_option(self.options)
         self.run_mode: Optional[int] = None
         self._acl: Any = None
-        self._initialised = False
+        self._holds_init = False
         self._device_set = False
         self._context: Any = None
         self._stream: Any = None
@@ -274,8 +307,8 @@ class AclBackend(Backend):
 
     def _bring_up(self) -> None:
         acl = self._acl
-        check_ret("acl.init", acl.init())
-        self._initialised = True
+        _PROCESS_INIT.acquire(acl)
+        self._holds_init = True
         check_ret("acl.rt.set_device", acl.rt.set_device(self.device_id))
         self._device_set = True
         context, ret = acl.rt.create_context(self.device_id)
@@ -323,10 +356,10 @@ class AclBackend(Backend):
             _record("acl.rt.destroy_context", acl.rt.destroy_context(self._context), failures)
         if self._device_set:
             _record("acl.rt.reset_device", acl.rt.reset_device(self.device_id), failures)
-        if self._initialised:
-            _record("acl.finalize", acl.finalize(), failures)
+        if self._holds_init:
+            _PROCESS_INIT.release(acl, failures)
         self._acl, self._stream, self._context = None, None, None
-        self._device_set = self._initialised = False
+        self._device_set = self._holds_init = False
         return failures
 
     def close(self) -> None:
