@@ -9,6 +9,7 @@ from isic_station.command_line import build_parser, run
 # One module per concern; each registers its own sub-commands.
 COMMAND_MODULES = (
     "isic_model.model_commands",
+    "isic_model.lab_commands",
 )
 
 
