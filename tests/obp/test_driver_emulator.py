@@ -41,6 +41,9 @@ def test_instrument_features_without_faults(start_emulator, tmp_path):
         spectrometer.set_integration_time_us(4000)
         assert spectrometer.integration_time_us() == 4000
         spectrometer.set_trigger_mode(1)
+        assert spectrometer.baud_rate() == 115200
+        spectrometer.set_baud_rate(921600)
+        assert spectrometer.baud_rate() == 921600 and spectrometer.transport.baudrate == 921600
         with pytest.raises(InvalidPayload, match="integration time 5 us"):
             spectrometer.set_integration_time_us(5)
         raw = spectrometer.raw_spectrum()

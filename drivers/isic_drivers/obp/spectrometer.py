@@ -126,6 +126,17 @@ class ObpSpectrometer:
         kind = MessageType.SET_TRIGGER_MODE
         self.request(kind, pack_request(kind, mode), ack=True)
 
+    def baud_rate(self) -> int:
+        """The RS-232 baud rate the instrument reports."""
+        kind = MessageType.GET_BAUD_RATE
+        return int(unpack_reply(kind, self.request(kind).payload)[0])
+
+    def set_baud_rate(self, baud: int) -> None:
+        """Switch the instrument's line speed, then ours: the ACK still comes at the old speed."""
+        kind = MessageType.SET_BAUD_RATE
+        self.request(kind, pack_request(kind, int(baud)), ack=True)
+        self.transport.set_baudrate(int(baud))
+
     def raw_spectrum(self) -> np.ndarray:
         """One scan: counts per pixel (uint16, little-endian on the wire)."""
         payload = self.request(MessageType.GET_RAW_SPECTRUM).payload

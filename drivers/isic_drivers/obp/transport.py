@@ -103,12 +103,14 @@ class SerialTransport:
                 log.debug("closing %s failed", self.port, exc_info=True)
             self._serial = None
 
-    def discard_input(self) -> None:
-        """Drop bytes buffered so far (stale replies before a new request)."""
-        self.scanner.clear()
+    def set_baudrate(self, baudrate: int) -> None:
+        """Change the line speed (now if open, and for every reopen)."""
+        self.baudrate = baudrate
         if self._serial is not None:
             try:
-                self._serial.reset_input_buffer()
+                self._serial.baudrate = baudrate
+            except ValueError as exc:
+                raise ConfigError(f"serial port {self.port}: baud rate {baudrate}: {exc}") from exc
             except (serial.SerialException, OSError) as exc:
                 self._lost(exc)
 
