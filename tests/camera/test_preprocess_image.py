@@ -117,8 +117,14 @@ def test_a_manifest_without_a_key_is_a_model_error_naming_it():
         build_image_batch([blank()], 1.0, params)
 
 
-def test_fibre_mask_ignores_sensor_noise_on_an_empty_slide():
+def test_fibre_mask_finds_a_fibre_and_ignores_noise_and_uneven_light():
     rng = np.random.default_rng(0)
-    noisy = np.clip(200 + rng.normal(0, 6, (120, 160)), 0, 255).astype(np.uint8)
-    assert fibre_mask(noisy).mean() < 0.001
-    assert fibre_mask(with_fibre(noisy[..., None].repeat(3, 2), 0, 0, 60)[..., 0]).mean() > 0.15
+    # an empty slide lit unevenly (150 at the left edge, 230 at the right) with sensor noise
+    lamp = np.linspace(150, 230, 320)[None, :].repeat(240, axis=0)
+    slide = np.clip(lamp + rng.normal(0, 6, lamp.shape), 0, 255).astype(np.uint8)
+    assert fibre_mask(slide).mean() < 0.001
+    fibre = slide.copy()
+    fibre[:, 150:166] = (fibre[:, 150:166] * 0.6).astype(np.uint8)      # a 16 px fibre, top to bottom
+    mask = fibre_mask(fibre)
+    assert mask[:, 152:164].mean() > 0.95
+    assert mask[:, :140].mean() < 0.001 and mask[:, 176:].mean() < 0.001
