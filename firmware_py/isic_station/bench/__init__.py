@@ -10,6 +10,7 @@ import importlib
 BENCH_MODULES = (
     "isic_station.bench.model",
     "isic_station.bench.serial_link",
+    "isic_station.bench.mqtt",
 )
 
 
