@@ -128,3 +128,21 @@ def test_bad_fault_option_is_one_line_config_error():
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 78
     assert result.stdout == "" and result.stderr.count("\n") == 1 and "unknown fault 'noise'" in result.stderr
+
+
+def test_silent_port_is_a_clear_timeout_after_bounded_retries(tmp_path):
+    """A port where nothing answers: a ReplyTimeout naming the port, after exactly retries + 1 requests."""
+    from isic_drivers.emulators.pseudo_terminal import PseudoTerminal
+    from isic_drivers.obp.transport import ReplyTimeout
+
+    line = PseudoTerminal()
+    try:
+        spectrometer = driver(line.path, timeout_s=0.2, retries=2)
+        started = time.monotonic()
+        with pytest.raises(ReplyTimeout, match=f"spectrometer on {line.path} did not answer .* 3 attempts"):
+            spectrometer.serial_number()
+        assert time.monotonic() - started < 2.0
+        assert spectrometer.health()["frames_written"] == 3
+        spectrometer.transport.close()
+    finally:
+        line.remove()

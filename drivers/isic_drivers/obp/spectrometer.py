@@ -68,7 +68,11 @@ class ObpSpectrometer:
             last_error = error
         if isinstance(last_error, DeviceRejected):
             raise last_error
-        raise type(last_error)(f"{last_error} (gave up after {self.retries + 1} attempts)")
+        raise type(last_error)(
+            f"spectrometer on {self.transport.port} did not answer message 0x{message_type:08x} in "
+            f"{self.retries + 1} attempts ({last_error}); check the cable, the port name and the baud rate "
+            f"({self.transport.baudrate})"
+        )
 
     def _await_reply(self, request: Frame) -> Frame:
         deadline = time.monotonic() + self.reply_timeout_s
