@@ -161,3 +161,40 @@ def test_seabreeze_reads_our_header_fields(seabreeze):
     fields = seabreeze._check_incoming_message_header(wire[:44], _raw=True)
     assert fields[2] == 0x03 and fields[4] == 0x00180101 and fields[5] == 77 and fields[7] == 1
     assert seabreeze._extract_message_data(wire) == struct.pack("<f", 1.5)
+
+
+class EmulatorWire(MemoryTransport):
+    """seabreeze's transport fake wired to our emulated instrument: each write is answered at once."""
+
+    def __init__(self, device) -> None:
+        super().__init__()
+        self.device = device
+
+    def write(self, data, timeout_ms=None, **kwargs):
+        self.incoming += encode_frame(self.device.answer(decode_frame(bytes(data))))
+        return super().write(data, timeout_ms, **kwargs)
+
+
+def test_seabreeze_as_host_talks_to_our_emulated_instrument(tmp_path):
+    """seabreeze's own send/query against the emulator's replies: serial, coefficients, ACKed settings, spectrum."""
+    from isic_drivers.emulators.spectrometer import EmulatedSpectrometer, instrument_for
+    from isic_drivers.lab.stage import SampleStage
+
+    stage = SampleStage(tmp_path / "stage.json")
+    stage.put_reference("white")
+    device = EmulatedSpectrometer(stage, instrument_for(None, None, "SB-HOST-1"))
+    wire = EmulatorWire(device)
+    host = OBPProtocol(wire)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert host.query(0x100) == b"SB-HOST-1"
+        assert host.query(0x00180100) == bytes([len(device.instrument.wavelength_coeffs)])
+        (c1,) = struct.unpack("<f", host.query(0x00180101, 1))
+        assert c1 == pytest.approx(device.instrument.wavelength_coeffs[1], rel=1e-6)
+        assert host.send(0x00110010, 5000, request_ack=True) > 0  # seabreeze reads our ACK
+        assert device.integration_us == 5000
+        assert host.send(0x00110010, 5, request_ack=True) == 0  # our NACK (error 6) is an error to seabreeze
+        assert device.integration_us == 5000
+        spectrum = host.query(0x00101100)
+    assert len(spectrum) == 2 * device.instrument.n_pixels
+    assert max(struct.unpack(f"<{device.instrument.n_pixels}H", spectrum)) > 10000
