@@ -6,7 +6,9 @@ import sys
 import pytest
 
 from fakes.fake_acl import FakeAcl
+from isic_station.bench.model import lab_settings
 from isic_station.cli import main
+from isic_station.manifest import load_manifest
 
 TIMINGS = ("preprocess_ms", "infer_ms", "total_ms")
 
@@ -56,3 +58,11 @@ def test_repeats_must_be_positive(capsys):
         main(["bench", "model", "--repeats", "0"])
     assert caught.value.code == 2
     assert "expected a whole number >= 1" in capsys.readouterr().err
+
+
+def test_measurements_follow_the_station_settings_training_recorded(tiny_manifest_path):
+    doc = json.loads(tiny_manifest_path.read_text())
+    doc["training"] = {"station": {"coadd": 16, "n_frames": 2, "frame_px": 128, "camera_um_per_px": 1.6}}
+    tiny_manifest_path.write_text(json.dumps(doc))
+    settings = lab_settings(load_manifest(tiny_manifest_path))
+    assert settings == {"coadd": 16, "n_frames": 2, "frame_size": 128, "um_per_px": 1.6}

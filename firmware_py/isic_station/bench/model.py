@@ -8,17 +8,15 @@ before timing starts so only the station's own work is timed.
 
 import argparse
 import json
-import logging
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from isic_station.errors import ModelError
 from isic_station.inference.registry import KINDS
-
-log = logging.getLogger(__name__)
+from isic_station.manifest import Manifest, load_manifest
 
 # Distinct virtual-lab measurements cycled through (generating one costs more than predicting it).
 DISTINCT_MEASUREMENTS = 16
@@ -69,6 +67,17 @@ def _manifest_path(given: Optional[Path]) -> Path:
     return SHIPPED_MANIFEST
 
 
+def lab_settings(manifest: Manifest) -> Dict[str, Any]:
+    """`simulate_measurement` options for how the model was trained to be used.
+
+    The manifest's `training.station` (frames per measurement, frame size, camera µm/px), when
+    training recorded it; otherwise the lab's defaults.
+    """
+    station = manifest.raw.get("training", {}).get("station", {})
+    names = {"n_frames": "n_frames", "frame_px": "frame_size", "camera_um_per_px": "um_per_px", "coadd": "coadd"}
+    return {names[key]: value for key, value in station.items() if key in names}
+
+
 def _percentiles(values_ms: List[float]) -> Dict[str, float]:
     p50, p99 = np.percentile(np.asarray(values_ms), [50, 99])
     return {"p50": round(float(p50), 4), "p99": round(float(p99), 4)}
@@ -79,12 +88,12 @@ def run_model_bench(args: argparse.Namespace) -> int:
     from isic_drivers.lab import draw_sample, simulate_measurement
     from isic_station.inference.predictor import Predictor
     from isic_station.inference.registry import create_backend
-    from isic_station.manifest import load_manifest
 
     manifest = load_manifest(_manifest_path(args.manifest))
     rng = np.random.default_rng(SEED)
     count = min(args.repeats, DISTINCT_MEASUREMENTS)
-    measurements = [simulate_measurement(draw_sample(rng), rng) for _ in range(count)]
+    settings = lab_settings(manifest)
+    measurements = [simulate_measurement(draw_sample(rng), rng, **settings) for _ in range(count)]
     backend = create_backend(args.backend, manifest, {"threads": args.threads})
     preprocess_ms, infer_ms, total_ms = [], [], []
     try:
@@ -112,7 +121,8 @@ def run_model_bench(args: argparse.Namespace) -> int:
     frames = measurements[0].frames
     print(f"bench model: {manifest.name} {manifest.version} on {backend.name} "
           f"({args.threads} thread(s) for onnxruntime), {args.repeats} measurements from the virtual lab "
-          f"({len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]} px each)")
+          f"({len(frames)} frames of {frames[0].shape[1]}x{frames[0].shape[0]} px at "
+          f"{measurements[0].um_per_px} µm/px each)")
     for key in ("preprocess_ms", "infer_ms", "total_ms"):
         print(f"  {key:<14} p50 {summary[key]['p50']:9.3f}   p99 {summary[key]['p99']:9.3f}")
     return 0
