@@ -141,7 +141,6 @@ class EmulatedSpectrometer:
 
     def answer(self, request: Frame) -> Frame:
         """The fault-free reply to `request`: data, an ACK, or a NACK with the OBP error number."""
-        self.requests += 1
         try:
             payload = self._payload(request)
         except DeviceRejected as exc:
@@ -181,8 +180,9 @@ class EmulatedSpectrometer:
             return pack_reply(kind, self.instrument.wavelength_coeffs[index])
         raise UnknownMessageType(f"message type 0x{kind:08x} is not implemented", error_number=2, message_type=kind)
 
-    def replies(self, request: Frame) -> "Reply":
+    def reply_to(self, request: Frame) -> "Reply":
         """What goes back on the line for `request`, faults included."""
+        self.requests += 1
         faults, rng = self.faults, self._rng
         if rng.random() < faults.reopen:
             return Reply(reopen=True)
@@ -267,7 +267,7 @@ class Server:
                 self._handle(request)
 
     def _handle(self, request: Frame) -> None:
-        reply = self.device.replies(request)
+        reply = self.device.reply_to(request)
         if reply.reopen:
             self._reopen()
         elif reply.delay_s:
