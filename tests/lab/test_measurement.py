@@ -47,3 +47,16 @@ def test_scan_counts_of_reference_tiles() -> None:
     sample = scan_counts(inst, draw_sample(rng), 8000, rng)
     assert white.dtype == dark.dtype == sample.dtype == np.uint16
     assert np.all(dark < sample) and np.median(sample) < np.median(white)
+
+
+def test_low_snr_preset_gives_noisier_spectra() -> None:
+    def noise(preset: str) -> float:
+        rng = np.random.default_rng(35)
+        values = []
+        for _ in range(8):
+            m = simulate_measurement(draw_sample(rng, preset), rng, n_frames=0)
+            a = -np.log10(np.clip(m.reflectance, 1e-4, None))
+            values.append(np.std(np.diff(a, 2)))
+        return float(np.median(values))
+
+    assert noise("low_snr") > 5 * noise("default")
