@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fakes.fake_acl import ACL_DEVICE, ACL_HOST, FakeAcl
-from isic_station.errors import EX_UNAVAILABLE, ModelError
+from isic_station.errors import EX_UNAVAILABLE, ConfigError, ModelError
 from isic_station.inference import create_backend
 from isic_station.inference.acl_backend import AclBackend, AclError
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
@@ -264,3 +264,9 @@ def test_a_reload_holds_two_backends_and_pyacl_is_initialised_once(tiny_manifest
     assert "acl.finalize" not in fake_acl.calls
     new.close()
     assert (fake_acl.calls.count("acl.init"), fake_acl.calls.count("acl.finalize")) == (1, 1)
+
+
+@pytest.mark.parametrize("device_id", [-1, "0", True])
+def test_device_id_option_must_be_a_whole_number(tiny_manifest, device_id):
+    with pytest.raises(ConfigError, match="inference option 'device_id' must be a whole number >= 0"):
+        AclBackend(tiny_manifest, {"device_id": device_id})

@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from isic_station.errors import BackendUnavailable, ConfigError, ModelError
-from isic_station.inference.base import Backend
+from isic_station.errors import BackendUnavailable, ModelError
+from isic_station.inference.base import Backend, whole_number_option
 from isic_station.manifest import GraphSpec, Manifest
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ ACL_MEMCPY_DEVICE_TO_DEVICE = 3
 ACL_FLOAT, ACL_FLOAT16 = 0, 1
 OUTPUT_DTYPES = {ACL_FLOAT: np.dtype(np.float32), ACL_FLOAT16: np.dtype(np.float16)}
 
-# What a technician can do with the codes seen most often.
+# What the codes seen most often mean, appended to the error message.
 ACL_ERROR_HINTS = {
     100000: "invalid parameter",
     100001: "pyACL not initialised",
@@ -120,13 +120,6 @@ class _ProcessInit:
 
 
 _PROCESS_INIT = _ProcessInit()
-
-
-def _device_id_option(options: Mapping[str, Any]) -> int:
-    value = options.get("device_id", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"inference option 'device_id' must be a whole number >= 0, got {value!r}")
-    return value
 
 
 def _host_input(acl: Any, array: np.ndarray, bytes_bridge: bool) -> Tuple[Any, int]:
@@ -269,7 +262,7 @@ class AclBackend(Backend):
 
     def __init__(self, manifest: Manifest, options: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(manifest, options)
-        self.device_id = _device_id_option(self.options)
+        self.device_id = whole_number_option(self.options, "device_id", 0, minimum=0)
         self.run_mode: Optional[int] = None
         self._acl: Any = None
         self._holds_init = False

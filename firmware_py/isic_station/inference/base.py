@@ -12,11 +12,19 @@ from typing import Any, Dict, List, Mapping, Optional
 
 import numpy as np
 
-from isic_station.errors import ModelError
+from isic_station.errors import ConfigError, ModelError
 from isic_station.manifest import GraphSpec, Manifest
 
 GRAPH_BIMODAL = "bimodal"
 GRAPH_SIGNAL_ONLY = "signal_only"
+
+
+def whole_number_option(options: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    """The backend option `key` as an int >= `minimum` (ConfigError naming the key and the value)."""
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"inference option '{key}' must be a whole number >= {minimum}, got {value!r}")
+    return value
 
 
 class Backend(abc.ABC):

@@ -10,20 +10,13 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from isic_station.errors import BackendUnavailable, ConfigError, ModelError
-from isic_station.inference.base import Backend
+from isic_station.errors import BackendUnavailable, ModelError
+from isic_station.inference.base import Backend, whole_number_option
 from isic_station.manifest import GraphSpec, Manifest, verify_graph_file
 
 log = logging.getLogger(__name__)
 
 DEFAULT_THREADS = 1
-
-
-def _threads_option(options: Mapping[str, Any]) -> int:
-    value = options.get("threads", DEFAULT_THREADS)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"inference option 'threads' must be a whole number >= 1, got {value!r}")
-    return value
 
 
 class OnnxRuntimeBackend(Backend):
@@ -38,7 +31,7 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, manifest: Manifest, options: Optional[Mapping[str, Any]] = None) -> None:
         super().__init__(manifest, options)
-        self.threads = _threads_option(self.options)
+        self.threads = whole_number_option(self.options, "threads", DEFAULT_THREADS, minimum=1)
         self._sessions: Dict[str, Any] = {}
 
     def load(self) -> None:
