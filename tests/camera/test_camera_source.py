@@ -23,15 +23,6 @@ def pattern(i: int) -> np.ndarray:
     return frame
 
 
-def write_video(path: Path, frames: List[np.ndarray], fps: float = 10.0) -> None:
-    """An MJPG .avi through cv2.VideoWriter (works headless)."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (frames[0].shape[1], frames[0].shape[0]))
-    assert writer.isOpened(), "OpenCV cannot write MJPG here"
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-
-
 def bar_position(frame: np.ndarray) -> int:
     """Which pattern(i) this decoded frame is."""
     return int(np.argmax(frame[:, :, 1].mean(axis=0)) // 10)
@@ -59,7 +50,7 @@ def test_source_kinds_are_told_apart(tmp_path):
     assert source_kind(str(tmp_path / "bench.avi")) == "file"
 
 
-def test_a_video_written_with_videowriter_reads_back_in_order_with_timestamps(tmp_path):
+def test_a_video_written_with_videowriter_reads_back_in_order_with_timestamps(tmp_path, write_video):
     video = tmp_path / "bench.avi"
     write_video(video, [pattern(i) for i in range(8)])
     before = time.time()
@@ -76,7 +67,7 @@ def test_a_video_written_with_videowriter_reads_back_in_order_with_timestamps(tm
     assert stats.last_frame_age_s is not None and stats.last_frame_age_s < 5
 
 
-def test_a_looping_video_starts_again_at_its_end(tmp_path):
+def test_a_looping_video_starts_again_at_its_end(tmp_path, write_video):
     video = tmp_path / "bench.avi"
     write_video(video, [pattern(i) for i in range(3)])
     with CameraSource(str(video), loop=True) as camera:
@@ -117,7 +108,7 @@ def test_a_folder_emptied_mid_stream_reconnects_when_refilled_and_counts_it(tmp_
     assert "no image files" in stats.last_error
 
 
-def test_a_looping_video_renamed_away_and_restored_reconnects(tmp_path):
+def test_a_looping_video_renamed_away_and_restored_reconnects(tmp_path, write_video):
     video, away = tmp_path / "bench.avi", tmp_path / "bench.avi.moved"
     write_video(video, [pattern(i) for i in range(3)])
     camera = CameraSource(str(video), loop=True, backoff_initial_s=0.05).open()

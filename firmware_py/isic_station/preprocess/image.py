@@ -22,9 +22,9 @@ from isic_station.errors import ConfigError, ModelError
 log = logging.getLogger(__name__)
 
 # A pixel belongs to a fibre when its (lightly smoothed) grey level differs from the local
-# background by more than this many grey levels out of 255. Fibres under a microscope are far
-# stronger than that; sensor noise after a 5x5 Gaussian is far weaker.
-FIBRE_CONTRAST_GREY = 24
+# background by more than this many grey levels out of 255: low enough that a defocused (4 µm)
+# pale fibre still counts, five times the camera noise left after the 5x5 Gaussian (sd 8 -> ~2).
+FIBRE_CONTRAST_GREY = 12
 # The background is estimated over windows this wide: wider than the widest fibre (wool ~40 µm),
 # narrow enough to follow a lamp's vignetting.
 BACKGROUND_WINDOW_PX = 72

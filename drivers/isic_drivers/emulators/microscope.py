@@ -1,0 +1,190 @@
+"""The virtual microscope: a camera that shows the virtual lab's current sample, with faults on demand.
+
+It lets the station, its tests and its benchmarks run with no camera: the frames are the lab's
+`render_frame` of whatever is on the `SampleStage` (the same stage the emulated spectrometer
+measures), read through the same CameraSource as a real device (`virtual:` sources). The fibre
+drawing is the lab's; this module adds only what a camera adds: pacing, a printed sample label in
+the corner (a QR code, when asked and when the sample has an id; drawn through the lab's `decorate`
+hook, so optics and camera noise act on it as on the fibres), and faults for testing the quality
+gate and the reconnect logic:
+
+- `blur`, `overexposed`, `empty`: frames from `fault_after` on (for `fault_frames` frames, 0 = all)
+  are out of focus (the lab's defocus), over-exposed (camera gain), or show the empty white tile;
+- `unplug`: at frame `fault_after` the camera vanishes for `fault_s` seconds (reads and opens fail);
+- `stall`: the read of frame `fault_after` takes `fault_s` seconds.
+
+The label is off unless asked for (`label=1`): like a real printed label it is sharp, high-contrast
+"content", so frames showing it are for identification, not for the model's tiles.
+"""
+
+import logging
+import time
+from typing import Any, Callable, Dict, Mapping, Optional
+
+import cv2
+import numpy as np
+
+from isic_drivers.camera.readers import FrameReader
+from isic_station.errors import ConfigError, DeviceError
+
+log = logging.getLogger(__name__)
+
+FAULTS = ("blur", "overexposed", "empty", "unplug", "stall")
+IMAGE_FAULTS = ("blur", "overexposed", "empty")
+LABEL_QUIET_ZONE_MODULES = 4
+LABEL_PAPER_LEVEL = 0.95   # transmission of the white label paper
+BLUR_FAULT_DEFOCUS_UM = 4.0
+OVEREXPOSURE_GAIN, OVEREXPOSURE_OFFSET = 2.5, 80
+
+
+def label_decorator(text: str, module_px: int = 4, margin_px: int = 8) -> Callable[[np.ndarray], None]:
+    """A `render_frame` decorator printing `text` as a QR code (white quiet zone) in the bottom-right corner.
+
+    The decorator draws on the lab's float BGR transmission image (0..1) in place.
+    """
+    code = cv2.QRCodeEncoder.create().encode(text)
+    code = cv2.copyMakeBorder(code, *(LABEL_QUIET_ZONE_MODULES,) * 4, cv2.BORDER_CONSTANT, value=255)
+    side = code.shape[0] * module_px
+    label = cv2.resize(code, (side, side), interpolation=cv2.INTER_NEAREST).astype(np.float32) / 255.0
+
+    def decorate(image: np.ndarray) -> None:
+        height, width = image.shape[:2]
+        if side + margin_px > min(height, width):
+            raise ConfigError(f"a {side} px sample label does not fit a {width}x{height} frame")
+        top, left = height - side - margin_px, width - side - margin_px
+        image[top : top + side, left : left + side] = (label * LABEL_PAPER_LEVEL)[..., None]
+
+    return decorate
+
+
+class VirtualMicroscope(FrameReader):
+    """Frames of `stage.current()` rendered by the virtual lab, at `fps` (0: as fast as asked)."""
+
+    def __init__(
+        self,
+        stage: Any,
+        width: int = 640,
+        height: int = 480,
+        um_per_px: float = 1.0,
+        fps: float = 0.0,
+        seed: int = 0,
+        label: bool = False,
+        fault: Optional[str] = None,
+        fault_after: int = 0,
+        fault_frames: int = 0,
+        fault_s: float = 2.0,
+    ) -> None:
+        if fault is not None and fault not in FAULTS:
+            raise ConfigError(f"virtual microscope fault {fault!r} is unknown; expected one of {', '.join(FAULTS)}")
+        self.name = "virtual microscope"
+        self.stage = stage
+        self.width, self.height, self.um_per_px, self.fps = width, height, um_per_px, fps
+        self.label = label
+        self.fault, self.fault_after, self.fault_frames, self.fault_s = fault, fault_after, fault_frames, fault_s
+        self._rng = np.random.default_rng(seed)
+        self._frames = 0
+        self._unplugged_until = 0.0
+        self._next_frame_at = 0.0
+        self._labels: Dict[str, Callable[[np.ndarray], None]] = {}
+        self.last_truth: Any = None      # the lab's FrameTruth of the last frame (fibre counts per type)
+        self.last_content: Any = None    # the Sample (or reference tile) the last frame showed
+
+    @classmethod
+    def from_options(
+        cls, options: Mapping[str, Any], width: Optional[int] = None, height: Optional[int] = None,
+        fps: Optional[float] = None, um_per_px: float = 1.0,
+    ) -> "VirtualMicroscope":
+        """Build from `virtual:?key=value&...` options (seed, dwell, stage, preset, label, fault, fault_after,
+        fault_frames, fault_s, width, height, fps); ConfigError names an unknown or malformed option."""
+        known = {"seed", "dwell", "stage", "preset", "label", "fault", "fault_after", "fault_frames", "fault_s",
+                 "width", "height", "fps", "um_per_px"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown virtual microscope option(s) {unknown}; expected some of {sorted(known)}")
+        try:
+            seed = int(options.get("seed", 0))
+            return cls(
+                stage=_make_stage(options.get("stage"), seed, float(options.get("dwell", 5.0)),
+                                  str(options.get("preset", "default"))),
+                width=int(options.get("width", width or 640)),
+                height=int(options.get("height", height or 480)),
+                um_per_px=float(options.get("um_per_px", um_per_px)),
+                fps=float(options.get("fps", fps or 0.0)),
+                seed=seed,
+                label=str(options.get("label", "0")).lower() in ("1", "true", "yes", "on"),
+                fault=options.get("fault") or None,
+                fault_after=int(options.get("fault_after", 0)),
+                fault_frames=int(options.get("fault_frames", 0)),
+                fault_s=float(options.get("fault_s", 2.0)),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"virtual microscope option malformed: {exc} (options {dict(options)})") from None
+
+    def _unplugged(self) -> bool:
+        return time.monotonic() < self._unplugged_until
+
+    def open(self) -> None:
+        if self._unplugged():
+            raise DeviceError(f"camera {self.name}: unplugged (simulated fault)")
+        self._next_frame_at = time.monotonic()
+
+    def read(self) -> np.ndarray:
+        if self.fault in ("unplug", "stall") and self._frames == self.fault_after:
+            self._frames += 1     # the fault happens once, at this frame
+            if self.fault == "unplug":
+                self._unplugged_until = time.monotonic() + self.fault_s
+                log.info("virtual microscope unplugged for %.1f s (simulated fault)", self.fault_s)
+            else:
+                time.sleep(self.fault_s)
+        if self._unplugged():
+            raise DeviceError(f"camera {self.name}: unplugged (simulated fault)")
+        self._pace()
+        from isic_drivers.lab import ReferenceTile, render_frame
+
+        content = self.stage.current()
+        faulty = self._image_fault_now()
+        if faulty == "empty":
+            content = ReferenceTile("white")     # the slide without the (labelled) sample
+        sample_id = getattr(content, "sample_id", None)
+        decorate = self._label(str(sample_id)) if self.label and sample_id else None
+        defocus = BLUR_FAULT_DEFOCUS_UM if faulty == "blur" else None
+        frame, truth = render_frame(content, self._rng, self.width, self.height, self.um_per_px,
+                                    defocus_um=defocus, decorate=decorate)
+        if faulty == "overexposed":
+            frame = cv2.convertScaleAbs(frame, alpha=OVEREXPOSURE_GAIN, beta=OVEREXPOSURE_OFFSET)
+        self._frames += 1
+        self.last_truth, self.last_content = truth, content
+        return frame
+
+    def _label(self, text: str) -> Callable[[np.ndarray], None]:
+        if text not in self._labels:
+            self._labels = {text: label_decorator(text)}   # one sample at a time: keep only its label
+        return self._labels[text]
+
+    def _pace(self) -> None:
+        if self.fps <= 0:
+            return
+        delay = self._next_frame_at - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self._next_frame_at = max(self._next_frame_at, time.monotonic() - 1.0 / self.fps) + 1.0 / self.fps
+
+    def _image_fault_now(self) -> Optional[str]:
+        """The image fault the next frame gets, if any."""
+        if self.fault not in IMAGE_FAULTS or self._frames < self.fault_after:
+            return None
+        if self.fault_frames and self._frames >= self.fault_after + self.fault_frames:
+            return None
+        return self.fault
+
+    def close(self) -> None:
+        """Nothing to release; the stage and the random stream carry on at the next open."""
+
+
+def _make_stage(path: Optional[str], seed: int, dwell_s: float, preset: str) -> Any:
+    """The stage file at `path` (shared with the emulated spectrometer), else an in-process production line."""
+    from isic_drivers.lab import SampleStage
+
+    if path:
+        return SampleStage(path)
+    return SampleStage.production_line(seed, dwell_s, preset)

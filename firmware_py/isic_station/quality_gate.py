@@ -1,0 +1,134 @@
+"""The quality gate: which microscope frames may reach the model, with the figures that decided it.
+
+A blurred, over- or under-exposed or empty frame gives the model nothing to see and would
+silently drag a measurement towards whatever the model guesses on noise. Every frame is
+assessed, failing frames are flagged with their reasons and counted by reason (for the stats
+topic), and only passing frames go on to `preprocess.image`.
+
+Figures, all computed on the grey frame resized to a fixed working width, so thresholds do not
+change with the camera's resolution:
+- focus: variance of the Laplacian over the fibre region (fibres dilated by a few pixels), so a
+  field with few sharp fibres scores as sharp as a crowded one and empty glass does not count;
+- clipped_high / clipped_low: fraction of pixels at the sensor's ends (exposure);
+- coverage: fraction of pixels that are fibre (`preprocess.image.fibre_mask`, the same notion
+  the tile choice uses), too little means an empty field.
+"""
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, Tuple
+
+import cv2
+import numpy as np
+
+from isic_station.preprocess.image import fibre_mask, to_grey
+
+WORKING_WIDTH_PX = 640
+
+REASON_BLURRED = "blurred"
+REASON_OVEREXPOSED = "overexposed"
+REASON_UNDEREXPOSED = "underexposed"
+REASON_EMPTY = "empty"
+REASONS = (REASON_BLURRED, REASON_OVEREXPOSED, REASON_UNDEREXPOSED, REASON_EMPTY)
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """Limits a frame must meet; the daemon's `[quality]` config maps onto these fields.
+
+    Defaults measured on the virtual lab's 640x480 frames (README, "Microscope camera"): focus is
+    84..300 at the lab's worst normal defocus (2.25 µm), 14..50 at 4 µm. The lab's bright field sits
+    near full scale: up to ~46 % of a normal frame is >= 250 (the lamp's hot spot), ~100 % with the
+    over-exposure fault. The clip levels leave room for JPEG ringing (a clipped 255 decodes as 250-255).
+    """
+
+    min_focus: float = 60.0
+    max_clipped_high: float = 0.6
+    max_clipped_low: float = 0.25
+    min_coverage: float = 0.01
+    clip_high_level: int = 250
+    clip_low_level: int = 5
+
+    @classmethod
+    def from_quality_config(cls, quality: Any) -> "GateThresholds":
+        """The thresholds a config `[quality]` section sets (min_focus, max_saturated_fraction for both
+        ends of the sensor, min_fibre_fraction); the clip levels keep their defaults."""
+        return cls(
+            min_focus=float(quality.min_focus),
+            max_clipped_high=float(quality.max_saturated_fraction),
+            max_clipped_low=float(quality.max_saturated_fraction),
+            min_coverage=float(quality.min_fibre_fraction),
+        )
+
+
+@dataclass(frozen=True)
+class FrameQuality:
+    """The gate's figures for one frame and, when it failed, why (reasons from REASONS)."""
+
+    focus: float
+    clipped_high: float
+    clipped_low: float
+    coverage: float
+    passed: bool
+    reasons: Tuple[str, ...]
+
+
+def working_grey(frame: np.ndarray) -> np.ndarray:
+    """The frame as grey at WORKING_WIDTH_PX wide (INTER_AREA when shrinking)."""
+    grey = to_grey(frame)
+    height, width = grey.shape
+    if width == WORKING_WIDTH_PX:
+        return grey
+    size = (WORKING_WIDTH_PX, max(1, int(round(height * WORKING_WIDTH_PX / width))))
+    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA if width > WORKING_WIDTH_PX else cv2.INTER_LINEAR)
+
+
+def assess(frame: np.ndarray, thresholds: GateThresholds = GateThresholds()) -> FrameQuality:
+    """The figures of one BGR (or grey) uint8 frame and whether it passes `thresholds`."""
+    grey = working_grey(frame)
+    pixels = float(grey.size)
+    clipped_high = float(np.count_nonzero(grey >= thresholds.clip_high_level)) / pixels
+    clipped_low = float(np.count_nonzero(grey <= thresholds.clip_low_level)) / pixels
+    mask = fibre_mask(grey)
+    coverage = float(np.count_nonzero(mask)) / pixels
+    focus = 0.0
+    if coverage > 0:
+        region = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+        laplacian = cv2.Laplacian(grey, cv2.CV_32F, ksize=3)
+        focus = float(laplacian[region].var())
+    reasons = []
+    if coverage < thresholds.min_coverage:
+        reasons.append(REASON_EMPTY)     # nothing to focus on: focus says nothing, so no "blurred"
+    elif focus < thresholds.min_focus:
+        reasons.append(REASON_BLURRED)
+    if clipped_high > thresholds.max_clipped_high:
+        reasons.append(REASON_OVEREXPOSED)
+    if clipped_low > thresholds.max_clipped_low:
+        reasons.append(REASON_UNDEREXPOSED)
+    return FrameQuality(round(focus, 2), round(clipped_high, 5), round(clipped_low, 5), round(coverage, 5),
+                        not reasons, tuple(reasons))
+
+
+class QualityGate:
+    """`assess` with counters: frames assessed, passed, and failed by reason (thread-safe to read)."""
+
+    def __init__(self, thresholds: GateThresholds = GateThresholds()) -> None:
+        self.thresholds = thresholds
+        self._lock = threading.Lock()
+        self._counts: Dict[str, int] = {"assessed": 0, "passed": 0}
+        self._counts.update({reason: 0 for reason in REASONS})
+
+    def assess(self, frame: np.ndarray) -> FrameQuality:
+        """Assess one frame and count the outcome."""
+        quality = assess(frame, self.thresholds)
+        with self._lock:
+            self._counts["assessed"] += 1
+            self._counts["passed"] += int(quality.passed)
+            for reason in quality.reasons:
+                self._counts[reason] += 1
+        return quality
+
+    def counts(self) -> Dict[str, int]:
+        """assessed, passed, and one count per reason (a frame can fail for several)."""
+        with self._lock:
+            return dict(self._counts)
