@@ -131,7 +131,17 @@ class Acquirer:
         return self._serial
 
     def take_reference(self, kind: str) -> Any:
-        """Capture and store a dark or white reference (more scans than a measurement: it is reused)."""
+        """Capture and store a dark or white reference (more scans than a measurement: it is reused).
+
+        A white reference that clips at full scale would make every reflectance wrong where it clips,
+        so it is refused (NotCalibrated, naming the integration time) before anything is stored.
+        """
+        if kind == "white":
+            peak = float(np.max(self.spectrometer.raw_spectrum()))
+            if peak >= SATURATION_FRACTION * FULL_SCALE_COUNTS:
+                raise NotCalibrated(f"white reference refused: the white tile saturates the detector ({peak:.0f} "
+                                    f"counts) at spectrometer.integration_us = {self.integration_us}; lower it "
+                                    f"until the white peak is below {SATURATION_FRACTION * FULL_SCALE_COUNTS:.0f}")
         return self.calibration.capture(self.spectrometer, kind, scans=max(REFERENCE_SCANS, self.coadd))
 
     def measure(self, job: MeasureJob) -> Measurement:
@@ -183,6 +193,8 @@ class Acquirer:
             quality = self.gate.assess(image)
             if quality.passed:
                 passed.append(image)
+            else:
+                log.debug("frame rejected by the quality gate: %s", quality)
             flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
         return frames, passed, flags
 

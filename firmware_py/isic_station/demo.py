@@ -27,7 +27,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from isic_station.errors import DeviceError, StationError
 
@@ -57,16 +57,18 @@ def station_command() -> List[str]:
 
 
 class Broker:
-    """The local Mosquitto if one answers on 127.0.0.1:1883, else one started here on a free port."""
+    """The local Mosquitto if one answers on 127.0.0.1:1883 (or the broker at `address`, whether it
+    answers or not), else one started here on a free port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, address: Optional[Tuple[str, int]] = None) -> None:
         self.workdir = workdir
         self.process: Optional[subprocess.Popen] = None
-        self.host, self.port = LOCAL_BROKER
+        self.fixed = address is not None
+        self.host, self.port = address or LOCAL_BROKER
 
     def start(self) -> "Broker":
         """Use or start a broker; DeviceError when neither works."""
-        if port_answers(*LOCAL_BROKER):
+        if self.fixed or port_answers(*LOCAL_BROKER):
             return self
         binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto")
                                                else None)
@@ -116,7 +118,7 @@ class DemoBench:
 
     def __init__(self, workdir: Path, station_id: str = "demo-01", mode: str = "continuous",
                  interval_s: float = 1.0, model: Optional[Path] = None, extra_config: str = "",
-                 log_level: str = "INFO", camera: bool = True) -> None:
+                 log_level: str = "INFO", camera: bool = True, broker: Optional[Tuple[str, int]] = None) -> None:
         self.workdir = Path(workdir)
         self.station_id = station_id
         self.mode = mode
@@ -124,11 +126,11 @@ class DemoBench:
         self.model = model
         self.extra_config = extra_config
         self.log_level = log_level
-        self.camera_source = f"virtual:?stage={self.stage_path}&label=1&seed=3" if camera else ""
         self.stage_path = self.workdir / "stage.json"
         self.config_path = self.workdir / "station.toml"
+        self.camera_source = f"virtual:?stage={self.stage_path}&label=1&seed=3" if camera else ""
         self.station_log = self.workdir / "station.log"
-        self.broker = Broker(self.workdir)
+        self.broker = Broker(self.workdir, broker)
         self.emulator: Optional[subprocess.Popen] = None
         self.station: Optional[subprocess.Popen] = None
         self.pty_path = ""
@@ -188,7 +190,7 @@ interval_s = {self.interval_s}
 [spectrometer]
 port = "{self.pty_path}"
 timeout_s = 2.0
-integration_us = 20000
+integration_us = 8000
 coadd = 4
 
 [camera]
@@ -323,7 +325,7 @@ def result_line(doc: Dict[str, Any], received_at: float) -> str:
     spec = ""
     if doc.get("spec"):
         spec = " IN SPEC" if doc["spec"]["in_spec"] else " OUT OF SPEC"
-    return (f"#{doc['sequence']:<5} {str(doc['sample_id']):<18} {composition:<44} {doc['blend']:<22} "
+    return (f"#{doc['sequence']:<5} {str(doc['sample_id']):<28} {composition:<44} {doc['blend']:<22} "
             f"conf {doc['confidence']:.2f}  flags {flags:<20} ttr {ttr_ms:6.0f} ms{spec}")
 
 

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from isic_station import __version__
 from isic_station.acquisition import Acquirer, Measurement
@@ -80,31 +80,6 @@ def reference_ages(references: Dict[str, Any]) -> Dict[str, Optional[float]]:
                               else None) for kind in ("dark", "white")}
 
 
-class PubackClock(Outbox):
-    """The outbox, also noting when each entry's PUBACK arrives (time-to-result for `status` and the demo).
-
-    The MQTT link tells the outbox which message id carries which row (`mark_inflight`) and acknowledges
-    by message id (`ack`); this keeps that mapping long enough to turn an ack into "row N acknowledged
-    at time T" for the callback.
-    """
-
-    def __init__(self, path: Path, quota_bytes: int, on_acked: Callable[[int, float], None]) -> None:
-        super().__init__(path, quota_bytes)
-        self._on_acked = on_acked
-        self._rows_by_mid: Dict[int, int] = {}
-
-    def mark_inflight(self, row_id: int, mid: int) -> None:
-        super().mark_inflight(row_id, mid)
-        self._rows_by_mid[mid] = row_id
-
-    def ack(self, mid: int) -> bool:
-        acked = super().ack(mid)
-        row = self._rows_by_mid.pop(mid, None)
-        if acked and row is not None:
-            self._on_acked(row, time.monotonic())
-        return acked
-
-
 class TimeToResult:
     """Trigger-to-PUBACK time of recent results, minus the acquisition itself (the station's own latency)."""
 
@@ -126,8 +101,9 @@ class TimeToResult:
             else:
                 self._keep(self._triggers, row, start)
 
-    def acked(self, row: int, at: float) -> None:
-        """Outbox row `row` was acknowledged by the broker at `at` (monotonic)."""
+    def acked(self, row: int) -> None:
+        """Outbox row `row` was acknowledged by the broker just now (called on the MQTT thread at PUBACK)."""
+        at = time.monotonic()
         with self._lock:
             start = self._triggers.pop(row, None)
             if start is not None:
@@ -165,7 +141,7 @@ class Station:
         self._model_lock = threading.Lock()
         self._predictor: Any = None
         self._manifest: Any = None
-        self.outbox: Optional[PubackClock] = None
+        self.outbox: Optional[Outbox] = None
         self.link: Any = None
         self.pipeline: Optional[Pipeline] = None
         self.acquirer: Optional[Acquirer] = None
@@ -179,7 +155,7 @@ class Station:
         """Bring every part up in the order the module docstring gives; READY=1 at the end."""
         c = self.config
         self.notifier.status("Starting: opening the outbox")
-        self.outbox = PubackClock(c.outbox.path, int(c.outbox.quota_mb * MIB), self.time_to_result.acked)
+        self.outbox = Outbox(c.outbox.path, int(c.outbox.quota_mb * MIB))
         self.notifier.status("Starting: loading the model")
         self._load_model()
         self.watchdog.progress("model loaded")
@@ -198,7 +174,8 @@ class Station:
         from isic_station.mqtt_link import MqttLink
 
         self.link = MqttLink(mqtt_settings(c), self.outbox, health_source=self.health_source, commands=router,
-                             ha_fibres=self._manifest.fibres, sw_version=__version__)
+                             ha_fibres=self._manifest.fibres, sw_version=__version__,
+                             on_delivered=self.time_to_result.acked)
         self.link.start()
         self.pipeline.start()
         self.watchdog.start()

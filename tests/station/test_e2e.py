@@ -95,7 +95,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory, mqtt_broker: Tuple[str, int]
     workdir = tmp_path_factory.mktemp("e2e")
     model = write_tiny_model(workdir / "model", om=False)
     station_id = f"e2e-{uuid.uuid4().hex[:8]}"
-    with DemoBench(workdir, station_id=station_id, mode="triggered", model=model, camera=False) as b:
+    with DemoBench(workdir, station_id=station_id, mode="triggered", model=model) as b:
         b.calibrate()
         yield b
 
@@ -132,6 +132,13 @@ def test_measure_command_gives_a_valid_result_with_the_sample_id(bench: DemoBenc
     assert result["timings_ms"]["total"] >= result["timings_ms"]["acquire"] > 0
     _, state = watch.wait_for(lambda t, d: t.endswith("/state") and d.get("sequence") == sequence)
     assert state["message_id"] == result["message_id"]
+
+
+def test_sample_id_from_the_label_under_the_microscope(bench: DemoBench, watch: Watch) -> None:
+    put_named_sample(bench, "QR-7781", {"cotton": 0.6, "polyester": 0.4})
+    answer = watch.command(bench, "measure", {"transaction": "qr"})
+    assert answer["status"] == "ok", answer
+    assert answer["data"]["sample_id"] == "QR-7781" and answer["data"]["sample_id_source"] == "label"
 
 
 def test_bad_commands_get_clear_errors(bench: DemoBench, watch: Watch) -> None:
