@@ -116,14 +116,6 @@ def _segments(mask: np.ndarray) -> List[Tuple[int, int]]:
     return list(zip(edges[::2], edges[1::2]))
 
 
-def _across(points: np.ndarray, normal: np.ndarray, half_w: np.ndarray, i: int, skew: float) -> np.ndarray:
-    """A short line across the fibre at index i, from edge to edge, skewed along the fibre by `skew` px."""
-    tangent = np.array([normal[i, 1], -normal[i, 0]])
-    a = points[i] + normal[i] * half_w[i] - tangent * skew
-    b = points[i] - normal[i] * half_w[i] + tangent * skew
-    return np.stack([a, b])
-
-
 def _positions(rng: np.random.Generator, s: np.ndarray, spacing_px: float) -> np.ndarray:
     """Indices along the centre line at roughly even, jittered spacing."""
     if spacing_px <= 0:
@@ -133,82 +125,168 @@ def _positions(rng: np.random.Generator, s: np.ndarray, spacing_px: float) -> np
     return np.clip(np.searchsorted(s, marks), 0, len(s) - 1)
 
 
-def _draw_fibre(layer: np.ndarray, fibre: Fibre, rng: np.random.Generator, um_per_px: float) -> DrawnFibre:
-    """Draw one fibre's optical density into `layer` (values set, not added, within the fibre)."""
-    m: Dict[str, Any] = fibre.morphology
-    height, width = layer.shape
+@dataclass
+class _Fibre:
+    """Geometry of one fibre being drawn: centre line, normals, half widths along it, and marks."""
+
+    points: np.ndarray       # N x 2 centre line (px)
+    normal: np.ndarray       # N x 2 unit normals
+    half_w: np.ndarray       # N half widths (px)
+    s: np.ndarray            # N arc lengths (px)
+    width_px: float          # nominal diameter (px)
+    diameter_um: float
+    flat: np.ndarray         # N: 1 where a ribbon lies flat, 0 where it is edge-on (twisted fibres)
+    twists: np.ndarray       # indices of ribbon reversals (cotton convolutions)
+    nodes: np.ndarray        # indices of nodes (linen)
+
+    def offset(self, fraction: float) -> np.ndarray:
+        """The line at `fraction` of the half width off the centre (-1 and 1 are the edges)."""
+        return self.points + self.normal * (fraction * self.half_w)[:, None]
+
+    def across(self, i: int, skew_px: float) -> np.ndarray:
+        """A line across the fibre at index i, edge to edge, skewed along the fibre by `skew_px`."""
+        tangent = np.array([self.normal[i, 1], -self.normal[i, 0]])
+        a = self.points[i] + self.normal[i] * self.half_w[i] - tangent * skew_px
+        b = self.points[i] - self.normal[i] * self.half_w[i] + tangent * skew_px
+        return np.stack([a, b])
+
+
+# Widths of drawn lines as fractions of the fibre width (OpenCV draws at least 1 px).
+_EDGE_WIDTH = 0.08
+_GROOVE_WIDTH = 0.12
+_MEDULLA_WIDTH = 0.25
+
+
+def _geometry(fibre: Fibre, rng: np.random.Generator, width: int, height: int, um_per_px: float) -> _Fibre:
+    """Centre line and width profile: roughness, a twisting ribbon (cotton), swollen nodes (linen)."""
+    m = fibre.morphology
     diameter = float(rng.uniform(*fibre.diameter_um))
     w = diameter / um_per_px
-    curl = float(m.get("curl", 0.5)) * um_per_px / 1000.0
-    points, theta, s = _centreline(rng, width, height, curl)
+    points, theta, s = _centreline(rng, width, height, float(m.get("curl", 0.5)) * um_per_px / 1000.0)
     normal = np.stack([-np.sin(theta), np.cos(theta)], axis=1)
     half_w = 0.5 * w * (1.0 + float(m.get("edge_roughness", 0.0)) * _smooth_noise(rng, len(s), 8.0 / um_per_px))
-    s_um = s * um_per_px
     flat = np.ones_like(s)
-    twists = np.array([], dtype=int)
-    if "twist_per_mm" in m:  # cotton: a flat ribbon twisting back and forth
-        period_um = 1000.0 / rng.uniform(*m["twist_per_mm"])
-        phase = np.cos(np.pi * s_um / period_um + rng.uniform(0, np.pi))
+    twists = nodes = np.array([], dtype=int)
+    if "twist_per_mm" in m:  # a flat ribbon twisting back and forth: narrow where edge-on
+        period_px = 1000.0 / rng.uniform(*m["twist_per_mm"]) / um_per_px
+        phase = np.cos(np.pi * s / period_px + rng.uniform(0, np.pi))
         lo = float(m["twist_min_width"])
         half_w = half_w * (lo + (1.0 - lo) * np.abs(phase))
         flat = np.abs(phase)
         twists = np.flatnonzero(np.diff(np.sign(phase)) != 0)
-    nodes = np.array([], dtype=int)
-    if "nodes_per_mm" in m:  # linen: bamboo-like nodes with a slight swelling
+    if "nodes_per_mm" in m:  # bamboo-like nodes, slightly swollen
         nodes = _positions(rng, s, 1000.0 / rng.uniform(*m["nodes_per_mm"]) / um_per_px)
         bulge = np.zeros_like(s)
         for i in nodes:
             bulge += np.exp(-(((s - s[i]) / w) ** 2))
         half_w = half_w * (1.0 + float(m["node_bulge"]) * bulge)
-    left = points + normal * half_w[:, None]
-    right = points - normal * half_w[:, None]
-    body = np.concatenate([left, right[::-1]])
-    cv2.fillPoly(layer, [_fixed(body)], float(m["body_od"]), cv2.LINE_8, _SHIFT)
+    return _Fibre(points, normal, half_w, s, w, diameter, flat, twists, nodes)
 
-    if "lumen_od" in m:
-        for a, b in _segments(flat > 0.6):
-            if b - a > 2:
-                _polyline(layer, points[a:b], m["lumen_od"], max(1.0, m["lumen_width"] * w))
-    if "striations" in m:
-        k = int(rng.integers(m["striations"][0], m["striations"][1] + 1))
-        for off in np.linspace(-0.6, 0.6, k) + rng.uniform(-0.08, 0.08, k):
-            _polyline(layer, points + normal * (off * half_w)[:, None], m["striation_od"], 1)
-    if "groove_od" in m:
-        off = rng.uniform(-0.3, 0.3)
-        _polyline(layer, points + normal * (off * half_w)[:, None], m["groove_od"], max(1.0, 0.12 * w))
-    if rng.random() < float(m.get("trilobal_p", 0.0)):
+
+def _lumen(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator, um_per_px: float) -> None:
+    """The central canal, visible where a ribbon lies flat."""
+    for a, b in _segments(f.flat > 0.6):
+        if b - a > 2:
+            _polyline(layer, f.points[a:b], m["lumen_od"], max(1.0, m["lumen_width"] * f.width_px))
+
+
+def _striations(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator,
+                um_per_px: float) -> None:
+    """Fine lengthwise lines (viscose, elastane)."""
+    k = int(rng.integers(m["striations"][0], m["striations"][1] + 1))
+    for off in np.linspace(-0.6, 0.6, k) + rng.uniform(-0.08, 0.08, k):
+        _polyline(layer, f.offset(off), m["striation_od"], 1)
+
+
+def _groove(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator, um_per_px: float) -> None:
+    """One lengthwise groove off the centre (acrylic)."""
+    _polyline(layer, f.offset(rng.uniform(-0.3, 0.3)), m["groove_od"], max(1.0, _GROOVE_WIDTH * f.width_px))
+
+
+def _trilobal(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator,
+              um_per_px: float) -> None:
+    """Lobe shadows of a trilobal filament, for a share `trilobal_p` of the fibres."""
+    if rng.random() < float(m["trilobal_p"]):
         for off in (-0.35, 0.35):
-            _polyline(layer, points + normal * (off * half_w)[:, None], 0.5 * m["edge_od"], max(1.0, 0.08 * w))
-    if rng.random() < float(m.get("medulla_p", 0.0)):
-        breaks = _smooth_noise(rng, len(s), 30.0 / um_per_px) > -0.5
-        for a, b in _segments(breaks):
+            _polyline(layer, f.offset(off), 0.5 * m["edge_od"], max(1.0, _EDGE_WIDTH * f.width_px))
+
+
+def _medulla(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator, um_per_px: float) -> None:
+    """A broken central medulla, in a share `medulla_p` of the fibres (coarse wool)."""
+    if rng.random() < float(m["medulla_p"]):
+        for a, b in _segments(_smooth_noise(rng, len(f.s), 30.0 / um_per_px) > -0.5):
             if b - a > 2:
-                _polyline(layer, points[a:b], m["medulla_od"], max(1.0, 0.25 * w))
-    if "scale_spacing_um" in m:  # wool: overlapping cuticle scales, irregular edges across the fibre
-        for i in _positions(rng, s, rng.uniform(*m["scale_spacing_um"]) / um_per_px):
-            tangent = np.array([normal[i, 1], -normal[i, 0]])
-            mid = points[i] + tangent * rng.uniform(-0.25, 0.35) * w
-            line = np.stack([points[i] + normal[i] * half_w[i], mid, points[i] - normal[i] * half_w[i]])
-            _polyline(layer, line, m["scale_od"], 1)
-    for i in twists:  # a convolution: the ribbon edges cross the fibre
-        _polyline(layer, _across(points, normal, half_w, i, 0.5 * w), m["convolution_od"], max(1.0, 0.08 * w))
-    for i in nodes:  # linen node: a dark band with cross-marks (an X) across the fibre
-        _polyline(layer, _across(points, normal, half_w, i, rng.uniform(-0.15, 0.15) * w), m["node_od"], 1)
+                _polyline(layer, f.points[a:b], m["medulla_od"], max(1.0, _MEDULLA_WIDTH * f.width_px))
+
+
+def _scales(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator, um_per_px: float) -> None:
+    """Overlapping cuticle scales: irregular bent lines across the fibre (wool)."""
+    for i in _positions(rng, f.s, rng.uniform(*m["scale_spacing_um"]) / um_per_px):
+        tangent = np.array([f.normal[i, 1], -f.normal[i, 0]])
+        mid = f.points[i] + tangent * rng.uniform(-0.25, 0.35) * f.width_px
+        line = np.stack([f.points[i] + f.normal[i] * f.half_w[i], mid, f.points[i] - f.normal[i] * f.half_w[i]])
+        _polyline(layer, line, m["scale_od"], 1)
+
+
+def _convolutions(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator,
+                  um_per_px: float) -> None:
+    """Where the ribbon reverses, its edges cross the fibre diagonally (cotton)."""
+    for i in f.twists:
+        _polyline(layer, f.across(i, 0.5 * f.width_px), m["convolution_od"], max(1.0, _EDGE_WIDTH * f.width_px))
+
+
+def _node_marks(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator,
+                um_per_px: float) -> None:
+    """A dark line across each node with cross-marks (an X) on it (linen)."""
+    for i in f.nodes:
+        _polyline(layer, f.across(i, rng.uniform(-0.15, 0.15) * f.width_px), m["node_od"], 1)
         for skew in (-0.35, 0.35):
-            _polyline(layer, _across(points, normal, half_w, i, skew * w * rng.uniform(0.7, 1.3)),
-                      0.7 * m["node_od"], 1)
-    if "specks_per_100um2" in m:  # delustrant (TiO2) or a grainy surface: sub-micrometre dark dots
-        length_um = float(s[-1] - s[0]) * um_per_px
-        n = rng.poisson(rng.uniform(*m["specks_per_100um2"]) * length_um * diameter / 100.0)
-        idx = rng.integers(0, len(s), n)
-        pts = points[idx] + normal[idx] * (rng.uniform(-0.8, 0.8, n) * half_w[idx])[:, None]
-        x, y = np.rint(pts[:, 0]).astype(int), np.rint(pts[:, 1]).astype(int)
-        inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-        layer[y[inside], x[inside]] = float(m.get("speck_od", 0.9))
-    edge = max(1.0, 0.08 * w)
+            _polyline(layer, f.across(i, skew * f.width_px * rng.uniform(0.7, 1.3)), 0.7 * m["node_od"], 1)
+
+
+def _specks(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator, um_per_px: float) -> None:
+    """Sub-micrometre dark dots: delustrant (TiO2) or a grainy surface."""
+    height, width = layer.shape
+    length_um = float(f.s[-1] - f.s[0]) * um_per_px
+    n = rng.poisson(rng.uniform(*m["specks_per_100um2"]) * length_um * f.diameter_um / 100.0)
+    idx = rng.integers(0, len(f.s), n)
+    pts = f.points[idx] + f.normal[idx] * (rng.uniform(-0.8, 0.8, n) * f.half_w[idx])[:, None]
+    x, y = np.rint(pts[:, 0]).astype(int), np.rint(pts[:, 1]).astype(int)
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    layer[y[inside], x[inside]] = float(m.get("speck_od", 0.9))
+
+
+# Morphology features, drawn in this order when the fibre's `morphology` has the key.
+_FEATURES = (
+    ("lumen_od", _lumen),
+    ("striations", _striations),
+    ("groove_od", _groove),
+    ("trilobal_p", _trilobal),
+    ("medulla_p", _medulla),
+    ("scale_spacing_um", _scales),
+    ("twist_per_mm", _convolutions),
+    ("nodes_per_mm", _node_marks),
+    ("specks_per_100um2", _specks),
+)
+
+
+def _draw_fibre(layer: np.ndarray, fibre: Fibre, rng: np.random.Generator, um_per_px: float) -> DrawnFibre:
+    """Draw one fibre's optical density into `layer`: body, its type's features, refractive edges.
+
+    Values are set, not added, within the fibre; fibres add up across layers.
+    """
+    m = fibre.morphology
+    height, width = layer.shape
+    f = _geometry(fibre, rng, width, height, um_per_px)
+    left, right = f.offset(1.0), f.offset(-1.0)
+    cv2.fillPoly(layer, [_fixed(np.concatenate([left, right[::-1]]))], float(m["body_od"]), cv2.LINE_8, _SHIFT)
+    for key, draw in _FEATURES:
+        if key in m:
+            draw(layer, f, m, rng, um_per_px)
+    edge = max(1.0, _EDGE_WIDTH * f.width_px)
     _polyline(layer, left, m["edge_od"], edge)
     _polyline(layer, right, m["edge_od"], edge)
-    return DrawnFibre(fibre.name, diameter, points.astype(np.float32))
+    return DrawnFibre(fibre.name, f.diameter_um, f.points.astype(np.float32))
 
 
 def _illumination(rng: np.random.Generator, width: int, height: int, unevenness: float) -> np.ndarray:
