@@ -3,8 +3,9 @@
 import json
 
 import numpy as np
+import pytest
 
-from isic_drivers.lab import blend_classes, composition_vector, draw_sample, load_fibres, render_frame
+from isic_drivers.lab import LabConfigError, blend_classes, composition_vector, draw_sample, load_fibres, render_frame
 from isic_drivers.lab.fibres import DEFAULT_FIBRES_PATH
 from isic_drivers.lab.spectra import absorbance
 
@@ -44,3 +45,22 @@ def test_every_default_fibre_is_complete() -> None:
     # the overtone rule: the 2nd-overtone C-H band of PET (1130 nm) is ~10x weaker than its 1st (1660 nm)
     pet = {round(b.centre_nm): b.strength for b in fibres["polyester"].bands}
     assert 0.05 < pet[1130] / pet[1660] < 0.2
+
+
+def test_a_broken_fibre_file_is_a_clear_error(tmp_path) -> None:
+    bad_json = tmp_path / "a.json"
+    bad_json.write_text("{")
+    with pytest.raises(LabConfigError, match="not valid JSON"):
+        load_fibres(bad_json)
+    data = json.loads(DEFAULT_FIBRES_PATH.read_text())
+    del data["fibres"][0]["density_g_cm3"]
+    missing = tmp_path / "b.json"
+    missing.write_text(json.dumps(data))
+    with pytest.raises(LabConfigError, match="density_g_cm3"):
+        load_fibres(missing)
+    data = json.loads(DEFAULT_FIBRES_PATH.read_text())
+    data["default_set"].append("hemp")
+    unknown = tmp_path / "c.json"
+    unknown.write_text(json.dumps(data))
+    with pytest.raises(LabConfigError, match="hemp"):
+        load_fibres(unknown)

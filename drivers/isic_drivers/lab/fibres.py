@@ -98,10 +98,15 @@ class FibreSet(Mapping):
     def __len__(self) -> int:
         return len(self._fibres)
 
+    def require(self, names: Sequence[str]) -> None:
+        """Raise LabConfigError naming any of `names` the set does not define."""
+        unknown = [n for n in names if n not in self._fibres]
+        if unknown:
+            raise LabConfigError(f"unknown fibre(s) {unknown}: {self.path} defines {', '.join(self._fibres)}")
+
     def subset(self, names: Sequence[str]) -> "FibreSet":
         """The same physics with only `names` (kept in file order)."""
-        for name in names:
-            self[name]  # noqa: B018 - raises a clear error for an unknown name
+        self.require(names)
         chosen = {n: f for n, f in self._fibres.items() if n in set(names)}
         return FibreSet(chosen, self.physics, self.absorbers, self.dye, list(chosen), self.path)
 
@@ -161,6 +166,23 @@ def _fibre(entry: Mapping[str, Any], families: Mapping[str, Any], ratio: float) 
         raise LabConfigError(f"fibre {name!r}: missing key {exc.args[0]!r} (or unknown family)") from None
 
 
+def _parse_fibre_set(data: Mapping[str, Any], file: Path) -> FibreSet:
+    physics = data["physics"]
+    ratio = float(physics["overtone_ratio"])
+    fibres = {}
+    for entry in data["fibres"]:
+        fibre = _fibre(entry, data["families"], ratio)
+        fibres[fibre.name] = fibre
+    absorbers = {}
+    for key in ("water", "finish"):
+        spec = data["absorbers"][key]
+        params = {k: float(v) for k, v in spec.items() if k not in ("bands", "absorptivity", "_about")}
+        absorbers[key] = Absorber(tuple(_bands(spec["bands"], ratio, {}, 1.0, key)),
+                                  float(spec["absorptivity"]), params)
+    dye = {k: float(v) for k, v in data["absorbers"]["dye"].items() if k != "_about"}
+    return FibreSet(fibres, physics, absorbers, dye, data.get("default_set", list(fibres)), file)
+
+
 _CACHE: Dict[Path, Tuple[float, FibreSet]] = {}
 
 
@@ -177,22 +199,11 @@ def load_fibres(path: Optional[Union[str, Path]] = None) -> FibreSet:
         raise LabConfigError(f"cannot read fibre set {file}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise LabConfigError(f"fibre set {file} is not valid JSON: {exc}") from None
-    physics = data["physics"]
-    ratio = float(physics["overtone_ratio"])
-    fibres = {}
-    for entry in data["fibres"]:
-        fibre = _fibre(entry, data["families"], ratio)
-        fibres[fibre.name] = fibre
-    absorbers = {}
-    for key in ("water", "finish"):
-        spec = data["absorbers"][key]
-        params = {k: float(v) for k, v in spec.items() if k not in ("bands", "absorptivity", "_about")}
-        absorbers[key] = Absorber(tuple(_bands(spec["bands"], ratio, {}, 1.0, key)),
-                                  float(spec["absorptivity"]), params)
-    dye = {k: float(v) for k, v in data["absorbers"]["dye"].items() if k != "_about"}
-    result = FibreSet(fibres, physics, absorbers, dye, data.get("default_set", list(fibres)), file)
-    for name in result.default_names:
-        result[name]  # noqa: B018 - a default_set naming an unknown fibre is an error in the file
+    try:
+        result = _parse_fibre_set(data, file)
+    except KeyError as exc:
+        raise LabConfigError(f"fibre set {file}: missing key {exc.args[0]!r}") from None
+    result.require(result.default_names)
     _CACHE[file] = (mtime, result)
     return result
 

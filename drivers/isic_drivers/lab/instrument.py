@@ -12,6 +12,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from isic_drivers.lab.fibres import LabConfigError
 from isic_drivers.lab.sample import Nuisance
 
 _NOMINAL = Nuisance()
@@ -83,7 +84,7 @@ def _raw_response(instrument: InstrumentModel, wl: np.ndarray) -> np.ndarray:
 
 def _check_integration(instrument: InstrumentModel, integration_us: float) -> None:
     if not instrument.min_integration_us <= integration_us <= instrument.max_integration_us:
-        raise ValueError(f"integration time {integration_us} us outside "
+        raise LabConfigError(f"integration time {integration_us} us outside "
                          f"{instrument.min_integration_us}..{instrument.max_integration_us} us")
 
 
