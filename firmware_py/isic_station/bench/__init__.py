@@ -11,6 +11,7 @@ BENCH_MODULES = (
     "isic_station.bench.model",
     "isic_station.bench.serial_link",
     "isic_station.bench.mqtt",
+    "isic_station.bench.camera",
 )
 
 
