@@ -213,24 +213,24 @@ class MqttLink:
         """Flush what the outbox can send within `timeout`, publish `offline`, disconnect, end the thread."""
         if self._commands is not None:
             self._commands.stop(timeout=min(timeout, 2.0))
-        if self._thread is None:
-            return
-        self._stop_timeout = timeout
-        self._stopping.set()
-        self._wake()
-        self._thread.join(timeout + 2.0)
-        if self._thread.is_alive():
-            log.warning("MQTT owner thread did not end within %.1f s", timeout + 2.0)
-        self._thread = None
+        if self._thread is not None:
+            self._stop_timeout = timeout
+            self._stopping.set()
+            self._wake()
+            self._thread.join(timeout + 2.0)
+            if self._thread.is_alive():
+                log.warning("MQTT owner thread did not end within %.1f s", timeout + 2.0)
+            self._thread = None
         self._wake_r.close()
         self._wake_w.close()
 
     def publish_result(self, doc: Dict[str, Any]) -> int:
         """Store a result in the outbox (durable from here on), publish it when connected, and make
         it the retained latest state. Returns the outbox row id."""
-        row = self._outbox.add(self.topics.result, doc, qos=self.settings.qos)
+        payload = encode_payload(doc)
+        row = self._outbox.add(self.topics.result, payload, qos=self.settings.qos)
         with self._lock:
-            self._latest_state = encode_payload(doc)
+            self._latest_state = payload
             self._state_due = True
         self._wake()
         return row

@@ -15,7 +15,8 @@ from .mqtt_helpers import publish_once, unique
 @pytest.fixture
 def names() -> dict:
     """Unique topic prefix, station id and discovery prefix, so tests sharing the broker never meet."""
-    return {"prefix": unique("t-"), "station": unique("st"), "ha_prefix": unique("ha-")}
+    prefix, station = unique("t-"), unique("st")
+    return {"prefix": prefix, "station": station, "ha_prefix": unique("ha-"), "base": f"{prefix}/{station}"}
 
 
 def fast_settings(host: str, port: int, names: dict, **overrides) -> MqttSettings:

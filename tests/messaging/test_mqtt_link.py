@@ -18,15 +18,18 @@ from .mqtt_helpers import FIBRES, Recorder, health_part, publish_once, sample_re
 
 
 @pytest.fixture
-def make_link(tmp_path):
-    """Build started links (outbox in tmp_path); every one is stopped at the end of the test."""
+def make_link(mqtt_broker, names, tmp_path, clear_retained):
+    """Build started links on the machine's broker (outbox in tmp_path, fast settings unless given);
+    each is stopped and its retained topics cleared at the end of the test."""
     made = []
 
-    def make(settings, **kwargs):
+    def make(settings=None, **kwargs):
+        settings = settings or fast_settings(*mqtt_broker, names)
         outbox = Outbox(tmp_path / f"outbox-{len(made)}.sqlite3")
         link = MqttLink(settings, outbox, **kwargs)
         link.start()
         made.append((link, outbox))
+        clear_retained.extend([link.topics.status, link.topics.state, link.topics.health])
         return link, outbox
 
     yield make
@@ -50,18 +53,12 @@ def recorder_factory():
         rec.close()
 
 
-def retained_of(link):
-    return [link.topics.status, link.topics.state, link.topics.health]
-
-
 def test_results_arrive_at_qos1_in_order_validate_and_leave_the_outbox(
-        mqtt_broker, names, make_link, recorder_factory, clear_retained):
-    settings = fast_settings(*mqtt_broker, names)
-    base = f"{names['prefix']}/{names['station']}"
+        mqtt_broker, names, make_link, recorder_factory):
+    base = names["base"]
     rec = recorder_factory(*mqtt_broker, [f"{base}/#"])
     delivered = []
-    link, outbox = make_link(settings, health_source=health_part, on_delivered=delivered.append)
-    clear_retained.extend(retained_of(link))
+    link, outbox = make_link(health_source=health_part, on_delivered=delivered.append)
     assert link.wait_connected(5)
     sent = [sample_result(names["station"], outbox.next_sequence()) for _ in range(5)]
     rows = [link.publish_result(doc) for doc in sent]
@@ -87,11 +84,9 @@ def test_results_arrive_at_qos1_in_order_validate_and_leave_the_outbox(
     assert all(m[2] for m in late.messages), "state, status and health are retained"
 
 
-def test_health_is_periodic_and_reports_the_outbox(mqtt_broker, names, make_link, recorder_factory, clear_retained):
-    settings = fast_settings(*mqtt_broker, names, health_interval_s=0.3)
-    rec = recorder_factory(*mqtt_broker, [f"{names['prefix']}/{names['station']}/health"])
-    link, outbox = make_link(settings, health_source=health_part)
-    clear_retained.extend(retained_of(link))
+def test_health_is_periodic_and_reports_the_outbox(mqtt_broker, names, make_link, recorder_factory):
+    rec = recorder_factory(*mqtt_broker, [f"{names['base']}/health"])
+    link, outbox = make_link(fast_settings(*mqtt_broker, names, health_interval_s=0.3), health_source=health_part)
     docs = rec.wait_count(link.topics.health, 3, timeout=5)
     for doc in docs:
         assert validation_errors(doc, "health") == []
@@ -100,14 +95,12 @@ def test_health_is_periodic_and_reports_the_outbox(mqtt_broker, names, make_link
     assert times == sorted(times) and len(set(times)) == len(times)
 
 
-def test_broken_health_source_does_not_stop_results(mqtt_broker, names, make_link, recorder_factory, clear_retained):
+def test_broken_health_source_does_not_stop_results(mqtt_broker, names, make_link, recorder_factory):
     def broken():
         raise RuntimeError("sensor gone")
 
-    settings = fast_settings(*mqtt_broker, names, health_interval_s=0.1)
-    rec = recorder_factory(*mqtt_broker, [f"{names['prefix']}/{names['station']}/#"])
-    link, outbox = make_link(settings, health_source=broken)
-    clear_retained.extend(retained_of(link))
+    rec = recorder_factory(*mqtt_broker, [f"{names['base']}/#"])
+    link, outbox = make_link(fast_settings(*mqtt_broker, names, health_interval_s=0.1), health_source=broken)
     assert link.wait_connected(5)
     time.sleep(0.3)
     link.publish_result(sample_result(names["station"], outbox.next_sequence()))
@@ -115,7 +108,7 @@ def test_broken_health_source_does_not_stop_results(mqtt_broker, names, make_lin
     assert rec.count(link.topics.health) == 0
 
 
-def test_commands_round_trip_with_validation(mqtt_broker, names, make_link, recorder_factory, clear_retained):
+def test_commands_round_trip_with_validation(mqtt_broker, names, make_link, recorder_factory):
     lots = []
 
     def set_lot(payload):
@@ -126,11 +119,9 @@ def test_commands_round_trip_with_validation(mqtt_broker, names, make_link, reco
         raise RuntimeError("spectrometer timed out")
 
     router = CommandRouter({"set_lot": set_lot, "measure": measure, "status": lambda p: {"lot": "L1"}})
-    settings = fast_settings(*mqtt_broker, names)
-    base = f"{names['prefix']}/{names['station']}"
+    base = names["base"]
     rec = recorder_factory(*mqtt_broker, [f"{base}/cmd/+/response"])
-    link, _ = make_link(settings, commands=router)
-    clear_retained.extend(retained_of(link))
+    link, _ = make_link(commands=router)
     assert link.wait_connected(5)
     host, port = mqtt_broker
     publish_once(host, port, link.topics.command("set_lot"),
@@ -160,14 +151,13 @@ def test_commands_round_trip_with_validation(mqtt_broker, names, make_link, reco
 
 def test_home_assistant_discovery_and_republish_on_birth(mqtt_broker, names, make_link, recorder_factory,
                                                          clear_retained):
-    settings = fast_settings(*mqtt_broker, names)
     ha = names["ha_prefix"]
     rec = recorder_factory(*mqtt_broker, [f"{ha}/+/{node_id(names['station'])}/+/config"])
-    link, _ = make_link(settings, ha_fibres=FIBRES, sw_version="9.9.9")
+    link, _ = make_link(ha_fibres=FIBRES, sw_version="9.9.9")
     expected = {f"{ha}/sensor/{node_id(names['station'])}/{obj}/config"
                 for obj in ("composition_cotton", "composition_polyester", "blend", "confidence")}
     expected.add(f"{ha}/binary_sensor/{node_id(names['station'])}/status/config")
-    clear_retained.extend(retained_of(link) + sorted(expected))
+    clear_retained.extend(sorted(expected))
     rec.wait_for(lambda m: expected <= {x[0] for x in m}, 5, "discovery configs")
     first = len(rec.messages)
     assert first == len(expected)
@@ -190,28 +180,21 @@ def test_home_assistant_discovery_and_republish_on_birth(mqtt_broker, names, mak
     rec.wait_for(lambda m: any(x[0] == removed and x[1] == b"" for x in m), 5, "entity removal")
 
 
-def test_stop_flushes_and_publishes_offline(mqtt_broker, names, tmp_path, recorder_factory, clear_retained):
-    settings = fast_settings(*mqtt_broker, names)
-    rec = recorder_factory(*mqtt_broker, [f"{names['prefix']}/{names['station']}/#"])
-    outbox = Outbox(tmp_path / "outbox.sqlite3")
-    link = MqttLink(settings, outbox)
-    link.start()
-    clear_retained.extend(retained_of(link))
-    try:
-        assert link.wait_connected(5)
-        for _ in range(20):
-            link.publish_result(sample_result(names["station"], outbox.next_sequence()))
-        started = time.monotonic()
-        link.stop(timeout=5.0)
-        assert time.monotonic() - started < 7.0
-        assert outbox.stats().depth == 0, "stop sends what it can before disconnecting"
-        statuses = rec.wait_for(
-            lambda m: any(x[0] == link.topics.status and b"offline" in x[1] for x in m), 5, "offline")
-        assert [json.loads(x[1])["sequence"] for x in statuses if x[0] == link.topics.result] == list(range(1, 21))
-        assert rec.payloads(link.topics.status)[-1] == {"state": "offline", "station": names["station"]}
-        assert not link.connected
-    finally:
-        outbox.close()
+def test_stop_flushes_and_publishes_offline(mqtt_broker, names, make_link, recorder_factory):
+    rec = recorder_factory(*mqtt_broker, [f"{names['base']}/#"])
+    link, outbox = make_link()
+    assert link.wait_connected(5)
+    for _ in range(20):
+        link.publish_result(sample_result(names["station"], outbox.next_sequence()))
+    started = time.monotonic()
+    link.stop(timeout=5.0)
+    assert time.monotonic() - started < 7.0
+    assert outbox.stats().depth == 0, "stop sends what it can before disconnecting"
+    statuses = rec.wait_for(
+        lambda m: any(x[0] == link.topics.status and b"offline" in x[1] for x in m), 5, "offline")
+    assert [json.loads(x[1])["sequence"] for x in statuses if x[0] == link.topics.result] == list(range(1, 21))
+    assert rec.payloads(link.topics.status)[-1] == {"state": "offline", "station": names["station"]}
+    assert not link.connected
 
 
 @pytest.mark.parametrize("overrides, key", [
