@@ -87,18 +87,27 @@ def _smooth_noise(rng: np.random.Generator, n: int, knot_every: float) -> np.nda
     return np.interp(np.linspace(0, knots - 1, n), np.arange(knots), values)
 
 
-def _centreline(rng: np.random.Generator, width: int, height: int, curl_rad_per_px: float
+def _centreline(rng: np.random.Generator, width: int, height: int, curl_rad_per_px: float, margin_px: float
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Points (N x 2), tangent angles and arc length of a fibre crossing a random point of the frame."""
+    """Points (N x 2), tangent angles and arc length of a fibre crossing a random point of the frame.
+
+    Only the run through the frame (plus `margin_px`, so the fibre's ends stay out of view) is kept.
+    """
     half = float(np.hypot(width, height)) * 0.75
     s = np.arange(-half, half + _CENTRELINE_STEP_PX, _CENTRELINE_STEP_PX)
+    mid = len(s) // 2
     curvature = curl_rad_per_px * (rng.standard_normal() + 0.5 * _smooth_noise(rng, len(s), len(s) / 3))
-    theta = rng.uniform(0.0, np.pi) + np.cumsum(curvature) * _CENTRELINE_STEP_PX
-    theta -= theta[len(s) // 2] - rng.uniform(0.0, np.pi)
+    theta = np.cumsum(curvature) * _CENTRELINE_STEP_PX
+    theta += rng.uniform(0.0, np.pi) - theta[mid]
     steps = np.stack([np.cos(theta), np.sin(theta)], axis=1) * _CENTRELINE_STEP_PX
     points = np.cumsum(steps, axis=0)
-    points += np.array([rng.uniform(0, width), rng.uniform(0, height)]) - points[len(s) // 2]
-    return points, theta, s
+    points += np.array([rng.uniform(0, width), rng.uniform(0, height)]) - points[mid]
+    x, y = points[:, 0], points[:, 1]
+    outside = np.flatnonzero((x < -margin_px) | (x > width + margin_px) | (y < -margin_px) | (y > height + margin_px))
+    before, after = outside[outside < mid], outside[outside > mid]
+    lo = int(before[-1]) if before.size else 0
+    hi = int(after[0]) + 1 if after.size else len(s)
+    return points[lo:hi], theta[lo:hi], s[lo:hi]
 
 
 def _fixed(points: np.ndarray) -> np.ndarray:
@@ -162,7 +171,8 @@ def _geometry(fibre: Fibre, rng: np.random.Generator, width: int, height: int, u
     m = fibre.morphology
     diameter = float(rng.uniform(*fibre.diameter_um))
     w = diameter / um_per_px
-    points, theta, s = _centreline(rng, width, height, float(m.get("curl", 0.5)) * um_per_px / 1000.0)
+    curl = float(m.get("curl", 0.5)) * um_per_px / 1000.0
+    points, theta, s = _centreline(rng, width, height, curl, margin_px=w + 4.0)
     normal = np.stack([-np.sin(theta), np.cos(theta)], axis=1)
     half_w = 0.5 * w * (1.0 + float(m.get("edge_roughness", 0.0)) * _smooth_noise(rng, len(s), 8.0 / um_per_px))
     flat = np.ones_like(s)
