@@ -20,7 +20,7 @@ import re
 import socket
 import threading
 import time
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,7 @@ class ProgressWatchdog:
     """
 
     def __init__(self, notifier: ServiceNotifier, interval_s: Optional[float],
-                 stall_after_s: Optional[float] = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 stall_after_s: Optional[float] = None) -> None:
         if interval_s is not None and interval_s <= 0:
             raise ValueError(f"watchdog interval_s must be positive, got {interval_s}")
         if stall_after_s is not None and stall_after_s <= 0:
@@ -181,9 +180,8 @@ class ProgressWatchdog:
         self.interval_s = interval_s
         # Default stall window: one watchdog interval, so a stuck station is restarted within two.
         self.stall_after_s = stall_after_s if stall_after_s is not None else (interval_s or 0.0)
-        self._clock = clock
         self._lock = threading.Lock()
-        self._last_progress = clock()
+        self._last_progress = time.monotonic()
         self._last_step = "start"
         self._stalled = False
         self._stop = threading.Event()
@@ -209,7 +207,7 @@ class ProgressWatchdog:
     def progress(self, step: str = "") -> None:
         """Record that the pipeline completed `step` just now (cheap; call from any thread)."""
         with self._lock:
-            self._last_progress = self._clock()
+            self._last_progress = time.monotonic()
             if step:
                 self._last_step = step
 
@@ -251,7 +249,7 @@ class ProgressWatchdog:
     def _tick(self) -> None:
         """One timer step: ping if progress is fresh, otherwise withhold and say so once."""
         with self._lock:
-            age = self._clock() - self._last_progress
+            age = time.monotonic() - self._last_progress
             step = self._last_step
             was_stalled = self._stalled
             self._stalled = age > self.stall_after_s
