@@ -90,15 +90,20 @@ def export_graph(
         )
 
 
-def max_difference(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], path: Path) -> float:
-    """Largest |ONNX Runtime - torch| over all outputs for these inputs."""
+def onnx_outputs(path: Path, inputs: Mapping[str, torch.Tensor]) -> List[np.ndarray]:
+    """The graph's outputs under ONNX Runtime (CPU) for these inputs."""
     import onnxruntime as ort
 
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {name: t.numpy() for name, t in inputs.items()})
+
+
+def max_difference(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], path: Path) -> float:
+    """Largest |ONNX Runtime - torch| over all outputs for these inputs."""
     module.eval()
     with torch.no_grad():
         expected = [t.numpy() for t in module(*inputs.values())]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {name: t.numpy() for name, t in inputs.items()})
+    got = onnx_outputs(path, inputs)
     return max(float(np.abs(a - b).max()) for a, b in zip(expected, got))
 
 
@@ -155,6 +160,9 @@ def export_model(
         if diff > ORT_TOLERANCE:
             raise ModelError(f"ONNX Runtime differs from torch by {diff:.2e} on {path} (limit {ORT_TOLERANCE})")
         b = inputs["spectrum"].shape[0]
+        shapes = [tuple(o.shape) for o in onnx_outputs(path, inputs)]
+        if shapes != [(b, len(fibres)), (b, len(blend_classes))]:
+            raise ModelError(f"graph {path} outputs shapes {shapes}, the contract is [{b},F] and [{b},K]")
         tensor_inputs = [
             _tensor("spectrum", inputs["spectrum"].shape, "preprocessed spectrum (see `spectrum`), one row per tile")
         ]

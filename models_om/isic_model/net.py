@@ -310,7 +310,7 @@ class BimodalGraph(nn.Module):
         if not self.net.cfg.use_image:
             # The signal-only ablation keeps the contract's `image` input (the exporter would drop an
             # unused input); it contributes exactly zero.
-            logits = logits + image[:, :1, :1, 0] * 0
+            logits = logits + image[:, 0, 0, :1] * 0
         return composition, logits
 
 

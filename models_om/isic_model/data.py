@@ -1,0 +1,209 @@
+"""Training and evaluation data from the virtual lab, preprocessed exactly as the station does.
+
+Each measurement is simulated as the station would take it (`simulate_measurement`: co-added
+spectrum with dark/white references, several microscope frames) with the station settings below,
+then turned into model inputs by the station's own `preprocess_spectra` and `build_image_input`.
+Spectra are kept before standardisation and tiles as uint8 (the image preprocessing with mean 0,
+std 1 is pixel/255, exactly invertible), so the mean/std written to the manifest can be computed
+from the training set afterwards without regenerating anything.
+
+Generated sets are cached as .npz files keyed by everything that shapes them (seed, count, preset,
+overrides, station settings, preprocessing, fibre set, and the lab's own source and data files).
+"""
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StationSettings:
+    """How the station measures (choices of the station, not of the fabric): co-adding, frames, scale."""
+
+    coadd: int = 16
+    n_frames: int = 4
+    frame_px: int = 256
+    camera_um_per_px: float = 1.6
+    integration_us: Optional[int] = None  # None: the instrument's default
+
+
+@dataclass
+class LabSet:
+    """Measurements as model inputs.
+
+    `features` float32 [N, S]: spectra after SNV/Savitzky-Golay, before standardisation;
+    `reflectance` float32 [N, L] on `wavelengths_nm` (the station's R, for the baselines' own
+    preprocessing); `tiles` uint8 [N, B, C, P, P]; `composition` float32 [N, F]; `labels` int [N]
+    indexes `blend_classes`.
+    """
+
+    features: np.ndarray
+    reflectance: np.ndarray
+    wavelengths_nm: np.ndarray
+    tiles: np.ndarray
+    composition: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def unstandardised(spectrum_params: Mapping[str, Any]) -> Dict[str, Any]:
+    """Spectrum params with mean 0 / std 1: the features before the training set's standardisation."""
+    n_points = len(spectrum_params["wavelengths_nm"])
+    return dict(spectrum_params, mean=[0.0] * n_points, std=[1.0] * n_points)
+
+
+def raw_image_params(image_params: Mapping[str, Any]) -> Dict[str, Any]:
+    """Image params with mean 0 / std 1, so the batch is pixel/255 (stored as uint8)."""
+    return dict(image_params, mean=0.0, std=1.0)
+
+
+def _lab_fingerprint() -> str:
+    """Hash of the lab's code and data, so a changed simulator never reuses a stale cache."""
+    import isic_drivers.lab as lab
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(lab.__file__).parent.glob("*")):
+        if path.suffix in (".py", ".json"):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_key(**parts: Any) -> str:
+    """A short stable hash of the generation parameters plus the lab's fingerprint."""
+    text = json.dumps(parts, sort_keys=True, default=str) + _lab_fingerprint()
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def generate(
+    seed: int,
+    n: int,
+    preset: str,
+    overrides: Mapping[str, float],
+    settings: StationSettings,
+    spectrum_params: Mapping[str, Any],
+    image_params: Mapping[str, Any],
+    fibres: Sequence[str],
+    blend_classes: Sequence[str],
+    cache_dir: Optional[Path] = None,
+    progress: bool = True,
+) -> LabSet:
+    """`n` measurements drawn with `seed` (deterministic), preprocessed as the station does."""
+    key = cache_key(
+        seed=seed,
+        n=n,
+        preset=preset,
+        overrides=dict(overrides),
+        settings=asdict(settings),
+        spectrum=unstandardised(spectrum_params),
+        image=raw_image_params(image_params),
+        fibres=list(fibres),
+    )
+    path = cache_dir / f"lab-{key}.npz" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        log.info("lab set seed=%d n=%d from cache %s", seed, n, path)
+        with np.load(path) as data:
+            return LabSet(**{name: data[name] for name in data.files})
+    lab_set = _simulate(
+        seed, n, preset, overrides, settings, spectrum_params, image_params, fibres, blend_classes, progress
+    )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **asdict(lab_set))
+        tmp.replace(path)
+    return lab_set
+
+
+def _simulate(
+    seed: int,
+    n: int,
+    preset: str,
+    overrides: Mapping[str, float],
+    settings: StationSettings,
+    spectrum_params: Mapping[str, Any],
+    image_params: Mapping[str, Any],
+    fibres: Sequence[str],
+    blend_classes: Sequence[str],
+    progress: bool,
+) -> LabSet:
+    from tqdm import tqdm
+
+    from isic_drivers.lab.measurement import simulate_measurement
+    from isic_drivers.lab.sample import draw_sample
+    from isic_station.preprocess.image import build_image_input
+    from isic_station.preprocess.spectrum import preprocess_spectra
+
+    rng = np.random.default_rng(seed)
+    class_index = {label: i for i, label in enumerate(blend_classes)}
+    img = raw_image_params(image_params)
+    reflectances: List[np.ndarray] = []
+    tiles: List[np.ndarray] = []
+    compositions: List[np.ndarray] = []
+    labels: List[int] = []
+    axis = None
+    for _ in tqdm(range(n), desc=f"lab seed {seed}", unit="meas", disable=not progress, leave=False):
+        sample = draw_sample(rng, preset, dict(overrides), fibres=list(fibres))
+        m = simulate_measurement(
+            sample,
+            rng,
+            integration_us=settings.integration_us,
+            coadd=settings.coadd,
+            n_frames=settings.n_frames,
+            frame_size=settings.frame_px,
+            um_per_px=settings.camera_um_per_px,
+            fibres=list(fibres),
+        )
+        axis = m.wavelengths_nm
+        reflectances.append(m.reflectance.astype(np.float32))
+        batch = build_image_input(m.frames, settings.camera_um_per_px, img).batch
+        tiles.append(np.rint(batch * 255.0).astype(np.uint8))
+        compositions.append(m.truth.composition.astype(np.float32))
+        labels.append(class_index[m.truth.blend])
+    reflectance = np.stack(reflectances)
+    return LabSet(
+        features=preprocess_spectra(reflectance, axis, unstandardised(spectrum_params)),
+        reflectance=reflectance,
+        wavelengths_nm=np.asarray(axis, dtype=np.float64),
+        tiles=np.stack(tiles),
+        composition=np.stack(compositions),
+        labels=np.asarray(labels, dtype=np.int64),
+    )
+
+
+def generate_spectra(
+    seed: int, n: int, preset: str, settings: StationSettings, fibres: Sequence[str], blend_classes: Sequence[str]
+) -> LabSet:
+    """`n` spectrum-only measurements (no frames; `tiles` is empty): what the chemometric baselines fit on."""
+    from isic_drivers.lab.measurement import simulate_measurement
+    from isic_drivers.lab.sample import draw_sample
+
+    rng = np.random.default_rng(seed)
+    class_index = {label: i for i, label in enumerate(blend_classes)}
+    reflectances, compositions, labels = [], [], []
+    axis = None
+    for _ in range(n):
+        sample = draw_sample(rng, preset, fibres=list(fibres))
+        m = simulate_measurement(
+            sample, rng, integration_us=settings.integration_us, coadd=settings.coadd, n_frames=0, fibres=list(fibres)
+        )
+        axis = m.wavelengths_nm
+        reflectances.append(m.reflectance.astype(np.float32))
+        compositions.append(m.truth.composition.astype(np.float32))
+        labels.append(class_index[m.truth.blend])
+    return LabSet(
+        features=np.zeros((n, 0), np.float32),
+        reflectance=np.stack(reflectances),
+        wavelengths_nm=np.asarray(axis, dtype=np.float64),
+        tiles=np.zeros((n, 0), np.uint8),
+        composition=np.stack(compositions),
+        labels=np.asarray(labels, dtype=np.int64),
+    )

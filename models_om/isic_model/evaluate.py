@@ -1,0 +1,291 @@
+"""`isic-model evaluate`: the shipped model through the station's runtime, beside PLS/SVM, on the same samples.
+
+Every measurement is simulated as the station takes it (the manifest's station settings), then
+fed to the station's own `Predictor` (shared preprocessing + ONNX Runtime + fusion over tiles):
+once with its frames (bimodal) and once without (the signal-only path), and to each ablation
+model found in `ablation/*/manifest.json` beside the manifest. The chemometric baselines are
+fitted on spectra drawn with the training seed and preset, and predict the very same evaluation
+spectra. Sample i is drawn from the generator seeded (seed, i), so the first k samples of a run
+are a k-sample run: a short run reproduces the head of a long one.
+
+Composition MAE is taken over the fibres a sample contains: |predicted - true| averaged over its
+1-3 fibres, then over samples (`mae_all_fibres` averages over all fibres of the set instead).
+`mae_per_fibre[f]` is over the samples that contain f, `mae_per_blend[b]` over the samples of
+blend b (every binary blend; the seed's table shows four of them).
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from isic_model.data import StationSettings, generate_spectra
+
+log = logging.getLogger(__name__)
+
+# The seed talk's binary blends, spelled as the lab's labels (fibre-set order).
+SEED_BLENDS = ("cotton/linen", "cotton/polyester", "polyester/nylon", "viscose/nylon")
+ABLATION_ORDER = ("signal", "image", "rg", "isica", "full")
+ABLATION_NAMES = {
+    "signal": "ISiC-Net (signal)",
+    "image": "+ image",
+    "rg": "+ image + RG",
+    "isica": "+ image + RG + ISiCA",
+    "full": "+ image + RG + ISiCA + REC",
+}
+
+
+def composition_figures(
+    pred: np.ndarray, truth: np.ndarray, labels: Sequence[str], fibres: Sequence[str]
+) -> Dict[str, Any]:
+    """mae, mae_all_fibres, mae_per_fibre, mae_per_blend for predicted vs true fractions [N, F]."""
+    err = np.abs(pred - truth)
+    present = truth > 0
+    per_sample = (err * present).sum(axis=1) / present.sum(axis=1)
+    per_fibre = {f: round(float(err[present[:, j], j].mean()), 4) for j, f in enumerate(fibres) if present[:, j].any()}
+    label_array = np.asarray(labels)
+    per_blend = {
+        b: round(float(per_sample[label_array == b].mean()), 4)
+        for b in sorted(set(labels), key=lambda s: (s.count("/"), s))
+        if b.count("/") == 1
+    }
+    return {
+        "mae": round(float(per_sample.mean()), 4),
+        "mae_all_fibres": round(float(err.mean()), 4),
+        "mae_per_fibre": per_fibre,
+        "mae_per_blend": per_blend,
+    }
+
+
+def method_figures(
+    pred: np.ndarray, blends: Sequence[str], truth: np.ndarray, labels: Sequence[str], fibres: Sequence[str]
+) -> Dict[str, Any]:
+    """Accuracy plus the composition figures of one method."""
+    accuracy = float(np.mean([p == t for p, t in zip(blends, labels)]))
+    return dict({"accuracy": round(accuracy, 4)}, **composition_figures(pred, truth, labels, fibres))
+
+
+class _Runner:
+    """One model's Predictor over ONNX Runtime; collects compositions and blend labels."""
+
+    def __init__(self, manifest_path: Path) -> None:
+        from isic_station.inference import create_backend
+        from isic_station.inference.predictor import Predictor
+        from isic_station.manifest import load_manifest
+
+        self.manifest = load_manifest(manifest_path)
+        self.predictor = Predictor(self.manifest, create_backend("onnxruntime", self.manifest, {"threads": 2}))
+        self.compositions: List[np.ndarray] = []
+        self.blends: List[str] = []
+
+    def add(self, measurement: Any, with_frames: bool) -> None:
+        frames = measurement.frames if with_frames else None
+        p = self.predictor.predict(measurement.reflectance, measurement.wavelengths_nm, frames, measurement.um_per_px)
+        self.compositions.append(np.array([p.composition[f] for f in self.manifest.fibres]))
+        self.blends.append(p.blend)
+
+    def figures(self, truth: np.ndarray, labels: Sequence[str]) -> Dict[str, Any]:
+        return method_figures(np.stack(self.compositions), self.blends, truth, labels, self.manifest.fibres)
+
+    def close(self) -> None:
+        self.predictor.backend.close()
+
+
+def _baselines(
+    manifest: Any,
+    reflectance: np.ndarray,
+    axis: np.ndarray,
+    truth: np.ndarray,
+    labels: Sequence[str],
+    settings: StationSettings,
+) -> Dict[str, Any]:
+    from isic_model.baselines import BASELINE_SAVGOL, baseline_spectrum_params, fit_baselines
+    from isic_station.preprocess.spectrum import preprocess_spectra
+
+    training = manifest.raw["training"]
+    fibres, classes = list(manifest.fibres), list(manifest.blend_classes)
+    train = generate_spectra(
+        int(training["seed"]), int(training["samples"]), training["preset"], settings, fibres, classes
+    )
+    params = baseline_spectrum_params(manifest.spectrum)
+    fitted = fit_baselines(
+        preprocess_spectra(train.reflectance, train.wavelengths_nm, params),
+        train.composition,
+        train.labels,
+        len(classes),
+    )
+    x = preprocess_spectra(reflectance, axis, params)
+    pls = composition_figures(fitted.composition(x), truth, labels, fibres)
+    return {
+        "pls": dict(pls, components=fitted.pls_components),
+        "svm": {
+            "accuracy": round(float(np.mean([classes[i] == t for i, t in zip(fitted.svm_classes(x), labels)])), 4),
+            "C": fitted.svm_c,
+        },
+        "plsda": {
+            "accuracy": round(float(np.mean([classes[i] == t for i, t in zip(fitted.plsda_classes(x), labels)])), 4),
+            "components": fitted.plsda_components,
+        },
+        "train_samples": len(train),
+        "preprocessing": "absorbance, SNV, Savitzky-Golay window {window} order {polyorder} derivative {deriv}".format(
+            **BASELINE_SAVGOL
+        ),
+    }
+
+
+def run_evaluation(
+    manifest_path: Path,
+    seed: int,
+    samples: int,
+    preset: str = "default",
+    overrides: Optional[Mapping[str, float]] = None,
+    baselines: bool = True,
+    ablation: bool = True,
+    progress: bool = True,
+) -> Dict[str, Any]:
+    """The evaluation figures (the object `evaluate --json` prints)."""
+    from tqdm import tqdm
+
+    from isic_drivers.lab.measurement import simulate_measurement
+    from isic_drivers.lab.sample import draw_sample
+
+    manifest_path = Path(manifest_path)
+    if manifest_path.is_dir():
+        manifest_path = manifest_path / "manifest.json"
+    main = _Runner(manifest_path)
+    signal = _Runner(manifest_path)
+    manifest = main.manifest
+    fibres = list(manifest.fibres)
+    settings = StationSettings(**manifest.raw.get("training", {}).get("station", {}))
+    variants: Dict[str, _Runner] = {}
+    if ablation:
+        for name in ABLATION_ORDER[:-1]:
+            path = manifest_path.parent / "ablation" / name / "manifest.json"
+            if path.is_file():
+                variants[name] = _Runner(path)
+    truths, labels, reflectances = [], [], []
+    axis = None
+    start = time.perf_counter()
+    try:
+        for i in tqdm(range(samples), desc=f"evaluate seed {seed}", unit="meas", disable=not progress, file=sys.stderr):
+            rng = np.random.default_rng([seed, i])
+            sample = draw_sample(rng, preset, dict(overrides or {}), fibres=fibres)
+            m = simulate_measurement(
+                sample,
+                rng,
+                integration_us=settings.integration_us,
+                coadd=settings.coadd,
+                n_frames=settings.n_frames,
+                frame_size=settings.frame_px,
+                um_per_px=settings.camera_um_per_px,
+                fibres=fibres,
+            )
+            truths.append(m.truth.composition)
+            labels.append(m.truth.blend)
+            reflectances.append(m.reflectance)
+            axis = m.wavelengths_nm
+            main.add(m, with_frames=True)
+            signal.add(m, with_frames=False)
+            for runner in variants.values():
+                runner.add(m, with_frames=True)
+    finally:
+        for runner in [main, signal, *variants.values()]:
+            runner.close()
+    truth = np.stack(truths)
+    result: Dict[str, Any] = {
+        "model": f"{manifest.name} {manifest.version}",
+        "preset": preset,
+        "seed": seed,
+        "samples": samples,
+        "overrides": dict(overrides or {}),
+    }
+    result.update(main.figures(truth, labels))
+    result["signal_only"] = signal.figures(truth, labels)
+    if variants:
+        result["ablation"] = {name: runner.figures(truth, labels) for name, runner in variants.items()}
+        result["ablation"]["full"] = main.figures(truth, labels)
+    if baselines:
+        result["baselines"] = _baselines(manifest, np.stack(reflectances), axis, truth, labels, settings)
+        result["mae_ratio_to_pls"] = round(result["mae"] / max(result["baselines"]["pls"]["mae"], 1e-9), 3)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def _row(name: str, fig: Mapping[str, Any], fibres: Sequence[str], accuracy: Optional[float] = None) -> str:
+    acc = fig.get("accuracy", accuracy)
+    cells = [f"{name:<30}", f"{100 * acc:6.1f}" if acc is not None else f"{'-':>6}", f"{fig['mae']:7.3f}"]
+    cells += [f"{fig['mae_per_fibre'].get(f, float('nan')):8.3f}" for f in fibres]
+    cells += [f"{fig['mae_per_blend'].get(b, float('nan')):9.3f}" for b in SEED_BLENDS]
+    return " ".join(cells)
+
+
+def format_table(result: Mapping[str, Any], fibres: Sequence[str]) -> str:
+    """The seed's layout: accuracy, MAE, MAE per fibre, MAE per binary blend; one row per method."""
+    head = [f"{'method':<30}", f"{'acc %':>6}", f"{'MAE':>7}"] + [f"{f[:8]:>8}" for f in fibres]
+    head += [f"{b.replace('polyester', 'poly').replace('viscose', 'visc')[:9]:>9}" for b in SEED_BLENDS]
+    lines = [
+        f"{result['model']}: preset {result['preset']}, seed {result['seed']}, {result['samples']} measurements"
+        + (f", overrides {result['overrides']}" if result["overrides"] else ""),
+        " ".join(head),
+        _row("ISiC-Net (bimodal)", result, fibres),
+        _row("ISiC-Net signal-only path", result["signal_only"], fibres),
+    ]
+    for name, fig in result.get("ablation", {}).items():
+        lines.append(_row("ablation " + ABLATION_NAMES[name], fig, fibres))
+    base = result.get("baselines")
+    if base:
+        lines.append(_row(f"PLS ({base['pls']['components']} LV) + SVM", base["pls"], fibres, base["svm"]["accuracy"]))
+        lines.append(
+            f"{'PLS-DA (' + str(base['plsda']['components']) + ' LV)':<30} {100 * base['plsda']['accuracy']:6.1f}"
+        )
+        lines.append(f"baselines fitted on {base['train_samples']} training-seed spectra; {base['preprocessing']}")
+        lines.append(f"ISiC-Net MAE / PLS MAE = {result['mae_ratio_to_pls']:.2f}")
+    return "\n".join(lines)
+
+
+def record_metrics(manifest_path: Path, cfg: Mapping[str, Any], classes: Sequence[str]) -> Dict[str, Any]:
+    """Evaluate on the config's held-out seed, write `metrics` and a short check run into the manifest."""
+    from isic_model.export import set_manifest_metrics
+
+    seed, samples = int(cfg["heldout_seed"]), int(cfg["eval_samples"])
+    metrics = run_evaluation(manifest_path, seed, samples, cfg["preset"])
+    check = run_evaluation(
+        manifest_path, seed, int(cfg["check_samples"]), cfg["preset"], baselines=False, ablation=False, progress=False
+    )
+    set_manifest_metrics(manifest_path, metrics)
+    doc = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    doc["training"]["check_run"] = {
+        k: check[k] for k in ("seed", "samples", "preset", "accuracy", "mae", "signal_only")
+    }
+    Path(manifest_path).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    print(format_table(metrics, list(doc["fibres"])))
+    return metrics
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    """Handler of `isic-model evaluate`."""
+    from isic_drivers.lab.sample import parse_overrides
+
+    result = run_evaluation(
+        args.model,
+        args.seed,
+        args.samples,
+        args.preset,
+        parse_overrides(args.overrides),
+        baselines=not args.no_baselines,
+        ablation=not args.no_ablation,
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        from isic_station.manifest import load_manifest
+
+        path = args.model / "manifest.json" if args.model.is_dir() else args.model
+        print(format_table(result, load_manifest(path).fibres))
+    return 0
