@@ -21,8 +21,13 @@ Back-pressure policy (nothing is dropped silently; every case is counted and in 
   instead of blocking the MQTT thread that delivered it.
 
 Nothing busy-waits: the threads sleep in blocking queue gets/puts with timeouts and Event waits.
-Each worker records a heartbeat on every wake-up; `on_progress` (the systemd watchdog hook) is
-called only while every worker has a recent heartbeat, so one hung stage stops the pings.
+
+Progress (the systemd watchdog hook `on_progress`): a completed result or calibration is progress.
+An idle pipeline is progressing too (a triggered station waits for commands; a continuous one waits
+for its next tick), but only while it is healthy: the acquisition thread is waiting for work (not
+stuck inside a device call), its last measurement did not fail, and every worker woke up within the
+stall window. So a hung stage, a device that stopped answering, or measurements that keep failing
+all stop the pings, and systemd restarts the station (which reopens the devices).
 """
 
 import logging
@@ -158,6 +163,8 @@ class Pipeline:
         self._stop = threading.Event()
         self._acquisition_done = threading.Event()
         self._paused = threading.Event()
+        self._acquisition_idle = False  # waiting for a job (not inside a device call)
+        self._last_measurement_failed = False
         self._threads: List[threading.Thread] = []
         self.stats = PipelineStats()
 
@@ -222,9 +229,12 @@ class Pipeline:
         try:
             while not self._stop.is_set():
                 self._beat("acquisition")
+                self._acquisition_idle = True
                 job = self._next_job(next_tick)
                 if job is None:
+                    self._progress("idle", idle=True)
                     continue
+                self._acquisition_idle = False
                 if isinstance(job, CalibrateJob):
                     self._run_calibration(job)
                     continue
@@ -266,9 +276,11 @@ class Pipeline:
             measurement = self._acquire(job)
         except Exception as exc:  # a device fault must not end the thread; it is answered and counted
             self.stats.add("acquisition_errors")
+            self._last_measurement_failed = True
             log.error("measurement failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
             job.done.set_exception(exc)
             return
+        self._last_measurement_failed = False
         self.stats.record_acquired((time.monotonic() - started) * 1000.0)
         self._progress("acquisition")
         while True:  # wait for space: a taken measurement is never dropped (module docstring)
@@ -299,7 +311,7 @@ class Pipeline:
                 # drain what was measured before a stop; end once acquisition has ended too
                 if self._stop.is_set() and self._acquisition_done.is_set():
                     return
-                self._progress("idle")
+                self._progress("idle", idle=True)
                 continue
             started = time.monotonic()
             try:
@@ -321,9 +333,11 @@ class Pipeline:
     def _inference_alive(self) -> bool:
         return any(t.name == "inference" and t.is_alive() for t in self._threads)
 
-    def _progress(self, step: str) -> None:
-        """Report progress to the watchdog hook, but only while every worker woke up recently."""
+    def _progress(self, step: str, idle: bool = False) -> None:
+        """Report progress to the watchdog hook under the rules of the module docstring."""
         if self._on_progress is None:
+            return
+        if idle and (not self._acquisition_idle or self._last_measurement_failed):
             return
         now = time.monotonic()
         with self._beat_lock:

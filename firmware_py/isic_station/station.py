@@ -166,6 +166,7 @@ class Station:
             self.acquirer.measure, self._take_reference, self._process,
             continuous_interval_s=c.mode.interval_s if c.mode.kind == "continuous" else None,
             queue_size=c.pipeline.queue_size, on_progress=self.watchdog.progress,
+            stall_after_s=self.watchdog.stall_after_s if self.watchdog.enabled else 30.0,
         )
         router = CommandRouter({
             "measure": self.cmd_measure, "set_lot": self.cmd_set_lot, "calibrate": self.cmd_calibrate,

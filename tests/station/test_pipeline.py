@@ -130,3 +130,28 @@ def test_progress_stops_when_a_stage_hangs() -> None:
     finally:
         hang.set()
         pipeline.stop(timeout_s=5)
+
+
+def test_failing_measurements_stop_progress_until_one_succeeds() -> None:
+    progress: List[str] = []
+    failing = threading.Event()
+    failing.set()
+
+    def acquire(job: MeasureJob) -> Any:
+        if failing.is_set():
+            raise OSError("spectrometer did not answer")
+        return 1
+
+    pipeline = Pipeline(acquire, lambda j: None, lambda m: m, continuous_interval_s=0.2,
+                        on_progress=progress.append, stall_after_s=5.0)
+    pipeline.start()
+    try:
+        time.sleep(0.6)
+        progress.clear()
+        time.sleep(1.0)
+        assert progress == [], "idle progress reported while every measurement fails"
+        failing.clear()
+        time.sleep(1.0)
+        assert "result" in progress
+    finally:
+        pipeline.stop(timeout_s=5)
