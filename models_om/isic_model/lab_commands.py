@@ -151,7 +151,7 @@ def _pure_absorbance(names: Sequence[str], wavelengths, instrument=None):
     """Absorbance of each pure fibre in the clean preset: physics, or through the instrument when given."""
     import numpy as np
 
-    from isic_drivers.lab import Sample, simulate_measurement
+    from isic_drivers.lab import Sample, load_fibres, simulate_measurement
     from isic_drivers.lab.sample import draw_nuisance
     from isic_drivers.lab.spectra import absorbance
 
@@ -160,7 +160,8 @@ def _pure_absorbance(names: Sequence[str], wavelengths, instrument=None):
         return {n: absorbance(Sample({n: 1.0}, clean), wavelengths) for n in names}
     result = {}
     for n in names:
-        m = simulate_measurement(Sample({n: 1.0}, clean), np.random.default_rng(1), instrument, coadd=16, n_frames=0)
+        m = simulate_measurement(Sample({n: 1.0}, clean), np.random.default_rng(1), instrument, coadd=16,
+                                 n_frames=0, fibres=load_fibres())
         result[n] = -np.log10(np.clip(m.reflectance, 1e-4, None))
     return result
 

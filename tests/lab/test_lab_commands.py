@@ -46,7 +46,7 @@ def test_dataset_refuses_bad_input(tmp_path, capsys) -> None:
 
 def test_plot_lab_writes_a_figure(tmp_path) -> None:
     out = tmp_path / "lab.png"
-    assert main(["plot-lab", "--out", str(out)]) == 0
+    assert main(["plot-lab", "--out", str(out), "--all-fibres"]) == 0
     image = cv2.imread(str(out))
     assert image is not None and image.shape[0] > 600 and image.shape[1] > 1000
     assert image.std() > 20  # not a blank canvas
