@@ -341,6 +341,10 @@ def process_figures(pid: int) -> Dict[str, float]:
 
 def run_demo(args: argparse.Namespace) -> int:
     """The `demo` command: set up the bench, calibrate, run, print results until duration/count/Ctrl-C."""
+    from isic_model import SHIPPED_MANIFEST
+    from isic_station.manifest import load_manifest
+
+    load_manifest(args.model or SHIPPED_MANIFEST)  # a missing model: one clear line now, not a failed station later
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="isic-demo-"))
     print(f"demo: working in {workdir}", flush=True)
     try:
