@@ -124,11 +124,7 @@ class CalibrationStore:
             if dark is not None and dark.shape != raw.shape:
                 log.warning("references have %d pixels, the spectrum %d", dark.size, raw.size)
             return np.full(raw.shape, np.nan), tuple(sorted(set(flags) | {"missing_reference"}))
-        span = white - dark
-        valid = span > 0
-        reflectance = np.zeros_like(raw)
-        reflectance[valid] = (raw[valid] - dark[valid]) / span[valid]
-        return reflectance, flags
+        return reflectance_from_counts(raw, dark, white), flags
 
     def absorbance(self, raw: np.ndarray, serial: Optional[str] = None, integration_us: Optional[int] = None,
                    now: Optional[float] = None) -> Tuple[np.ndarray, Tuple[str, ...]]:
@@ -204,6 +200,15 @@ class CalibrationStore:
             _fsync_directory(self.directory)
         except OSError as exc:
             raise StateDirError(f"cannot write calibration file {self.path}: {exc}") from exc
+
+
+def reflectance_from_counts(raw: np.ndarray, dark: np.ndarray, white: np.ndarray) -> np.ndarray:
+    """R = (S - D) / (W - D); pixels whose white is not above the dark give R = 0.
+
+    The one place the formula lives: the store above and the virtual lab's simulated station both call it.
+    """
+    span = np.asarray(white, dtype=np.float64) - dark
+    return np.divide(np.asarray(raw, dtype=np.float64) - dark, span, out=np.zeros_like(span), where=span > 0)
 
 
 def _fsync_directory(directory: Path) -> None:

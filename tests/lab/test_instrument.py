@@ -12,8 +12,8 @@ from isic_drivers.lab import (
     white_counts,
 )
 from isic_drivers.lab.instrument import saturating_integration_us
-from isic_drivers.lab.measurement import station_reflectance
 from isic_drivers.lab.spectra import reflectance
+from isic_station.calibration import reflectance_from_counts
 
 
 def test_counts_clip_at_the_adc_maximum() -> None:
@@ -70,7 +70,7 @@ def test_stray_light_compresses_bands() -> None:
         d = np.mean([dark_counts(inst, 8000, rng, nu) for _ in range(16)], axis=0)
         w = np.mean([white_counts(inst, 8000, rng, nu) for _ in range(16)], axis=0)
         s = np.mean([raw_counts(inst, reflectance(sample, axis), 8000, rng, nu) for _ in range(16)], axis=0)
-        return station_reflectance(s, d, w)
+        return reflectance_from_counts(s, d, w)
 
     clean, stray = measured(0.0), measured(0.05)
     band = np.argmin(np.abs(axis - 1660))

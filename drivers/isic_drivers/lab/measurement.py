@@ -17,6 +17,7 @@ from isic_drivers.lab.microscope import render_frame
 from isic_drivers.lab.sample import Nuisance, Sample, blend_label, composition_vector
 from isic_drivers.lab.spectra import reflectance
 from isic_drivers.lab.stage import ReferenceTile
+from isic_station.calibration import reflectance_from_counts
 
 
 @dataclass
@@ -63,13 +64,6 @@ def scan_counts(instrument: InstrumentModel, target: Union[Sample, ReferenceTile
     return raw_counts(instrument, r, integration_us, rng, state)
 
 
-def station_reflectance(sample_counts: np.ndarray, dark: np.ndarray, white: np.ndarray) -> np.ndarray:
-    """R = (S - D) / (W - D), with pixels whose white is not above dark set to 0."""
-    span = np.asarray(white, dtype=float) - dark
-    return np.divide(np.asarray(sample_counts, dtype=float) - dark, span,
-                     out=np.zeros_like(span), where=span > 0)
-
-
 def simulate_measurement(sample: Sample, rng: np.random.Generator, instrument: Optional[InstrumentModel] = None,
                          integration_us: Optional[int] = None, coadd: int = 8, n_frames: int = 4,
                          frame_size: int = 256, um_per_px: float = 0.8,
@@ -102,4 +96,4 @@ def simulate_measurement(sample: Sample, rng: np.random.Generator, instrument: O
     truth = MeasurementTruth(list(fibre_set), composition_vector(sample, fibre_set),
                              blend_label(sample, fibre_set), counts, sample)
     return Measurement(instrument.wavelengths_nm, integration_us, coadd, raw, dark, white,
-                       station_reflectance(raw, dark, white), frames, um_per_px, truth)
+                       reflectance_from_counts(raw, dark, white), frames, um_per_px, truth)
