@@ -323,13 +323,28 @@ class MqttLink:
         return client
 
     def _run(self) -> None:
-        try:
-            while not self._stopping.is_set():
+        while not self._stopping.is_set():
+            try:
                 self._step()
+            except Exception:  # e.g. the outbox disk failing: never take the station down, start over
+                log.exception("MQTT link failed; dropping the connection and retrying (results stay in the outbox)")
+                self._drop_connection()
+                self._stopping.wait(self.settings.reconnect_min_s)
+        try:
             self._shutdown()
-        except Exception:  # the link must never take the station down; log and leave
-            log.exception("MQTT owner thread failed; results keep waiting in the outbox")
-            self._connected.clear()
+        except Exception:
+            log.exception("MQTT link failed while stopping")
+
+    def _drop_connection(self) -> None:
+        """Forget the current client after an unexpected error; the broker sees the socket close (last will)."""
+        client, self._client = self._client, None
+        self._connected.clear()
+        self._inflight.clear()
+        self._events.clear()
+        sock = client.socket() if client is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def _step(self, max_wait: float = 1.0) -> None:
         now = time.monotonic()
@@ -378,7 +393,7 @@ class MqttLink:
             self._client.reconnect()
         except (OSError, ssl.SSLError) as exc:
             level = logging.DEBUG if self._refused_logged else logging.WARNING
-            log.log(level, "MQTT broker %s:%d unreachable (%s); retrying, results wait in the outbox",
+            log.log(level, "cannot connect to the MQTT broker %s:%d (%s); retrying, results wait in the outbox",
                     s.host, s.port, exc)
             self._refused_logged = True
             self._client = None

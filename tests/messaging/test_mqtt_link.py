@@ -6,7 +6,7 @@ import time
 import pytest
 
 from isic_station.commands import CommandRouter
-from isic_station.errors import ConfigError
+from isic_station.errors import ConfigError, StateDirError
 from isic_station.ha_discovery import node_id
 from isic_station.mqtt_link import MqttLink, MqttSettings
 from isic_station.outbox import Outbox
@@ -217,3 +217,28 @@ def test_settings_errors_name_the_key(overrides, key):
 def test_password_is_not_shown(caplog):
     settings = MqttSettings(username="station", password="hunter2-" + unique(""))
     assert settings.password not in repr(settings)
+
+
+def test_link_recovers_from_an_outbox_error_without_losing_the_result(mqtt_broker, names, make_link,
+                                                                      recorder_factory, caplog):
+    rec = recorder_factory(*mqtt_broker, [f"{names['base']}/result"])
+    link, outbox = make_link()
+    assert link.wait_connected(5)
+    real_ack = outbox.ack
+    failed = []
+
+    def ack_failing_once(mid):
+        if not failed:
+            failed.append(mid)
+            raise StateDirError("outbox database cannot be written: disk I/O error (injected)")
+        return real_ack(mid)
+
+    outbox.ack = ack_failing_once
+    doc = sample_result(names["station"], outbox.next_sequence())
+    link.publish_result(doc)
+    first, again = rec.wait_count(link.topics.result, 2, timeout=10)
+    assert first["message_id"] == again["message_id"] == doc["message_id"]
+    assert (first["replayed"], again["replayed"]) == (False, True)
+    wait_until(lambda: outbox.stats().depth == 0, 5, "the re-sent result's PUBACK")
+    assert link.connected and link.stats()["reconnects"] >= 1
+    assert any("MQTT link failed" in r.getMessage() for r in caplog.records)
