@@ -184,7 +184,9 @@ class MqttLink:
         self._latest_state: Optional[bytes] = None
         self._state_due = False
         self._client: Optional[paho.Client] = None
-        self._connected = threading.Event()
+        self._connected = threading.Event()  # CONNACK accepted: the outbox may be sent
+        self._ready = threading.Event()  # and the command subscription acknowledged (SUBACK)
+        self._subscribe_mid: Optional[int] = None
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._inflight: set = set()
@@ -265,8 +267,8 @@ class MqttLink:
         return self._connected.is_set()
 
     def wait_connected(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for the link to be connected."""
-        return self._connected.wait(timeout)
+        """Wait up to `timeout` seconds for the link to be connected and subscribed to its commands."""
+        return self._ready.wait(timeout)
 
     def stats(self) -> Dict[str, Any]:
         """The health document's `mqtt` object."""
@@ -319,6 +321,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
         return client
 
@@ -339,6 +342,7 @@ class MqttLink:
         """Forget the current client after an unexpected error; the broker sees the socket close (last will)."""
         client, self._client = self._client, None
         self._connected.clear()
+        self._ready.clear()
         self._inflight.clear()
         self._events.clear()
         sock = client.socket() if client is not None else None
@@ -409,6 +413,9 @@ class MqttLink:
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
         self._events.append(("puback", mid))
 
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
+        self._events.append(("suback", (mid, reasons)))
+
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self._events.append(("message", (message.topic, bytes(message.payload))))
 
@@ -425,11 +432,18 @@ class MqttLink:
                     self._delivered(self._outbox.ack(value))
             elif kind == "message":
                 self._dispatch(*value)
+            elif kind == "suback" and value[0] == self._subscribe_mid:
+                refused = [str(r) for r in value[1] if r.is_failure]
+                if refused:
+                    log.error("MQTT broker refused the command subscription (%s): commands will not arrive",
+                              ", ".join(refused))
+                self._ready.set()
 
     def _connected_session(self, reason: Any) -> None:
         client = self._client
         if client is None:
             return
+        self._subscribe_mid = None
         if reason.is_failure:
             log.error("MQTT broker %s:%d refused the connection: %s", self.settings.host, self.settings.port, reason)
             return  # the broker closes the socket; the disconnect event schedules the retry
@@ -445,7 +459,7 @@ class MqttLink:
         if self.settings.discovery:
             subscriptions.append((f"{self.settings.ha_prefix}/{BIRTH_TOPIC_SUFFIX}", 1))
             self._publish_discovery()
-        client.subscribe(subscriptions)
+        self._subscribe_mid = client.subscribe(subscriptions)[1]
         with self._lock:
             self._state_due = self._latest_state is not None
         self._next_health = time.monotonic()
@@ -454,6 +468,7 @@ class MqttLink:
     def _lost(self, reason: Any) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._ready.clear()
         self._client = None
         self._inflight.clear()
         if was and not self._stopping.is_set():
@@ -570,6 +585,7 @@ class MqttLink:
             if client.socket() is not None:
                 client.loop_write()
         self._connected.clear()
+        self._ready.clear()
         self._client = None
         depth = self._outbox.stats().depth
         log.info("MQTT link stopped; %d message(s) left in the outbox for the next start", depth)
