@@ -27,7 +27,7 @@ from isic_station.config import Config, mqtt_password
 from isic_station.errors import DeviceError, StationError
 from isic_station.outbox import Outbox
 from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, percentile
-from isic_station.results import build_result, out_of_spec_alarm
+from isic_station.results import build_alarm, build_result, out_of_spec_alarm
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
 from isic_station.spec_check import InvalidLotSpec, LotSpec, check_composition
 
@@ -149,6 +149,7 @@ class Station:
         self._transport: Any = None
         self._camera: Any = None
         self.degraded: Dict[str, str] = {}
+        self._faults: Dict[str, str] = {}  # device -> fault message, while an alarm is standing
 
     # ----- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -163,7 +164,7 @@ class Station:
         self._open_devices()
         self.watchdog.progress("devices opened")
         self.pipeline = Pipeline(
-            self.acquirer.measure, self._take_reference, self._process,
+            self._acquire, self._take_reference, self._process,
             continuous_interval_s=c.mode.interval_s if c.mode.kind == "continuous" else None,
             queue_size=c.pipeline.queue_size, on_progress=self.watchdog.progress,
             stall_after_s=self.watchdog.stall_after_s if self.watchdog.enabled else 30.0,
@@ -262,6 +263,36 @@ class Station:
 
     def _context(self) -> Tuple[str, Optional[str]]:
         return self.config.station.id, self._lot_id
+
+    # ----- acquisition thread -------------------------------------------------------------------
+    def _acquire(self, job: MeasureJob) -> Measurement:
+        """One measurement; a device that starts or stops failing raises or clears a device_fault alarm."""
+        assert self.acquirer is not None
+        try:
+            measurement = self.acquirer.measure(job)
+        except DeviceError as exc:
+            self._device_state("spectrometer", str(exc))
+            raise
+        self._device_state("spectrometer", None)
+        if self._camera is not None:
+            self._device_state("camera", "no frame from the camera: measuring signal-only"
+                               if "missing_image" in measurement.flags else None)
+        return measurement
+
+    def _device_state(self, device: str, fault: Optional[str]) -> None:
+        """Publish a device_fault alarm when `device` starts failing, and log when it recovers (once each)."""
+        if fault is None:
+            if self._faults.pop(device, None) is not None:
+                log.warning("%s works again", device)
+            return
+        if device in self._faults:
+            return
+        self._faults[device] = fault
+        log.error("%s fault: %s", device, fault)
+        if self.link is not None:
+            self.link.publish_alarm(build_alarm(
+                station=self.config.station.id, kind="device_fault", severity="critical",
+                message=f"{device}: {fault}", details={"device": device}))
 
     # ----- calibration (runs on the acquisition thread) ---------------------------------------
     def _take_reference(self, job: CalibrateJob) -> Dict[str, Any]:

@@ -7,7 +7,9 @@ Mosquitto on 127.0.0.1:1883, and a separate MQTT client checks every payload aga
 """
 
 import json
+import os
 import queue
+import signal
 import subprocess
 import time
 import uuid
@@ -208,6 +210,22 @@ def test_health_arrives(bench: DemoBench, watch: Watch) -> None:
     _, health = watch.wait_for(lambda t, d: t.endswith("/health") and d["results"]["total"] >= 1, timeout_s=20)
     assert health["devices"]["spectrometer"]["state"] == "ok"
     assert health["calibration"]["dark_age_s"] is not None
+
+
+def test_silent_spectrometer_fails_the_measure_command_and_raises_a_device_alarm(bench: DemoBench,
+                                                                                   watch: Watch) -> None:
+    bench.put_line(seed=6, dwell_s=60.0)
+    os.kill(bench.emulator.pid, signal.SIGSTOP)
+    try:
+        answer = watch.command(bench, "measure", {"sample_id": "while-silent", "transaction": "silent"})
+        assert answer["status"] == "error" and "spectrometer" in answer["error"], answer
+        _, alarm = watch.wait_for(lambda t, d: t.endswith("/alarm") and d.get("kind") == "device_fault")
+        assert validation_errors(alarm, "alarm") == []
+        assert alarm["details"]["device"] == "spectrometer" and alarm["severity"] == "critical"
+    finally:
+        os.kill(bench.emulator.pid, signal.SIGCONT)
+    answer = watch.command(bench, "measure", {"sample_id": "after", "transaction": "after"})
+    assert answer["status"] == "ok", answer
 
 
 def test_zz_every_payload_follows_its_schema_and_sigterm_stops_cleanly(bench: DemoBench, watch: Watch) -> None:
