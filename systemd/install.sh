@@ -213,13 +213,14 @@ install_cann_env() {
     pth="${pth_dir:-$ROOT$VENV/lib/pythonX.Y/site-packages}/isic-cann.pth"
     if [ "$USE_CANN" = 0 ]; then
         note "--no-cann: the station runs on ONNX Runtime (CPU)"
-        remove_path "$CANN_ENV_FILE"
+        remove_path "$CANN_ENV_FILE" "$DROPIN_DIR/cann-home.conf"
         [ -e "$pth" ] && run rm -f -- "$pth"
         return 0
     fi
     if [ ! -f "$CANN_SET_ENV" ]; then
         warn "CANN's set_env.sh is not at $CANN_SET_ENV: no NPU environment written, the station will run" \
              "on the CPU backend. Install the CANN toolkit/nnrt, or pass --cann-set-env PATH (or --no-cann)."
+        remove_path "$DROPIN_DIR/cann-home.conf"
         return 0
     fi
     local dump
@@ -231,6 +232,7 @@ install_cann_env() {
         printf '%s\n' "$dump"
     } | write_file "$CANN_ENV_FILE" 0644
     note "$(grep -c '=' <<<"$dump") variables: $(cut -d= -f1 <<<"$dump" | paste -sd' ' -)"
+    allow_cann_under_home "$dump"
 
     # The venv sees CANN's Python folders (the 'acl' module) even outside the service.
     local pythonpath
@@ -238,6 +240,18 @@ install_cann_env() {
     if [ -n "$pythonpath" ] && [ "$SKIP_VENV" = 0 ]; then
         tr ':' '\n' <<<"$pythonpath" | write_file "${pth#"$ROOT"}" 0644
         check_acl_import "$pythonpath"
+    fi
+}
+
+# A CANN installed by a non-root user lives in a home folder, which ProtectHome=yes hides from the
+# service: then the service may read home folders (still not write them).
+allow_cann_under_home() {
+    if grep -Eq '^[A-Z_0-9]+="([^"]*:)?/(home|root)/' <<<"$1"; then
+        note "CANN lives under /home or /root: the service gets read-only access to home folders"
+        printf '# Written by systemd/install.sh: CANN (%s) is installed in a home folder.\n[Service]\nProtectHome=read-only\n' \
+            "$CANN_SET_ENV" | write_file "$DROPIN_DIR/cann-home.conf" 0644
+    else
+        remove_path "$DROPIN_DIR/cann-home.conf"
     fi
 }
 

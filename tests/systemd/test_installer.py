@@ -193,6 +193,18 @@ def test_dropin_allows_this_boards_extra_ascend_nodes(installed):
     # davinci0, davinci_manager and devmm_svm are in the unit itself; absent nodes are not listed.
     assert allowed == ["/dev/davinci1", "/dev/svm0", "/dev/ts_aisle"]
     assert not (installed["root"] / DROPINS / "credentials-compat.conf").exists()
+    assert not (installed["root"] / DROPINS / "cann-home.conf").exists()  # the fake CANN is not in /home
+
+
+def test_cann_in_a_home_folder_gets_read_only_home_access(tmp_path):
+    set_env = tmp_path / "set_env.sh"
+    set_env.write_text("export ASCEND_TOOLKIT_HOME=/home/HwHiAiUser/Ascend/ascend-toolkit/latest\n"
+                       "export LD_LIBRARY_PATH=/usr/local/Ascend/driver/lib64:${ASCEND_TOOLKIT_HOME}/lib64\n",
+                       encoding="utf-8")
+    root = tmp_path / "root"
+    root.mkdir()
+    out = run_script(INSTALL, "--root", str(root), "--dry-run", "--skip-venv", "--cann-set-env", str(set_env)).stdout
+    assert f"would write {root}/{DROPINS}/cann-home.conf" in out
 
 
 def test_installed_tree_passes_both_systemd_checks(installed, tmp_path):
