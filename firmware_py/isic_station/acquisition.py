@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from isic_station.errors import DeviceError, StationError
-from isic_station.pipeline import MeasureJob
+from isic_station.pipeline import MeasureJob, MeasurementRefused
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class Measurement:
     flags: Set[str] = field(default_factory=set)
 
 
-class NotCalibrated(StationError):
+class NotCalibrated(StationError, MeasurementRefused):
     """No usable dark and white reference: reflectance cannot be computed, so no result can be either."""
 
 

@@ -50,6 +50,12 @@ class PipelineBusy(Exception):
     """The request queue is full: the caller answers the command with an error instead of waiting."""
 
 
+class MeasurementRefused(Exception):
+    """`acquire` cannot measure yet for a reason a person must fix (e.g. no calibration). Answered and
+    counted (`refused`) like a failure, but the pipeline itself is healthy, so it does not stop progress:
+    a restart by the watchdog would not fix it, only loop."""
+
+
 @dataclass
 class MeasureJob:
     """Take one measurement: from a `measure` command (sample id optional) or a continuous-mode tick."""
@@ -86,7 +92,7 @@ class PipelineStats:
         self._lock = threading.Lock()
         self.counts: Dict[str, int] = {
             "requested": 0, "acquired": 0, "results": 0, "calibrations": 0, "acquisition_errors": 0,
-            "inference_errors": 0, "skipped_ticks": 0, "rejected_requests": 0,
+            "inference_errors": 0, "skipped_ticks": 0, "rejected_requests": 0, "refused": 0,
         }
         self._result_times: Deque[float] = deque()
         self.inference_ms: Deque[float] = deque(maxlen=self.WINDOW)
@@ -165,6 +171,7 @@ class Pipeline:
         self._paused = threading.Event()
         self._acquisition_idle = False  # waiting for a job (not inside a device call)
         self._last_measurement_failed = False
+        self._refusing = False
         self._threads: List[threading.Thread] = []
         self.stats = PipelineStats()
 
@@ -274,13 +281,20 @@ class Pipeline:
         started = time.monotonic()
         try:
             measurement = self._acquire(job)
+        except MeasurementRefused as exc:
+            self.stats.add("refused")
+            # once per streak at WARNING: in continuous mode this repeats every tick until someone acts
+            log.log(logging.DEBUG if self._refusing else logging.WARNING, "not measuring: %s", exc)
+            self._refusing = True
+            job.done.set_exception(exc)
+            return
         except Exception as exc:  # a device fault must not end the thread; it is answered and counted
             self.stats.add("acquisition_errors")
             self._last_measurement_failed = True
             log.error("measurement failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
             job.done.set_exception(exc)
             return
-        self._last_measurement_failed = False
+        self._last_measurement_failed = self._refusing = False
         self.stats.record_acquired((time.monotonic() - started) * 1000.0)
         self._progress("acquisition")
         while True:  # wait for space: a taken measurement is never dropped (module docstring)

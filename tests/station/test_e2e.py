@@ -279,3 +279,27 @@ port = {free_port()}
         assert f"FAIL {name}" in out, (name, out)
     assert "no-such-tty" in out and "dialout" in out and "manifest" in out and "-> " in out
     assert "OK   camera" in out and "signal-only" in out
+
+
+def test_an_uncalibrated_station_asks_for_calibration_and_calibrates_over_mqtt(tmp_path: Path) -> None:
+    model = write_tiny_model(tmp_path / "model", om=False)
+    with DemoBench(tmp_path / "bench", station_id=f"cal-{uuid.uuid4().hex[:6]}", mode="triggered",
+                   model=model) as fresh:
+        watcher = ResultWatcher(fresh.broker.host, fresh.broker.port, [f"{fresh.topic_base}/#"])
+        w = Watch(watcher)
+        try:
+            fresh.start_station()
+            w.wait_for(lambda t, d: t == f"{fresh.topic_base}/status" and d.get("state") == "online", timeout_s=60)
+            fresh.put_line(seed=1, dwell_s=60.0)
+            answer = w.command(fresh, "measure", {"transaction": "uncalibrated"})
+            assert answer["status"] == "error" and "calibrate dark, then white" in answer["error"], answer
+            for kind in ("dark", "white"):
+                fresh.stage.put_reference(kind)
+                answer = w.command(fresh, "calibrate", {"reference": kind, "transaction": kind})
+                assert answer["status"] == "ok" and answer["data"]["reference"] == kind, answer
+            fresh.put_line(seed=1, dwell_s=60.0)
+            answer = w.command(fresh, "measure", {"transaction": "calibrated"})
+            assert answer["status"] == "ok" and "missing_reference" not in answer["data"]["flags"], answer
+            assert fresh.stop_station() == 0
+        finally:
+            watcher.close()

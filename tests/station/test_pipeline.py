@@ -6,7 +6,7 @@ from typing import Any, List
 
 import pytest
 
-from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, percentile
+from isic_station.pipeline import CalibrateJob, MeasureJob, MeasurementRefused, Pipeline, PipelineBusy, percentile
 
 
 def test_percentile_nearest_rank() -> None:
@@ -155,3 +155,24 @@ def test_failing_measurements_stop_progress_until_one_succeeds() -> None:
         assert "result" in progress
     finally:
         pipeline.stop(timeout_s=5)
+
+
+def test_a_refused_measurement_is_answered_but_does_not_stop_progress() -> None:
+    progress: List[str] = []
+
+    def acquire(job: MeasureJob) -> Any:
+        raise MeasurementRefused("no dark and white reference: calibrate first")
+
+    pipeline = Pipeline(acquire, lambda j: None, lambda m: m, continuous_interval_s=None,
+                        on_progress=progress.append, stall_after_s=5.0)
+    pipeline.start()
+    try:
+        with pytest.raises(MeasurementRefused, match="calibrate"):
+            pipeline.submit(MeasureJob("command")).result(timeout=5)
+        progress.clear()
+        time.sleep(1.2)
+        assert "idle" in progress
+    finally:
+        pipeline.stop(timeout_s=5)
+    counts = pipeline.stats.snapshot()["counts"]
+    assert counts["refused"] == 1 and counts["acquisition_errors"] == 0
