@@ -15,7 +15,8 @@ in memory, so:
 Topics, under `<prefix>/<station>/`: `status` (retained `{"state": "online"|"offline"}`, last will
 offline, online again on every connect), `result` (QoS 1, from the outbox), `state` (retained
 latest result), `health` (retained, every `health_interval_s`), `alarm` (QoS 1, from the outbox),
-`cmd/<name>` and `cmd/<name>/response`. Home Assistant discovery is re-published on every connect
+`cmd/<name>` and `cmd/<name>/response` (a retained command is refused, not run again on every
+reconnect). Home Assistant discovery is re-published on every connect
 and when `homeassistant/status` turns `online`.
 """
 
@@ -36,7 +37,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from isic_station import __version__
-from isic_station.commands import CommandRouter
+from isic_station.commands import CommandRouter, response
 from isic_station.errors import ConfigError
 from isic_station.ha_discovery import (
     BIRTH_TOPIC_SUFFIX,
@@ -417,7 +418,7 @@ class MqttLink:
         self._events.append(("suback", (mid, reasons)))
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        self._events.append(("message", (message.topic, bytes(message.payload))))
+        self._events.append(("message", (message.topic, bytes(message.payload), bool(message.retain))))
 
     def _handle_events(self) -> None:
         while self._events:
@@ -485,7 +486,7 @@ class MqttLink:
             except Exception:  # an observer's bug must not stop deliveries
                 log.exception("on_delivered callback failed for outbox entry %d", row_id)
 
-    def _dispatch(self, topic: str, payload: bytes) -> None:
+    def _dispatch(self, topic: str, payload: bytes, retained: bool) -> None:
         if topic == f"{self.settings.ha_prefix}/{BIRTH_TOPIC_SUFFIX}":
             if payload.strip() == b"online":
                 log.info("Home Assistant came online: re-publishing discovery")
@@ -494,9 +495,14 @@ class MqttLink:
         name = self.topics.command_name(topic)
         if name is None:
             return
+        if retained:
+            # A retained command would run again on every reconnect (a calibration, a measurement...).
+            log.warning("ignored a retained %s command on %s: commands must be published without retain", name, topic)
+            self._respond(name, response("error", None, "retained commands are ignored: publish without retain",
+                                         None))
+            return
         if self._commands is None:
-            self._respond(name, {"status": "error", "data": None, "error": "this station takes no commands",
-                                 "transaction": None})
+            self._respond(name, response("error", None, "this station takes no commands", None))
             return
         self._commands.submit(name, payload)
 

@@ -242,3 +242,18 @@ def test_link_recovers_from_an_outbox_error_without_losing_the_result(mqtt_broke
     wait_until(lambda: outbox.stats().depth == 0, 5, "the re-sent result's PUBACK")
     assert link.connected and link.stats()["reconnects"] >= 1
     assert any("MQTT link failed" in r.getMessage() for r in caplog.records)
+
+
+def test_retained_commands_are_not_run(mqtt_broker, names, make_link, recorder_factory, clear_retained):
+    calls = []
+    command = f"{names['base']}/cmd/measure"
+    publish_once(*mqtt_broker, command, b'{"transaction": 1}', retain=True)
+    clear_retained.append(command)
+    rec = recorder_factory(*mqtt_broker, [f"{names['base']}/cmd/+/response"])
+    link, _ = make_link(commands=CommandRouter({"measure": lambda p: calls.append(p) or {"sequence": 1}}))
+    (refused,) = rec.wait_count(link.topics.response("measure"), 1)
+    assert refused["status"] == "error" and "retained" in refused["error"]
+    publish_once(*mqtt_broker, command, b'{"transaction": 2}')
+    answers = rec.wait_count(link.topics.response("measure"), 2)
+    assert answers[1] == {"status": "ok", "data": {"sequence": 1}, "error": None, "transaction": 2}
+    assert calls == [{}], "only the live command ran"
