@@ -326,7 +326,10 @@ enable_service() {
     run systemctl daemon-reload
     run systemctl enable "$UNIT_NAME"
     if [ "$START" = 1 ]; then
-        run systemctl restart "$UNIT_NAME"
+        if ! run systemctl restart "$UNIT_NAME"; then
+            die "the service did not start: see systemctl status $SERVICE and journalctl -u $SERVICE -n 30" \
+                "(exit status 78 is a configuration error: fix $STATION_TOML, then systemctl restart $SERVICE)"
+        fi
         note "started: systemctl status $SERVICE; journalctl -u $SERVICE -f"
     else
         note "not started (--no-start): systemctl start $SERVICE"
