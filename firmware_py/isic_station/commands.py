@@ -1,6 +1,7 @@
 """Commands from MQTT: validate the payload, run the station's handler off the paho thread, answer.
 
-A request on `<prefix>/<station>/cmd/<name>` is a JSON object (empty payload = `{}`) checked against
+A request on `<prefix>/<station>/cmd/<name>` is a JSON object (empty payload = `{}`): its envelope
+(`transaction`) is checked against `schemas/command_request.schema.json`, the rest against
 `schemas/command_<name>.schema.json`; the answer on `.../cmd/<name>/response` is
 `{"status": "ok"|"error", "data", "error", "transaction"}` with the request's `transaction` echoed.
 Bad JSON, an invalid payload, an unknown command, a full queue or a handler that raises all get an
@@ -59,10 +60,10 @@ def parse_request(name: str, raw: bytes) -> Tuple[Optional[Dict[str, Any]], Tran
     transaction = _transaction_of(request)
     if not isinstance(request, dict):
         return None, transaction, f"payload must be a JSON object, got {type(request).__name__}"
-    errors = validation_errors(request, f"command_{name}")
+    payload = {k: v for k, v in request.items() if k != "transaction"}
+    errors = validation_errors(request, "command_request") + validation_errors(payload, f"command_{name}")
     if errors:
         return None, transaction, f"invalid {name} payload: " + "; ".join(errors)
-    payload = {k: v for k, v in request.items() if k != "transaction"}
     return payload, transaction, None
 
 

@@ -125,3 +125,9 @@ def test_worker_runs_handlers_off_the_submitting_thread_and_answers_busy_when_fu
     finally:
         release.set()
         router.stop(timeout=5)
+
+
+def test_transaction_of_the_wrong_type_is_named_and_not_echoed():
+    response = answer(make_router([]), "status", {"transaction": [1, 2]})
+    assert response["status"] == "error" and response["transaction"] is None
+    assert response["error"].startswith("invalid status payload: transaction:")
