@@ -98,6 +98,9 @@ def encode_payload(payload: Payload) -> bytes:
 class Outbox:
     """SQLite store of messages waiting for their PUBACK, bounded by a quota on stored bytes.
 
+    The quota counts topic + payload bytes; the file is larger by SQLite's page overhead and keeps
+    its size after a backlog drains (freed pages are reused, not returned to the file system).
+
     Thread-safe (one connection behind a lock): the pipeline adds, the MQTT owner thread sends
     and acknowledges, health reads the stats.
     """
