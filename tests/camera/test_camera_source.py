@@ -146,3 +146,24 @@ def test_no_frame_within_the_timeout_raises_after_backing_off_not_busy_looping(t
 def test_a_device_that_does_not_exist_is_a_device_error():
     with pytest.raises(DeviceError, match="/dev/video97"):
         CameraSource("/dev/video97", width=640, height=480, fps=15).open()
+
+
+def test_an_unreadable_image_in_a_folder_is_skipped_not_reconnected_forever(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), pattern(0))
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    cv2.imwrite(str(tmp_path / "c.png"), pattern(2))
+    with CameraSource(str(tmp_path)) as camera:
+        positions = [bar_position(f.image) for f in camera.frames()]
+        assert camera.stats().reconnects_total == 0
+    assert positions == [0, 2]
+
+
+def test_close_from_another_thread_ends_a_read_waiting_to_reconnect(tmp_path):
+    camera = CameraSource(str(tmp_path / "nowhere.avi"), backoff_initial_s=5.0)
+    closer = threading.Timer(0.3, camera.close)
+    closer.start()
+    started = time.monotonic()
+    with pytest.raises(DeviceError, match="read after close"):
+        camera.read(timeout_s=20.0)
+    closer.join()
+    assert time.monotonic() - started < 3.0

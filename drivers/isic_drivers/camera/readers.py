@@ -142,16 +142,25 @@ class FolderReader(FrameReader):
         self._files = files
 
     def read(self) -> np.ndarray:
-        if self._position >= len(self._files):
-            if not self.loop:
-                raise EndOfStream(self.name)
-            self._position = 0
-        path = self._files[self._position]
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise DeviceError(f"camera {self.name}: cannot read image {path.name} (gone or not an image)")
-        self._position += 1
-        return frame
+        """The next image; a vanished file means the folder is going away (DeviceError), an
+        unreadable one is skipped with a warning (a reconnect would meet it again)."""
+        for _ in range(len(self._files)):
+            if self._position >= len(self._files):
+                if not self.loop:
+                    raise EndOfStream(self.name)
+                self._position = 0
+            path = self._files[self._position]
+            self._position += 1
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is not None:
+                return frame
+            if not path.exists():
+                self._position -= 1
+                raise DeviceError(f"camera {self.name}: image {path.name} is gone")
+            log.warning("camera %s: skipping %s, not a readable image", self.name, path.name)
+        if not self.loop and self._position >= len(self._files):
+            raise EndOfStream(self.name)
+        raise DeviceError(f"camera {self.name}: none of its {len(self._files)} image files is readable")
 
     def close(self) -> None:
         self._files = []

@@ -80,6 +80,9 @@ class CameraSource:
         self._reader = self._make_reader(source, width, height, fps, loop, options or {})
         self._stats = StatsRecorder(source)
         self._closed = threading.Event()
+        # Held while the reader opens, reads or closes: close() from another thread waits for a
+        # read in progress (at most the read timeout) instead of releasing a capture under it.
+        self._io = threading.Lock()
         self._is_open = False
         self._ever_opened = False
         self._failures = 0
@@ -116,7 +119,8 @@ class CameraSource:
 
     def _connect(self) -> None:
         try:
-            self._reader.open()
+            with self._io:
+                self._reader.open()
         except DeviceError as exc:
             self._failures += 1
             delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (self._failures - 1))
@@ -132,7 +136,8 @@ class CameraSource:
         self._stats.connection(True)
 
     def _lose(self, exc: DeviceError) -> None:
-        self._reader.close()
+        with self._io:
+            self._reader.close()
         self._is_open = False
         self._failures += 1
         self._next_attempt = time.monotonic() + self.backoff_initial_s
@@ -158,7 +163,10 @@ class CameraSource:
                     continue
             started = time.monotonic()
             try:
-                image = self._reader.read()
+                with self._io:
+                    if self._closed.is_set():
+                        break
+                    image = self._reader.read()
             except EndOfStream:
                 return None
             except DeviceError as exc:
@@ -201,7 +209,8 @@ class CameraSource:
     def close(self) -> None:
         """Release the source; a read waiting for a reconnect returns at once."""
         self._closed.set()
-        self._reader.close()
+        with self._io:
+            self._reader.close()
         self._is_open = False
         self._stats.connection(False)
 
