@@ -13,11 +13,11 @@ import time
 import pytest
 
 from isic_station.mqtt_link import MqttLink
-from isic_station.outbox import Outbox
+from isic_station.outbox import MIN_QUOTA_BYTES, Outbox
 from isic_station.schemas import validation_errors
 
 from .conftest import fast_settings, reconfigure
-from .mqtt_helpers import Recorder, publish_once, sample_result, unique, wait_until
+from .mqtt_helpers import Recorder, health_part, publish_once, sample_result, unique, wait_until
 
 
 @pytest.fixture
@@ -189,3 +189,34 @@ def test_tls_with_password_connects_and_never_logs_the_password(private_broker, 
     assert any("refused" in r.getMessage() for r in caplog.records if r.name == "isic_station.mqtt_link")
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "right-password" not in logged and "wrong-password" not in logged
+
+
+def test_full_quota_during_an_outage_drops_the_oldest_and_health_reports_it(persistent_broker, names, tmp_path,
+                                                                           links, caplog):
+    base = names["base"]
+    rec = session_recorder(persistent_broker, [f"{base}/result", f"{base}/health"])
+    persistent_broker.stop()
+    small = Outbox(tmp_path / "small.sqlite3", quota_bytes=MIN_QUOTA_BYTES)
+    try:
+        link = MqttLink(fast_settings(*persistent_broker.address, names), small, health_source=health_part)
+        link.start()
+        links.append(link)
+        caplog.set_level(logging.WARNING, logger="isic_station.outbox")
+        total = 40
+        for _ in range(total):
+            link.publish_result(sample_result(names["station"], small.next_sequence()))
+        kept = small.stats().depth
+        dropped = small.stats().dropped_total
+        assert kept + dropped == total and dropped > 0
+        assert any("dropped" in r.getMessage() for r in caplog.records)
+        persistent_broker.start()
+        results = rec.wait_count(f"{base}/result", kept, timeout=15)
+        assert [r["sequence"] for r in results] == list(range(dropped + 1, total + 1)), "the newest survive"
+        health = rec.wait_count(f"{base}/health", 1)[-1]
+        assert validation_errors(health, "health") == []
+        assert health["outbox"]["dropped_total"] == dropped
+        wait_until(lambda: small.stats().depth == 0, 5, "the outbox to drain")
+    finally:
+        link.stop(timeout=2.0)
+        small.close()
+    rec.close()
