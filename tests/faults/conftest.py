@@ -9,11 +9,11 @@ stand-in (tests/fakes/tiny_isicnet.py), so the suite does not depend on training
 """
 
 import json
-import os
 import sqlite3
 import subprocess
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
@@ -93,8 +93,13 @@ class OutboxFile:
     def _query(self, sql: str) -> List[Any]:
         if not self.path.exists():
             return []
-        with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0) as db:
-            return db.execute(sql).fetchall()
+        with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0)) as db:
+            try:
+                return db.execute(sql).fetchall()
+            except sqlite3.OperationalError as exc:  # the station is still creating its tables
+                if "no such table" in str(exc):
+                    return []
+                raise
 
     def stored_sequences(self) -> List[int]:
         """Sequence numbers of the results waiting in the outbox, oldest first."""
@@ -194,10 +199,3 @@ def recorder_for(broker: Any, bench: DemoBench, topics: Sequence[str] = ("result
     rec.wait_subscribed(10.0)
     return rec
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
