@@ -141,10 +141,12 @@ install_venv() {
         note "skipped (--skip-venv)"
         return
     fi
-    if [ -x "$ROOT$VENV/bin/python" ]; then
-        note "reusing the existing environment"
+    local wanted
+    wanted=$(python_version "$PYTHON")
+    if [ -x "$ROOT$VENV/bin/python" ] && [ "$(python_version "$ROOT$VENV/bin/python")" = "$wanted" ]; then
+        note "reusing the existing environment (Python $wanted)"
     else
-        run "$PYTHON" -m venv "$ROOT$VENV"
+        run "$PYTHON" -m venv --clear "$ROOT$VENV"
     fi
     local target=$REPO
     if [ "$CPU_FALLBACK" = 1 ]; then
@@ -153,6 +155,10 @@ install_venv() {
     fi
     run "$ROOT$VENV/bin/python" -m pip install --disable-pip-version-check ${PIP_OPTIONS[@]+"${PIP_OPTIONS[@]}"} "$target"
     run cp "$REPO/README.md" "$ROOT$PREFIX/README.md"
+}
+
+python_version() {
+    "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])'
 }
 
 install_config() {
