@@ -1,8 +1,11 @@
 """CameraSource through OpenCV's real codecs: video files, image folders, vanishing sources, timeouts."""
 
+import functools
 import shutil
+import socket
 import threading
 import time
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import List, Tuple
 
@@ -167,3 +170,43 @@ def test_close_from_another_thread_ends_a_read_waiting_to_reconnect(tmp_path):
         camera.read(timeout_s=20.0)
     closer.join()
     assert time.monotonic() - started < 3.0
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A real HTTP server (stdlib) serving tmp_path/www on a free port: (folder, base URL)."""
+    folder = tmp_path / "www"
+    folder.mkdir()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_url_stream_is_read_through_ffmpeg_and_reconnected_when_it_ends(http_folder, write_video):
+    folder, base = http_folder
+    write_video(folder / "stream.avi", [pattern(i) for i in range(4)])
+    with CameraSource(f"{base}/stream.avi", backoff_initial_s=0.05, read_timeout_s=5.0) as camera:
+        positions = [bar_position(f.image) for f in camera.frames(limit=6)]
+        stats = camera.stats()
+    assert positions == [0, 1, 2, 3, 0, 1]
+    assert stats.reconnects_total == 1 and "no frame" in stats.last_error
+
+
+def test_a_url_that_never_answers_fails_within_the_open_timeout():
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/stream.avi"
+        started = time.monotonic()
+        with pytest.raises(DeviceError, match="127.0.0.1"):
+            CameraSource(url, read_timeout_s=1.0).open()
+        assert time.monotonic() - started < 4.0
+    finally:
+        silent.close()
