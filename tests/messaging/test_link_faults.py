@@ -220,3 +220,17 @@ def test_full_quota_during_an_outage_drops_the_oldest_and_health_reports_it(pers
         link.stop(timeout=2.0)
         small.close()
     rec.close()
+
+
+def test_no_broker_never_blocks_publish_or_stop(names, outbox):
+    from conftest import free_port  # the shared conftest's helper
+
+    link = MqttLink(fast_settings("127.0.0.1", free_port(), names), outbox)
+    started = time.monotonic()
+    link.start()
+    for _ in range(5):
+        link.publish_result(sample_result(names["station"], outbox.next_sequence()))
+    time.sleep(0.5)  # a few refused connection attempts
+    link.stop(timeout=1.0)
+    assert time.monotonic() - started < 3.0
+    assert not link.connected and outbox.stats().depth == 5, "the results wait for the next start"

@@ -154,3 +154,9 @@ def test_entries_and_sequence_survive_sigkill(tmp_path):
         assert box.next_sequence() == 26
     finally:
         box.close()
+
+
+def test_read_only_location_is_a_state_dir_error_even_for_root():
+    target = "/proc/isic-station-state/outbox.sqlite3"
+    with pytest.raises(StateDirError, match="/proc/isic-station-state"):
+        Outbox(target)
