@@ -5,6 +5,7 @@ CameraSource's job, so every kind (and the virtual microscope) gets them the sam
 A reader signals a lost source with DeviceError and a finished finite source with EndOfStream.
 """
 
+import abc
 import logging
 import sys
 from pathlib import Path
@@ -24,20 +25,22 @@ class EndOfStream(Exception):
     """A finite source (a file or a folder, not looping) has no more frames."""
 
 
-class FrameReader:
+class FrameReader(abc.ABC):
     """One kind of frame source: `open()` (DeviceError if it cannot), `read()`, `close()`."""
 
     name = "source"
 
+    @abc.abstractmethod
     def open(self) -> None:
-        raise NotImplementedError
+        """Open (or reopen) the source; DeviceError naming it when it cannot be opened."""
 
+    @abc.abstractmethod
     def read(self) -> np.ndarray:
         """The next BGR uint8 frame; DeviceError when the source is lost, EndOfStream when done."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the source (safe to call when it is not open)."""
 
 
 class CaptureReader(FrameReader):

@@ -84,6 +84,7 @@ class VirtualMicroscope(FrameReader):
         self._rng = np.random.default_rng(seed)
         self._frames = 0
         self._unplugged_until = 0.0
+        self._event_done = False
         self._next_frame_at = 0.0
         self._labels: Dict[str, Callable[[np.ndarray], None]] = {}
         self.last_truth: Any = None      # the lab's FrameTruth of the last frame (fibre counts per type)
@@ -129,8 +130,8 @@ class VirtualMicroscope(FrameReader):
         self._next_frame_at = time.monotonic()
 
     def read(self) -> np.ndarray:
-        if self.fault in ("unplug", "stall") and self._frames == self.fault_after:
-            self._frames += 1     # the fault happens once, at this frame
+        if self.fault in ("unplug", "stall") and self._frames == self.fault_after and not self._event_done:
+            self._event_done = True     # these faults happen once, before frame `fault_after`
             if self.fault == "unplug":
                 self._unplugged_until = time.monotonic() + self.fault_s
                 log.info("virtual microscope unplugged for %.1f s (simulated fault)", self.fault_s)
