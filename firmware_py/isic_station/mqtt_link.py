@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -190,7 +190,7 @@ class MqttLink:
         self._subscribe_mid: Optional[int] = None
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._inflight: set = set()
+        self._inflight: Set[int] = set()  # mids of outbox entries handed to paho
         # What callbacks saw, acted on by the loop (callbacks never touch SQLite or block).
         self._events: Deque[Tuple[str, Any]] = collections.deque()
         self._connects = 0

@@ -58,10 +58,11 @@ def build_result(
     `model` is {name, version, sha256}; `timings_ms` is {acquire, preprocess, infer, total};
     `spec` is what `spec_check.check_composition` returned, or None when no lot is set.
     """
-    unknown = sorted(set(flags) - set(RESULT_FLAGS))
+    flag_set = set(flags)
+    unknown = sorted(flag_set - set(RESULT_FLAGS))
     if unknown:
         raise ValueError(f"unknown result flag(s) {unknown}; known: {list(RESULT_FLAGS)}")
-    flag_list = [f for f in RESULT_FLAGS if f in set(flags)]
+    flag_list = [f for f in RESULT_FLAGS if f in flag_set]  # in a stable order
     if spec is not None and not spec["in_spec"] and "out_of_spec" not in flag_list:
         flag_list.append("out_of_spec")
     return {
