@@ -11,6 +11,7 @@ when the MQTT link connects, so it is never part of a logged or printed config.
 
 import argparse
 import copy
+import math
 import os
 import sys
 from dataclasses import dataclass, fields
@@ -179,13 +180,16 @@ def load_config(path: Union[str, Path]) -> Config:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
     return config_from_document(document, base_dir=path.resolve().parent, source=path)
 
 
 def config_from_document(document: Dict[str, Any], base_dir: Path, source: Optional[Path] = None) -> Config:
     """Validate a parsed config document and build the `Config` (paths relative to `base_dir`)."""
     where = f"config file {source}" if source else "config"
-    problems = validation_errors(document, SCHEMA_NAME)
+    problems = validation_errors(document, SCHEMA_NAME) + _non_finite(document)
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(_explain(p, document) for p in problems))
     full = with_defaults(document)
@@ -247,6 +251,13 @@ def mqtt_password(mqtt: MqttSection, environ: Optional[Dict[str, str]] = None) -
             raise ConfigError(f"mqtt.password_credential = '{mqtt.password_credential}': cannot read {cred}: "
                               f"{exc.strerror}") from None
     return None
+
+
+def _non_finite(document: Dict[str, Any]) -> List[str]:
+    """'key: message' for each nan/inf value: TOML allows them and the schema's bounds let nan through."""
+    return [f"{section}.{key}: {value} is not a finite number" for section, table in document.items()
+            if isinstance(table, dict) for key, value in table.items()
+            if isinstance(value, float) and not math.isfinite(value)]
 
 
 def _explain(problem: str, document: Dict[str, Any]) -> str:
