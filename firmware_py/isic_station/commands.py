@@ -50,14 +50,14 @@ def _transaction_of(request: Any) -> Transaction:
 
 def parse_request(name: str, raw: bytes) -> Tuple[Optional[Dict[str, Any]], Transaction, Optional[str]]:
     """(payload without transaction, transaction, error): error names what is wrong, payload is None then."""
-    if name not in COMMAND_NAMES:
-        return None, None, f"unknown command '{name}'; known: {', '.join(COMMAND_NAMES)}"
     text = raw.decode("utf-8", errors="replace").strip()
     try:
         request = json.loads(text) if text else {}
     except ValueError as exc:
         return None, None, f"payload is not valid JSON ({exc}); send a JSON object, e.g. {{}}"
     transaction = _transaction_of(request)
+    if name not in COMMAND_NAMES:
+        return None, transaction, f"unknown command '{name}'; known: {', '.join(COMMAND_NAMES)}"
     if not isinstance(request, dict):
         return None, transaction, f"payload must be a JSON object, got {type(request).__name__}"
     payload = {k: v for k, v in request.items() if k != "transaction"}

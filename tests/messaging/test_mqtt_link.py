@@ -143,7 +143,7 @@ def test_commands_round_trip_with_validation(mqtt_broker, names, make_link, reco
     (crash,) = rec.wait_count(link.topics.response("measure"), 1)
     assert crash["status"] == "error" and "spectrometer timed out" in crash["error"] and crash["transaction"] == 3
     (unknown,) = rec.wait_count(link.topics.response("frobnicate"), 1)
-    assert "unknown command 'frobnicate'" in unknown["error"] and unknown["transaction"] is None
+    assert "unknown command 'frobnicate'" in unknown["error"] and unknown["transaction"] == 4
     (status,) = rec.wait_count(link.topics.response("status"), 1)
     assert status == {"status": "ok", "data": {"lot": "L1"}, "error": None, "transaction": None}
     assert link.connected, "bad commands and a crashing handler leave the link up"
