@@ -1,10 +1,10 @@
 """`isic-station bench mqtt`: what the durable outbox and the MQTT link add to time-to-result.
 
 Publishes `--count` result documents at `--rate` per second through a real Outbox (SQLite WAL,
-synchronous=FULL, in `--state-dir`: use the board's state directory, since an fsync on eMMC costs
-far more than on tmpfs) and a real MqttLink to the broker at `--host:--port`, and reports:
-- `store_ms`: `next_sequence()` + `publish_result()` in the caller (the two committed SQLite writes
-  the pipeline waits for before it can take the next measurement);
+the stored message fsync'd, in `--state-dir`: use the board's state directory, since an fsync on
+eMMC costs far more than on tmpfs) and a real MqttLink to the broker at `--host:--port`, and reports:
+- `store_ms`: `next_sequence()` + `publish_result()` in the caller (two SQLite commits, one of them
+  fsync'd, that the pipeline waits for before it can take the next measurement);
 - `delivered_ms`: from taking the sequence number to the broker's PUBACK (`on_delivered`), i.e. the
   messaging share of trigger-to-PUBACK time (store included);
 - the depth left in the outbox and the wall time.
@@ -26,7 +26,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     """Add `bench mqtt`."""
     parser = subparsers.add_parser(
         "mqtt", help="outbox write and publish-to-PUBACK latency through a real broker",
-        description="Time the durable outbox (SQLite, fsync per commit) and the MQTT link: publish results "
+        description="Time the durable outbox (SQLite, one fsync per stored message) and the MQTT link: publish results "
                     "at a fixed rate to a running broker and report the store and publish-to-PUBACK latency "
                     "percentiles.")
     parser.add_argument("--host", default="127.0.0.1", help="broker host (default 127.0.0.1)")
