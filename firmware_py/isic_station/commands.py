@@ -48,12 +48,17 @@ def _transaction_of(request: Any) -> Transaction:
     return None
 
 
+def _not_a_json_number(token: str) -> Any:
+    """Python's json accepts NaN/Infinity, which are not JSON: a NaN tolerance would pass every check."""
+    raise ValueError(f"{token} is not a JSON number")
+
+
 def parse_request(name: str, raw: bytes) -> Tuple[Optional[Dict[str, Any]], Transaction, Optional[str]]:
     """(payload without transaction, transaction, error): error names what is wrong, payload is None then."""
     text = raw.decode("utf-8", errors="replace").strip()
     try:
-        request = json.loads(text) if text else {}
-    except ValueError as exc:
+        request = json.loads(text, parse_constant=_not_a_json_number) if text else {}
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser allows
         return None, None, f"payload is not valid JSON ({exc}); send a JSON object, e.g. {{}}"
     transaction = _transaction_of(request)
     if name not in COMMAND_NAMES:
