@@ -42,22 +42,24 @@ def session_recorder(broker, topics):
     return rec
 
 
-def test_entries_stay_until_their_puback_arrives(private_broker, names, outbox, links):
-    link = MqttLink(fast_settings(*private_broker.address, names), outbox)
+def test_entries_stay_until_their_puback_arrives_and_in_flight_is_bounded(private_broker, names, outbox, links):
+    link = MqttLink(fast_settings(*private_broker.address, names, max_inflight=2), outbox)
     link.start()
     links.append(link)
     assert link.wait_connected(5)
     private_broker.process.send_signal(signal.SIGSTOP)  # the broker takes the bytes but answers nothing
     try:
-        for _ in range(3):
+        for _ in range(5):
             link.publish_result(sample_result(names["station"], outbox.next_sequence()))
-        wait_until(lambda: outbox.inflight_count() == 3, 5, "the results to be handed to paho")
+        wait_until(lambda: outbox.inflight_count() == 2, 5, "the first results to be handed to paho")
         time.sleep(0.5)
-        assert outbox.stats().depth == 3, "no PUBACK yet: nothing may be deleted"
+        assert outbox.stats().depth == 5, "no PUBACK yet: nothing may be deleted"
+        assert outbox.inflight_count() == 2, "never more than max_inflight unacknowledged"
+        assert [e.row_id for e in outbox.pending(10)] == [3, 4, 5], "the rest waits in the outbox, in order"
     finally:
         private_broker.process.send_signal(signal.SIGCONT)
     wait_until(lambda: outbox.stats().depth == 0, 5, "PUBACKs after the broker resumed")
-    assert link.stats()["published_total"] == 3
+    assert link.stats()["published_total"] == 5
 
 
 def test_broker_down_at_start_then_up_delivers_everything_in_order_as_replayed(
