@@ -15,6 +15,7 @@ def test_bench_camera_json_reports_both_sources(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["frames"] == 4 and report["width"] == 320
     assert set(report["sources"]) == {"virtual", "video_mjpg"}
+    assert report["sample_label"]["frames"] == 4 and report["sample_label"]["ids_read"] >= 1
     for figures in report["sources"].values():
         assert figures["fps"] > 0
         assert figures["frames_passed"] == 4 and figures["measurements"] == 1

@@ -4,6 +4,7 @@ Measured on two sources: the virtual microscope (capture includes the lab's rend
 file written from its frames with OpenCV's MJPG encoder and decoded back (capture = real decoding).
 Every `frames_per_measurement` frames that passed the gate are built into one model input batch,
 as a measurement would; the image parameters come from the shipped model's manifest.
+Separately, the cost of one sample-label (QR) read on labelled virtual frames.
 """
 
 import argparse
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
 from isic_station.errors import ModelError, StationError
+
+LABEL_FRAMES = 20
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -103,6 +106,21 @@ def _write_video(path: Path, frames: int, width: int, height: int, um_per_px: fl
     writer.release()
 
 
+def _measure_label_reads(frames: int, width: int, height: int, um_per_px: float) -> Dict[str, Any]:
+    """Milliseconds per sample-label read on frames of the virtual microscope with a printed QR label."""
+    from isic_drivers.camera import CameraSource
+    from isic_station.sample_label import SampleLabelReader
+
+    reader = SampleLabelReader(every_n=1)
+    source = "virtual:?seed=1&label=1"
+    with CameraSource(source, width=width, height=height, um_per_px=um_per_px) as camera:
+        images = [f.image for f in camera.frames(limit=frames)]
+    started = time.perf_counter()
+    found = sum(reader.read(image) is not None for image in images)
+    elapsed = time.perf_counter() - started
+    return {"frames": len(images), "ms_per_read": round(1000 * elapsed / len(images), 2), "ids_read": found}
+
+
 def run(args: argparse.Namespace) -> int:
     """Measure both sources and print the figures."""
     from isic_drivers.camera import CameraSource
@@ -119,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         with CameraSource(str(video)) as camera:
             results["video_mjpg"] = _measure(camera, args.frames, args.frames_per_measurement,
                                              args.um_per_px, params)
+    label = _measure_label_reads(min(args.frames, LABEL_FRAMES), args.width, args.height, args.um_per_px)
     report = {
         "frames": args.frames,
         "width": args.width,
@@ -127,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         "frames_per_measurement": args.frames_per_measurement,
         "image": dict(params),
         "sources": results,
+        "sample_label": label,
     }
     if args.json:
         print(json.dumps(report))
@@ -138,4 +158,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:10s} {figures['fps']:7.1f} frames/s   capture {figures['capture_ms']:6.2f} ms  "
               f"gate {figures['gate_ms']:5.2f} ms  input {figures['input_ms']:5.2f} ms per frame  "
               f"({figures['frames_passed']} passed the gate, {figures['measurements']} inputs built)")
+    print(f"  sample label (QR) read: {label['ms_per_read']:.2f} ms per frame, {label['ids_read']} of "
+          f"{label['frames']} labelled frames read (run on every Nth frame only; not in the frames/s above)")
     return 0
