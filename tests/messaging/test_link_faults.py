@@ -4,6 +4,7 @@ start, broker restarted mid-stream, the station process killed, credentials and 
 import json
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -236,3 +237,32 @@ def test_no_broker_never_blocks_publish_or_stop(names, outbox):
     link.stop(timeout=1.0)
     assert time.monotonic() - started < 3.0
     assert not link.connected and outbox.stats().depth == 5, "the results wait for the next start"
+
+
+def test_reconnect_attempts_back_off_up_to_the_maximum(names, outbox):
+    """A listener that hangs up on every connection (a broker that is not ready yet) sees the link's
+    attempts spaced by a doubling delay, capped at reconnect_max_s."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    attempts = []
+    link = MqttLink(fast_settings("127.0.0.1", server.getsockname()[1], names, reconnect_min_s=0.1,
+                                  reconnect_max_s=0.4), outbox)
+    link.start()
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            attempts.append(time.monotonic())
+            conn.close()
+    finally:
+        link.stop(timeout=1.0)
+        server.close()
+    gaps = [b - a for a, b in zip(attempts, attempts[1:])]
+    assert len(attempts) >= 4, f"attempts at {attempts}"
+    assert 0.05 <= gaps[0] < 0.3 and gaps[1] >= 0.15 and gaps[2] >= 0.3, f"gaps {gaps}"
+    assert max(gaps) < 0.4 + 0.3, f"gaps {gaps}: the delay is capped"
