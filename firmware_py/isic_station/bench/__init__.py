@@ -12,6 +12,7 @@ BENCH_MODULES = (
     "isic_station.bench.serial_link",
     "isic_station.bench.mqtt",
     "isic_station.bench.camera",
+    "isic_station.bench.pipeline",
 )
 
 
