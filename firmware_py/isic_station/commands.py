@@ -137,6 +137,10 @@ class CommandRouter:
             if item is None:
                 return
             name, raw = item
-            answer = self.handle(name, raw)
+            try:
+                answer = self.handle(name, raw)
+            except Exception as exc:  # validation itself failing must not end the worker (commands would pile up)
+                log.exception("command %s could not be handled", name)
+                answer = response("error", None, f"internal error reading {name}: {type(exc).__name__}", None)
             if self._respond is not None:
                 self._respond(name, answer)

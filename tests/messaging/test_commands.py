@@ -131,3 +131,34 @@ def test_transaction_of_the_wrong_type_is_named_and_not_echoed():
     response = answer(make_router([]), "status", {"transaction": [1, 2]})
     assert response["status"] == "error" and response["transaction"] is None
     assert response["error"].startswith("invalid status payload: transaction:")
+
+
+def test_worker_survives_a_failure_outside_the_handler(monkeypatch):
+    answers = []
+    done = threading.Event()
+
+    def respond(name, response):
+        answers.append(response)
+        if len(answers) == 2:
+            done.set()
+
+    router = CommandRouter({"status": lambda p: {"alive": True}})
+    original = router.handle
+    calls = []
+
+    def handle_failing_once(name, raw):
+        calls.append(name)
+        if len(calls) == 1:
+            raise RecursionError("maximum recursion depth exceeded (injected)")
+        return original(name, raw)
+
+    monkeypatch.setattr(router, "handle", handle_failing_once)
+    router.start(respond)
+    try:
+        router.submit("status", b"{}")
+        router.submit("status", b"{}")
+        assert done.wait(5), f"answers: {answers}"
+    finally:
+        router.stop(timeout=5)
+    assert answers[0]["status"] == "error" and "RecursionError" in answers[0]["error"]
+    assert answers[1] == {"status": "ok", "data": {"alive": True}, "error": None, "transaction": None}
