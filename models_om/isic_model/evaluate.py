@@ -216,18 +216,21 @@ def run_evaluation(
     return result
 
 
+def _cell(value: Optional[float], width: int, scale: float = 1.0, digits: int = 3) -> str:
+    return f"{'-':>{width}}" if value is None else f"{scale * value:{width}.{digits}f}"
+
+
 def _row(name: str, fig: Mapping[str, Any], fibres: Sequence[str], accuracy: Optional[float] = None) -> str:
-    acc = fig.get("accuracy", accuracy)
-    cells = [f"{name:<30}", f"{100 * acc:6.1f}" if acc is not None else f"{'-':>6}", f"{fig['mae']:7.3f}"]
-    cells += [f"{fig['mae_per_fibre'].get(f, float('nan')):8.3f}" for f in fibres]
-    cells += [f"{fig['mae_per_blend'].get(b, float('nan')):9.3f}" for b in SEED_BLENDS]
+    cells = [f"{name:<36}", _cell(fig.get("accuracy", accuracy), 6, 100.0, 1), _cell(fig["mae"], 6)]
+    cells += [_cell(fig["mae_per_fibre"].get(f), 9) for f in fibres]
+    cells += [_cell(fig["mae_per_blend"].get(b), 15) for b in SEED_BLENDS]
     return " ".join(cells)
 
 
 def format_table(result: Mapping[str, Any], fibres: Sequence[str]) -> str:
     """The seed's layout: accuracy, MAE, MAE per fibre, MAE per binary blend; one row per method."""
-    head = [f"{'method':<30}", f"{'acc %':>6}", f"{'MAE':>7}"] + [f"{f[:8]:>8}" for f in fibres]
-    head += [f"{b.replace('polyester', 'poly').replace('viscose', 'visc')[:9]:>9}" for b in SEED_BLENDS]
+    head = [f"{'method':<36}", f"{'acc %':>6}", f"{'MAE':>6}"] + [f"{f:>9}" for f in fibres]
+    head += [f"{b:>15}" for b in SEED_BLENDS]
     lines = [
         f"{result['model']}: preset {result['preset']}, seed {result['seed']}, {result['samples']} measurements"
         + (f", overrides {result['overrides']}" if result["overrides"] else ""),
@@ -241,10 +244,11 @@ def format_table(result: Mapping[str, Any], fibres: Sequence[str]) -> str:
     if base:
         lines.append(_row(f"PLS ({base['pls']['components']} LV) + SVM", base["pls"], fibres, base["svm"]["accuracy"]))
         lines.append(
-            f"{'PLS-DA (' + str(base['plsda']['components']) + ' LV)':<30} {100 * base['plsda']['accuracy']:6.1f}"
+            f"{'PLS-DA (' + str(base['plsda']['components']) + ' LV)':<36} {100 * base['plsda']['accuracy']:6.1f}"
         )
         lines.append(f"baselines fitted on {base['train_samples']} training-seed spectra; {base['preprocessing']}")
         lines.append(f"ISiC-Net MAE / PLS MAE = {result['mae_ratio_to_pls']:.2f}")
+    lines.append("MAE: mean |predicted - true| fraction over the fibres each sample contains; '-': no such samples")
     return "\n".join(lines)
 
 

@@ -1,0 +1,63 @@
+"""`isic-model evaluate`: the JSON contract and the table, on a tiny model trained here."""
+
+import json
+
+import pytest
+
+from isic_model.cli import main
+
+from .test_train import TINY
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    config = folder / "tiny.toml"
+    config.write_text(TINY.format(work=folder / "work"))
+    assert main(["train", "--config", str(config), "--out", str(folder / "model"), "--ablation", "--no-evaluate"]) == 0
+    return folder / "model"
+
+
+def test_json_has_the_contract_keys_and_figures_in_range(tiny_model, capsys):
+    rc = main(
+        ["evaluate", "--model", str(tiny_model), "--seed", "9", "--samples", "3", "--json", "--set", "humidity=0.9"]
+    )
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in (
+        "accuracy",
+        "mae",
+        "mae_per_fibre",
+        "mae_per_blend",
+        "signal_only",
+        "baselines",
+        "ablation",
+        "preset",
+        "seed",
+        "samples",
+    ):
+        assert key in result
+    assert result["seed"] == 9 and result["samples"] == 3 and result["overrides"] == {"humidity": 0.9}
+    assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["mae"] <= 1.0
+    assert set(result["ablation"]) == {"signal", "full"}
+    assert result["ablation"]["full"]["mae"] == result["mae"]
+    assert {"pls", "svm", "plsda"} <= set(result["baselines"])
+    assert set(result["mae_per_fibre"]) <= {"cotton", "linen", "viscose", "polyester", "nylon"}
+
+
+def test_same_seed_same_figures_and_table_output(tiny_model, capsys):
+    args = ["evaluate", "--model", str(tiny_model / "manifest.json"), "--seed", "5", "--samples", "2", "--no-baselines"]
+    assert main(args + ["--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(args + ["--json"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    first.pop("seconds"), second.pop("seconds")
+    assert first == second
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "ISiC-Net (bimodal)" in table and "signal-only path" in table and "cotton/linen" in table
+
+
+def test_unknown_override_is_a_config_error(tiny_model, capsys):
+    rc = main(["evaluate", "--model", str(tiny_model), "--seed", "5", "--samples", "1", "--set", "gravity=2"])
+    assert rc == 78 and "gravity" in capsys.readouterr().err

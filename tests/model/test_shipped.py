@@ -1,0 +1,70 @@
+"""The shipped model: what the station loads, what ATC can compile, and figures that reproduce."""
+
+import json
+
+import pytest
+
+from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
+from isic_model.evaluate import run_evaluation
+from isic_model.export import graph_op_types, graph_problems, load_allowlist
+from isic_station.manifest import load_manifest, verify_graph_file
+
+METRIC_KEYS = (
+    "accuracy",
+    "mae",
+    "mae_per_fibre",
+    "mae_per_blend",
+    "signal_only",
+    "baselines",
+    "preset",
+    "seed",
+    "samples",
+)
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return load_manifest(SHIPPED_MANIFEST)
+
+
+def test_station_loads_the_manifest_and_the_checksums_match(manifest):
+    assert set(manifest.graphs) >= {"bimodal", "signal_only"}
+    for graph in manifest.graphs.values():
+        verify_graph_file(graph)
+        assert graph.onnx_path.stat().st_size < 4_000_000  # "a few MB at most"
+    tiles = manifest.image["tiles_per_measurement"]
+    assert manifest.graphs["bimodal"].inputs[0].shape == (tiles, len(manifest.spectrum["wavelengths_nm"]))
+    assert manifest.graphs["signal_only"].output("composition").shape == (1, len(manifest.fibres))
+
+
+def test_every_shipped_graph_is_atc_ready():
+    allowlist = load_allowlist()
+    graphs = sorted(SHIPPED_DIR.rglob("*.onnx"))
+    assert graphs, f"no .onnx under {SHIPPED_DIR}"
+    for path in graphs:
+        assert graph_op_types(path) <= allowlist, path
+        assert graph_problems(path, allowlist) == [], path
+
+
+def test_metrics_come_from_a_heldout_seed_with_the_contract_keys(manifest):
+    metrics, training = manifest.raw["metrics"], manifest.raw["training"]
+    assert all(key in metrics for key in METRIC_KEYS)
+    assert metrics["seed"] == training["heldout_seed"] != training["seed"]
+    assert metrics["preset"] == training["preset"] == "default"
+    assert {"pls", "svm", "plsda"} <= set(metrics["baselines"])
+
+
+def test_evaluate_on_the_heldout_seed_reproduces_the_recorded_run(manifest):
+    check = manifest.raw["training"]["check_run"]
+    result = run_evaluation(
+        SHIPPED_MANIFEST,
+        check["seed"],
+        check["samples"],
+        check["preset"],
+        baselines=False,
+        ablation=False,
+        progress=False,
+    )
+    assert result["accuracy"] == check["accuracy"]
+    assert result["mae"] == pytest.approx(check["mae"], abs=2e-4)
+    assert json.dumps(result["signal_only"], sort_keys=True) == json.dumps(check["signal_only"], sort_keys=True)
