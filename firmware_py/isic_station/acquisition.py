@@ -112,23 +112,37 @@ class Acquirer:
         self.frames_per_measurement = frames_per_measurement
         self.min_signal_fraction = min_signal_fraction
         self.frame_timeout_s = frame_timeout_s
-        self._wavelengths: Optional[np.ndarray] = None
-        self._serial: Optional[str] = None
+        self.wavelengths_nm = np.zeros(0)
+        self.serial_number = ""
+        self._prepared_at_open = -1
         self.camera_failures = 0
 
-    @property
-    def wavelengths_nm(self) -> np.ndarray:
-        """The instrument's wavelength axis (read once from the spectrometer, then kept)."""
-        if self._wavelengths is None:
-            self._wavelengths = np.asarray(self.spectrometer.wavelengths(), dtype=np.float64)
-        return self._wavelengths
+    def prepare(self) -> None:
+        """Set the integration time and read the serial number and wavelength axis, again after every
+        reopen of the serial port (a power-cycled or swapped instrument forgets its settings).
+        DeviceError when the instrument does not answer."""
+        transport = self.spectrometer.transport
+        if self._prepared_at_open == transport.stats.opens and transport.is_open:
+            return
+        self.spectrometer.set_integration_time_us(self.integration_us)
+        serial_number = str(self.spectrometer.serial_number())
+        self.wavelengths_nm = np.asarray(self.spectrometer.wavelengths(), dtype=np.float64)
+        if serial_number != self.serial_number:
+            log.info("spectrometer %s on %s: integration %d us, %d pixels %.0f-%.0f nm, %d scans co-added",
+                     serial_number, transport.port, self.integration_us, len(self.wavelengths_nm),
+                     self.wavelengths_nm[0], self.wavelengths_nm[-1], self.coadd)
+        self.serial_number = serial_number
+        self._prepared_at_open = transport.stats.opens
 
-    @property
-    def serial_number(self) -> str:
-        """The instrument's serial number (read once, then kept): references must come from the same one."""
-        if self._serial is None:
-            self._serial = str(self.spectrometer.serial_number())
-        return self._serial
+    def _coadded_counts(self) -> np.ndarray:
+        """Co-added counts taken with the instrument prepared; measured again once if the port was reopened
+        (and the instrument possibly reset) in the middle."""
+        self.prepare()
+        counts = self.spectrometer.coadd(self.coadd)
+        if self._prepared_at_open != self.spectrometer.transport.stats.opens:
+            self.prepare()
+            counts = self.spectrometer.coadd(self.coadd)
+        return counts
 
     def take_reference(self, kind: str) -> Any:
         """Capture and store a dark or white reference (more scans than a measurement: it is reused).
@@ -136,6 +150,7 @@ class Acquirer:
         A white reference that clips at full scale would make every reflectance wrong where it clips,
         so it is refused (NotCalibrated, naming the integration time) before anything is stored.
         """
+        self.prepare()
         if kind == "white":
             peak = float(np.max(self.spectrometer.raw_spectrum()))
             if peak >= SATURATION_FRACTION * FULL_SCALE_COUNTS:
@@ -149,7 +164,7 @@ class Acquirer:
         station, lot_id = self._context()
         measured_at = datetime.now(timezone.utc)
         started = time.monotonic()
-        counts = self.spectrometer.coadd(self.coadd)
+        counts = self._coadded_counts()
         wavelengths = self.wavelengths_nm
         reflectance, calibration_flags = self.calibration.reflectance(counts, serial=self.serial_number,
                                                                       integration_us=self.integration_us)

@@ -5,9 +5,10 @@
     MQTT cmd/<name> -> CommandRouter -> the handlers here ; health <- Station.health_source()
 
 Start-up order is what systemd's READY=1 promises: outbox (state directory writable), model and
-backend (sha256 checked), devices opened, pipeline and MQTT link running. A device that is absent
-at start does not stop the station: it starts degraded, says so in STATUS=, and the drivers keep
-reconnecting. A broker that is absent never matters to start-up: results wait in the outbox.
+backend (sha256 checked), MQTT link (it never waits for the broker: results wait in the outbox),
+devices opened and prepared, pipeline running. A device that is absent at start does not stop the
+station: it starts degraded, says so in STATUS= and with a device_fault alarm, and the drivers keep
+reconnecting; STATUS= follows every later fault and recovery too.
 Shutdown (SIGTERM/SIGINT): STOPPING=1, stop taking measurements, finish those already taken,
 flush the outbox to the broker within the flush timeout, disconnect, close the devices.
 """
@@ -26,7 +27,7 @@ from isic_station.commands import CommandError, CommandRouter
 from isic_station.config import Config, mqtt_password
 from isic_station.errors import DeviceError, StationError
 from isic_station.outbox import Outbox
-from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, percentile
+from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, PipelineStats, percentile
 from isic_station.results import build_alarm, build_result, out_of_spec_alarm
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
 from isic_station.spec_check import InvalidLotSpec, LotSpec, check_composition
@@ -148,8 +149,8 @@ class Station:
         self.calibration: Any = None
         self._transport: Any = None
         self._camera: Any = None
-        self.degraded: Dict[str, str] = {}
         self._faults: Dict[str, str] = {}  # device -> fault message, while an alarm is standing
+        self._running = threading.Event()  # set once the pipeline runs; commands wait for it
 
     # ----- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -160,15 +161,8 @@ class Station:
         self.notifier.status("Starting: loading the model")
         self._load_model()
         self.watchdog.progress("model loaded")
-        self.notifier.status("Starting: opening the devices")
-        self._open_devices()
-        self.watchdog.progress("devices opened")
-        self.pipeline = Pipeline(
-            self._acquire, self._take_reference, self._process,
-            continuous_interval_s=c.mode.interval_s if c.mode.kind == "continuous" else None,
-            queue_size=c.pipeline.queue_size, on_progress=self.watchdog.progress,
-            stall_after_s=self.watchdog.stall_after_s if self.watchdog.enabled else 30.0,
-        )
+        # The link never waits for the broker; started before the devices so a device missing at
+        # start raises its alarm like any later fault (commands wait for the pipeline: see _wait).
         router = CommandRouter({
             "measure": self.cmd_measure, "set_lot": self.cmd_set_lot, "calibrate": self.cmd_calibrate,
             "reload_model": self.cmd_reload_model, "status": self.cmd_status,
@@ -179,7 +173,18 @@ class Station:
                              ha_fibres=self._manifest.fibres, sw_version=__version__,
                              on_delivered=self.time_to_result.acked)
         self.link.start()
-        self.pipeline.start()
+        self.notifier.status("Starting: opening the devices")
+        self._open_devices()
+        self.watchdog.progress("devices opened")
+        pipeline = Pipeline(
+            self._acquire, self._take_reference, self._process,
+            continuous_interval_s=c.mode.interval_s if c.mode.kind == "continuous" else None,
+            queue_size=c.pipeline.queue_size, on_progress=self.watchdog.progress,
+            stall_after_s=self.watchdog.stall_after_s if self.watchdog.enabled else 30.0,
+        )
+        pipeline.start()
+        self.pipeline = pipeline
+        self._running.set()
         self.watchdog.start()
         summary = self.status_line()
         log.info("station %s running: %s", c.station.id, summary)
@@ -233,33 +238,27 @@ class Station:
         c = self.config
         self._transport = SerialTransport(c.spectrometer.port, c.spectrometer.baud,
                                           read_timeout_s=c.spectrometer.timeout_s)
-        spectrometer = ObpSpectrometer(self._transport)
-        serial_number = "unknown"
-        try:
-            self._transport.open()
-            serial_number = spectrometer.serial_number()
-            spectrometer.set_integration_time_us(c.spectrometer.integration_us)
-            log.info("spectrometer %s on %s, integration %d us, %d scans co-added", serial_number,
-                     c.spectrometer.port, c.spectrometer.integration_us, c.spectrometer.coadd)
-        except DeviceError as exc:
-            self.degraded["spectrometer"] = str(exc)
-            log.error("spectrometer not available at start (%s); starting degraded, reconnecting", exc)
         self.calibration = CalibrationStore(c.calibration.dir, max_age_s=c.calibration.max_age_h * 3600.0)
         if c.camera.source and camera:
             self._camera = CameraSource(c.camera.source, c.camera.width, c.camera.height, c.camera.fps,
                                         c.camera.um_per_px)
-            try:
-                self._camera.open()
-            except DeviceError as exc:
-                self.degraded["camera"] = str(exc)
-                log.error("camera not available at start (%s); measuring signal-only until it is back", exc)
         self.acquirer = Acquirer(
-            spectrometer, self._camera, QualityGate(quality_thresholds(c)),
+            ObpSpectrometer(self._transport), self._camera, QualityGate(quality_thresholds(c)),
             SampleLabelReader() if self._camera is not None else None,
             calibration=self.calibration, integration_us=c.spectrometer.integration_us, context=self._context,
             coadd=c.spectrometer.coadd, frames_per_measurement=c.camera.frames_per_measurement,
             min_signal_fraction=c.quality.min_signal_fraction,
         )
+        try:
+            self._transport.open()
+            self.acquirer.prepare()
+        except DeviceError as exc:
+            self._device_state("spectrometer", f"not available at start ({exc}); reconnecting")
+        if self._camera is not None:
+            try:
+                self._camera.open()
+            except DeviceError as exc:
+                self._device_state("camera", f"not available at start ({exc}); measuring signal-only")
 
     def _context(self) -> Tuple[str, Optional[str]]:
         return self.config.station.id, self._lot_id
@@ -284,15 +283,22 @@ class Station:
         if fault is None:
             if self._faults.pop(device, None) is not None:
                 log.warning("%s works again", device)
+                self._update_status()
             return
         if device in self._faults:
             return
         self._faults[device] = fault
         log.error("%s fault: %s", device, fault)
+        self._update_status()
         if self.link is not None:
             self.link.publish_alarm(build_alarm(
                 station=self.config.station.id, kind="device_fault", severity="critical",
                 message=f"{device}: {fault}", details={"device": device}))
+
+    def _update_status(self) -> None:
+        """Refresh the STATUS= line for `systemctl status` once the station is running."""
+        if self.pipeline is not None:
+            self.notifier.status(self.status_line())
 
     # ----- calibration (runs on the acquisition thread) ---------------------------------------
     def _take_reference(self, job: CalibrateJob) -> Dict[str, Any]:
@@ -337,10 +343,16 @@ class Station:
                 "flags": doc["flags"]}
 
     # ----- commands (the router's worker thread) -----------------------------------------------
+    def _until_running(self) -> Pipeline:
+        """The pipeline, once start-up has finished (a command that arrives during start-up waits for it)."""
+        if not self._running.wait(COMMAND_TIMEOUT_S) or self.pipeline is None:
+            raise CommandError(f"the station did not finish starting within {COMMAND_TIMEOUT_S:.0f} s")
+        return self.pipeline
+
     def _wait(self, job: Any, what: str) -> Dict[str, Any]:
-        assert self.pipeline is not None
+        pipeline = self._until_running()
         try:
-            future = self.pipeline.submit(job)
+            future = pipeline.submit(job)
         except PipelineBusy as exc:
             raise CommandError(f"station busy: {exc}") from None
         try:
@@ -380,8 +392,8 @@ class Station:
 
     def cmd_status(self, payload: Dict[str, Any]) -> Dict[str, Any]:
         """Mode, lot, model, devices, pipeline counters (skipped, rejected), outbox and time-to-result."""
-        assert self.pipeline is not None and self.outbox is not None
-        stats = self.pipeline.stats.snapshot()
+        pipeline = self._until_running()
+        stats = pipeline.stats.snapshot()
         return {
             "station": self.config.station.id,
             "mode": self.config.mode.kind,
@@ -391,7 +403,7 @@ class Station:
             "backend": self._predictor.backend.name,
             "devices": self.acquirer.device_states() if self.acquirer else {},
             "calibration": self.calibration_ages(),
-            "pipeline": {**stats["counts"], **self.pipeline.depth, "results_per_minute": stats["results_per_minute"],
+            "pipeline": {**stats["counts"], **pipeline.depth, "results_per_minute": stats["results_per_minute"],
                          "inference_ms": stats["inference_ms"], "acquire_ms": stats["acquire_ms"]},
             "time_to_result_ms": self.time_to_result.summary(),
             "outbox": self.outbox.stats().to_dict(),
@@ -405,8 +417,7 @@ class Station:
 
     def health_source(self) -> Dict[str, Any]:
         """The station's part of the health document (the link adds outbox and MQTT figures)."""
-        assert self.pipeline is not None
-        stats = self.pipeline.stats.snapshot()
+        stats = (self.pipeline.stats if self.pipeline is not None else PipelineStats()).snapshot()
         return {
             "uptime_s": time.monotonic() - self._started_at,
             "results": {"total": stats["counts"]["results"], "per_minute": stats["results_per_minute"]},
@@ -420,8 +431,8 @@ class Station:
         c = self.config
         mode = f"continuous every {c.mode.interval_s:g} s" if c.mode.kind == "continuous" else "triggered"
         text = f"{mode}; model {self._manifest.name} {self._manifest.version} on {self._predictor.backend.name}"
-        if self.degraded:
-            text += "; DEGRADED: " + "; ".join(f"{k}: {v}" for k, v in self.degraded.items())
+        if self._faults:
+            text += "; DEGRADED: " + "; ".join(f"{k}: {v}" for k, v in self._faults.items())
         return text
 
 
@@ -451,9 +462,9 @@ def calibrate_once(config: Config, reference: str) -> str:
     station = Station(config, notifier=ServiceNotifier(None))
     station._open_devices(camera=False)
     try:
-        if "spectrometer" in station.degraded:
+        if "spectrometer" in station._faults:
             raise DeviceError(f"spectrometer on {config.spectrometer.port} cannot be used: "
-                              f"{station.degraded['spectrometer']}")
+                              f"{station._faults['spectrometer']}")
         saved = station._take_reference(CalibrateJob(reference))
     finally:
         station._transport.close()

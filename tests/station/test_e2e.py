@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from fakes.tiny_isicnet import write_tiny_model
-from isic_station.demo import DemoBench, ResultWatcher, station_command
+from isic_station.demo import DemoBench, ResultWatcher, free_port, station_command
 from isic_station.schemas import validation_errors
 
 WAIT_S = 30.0
@@ -110,9 +110,16 @@ def watch(bench: DemoBench) -> Iterator[Watch]:
                             [f"{bench.topic_base}/#", f"homeassistant/+/{node_id(bench.station_id)}/+/config"])
     w = Watch(watcher)
     bench.start_station()
-    w.wait_for(lambda t, d: t == f"{bench.topic_base}/status" and d.get("state") == "online", timeout_s=60)
+    wait_until_serving(w, bench)
     yield w
     watcher.close()
+
+
+def wait_until_serving(w: Watch, bench: DemoBench) -> None:
+    """Online, and subscribed to its commands: the link subscribes before its first health document,
+    and the broker handles one client's packets in order."""
+    w.wait_for(lambda t, d: t == f"{bench.topic_base}/status" and d.get("state") == "online", timeout_s=60)
+    w.wait_for(lambda t, d: t == f"{bench.topic_base}/health", timeout_s=60)
 
 
 def put_named_sample(bench: DemoBench, sample_id: str, composition: Dict[str, float]) -> None:
@@ -256,8 +263,6 @@ def test_zzz_doctor_passes_on_the_bench(bench: DemoBench) -> None:
 
 
 def test_doctor_says_what_is_wrong(tmp_path: Path) -> None:
-    from conftest import free_port
-
     config = tmp_path / "broken.toml"
     config.write_text(f"""[station]
 id = "broken"
@@ -289,7 +294,7 @@ def test_an_uncalibrated_station_asks_for_calibration_and_calibrates_over_mqtt(t
         w = Watch(watcher)
         try:
             fresh.start_station()
-            w.wait_for(lambda t, d: t == f"{fresh.topic_base}/status" and d.get("state") == "online", timeout_s=60)
+            wait_until_serving(w, fresh)
             fresh.put_line(seed=1, dwell_s=60.0)
             answer = w.command(fresh, "measure", {"transaction": "uncalibrated"})
             assert answer["status"] == "error" and "calibrate dark, then white" in answer["error"], answer
