@@ -76,11 +76,12 @@ class CameraSection:
 class QualitySection:
     """Thresholds of the frame quality gate and the spectrum signal check."""
 
-    min_focus: float
-    max_clipped_high: float
-    max_clipped_low: float
-    min_coverage: float
     min_signal_fraction: float
+    # None: the quality gate's own default (one source of truth: isic_station.quality_gate.GateThresholds)
+    min_focus: Optional[float] = None
+    max_clipped_high: Optional[float] = None
+    max_clipped_low: Optional[float] = None
+    min_coverage: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,12 @@ def reference_markdown() -> str:
         for key, prop in spec["properties"].items():
             kind = " \\| ".join(f"`{v}`" for v in prop["enum"]) if "enum" in prop else prop.get("type", "")
             required = key in spec.get("required", [])
-            default = "required" if required else f"`{_toml_value(prop.get('default'))}`"
+            if required:
+                default = "required"
+            elif "default" in prop:
+                default = f"`{_toml_value(prop['default'])}`"
+            else:
+                default = "see meaning"
             lines.append(f"| `{section}.{key}` | {kind} | {default} | {prop.get('description', '')} |")
     return "\n".join(lines) + "\n"
 

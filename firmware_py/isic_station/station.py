@@ -50,12 +50,13 @@ def manifest_path(config: Config) -> Path:
 
 
 def quality_thresholds(config: Config) -> Any:
-    """The quality gate's `GateThresholds` from the [quality] section."""
+    """The quality gate's `GateThresholds`: the [quality] keys that are set, the gate's defaults for the rest."""
+    from dataclasses import fields
+
     from isic_station.quality_gate import GateThresholds
 
-    q = config.quality
-    return GateThresholds(min_focus=q.min_focus, max_clipped_high=q.max_clipped_high,
-                          max_clipped_low=q.max_clipped_low, min_coverage=q.min_coverage)
+    configured = {f.name: getattr(config.quality, f.name, None) for f in fields(GateThresholds)}
+    return GateThresholds(**{k: v for k, v in configured.items() if v is not None})
 
 
 def mqtt_settings(config: Config) -> Any:
