@@ -312,21 +312,43 @@ def seconds_between(measured_at: str, received_at: float) -> float:
     return received_at - moment.timestamp()
 
 
-def result_line(doc: Dict[str, Any], received_at: float) -> str:
-    """One console line for a result: seq, sample, composition, blend, confidence, flags, time-to-result.
+def composition_text(composition: Dict[str, float]) -> str:
+    """`polyester 85.0% nylon 15.0%`: fibres from most to least, those below 0.5 % left out."""
+    return " ".join(f"{k} {v * 100:4.1f}%" for k, v in sorted(composition.items(), key=lambda kv: -kv[1])
+                    if v >= 0.005)
+
+
+def result_line(doc: Dict[str, Any], received_at: float, truth: Optional[Dict[str, float]] = None) -> str:
+    """One console line for a result: seq, sample, composition, blend, confidence, flags, time-to-result,
+    and, when known (the simulated line's sample), the true composition.
 
     Time-to-result here is what the viewer sees: from the measurement's start to its arrival, minus
     the acquisition time.
     """
     ttr_ms = seconds_between(doc["measured_at"], received_at) * 1000.0 - doc["timings_ms"]["acquire"]
-    composition = " ".join(f"{k} {v * 100:4.1f}%" for k, v in sorted(doc["composition"].items(),
-                                                                       key=lambda kv: -kv[1]) if v >= 0.005)
+    composition = composition_text(doc["composition"])
     flags = ",".join(doc["flags"]) or "-"
     spec = ""
     if doc.get("spec"):
         spec = " IN SPEC" if doc["spec"]["in_spec"] else " OUT OF SPEC"
     return (f"#{doc['sequence']:<5} {str(doc['sample_id']):<28} {composition:<44} {doc['blend']:<22} "
-            f"conf {doc['confidence']:.2f}  flags {flags:<20} ttr {ttr_ms:6.0f} ms{spec}")
+            f"conf {doc['confidence']:.2f}  flags {flags:<20} ttr {ttr_ms:6.0f} ms{spec}"
+            + (f"  (true: {composition_text(truth)})" if truth else ""))
+
+
+def line_truth(stage_path: Path, sample_id: Optional[str]) -> Optional[Dict[str, float]]:
+    """The true composition of a sample of the production line on the stage file, from its id (L<seed>-<index>)."""
+    from isic_drivers.lab.stage import ProductionLine
+
+    try:
+        line = json.loads(stage_path.read_text(encoding="utf-8"))
+        if line.get("kind") != "line" or not sample_id or not sample_id.startswith(f"L{line['seed']}-"):
+            return None
+        index = int(sample_id.rsplit("-", 1)[1])
+        return dict(ProductionLine(int(line["seed"]), float(line["dwell_s"]), str(line.get("preset", "default")),
+                                   dict(line.get("overrides", {}))).sample(index).composition)
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def process_figures(pid: int) -> Dict[str, float]:
@@ -397,7 +419,7 @@ def _watch(bench: DemoBench, watcher: ResultWatcher, args: argparse.Namespace) -
             doc = json.loads(raw)
             if topic.endswith("/result"):
                 received += 1
-                print(result_line(doc, at), flush=True)
+                print(result_line(doc, at, line_truth(bench.stage_path, doc["sample_id"])), flush=True)
             elif topic.endswith("/alarm"):
                 print(f"ALARM  {doc['kind']}: {doc['message']}", flush=True)
     except KeyboardInterrupt:
