@@ -20,3 +20,21 @@ def test_demo_shows_results_and_stats(tmp_path: Path) -> None:
     assert "station stopped with exit code 0" in proc.stdout
     assert re.search(r"time-to-result .* p50 [\d.]+ ms, p99 [\d.]+ ms", proc.stdout), proc.stdout
     assert re.search(r"RSS \d+ MiB, CPU [\d.]+ %", proc.stdout), proc.stdout
+
+
+def test_demo_starts_its_own_broker_when_none_answers(tmp_path: Path, monkeypatch) -> None:
+    """A fresh machine: nothing on the usual broker address, so the demo starts `mosquitto -p <free port>`."""
+    from isic_station import demo
+
+    monkeypatch.setattr(demo, "LOCAL_BROKER", ("127.0.0.1", demo.free_port()))
+    broker = demo.Broker(tmp_path).start()
+    try:
+        assert broker.started_here and broker.port != demo.LOCAL_BROKER[1]
+        watcher = demo.ResultWatcher(broker.host, broker.port, ["probe/#"])  # subscribes: a real MQTT broker
+        watcher.client.publish("probe/x", b"1", qos=1)
+        topic, payload, _ = watcher.messages.get(timeout=10)
+        assert (topic, payload) == ("probe/x", b"1")
+        watcher.close()
+    finally:
+        broker.stop()
+    assert broker.process is None and not demo.port_answers(broker.host, broker.port)
