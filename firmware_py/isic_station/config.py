@@ -13,6 +13,7 @@ import argparse
 import copy
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -192,7 +193,7 @@ def config_from_document(document: Dict[str, Any], base_dir: Path, source: Optio
     where = f"config file {source}" if source else "config"
     problems = validation_errors(document, SCHEMA_NAME) + _non_finite(document)
     if problems:
-        raise ConfigError(f"{where}: " + "; ".join(_explain(p, document) for p in problems))
+        raise ConfigError(f"{where}: " + "; ".join(_explain(p) for p in problems))
     full = with_defaults(document)
     station = dict(full["station"])
     station["state_dir"] = _state_dir(station["state_dir"], base_dir)
@@ -261,17 +262,30 @@ def _non_finite(document: Dict[str, Any]) -> List[str]:
             if isinstance(value, float) and not math.isfinite(value)]
 
 
-def _explain(problem: str, document: Dict[str, Any]) -> str:
-    """Add the key's description from the schema to a 'key: message' violation, so it says what is expected."""
-    key, _, message = problem.partition(": ")
-    prop = _schema_property(key.split(".")) if key != "<top>" else None
+def _explain(problem: str) -> str:
+    """Turn a 'path: message' schema violation into one that names the key and says what is expected
+    (the key's description from the schema, or the keys allowed where an unknown one was found)."""
+    path, _, message = problem.partition(": ")
+    prefix = "" if path == "<top>" else path + "."
+    missing = re.match(r"'([^']+)' is a required property", message)
+    if missing:
+        key = prefix + missing.group(1)
+        prop = _schema_property(key.split(".")) or {}
+        if "properties" in prop:
+            needed = ", ".join(f"{key}.{k}" for k in prop.get("required", [])) or "its keys"
+            return f"section [{key}] is missing (it must hold at least {needed})"
+        return f"key {key} is missing (expected: {prop.get('description', 'a value')})"
+    unknown = re.match(r"Additional properties are not allowed \((.+) (?:was|were) unexpected\)", message)
+    if unknown:
+        names = ", ".join(prefix + n for n in re.findall(r"'([^']+)'", unknown.group(1)))
+        node = _schema_property(path.split(".")) if path != "<top>" else load_schema(SCHEMA_NAME)
+        allowed = ", ".join(sorted((node or {}).get("properties", {})))
+        where = f"[{path}]" if path != "<top>" else "the top level"
+        return f"unknown key {names} (allowed in {where}: {allowed})"
+    prop = _schema_property(path.split(".")) if path != "<top>" else None
     if prop and prop.get("description"):
-        return f"key {key}: {message} (expected: {prop['description']})"
-    if "Additional properties" in message:
-        section = load_schema(SCHEMA_NAME)["properties"].get(key, {}) if key != "<top>" else load_schema(SCHEMA_NAME)
-        allowed = ", ".join(sorted(section.get("properties", {})))
-        return f"{'key ' + key if key != '<top>' else 'top level'}: {message} (allowed: {allowed})"
-    return f"key {key}: {message}"
+        return f"key {path}: {message} (expected: {prop['description']})"
+    return f"key {path}: {message}"
 
 
 def _schema_property(path: List[str]) -> Optional[Dict[str, Any]]:
