@@ -41,3 +41,16 @@ def test_an_empty_field_gives_tiles_without_fibre_which_the_info_reports(labelle
         empty = camera.read().image
     info = build_image_input([empty], 1.0, dict(PARAMS, tiles_per_measurement=4))
     assert info.fibre_tiles == 0
+
+
+def test_virtual_lab_frames_come_back_from_the_video_in_order_and_close_to_what_was_written(
+        tmp_path, labelled_stage, write_video):
+    with CameraSource(f"virtual:?stage={labelled_stage.path}&seed=9&width=320&height=240") as camera:
+        written = [f.image for f in camera.frames(limit=6)]
+    write_video(tmp_path / "lab.avi", written)
+    with CameraSource(str(tmp_path / "lab.avi")) as camera:
+        decoded = list(camera.frames())
+    assert [f.index for f in decoded] == list(range(6))
+    differences = np.array([[np.abs(d.image.astype(int) - w.astype(int)).mean() for w in written] for d in decoded])
+    assert (differences.argmin(axis=1) == np.arange(6)).all()       # each frame is its own, in order
+    assert differences.diagonal().max() < 6.0                         # MJPG loses little (grey levels)
