@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -360,7 +361,7 @@ class Station:
             return future.result(timeout=COMMAND_TIMEOUT_S)
         except StationError as exc:
             raise CommandError(f"{what} failed: {exc}") from None
-        except TimeoutError:
+        except FutureTimeout:  # not the builtin TimeoutError before Python 3.11
             raise CommandError(f"{what} did not finish within {COMMAND_TIMEOUT_S:.0f} s") from None
 
     def cmd_measure(self, payload: Dict[str, Any]) -> Dict[str, Any]:
