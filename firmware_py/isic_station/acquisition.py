@@ -115,7 +115,6 @@ class Acquirer:
         self.wavelengths_nm = np.zeros(0)
         self.serial_number = ""
         self._prepared_at_open = -1
-        self.camera_failures = 0
 
     def prepare(self) -> None:
         """Set the integration time and read the serial number and wavelength axis, again after every
@@ -197,7 +196,6 @@ class Acquirer:
                     break
                 frames.append(frame.image)
         except DeviceError as exc:
-            self.camera_failures += 1
             log.warning("camera gave %d of %d frames (%s); measuring with what there is",
                         len(frames), self.frames_per_measurement, exc)
         if not frames:
