@@ -1,6 +1,8 @@
 """A broker outage never stalls acquisition: results pile up in the outbox and are replayed afterwards."""
 
 import json
+import os
+import signal
 import sqlite3
 import time
 import uuid
@@ -47,6 +49,36 @@ def test_results_continue_through_a_broker_outage_and_are_replayed(tmp_path: Pat
                 replayed += int(doc["replayed"])
             assert replayed >= waiting, f"{replayed} replayed of {waiting} stored"
             assert set(range(1, waiting + 1)) <= sequences
+        finally:
+            watcher.close()
+        assert bench.stop_station() == 0
+
+
+def test_a_frozen_broker_does_not_slow_acquisition(tmp_path: Path, private_broker) -> None:
+    """The broker accepts TCP but stops answering (SIGSTOP): results keep being produced at the configured
+    rate into the outbox, and all of them arrive once it answers again."""
+    model = write_tiny_model(tmp_path / "model", om=False)
+    with DemoBench(tmp_path / "bench", station_id=f"frozen-{uuid.uuid4().hex[:6]}", mode="continuous",
+                   interval_s=0.5, model=model, camera=False, broker=private_broker.address) as bench:
+        bench.calibrate()
+        bench.put_line(seed=3, dwell_s=5.0)
+        watcher = ResultWatcher(*private_broker.address, [f"{bench.topic_base}/result"])
+        try:
+            bench.start_station()
+            first = json.loads(watcher.messages.get(timeout=60)[1])
+            outbox = bench.workdir / "state" / "outbox.sqlite3"
+            os.kill(private_broker.process.pid, signal.SIGSTOP)
+            try:
+                time.sleep(3.0)
+                waiting = outbox_rows(outbox)
+            finally:
+                os.kill(private_broker.process.pid, signal.SIGCONT)
+            assert waiting >= 4, f"only {waiting} results in 3 s with the broker frozen (2 per second expected)"
+            sequences = {first["sequence"]}
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len(sequences) < first["sequence"] + waiting:
+                sequences.add(json.loads(watcher.messages.get(timeout=30)[1])["sequence"])
+            assert set(range(first["sequence"], first["sequence"] + waiting)) <= sequences
         finally:
             watcher.close()
         assert bench.stop_station() == 0
