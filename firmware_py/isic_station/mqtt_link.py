@@ -455,12 +455,15 @@ class MqttLink:
         backlog = self._outbox.start_replay()
         log.info("MQTT connected to %s:%d as %s%s", self.settings.host, self.settings.port, self._client_id,
                  f"; replaying {backlog} stored message(s)" if backlog else "")
-        client.publish(self.topics.status, status_payload(self.settings.station_id, "online"), qos=1, retain=True)
         subscriptions = [(self.topics.command_filter, 1)]
         if self.settings.discovery:
             subscriptions.append((f"{self.settings.ha_prefix}/{BIRTH_TOPIC_SUFFIX}", 1))
-            self._publish_discovery()
+        # Subscribe before announcing `online`: the broker handles one client's packets in order, so a
+        # command sent by someone who has just seen `online` finds the subscription in place.
         self._subscribe_mid = client.subscribe(subscriptions)[1]
+        client.publish(self.topics.status, status_payload(self.settings.station_id, "online"), qos=1, retain=True)
+        if self.settings.discovery:
+            self._publish_discovery()
         with self._lock:
             self._state_due = self._latest_state is not None
         self._next_health = time.monotonic()
