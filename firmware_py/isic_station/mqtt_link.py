@@ -37,6 +37,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from isic_station import __version__
+from isic_station.backoff import Backoff
 from isic_station.commands import CommandRouter, response
 from isic_station.errors import ConfigError
 from isic_station.ha_discovery import (
@@ -195,7 +196,7 @@ class MqttLink:
         self._events: Deque[Tuple[str, Any]] = collections.deque()
         self._connects = 0
         self._acked = 0
-        self._backoff = settings.reconnect_min_s
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._next_attempt = 0.0
         self._next_health = 0.0
         self._refused_logged = False
@@ -391,8 +392,7 @@ class MqttLink:
 
     def _attempt_connect(self, now: float) -> None:
         s = self.settings
-        self._next_attempt = now + self._backoff
-        self._backoff = min(self._backoff * 2.0, s.reconnect_max_s)
+        self._next_attempt = now + self._backoff.next_delay()
         self._client = self._new_client()
         try:
             self._client.reconnect()
@@ -449,7 +449,7 @@ class MqttLink:
             log.error("MQTT broker %s:%d refused the connection: %s", self.settings.host, self.settings.port, reason)
             return  # the broker closes the socket; the disconnect event schedules the retry
         self._connects += 1
-        self._backoff = self.settings.reconnect_min_s
+        self._backoff.reset()
         self._refused_logged = False
         self._inflight.clear()
         backlog = self._outbox.start_replay()

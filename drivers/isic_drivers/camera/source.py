@@ -19,6 +19,7 @@ import numpy as np
 
 from isic_drivers.camera.readers import CaptureReader, EndOfStream, FolderReader, FrameReader
 from isic_drivers.camera.stats import CameraStats, StatsRecorder
+from isic_station.backoff import Backoff
 from isic_station.errors import DeviceError
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,6 @@ class CameraSource:
         self.um_per_px = um_per_px
         self.read_timeout_s = read_timeout_s
         self.stall_s = stall_s
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
         self._reader = self._make_reader(source, width, height, fps, loop, options or {})
         self._stats = StatsRecorder(source)
         self._closed = threading.Event()
@@ -85,7 +84,7 @@ class CameraSource:
         self._io = threading.Lock()
         self._is_open = False
         self._ever_opened = False
-        self._failures = 0
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._next_attempt = 0.0
         self._index = 0
 
@@ -122,15 +121,14 @@ class CameraSource:
             with self._io:
                 self._reader.open()
         except DeviceError as exc:
-            self._failures += 1
-            delay = min(self.backoff_max_s, self.backoff_initial_s * 2 ** (self._failures - 1))
+            delay = self._backoff.next_delay()
             self._next_attempt = time.monotonic() + delay
             self._stats.connection(False, str(exc))
             log.warning("%s; next attempt in %.1f s", exc, delay)
             raise
         if self._ever_opened:
             self._stats.reconnect()
-            log.info("camera %s reconnected after %d failed attempt(s)", self.source, self._failures)
+            log.info("camera %s reconnected after %d failed attempt(s)", self.source, self._backoff.failures)
         self._ever_opened = True
         self._is_open = True
         self._stats.connection(True)
@@ -139,8 +137,8 @@ class CameraSource:
         with self._io:
             self._reader.close()
         self._is_open = False
-        self._failures += 1
-        self._next_attempt = time.monotonic() + self.backoff_initial_s
+        self._backoff.reset()
+        self._next_attempt = time.monotonic() + self._backoff.next_delay()
         self._stats.connection(False, str(exc))
         log.warning("%s; reconnecting", exc)
 
@@ -175,7 +173,7 @@ class CameraSource:
                 continue
             grabbed = time.monotonic()
             self._note_stall(grabbed - started)
-            self._failures = 0
+            self._backoff.reset()
             self._stats.frame(grabbed)
             self._index += 1
             return Frame(image, self._index - 1, time.time(), grabbed)

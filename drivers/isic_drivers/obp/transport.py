@@ -15,6 +15,7 @@ import serial
 
 from isic_drivers.obp.codec import DEFAULT_MAX_PAYLOAD, Frame, ObpError, encode_frame
 from isic_drivers.obp.scanner import FrameScanner
+from isic_station.backoff import Backoff
 from isic_station.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,11 @@ class SerialTransport:
         self.read_timeout_s = read_timeout_s
         self.write_timeout_s = write_timeout_s
         self.poll_s = poll_s
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
         self.idle_resync_s = idle_resync_s
         self.scanner = FrameScanner(max_payload)
         self.stats = TransportStats()
         self._serial: Optional[serial.Serial] = None
-        self._backoff_s = backoff_initial_s
+        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._next_attempt = 0.0
         self._last_error = ""
         self._last_data = time.monotonic()
@@ -179,7 +178,7 @@ class SerialTransport:
         self.stats.link_losses += 1
         self.close()
         self.scanner.clear()
-        self._next_attempt = time.monotonic() + self._backoff_s
+        self._next_attempt = time.monotonic() + self._backoff.next_delay()
 
     def _ensure_open(self, deadline: float) -> None:
         while self._serial is None:
@@ -205,12 +204,12 @@ class SerialTransport:
             except (serial.SerialException, OSError) as exc:
                 self.stats.open_failures += 1
                 self._last_error = str(exc)
-                self._next_attempt = time.monotonic() + self._backoff_s
-                log.debug("opening %s failed (%s); next try in %.2f s", self.port, exc, self._backoff_s)
-                self._backoff_s = min(self._backoff_s * 2, self.backoff_max_s)
+                delay = self._backoff.next_delay()
+                self._next_attempt = time.monotonic() + delay
+                log.debug("opening %s failed (%s); next try in %.2f s", self.port, exc, delay)
                 continue
             if self.stats.opens:
                 self.stats.reconnects += 1
                 log.info("serial port %s reopened (reconnect %d)", self.port, self.stats.reconnects)
             self.stats.opens += 1
-            self._backoff_s = self.backoff_initial_s
+            self._backoff.reset()
