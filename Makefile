@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test check lint vermin system-deps soak clean
+.PHONY: demo test check lint vermin check-py38 system-deps soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,11 @@ lint: $(STAMP)
 vermin: $(STAMP)
 	$(BIN)/vermin --no-tips --violations --eval-annotations -t=3.8- firmware_py drivers
 
-check: lint vermin
+# The board's install (runtime extra only, no torch/scikit-learn) on a real Python 3.8.
+check-py38:
+	.ci/check-py38
+
+check: lint vermin check-py38
 
 soak: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m soak -s
