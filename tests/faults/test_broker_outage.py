@@ -6,6 +6,7 @@ the issue runs with the soak tests (`make soak`, marker `soak`).
 """
 
 import os
+import time
 
 import pytest
 
@@ -38,9 +39,11 @@ def outage(make_bench, broker, outage_s: float) -> None:
         assert during >= 0.5 * outage_s / INTERVAL_S, f"only {during} results taken during a {outage_s} s outage"
         assert len(outbox.stored_sequences()) >= during, "results taken during the outage are not in the outbox"
         broker.start()
-        restarted = outbox.counter("sequence")
+        restarted_at, restarted = time.monotonic(), outbox.counter("sequence")
         wait_until(lambda: set(range(1, restarted + 1)) <= set(sequences(results(rec, bench))), RECONNECT_S,
                    "every result of the outage after the broker returned", bench)
+        print(f"\noutage {outage_s:g} s: {during} results taken meanwhile, all delivered "
+              f"{time.monotonic() - restarted_at:.1f} s after the broker returned")
         assert bench.stop_station() == 0, bench.log_tail()
         taken = outbox.counter("sequence")
         assert outbox.stored_sequences() == [], "the outbox did not drain at a clean stop"
