@@ -19,6 +19,8 @@ from .conftest import (
     wait_until,
 )
 
+pytestmark = pytest.mark.timeout(240)  # each wait inside is bounded too; this bounds the whole test
+
 OUTAGE_S = float(os.environ.get("ISIC_FAULT_OUTAGE_S", "15"))
 INTERVAL_S = 0.3
 # The link's reconnect backoff grows to 30 s (MqttSettings.reconnect_max_s) during a long outage.

@@ -7,7 +7,11 @@ The virtual microscope's `unplug` fault makes the camera vanish at frame `fault_
 seconds (reads and opens fail), as a USB microscope pulled out and plugged back in.
 """
 
+import pytest
+
 from .conftest import health_docs, recorder_for, results, wait_until
+
+pytestmark = pytest.mark.timeout(150)  # each wait inside is bounded too; this bounds the whole test
 
 FRAMES_PER_MEASUREMENT = 3  # what DemoBench configures
 UNPLUG_AFTER_FRAMES = 4 * FRAMES_PER_MEASUREMENT

@@ -9,6 +9,8 @@ that the restarted station then replays (flagged).
 
 import signal
 
+import pytest
+
 from .conftest import (
     OutboxFile,
     assert_in_order_duplicates_only_as_replays,
@@ -17,6 +19,8 @@ from .conftest import (
     sequences,
     wait_until,
 )
+
+pytestmark = pytest.mark.timeout(120)  # each wait inside is bounded too; this bounds the whole test
 
 
 def test_sigkill_mid_stream_loses_nothing_from_the_outbox_and_sequences_continue(make_bench, private_broker) -> None:

@@ -4,6 +4,8 @@ reported in health, and everything newer still arrives, in order, once the broke
 The quota is set tiny (`outbox.quota_mb = 0.02`, about 25 results) so "long" takes seconds.
 """
 
+import pytest
+
 from .conftest import (
     OutboxFile,
     assert_in_order_duplicates_only_as_replays,
@@ -13,6 +15,8 @@ from .conftest import (
     sequences,
     wait_until,
 )
+
+pytestmark = pytest.mark.timeout(150)  # each wait inside is bounded too; this bounds the whole test
 
 
 def test_quota_full_drops_the_oldest_counts_and_reports_it(make_bench, persistent_broker) -> None:

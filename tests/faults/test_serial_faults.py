@@ -11,7 +11,11 @@ returns to the first new result (an upper bound: it includes one acquisition and
 import re
 import time
 
+import pytest
+
 from .conftest import health_docs, recorder_for, results, sequences, wait_until
+
+pytestmark = pytest.mark.timeout(180)  # each wait inside is bounded too; this bounds the whole test
 
 RETRY_LINE = re.compile(r"retrying 0x[0-9a-f]{8} \(attempt \d+\)")
 UNPLUGGED_S = 6.0  # longer than the 5 s health interval of the bench, so one health document sees it

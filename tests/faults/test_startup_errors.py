@@ -17,6 +17,8 @@ import pytest
 from isic_station.demo import station_command
 from isic_station.errors import EX_CONFIG, EX_IOERR
 
+pytestmark = pytest.mark.timeout(60)  # each wait inside is bounded too; this bounds the whole test
+
 CONFIG = """[station]
 id = "startup-1"
 state_dir = "{state_dir}"
