@@ -109,6 +109,7 @@ def measure(seconds: float, model: Optional[Path], workdir: Path) -> Dict[str, A
             if not station.link.wait_connected(10.0):
                 raise DeviceError(f"no MQTT broker answered on {bench.broker.host}:{bench.broker.port}")
             _wait_results(station, WARMUP_RESULTS, STARTUP_TIMEOUT_S)
+            model_in_use = station.cmd_status({})["model"]
             ttr = station.time_to_result
             del ttr.samples_ms[:]  # the window starts now (list operations are atomic)
             results_before = station.pipeline.stats.snapshot()["counts"]["results"]
@@ -125,7 +126,7 @@ def measure(seconds: float, model: Optional[Path], workdir: Path) -> Dict[str, A
         processed = station.pipeline.stats.snapshot()["counts"]["results"] * config.spectrometer.coadd
         context = {"results": results, "seconds": seconds, "spectra_carried": carried, "spectra_processed": processed,
                    "coadd": config.spectrometer.coadd, "frames": config.camera.frames_per_measurement,
-                   "model": f"{station._manifest.name} {station._manifest.version}",
+                   "model": f"{model_in_use['name']} {model_in_use['version']}",
                    "broker": f"{bench.broker.host}:{bench.broker.port}"}
     if results < 2 or overhead["n"] < 2:
         raise DeviceError(f"only {results} results ({overhead['n']} acknowledged) in {seconds:g} s: too few to report")
