@@ -1,0 +1,1 @@
+"""Tests of the project skeleton: CLI plumbing, manifest loader, shared helpers."""
