@@ -1,0 +1,1 @@
+"""Camera source, virtual microscope, quality gate, labels and model image input."""

@@ -1,0 +1,1 @@
+"""Inference runtime: backends, registry, predictor, the fake acl."""

@@ -1,0 +1,1 @@
+"""The station daemon end to end: config, pipeline, commands, demo, doctor."""

@@ -1,0 +1,1 @@
+"""systemd: sd_notify, the unit checks, the installer, udev rules."""
