@@ -110,6 +110,7 @@ class MqttSection:
     password_credential: str
     client_id: str
     keepalive_s: int
+    reconnect_max_s: float
     discovery: bool
     discovery_prefix: str
 

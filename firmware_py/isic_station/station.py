@@ -67,7 +67,7 @@ def mqtt_settings(config: Config) -> Any:
     m = config.mqtt
     return MqttSettings(
         host=m.host, port=m.port, prefix=config.station.prefix, station_id=config.station.id,
-        client_id=m.client_id or None, keepalive_s=m.keepalive_s, tls=m.tls,
+        client_id=m.client_id or None, keepalive_s=m.keepalive_s, reconnect_max_s=m.reconnect_max_s, tls=m.tls,
         ca_file=str(m.ca_file) if m.ca_file else None,
         cert_file=str(m.cert_file) if m.cert_file else None,
         key_file=str(m.key_file) if m.key_file else None,

@@ -101,3 +101,13 @@ def test_readme_reference_matches_the_schema() -> None:
     assert cfg.replace_reference(readme) == readme, (
         "config/README.md is out of date: run .venv/bin/python -m isic_station.config --update config/README.md"
     )
+
+
+def test_mqtt_settings_carry_the_link_options(tmp_path: Path) -> None:
+    from isic_station.station import mqtt_settings
+
+    config = cfg.load_config(write(tmp_path, '[station]\nid = "s1"\n[mqtt]\nkeepalive_s = 20\nreconnect_max_s = 5\n'))
+    settings = mqtt_settings(config)
+    assert (settings.keepalive_s, settings.reconnect_max_s, settings.station_id) == (20, 5, "s1")
+    with pytest.raises(ConfigError, match="reconnect_max_s"):
+        cfg.load_config(write(tmp_path, '[station]\nid = "s1"\n[mqtt]\nreconnect_max_s = 0\n'))
