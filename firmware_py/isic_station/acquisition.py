@@ -230,6 +230,9 @@ class Acquirer:
             "state": "ok" if link.get("open") else "disconnected",
             "reconnects": int(link.get("reconnects", 0)),
             "detail": f"{link.get('port')}: {link.get('last_error') or 'no error'}",
+            "link_errors": {key: int(link.get(source, 0)) for key, source in (
+                ("discarded_bytes", "scanner_discarded_bytes"), ("checksum_failures", "scanner_checksum_failures"),
+                ("false_starts", "scanner_false_starts"), ("retried_requests", "retried_requests"))},
         }
         if self.camera is None:
             devices["camera"] = {"state": "absent", "reconnects": 0, "detail": "signal-only (camera.source is empty)"}

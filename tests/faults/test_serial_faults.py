@@ -35,6 +35,9 @@ def test_garbage_vanishing_port_checksums_and_nacks(make_bench, private_broker) 
         wait_until(lambda: len(results(rec, bench)) >= 8, 60, "results with garbage before every reply", bench)
         retries = RETRY_LINE.findall(bench.log_tail(chars=10**6))
         assert retries == [], f"the driver needed retries after garbage: {retries[:3]}"
+        wait_until(lambda: any(s["link_errors"]["discarded_bytes"] > 0
+                               for s in spectrometer_states(health_docs(rec, bench))), 15,
+                   "health counting the garbage thrown away", bench)
 
         # 2. the port vanishes (cable pulled) and returns: the station stays up and reconnects
         bench.unplug_spectrometer()
@@ -59,6 +62,9 @@ def test_garbage_vanishing_port_checksums_and_nacks(make_bench, private_broker) 
         count = len(results(rec, bench))
         wait_until(lambda: len(results(rec, bench)) >= count + 8, 90, "results through checksum/NACK faults", bench)
         assert RETRY_LINE.search(bench.log_tail(chars=10**6)), "no request was retried: were the faults on?"
+        wait_until(lambda: any(s["link_errors"]["retried_requests"] > 0 and s["link_errors"]["checksum_failures"] > 0
+                               for s in spectrometer_states(health_docs(rec, bench))), 15,
+                   "health counting retried requests and bad checksums", bench)
         wait_until(lambda: any(s["state"] == "ok" and s["reconnects"] >= 2
                                for s in spectrometer_states(health_docs(rec, bench))), 15,
                    "health counting the second reconnect", bench)
