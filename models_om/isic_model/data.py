@@ -33,6 +33,30 @@ class StationSettings:
     camera_um_per_px: float = 1.6
     integration_us: Optional[int] = None  # None: the instrument's default
 
+    def measure(
+        self,
+        rng: np.random.Generator,
+        preset: str,
+        overrides: Optional[Mapping[str, float]],
+        fibres: Sequence[str],
+        with_frames: bool = True,
+    ) -> Any:
+        """Draw a sample from `preset` and measure it as the station does (a lab `Measurement`)."""
+        from isic_drivers.lab.measurement import simulate_measurement
+        from isic_drivers.lab.sample import draw_sample
+
+        sample = draw_sample(rng, preset, dict(overrides or {}), fibres=list(fibres))
+        return simulate_measurement(
+            sample,
+            rng,
+            integration_us=self.integration_us,
+            coadd=self.coadd,
+            n_frames=self.n_frames if with_frames else 0,
+            frame_size=self.frame_px,
+            um_per_px=self.camera_um_per_px,
+            fibres=list(fibres),
+        )
+
 
 @dataclass
 class LabSet:
@@ -112,33 +136,8 @@ def generate(
         log.info("lab set seed=%d n=%d from cache %s", seed, n, path)
         with np.load(path) as data:
             return LabSet(**{name: data[name] for name in data.files})
-    lab_set = _simulate(
-        seed, n, preset, overrides, settings, spectrum_params, image_params, fibres, blend_classes, progress
-    )
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **asdict(lab_set))
-        tmp.replace(path)
-    return lab_set
-
-
-def _simulate(
-    seed: int,
-    n: int,
-    preset: str,
-    overrides: Mapping[str, float],
-    settings: StationSettings,
-    spectrum_params: Mapping[str, Any],
-    image_params: Mapping[str, Any],
-    fibres: Sequence[str],
-    blend_classes: Sequence[str],
-    progress: bool,
-) -> LabSet:
     from tqdm import tqdm
 
-    from isic_drivers.lab.measurement import simulate_measurement
-    from isic_drivers.lab.sample import draw_sample
     from isic_station.preprocess.image import build_image_input
     from isic_station.preprocess.spectrum import preprocess_spectra
 
@@ -151,17 +150,7 @@ def _simulate(
     labels: List[int] = []
     axis = None
     for _ in tqdm(range(n), desc=f"lab seed {seed}", unit="meas", disable=not progress, leave=False):
-        sample = draw_sample(rng, preset, dict(overrides), fibres=list(fibres))
-        m = simulate_measurement(
-            sample,
-            rng,
-            integration_us=settings.integration_us,
-            coadd=settings.coadd,
-            n_frames=settings.n_frames,
-            frame_size=settings.frame_px,
-            um_per_px=settings.camera_um_per_px,
-            fibres=list(fibres),
-        )
+        m = settings.measure(rng, preset, overrides, fibres)
         axis = m.wavelengths_nm
         reflectances.append(m.reflectance.astype(np.float32))
         batch = build_image_input(m.frames, settings.camera_um_per_px, img).batch
@@ -169,7 +158,7 @@ def _simulate(
         compositions.append(m.truth.composition.astype(np.float32))
         labels.append(class_index[m.truth.blend])
     reflectance = np.stack(reflectances)
-    return LabSet(
+    lab_set = LabSet(
         features=preprocess_spectra(reflectance, axis, unstandardised(spectrum_params)),
         reflectance=reflectance,
         wavelengths_nm=np.asarray(axis, dtype=np.float64),
@@ -177,24 +166,24 @@ def _simulate(
         composition=np.stack(compositions),
         labels=np.asarray(labels, dtype=np.int64),
     )
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **asdict(lab_set))
+        tmp.replace(path)
+    return lab_set
 
 
 def generate_spectra(
     seed: int, n: int, preset: str, settings: StationSettings, fibres: Sequence[str], blend_classes: Sequence[str]
 ) -> LabSet:
     """`n` spectrum-only measurements (no frames; `tiles` is empty): what the chemometric baselines fit on."""
-    from isic_drivers.lab.measurement import simulate_measurement
-    from isic_drivers.lab.sample import draw_sample
-
     rng = np.random.default_rng(seed)
     class_index = {label: i for i, label in enumerate(blend_classes)}
     reflectances, compositions, labels = [], [], []
     axis = None
     for _ in range(n):
-        sample = draw_sample(rng, preset, fibres=list(fibres))
-        m = simulate_measurement(
-            sample, rng, integration_us=settings.integration_us, coadd=settings.coadd, n_frames=0, fibres=list(fibres)
-        )
+        m = settings.measure(rng, preset, None, fibres, with_frames=False)
         axis = m.wavelengths_nm
         reflectances.append(m.reflectance.astype(np.float32))
         compositions.append(m.truth.composition.astype(np.float32))

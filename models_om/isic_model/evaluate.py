@@ -151,9 +151,6 @@ def run_evaluation(
     """The evaluation figures (the object `evaluate --json` prints)."""
     from tqdm import tqdm
 
-    from isic_drivers.lab.measurement import simulate_measurement
-    from isic_drivers.lab.sample import draw_sample
-
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / "manifest.json"
@@ -173,18 +170,7 @@ def run_evaluation(
     start = time.perf_counter()
     try:
         for i in tqdm(range(samples), desc=f"evaluate seed {seed}", unit="meas", disable=not progress, file=sys.stderr):
-            rng = np.random.default_rng([seed, i])
-            sample = draw_sample(rng, preset, dict(overrides or {}), fibres=fibres)
-            m = simulate_measurement(
-                sample,
-                rng,
-                integration_us=settings.integration_us,
-                coadd=settings.coadd,
-                n_frames=settings.n_frames,
-                frame_size=settings.frame_px,
-                um_per_px=settings.camera_um_per_px,
-                fibres=fibres,
-            )
+            m = settings.measure(np.random.default_rng([seed, i]), preset, overrides, fibres)
             truths.append(m.truth.composition)
             labels.append(m.truth.blend)
             reflectances.append(m.reflectance)

@@ -11,7 +11,8 @@ Modules, each switchable so the ablation (signal; + image; + RG; + ISiCA; + REC)
   S = w_s·H, M = w_m·U, softmax each way, Q̂_i = Σ_j a_ij Q_j, P̂_j = Σ_i b_ji P_i;
 - reconstruction (REC): training-only decoders that rebuild the spectrum from the fused feature
   and masked image patches from their tokens (never exported);
-- heads: composition (softmax over fibres, rows sum to 1) and blend-class logits.
+- heads: composition (softmax over fibres, rows sum to 1) and blend-class logits; in training also
+  an image-only probe on the tile-averaged class tokens (deep supervision of the image encoder).
 
 A measurement is one spectrum and B tiles. Every tile row gets its own outputs (the runtime
 averages rows), and each row also sees the mean of all B tile features, because a single tile
@@ -218,6 +219,12 @@ class ISiCNet(nn.Module):
                 self.rg = RegionGeneration(d)
             if cfg.use_isica:
                 self.isica = CorrelationAttention(d)
+            # Training-only probe: composition and blend from the image alone (class tokens averaged
+            # over the tiles), so the image encoder learns fibre types even though the spectrum alone
+            # already fits much of the loss. Not part of the exported graphs.
+            self.image_probe = nn.Sequential(
+                nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, cfg.n_fibres + cfg.n_classes)
+            )
         self.trunk = nn.Sequential(
             nn.Linear(4 * d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, cfg.head_hidden), nn.GELU()
         )
@@ -285,6 +292,10 @@ class ISiCNet(nn.Module):
                 side = keep * side + (1 - keep) * self.null_signal_side
             if cfg.use_rec and self.training and patch_mask is not None:
                 out["patch_rec"] = self.patch_decoder(enc[:, 1:])
+            if self.training:
+                probe = self.image_probe(enc[:, 0].reshape(-1, b, d).mean(dim=1))
+                out["image_composition"] = torch.softmax(probe[:, : cfg.n_fibres], dim=-1)
+                out["image_blend_logits"] = probe[:, cfg.n_fibres :]
         else:
             image_vec = absent + self.null_image
             image_mean = image_vec

@@ -180,6 +180,12 @@ def train_network(
                 out["blend_logits"].reshape(-1, n_classes), labels[idx].repeat_interleave(rows)
             )
             loss = float(opt_cfg["composition_weight"]) * comp_loss + float(opt_cfg["blend_weight"]) * blend_loss
+            if "image_composition" in out:
+                # The tiles are there even when the fusion is trained without them (modality dropout).
+                probe_l1 = (out["image_composition"] - target[idx]).abs().sum(-1).mean()
+                probe_ce = tf.cross_entropy(out["image_blend_logits"], labels[idx])
+                probe = probe_l1 + float(opt_cfg["blend_weight"]) * probe_ce
+                loss = loss + float(opt_cfg.get("image_probe_weight", 0.0)) * probe
             rec_loss = torch.zeros(())
             if "spectrum_rec" in out:
                 rec_loss = float(opt_cfg["rec_spectrum_weight"]) * tf.mse_loss(

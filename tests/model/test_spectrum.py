@@ -86,6 +86,10 @@ def test_axis_length_mismatch_and_bad_window_are_model_errors():
 
 def test_board_code_runs_on_python_3_8():
     vermin = Path(sys.executable).with_name("vermin")
-    done = subprocess.run([str(vermin), "--no-tips", "--violations", "--eval-annotations", "-t=3.8-",
-                           spectrum_module.__file__], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [str(vermin), "--no-tips", "--violations", "--eval-annotations", "-t=3.8-", spectrum_module.__file__],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -55,6 +55,7 @@ composition_weight = 1.0
 blend_weight = 0.2
 rec_spectrum_weight = 0.1
 rec_patch_weight = 0.1
+image_probe_weight = 0.5
 [ablation]
 variants = ["signal"]
 """
