@@ -16,11 +16,15 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+# A lab preset name, or preset names with weights for a mixture of conditions.
+Presets = Union[str, Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -36,15 +40,23 @@ class StationSettings:
     def measure(
         self,
         rng: np.random.Generator,
-        preset: str,
+        preset: Presets,
         overrides: Optional[Mapping[str, float]],
         fibres: Sequence[str],
         with_frames: bool = True,
     ) -> Any:
-        """Draw a sample from `preset` and measure it as the station does (a lab `Measurement`)."""
+        """Draw a sample from `preset` and measure it as the station does (a lab `Measurement`).
+
+        `preset` is a lab preset name, or a mapping name -> weight: each sample then comes from one
+        preset drawn with those weights (training over the range of conditions a station meets).
+        """
         from isic_drivers.lab.measurement import simulate_measurement
         from isic_drivers.lab.sample import draw_sample
 
+        if not isinstance(preset, str):
+            names = sorted(preset)
+            weights = np.array([float(preset[name]) for name in names])
+            preset = names[int(rng.choice(len(names), p=weights / weights.sum()))]
         sample = draw_sample(rng, preset, dict(overrides or {}), fibres=list(fibres))
         return simulate_measurement(
             sample,
@@ -110,7 +122,7 @@ def cache_key(**parts: Any) -> str:
 def generate(
     seed: int,
     n: int,
-    preset: str,
+    preset: Presets,
     overrides: Mapping[str, float],
     settings: StationSettings,
     spectrum_params: Mapping[str, Any],
@@ -175,7 +187,7 @@ def generate(
 
 
 def generate_spectra(
-    seed: int, n: int, preset: str, settings: StationSettings, fibres: Sequence[str], blend_classes: Sequence[str]
+    seed: int, n: int, preset: Presets, settings: StationSettings, fibres: Sequence[str], blend_classes: Sequence[str]
 ) -> LabSet:
     """`n` spectrum-only measurements (no frames; `tiles` is empty): what the chemometric baselines fit on."""
     rng = np.random.default_rng(seed)

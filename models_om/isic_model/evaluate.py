@@ -243,9 +243,10 @@ def record_metrics(manifest_path: Path, cfg: Mapping[str, Any], classes: Sequenc
     from isic_model.export import set_manifest_metrics
 
     seed, samples = int(cfg["heldout_seed"]), int(cfg["eval_samples"])
-    metrics = run_evaluation(manifest_path, seed, samples, cfg["preset"])
+    preset = cfg.get("eval_preset", "default")
+    metrics = run_evaluation(manifest_path, seed, samples, preset)
     check = run_evaluation(
-        manifest_path, seed, int(cfg["check_samples"]), cfg["preset"], baselines=False, ablation=False, progress=False
+        manifest_path, seed, int(cfg["check_samples"]), preset, baselines=False, ablation=False, progress=False
     )
     set_manifest_metrics(manifest_path, metrics)
     doc = json.loads(Path(manifest_path).read_text(encoding="utf-8"))

@@ -95,3 +95,19 @@ def test_shipped_config_keeps_seeds_apart_and_knows_every_variant():
     assert cfg["seed"] != cfg["heldout_seed"]
     assert set(cfg["ablation"]["variants"]) <= set(ABLATION_FLAGS)
     assert len(spectrum_params(cfg)["wavelengths_nm"]) == 159
+
+
+def test_a_preset_mixture_draws_each_sample_from_one_of_its_presets():
+    import numpy as np
+
+    from isic_model.data import StationSettings
+
+    settings = StationSettings(coadd=1, n_frames=0)
+    rng = np.random.default_rng(0)
+    humid = [settings.measure(rng, {"humid": 1.0}, None, ["cotton", "nylon"], with_frames=False) for _ in range(5)]
+    assert all(m.truth.sample.nuisance.humidity >= 0.8 for m in humid)
+    mixed = [
+        settings.measure(rng, {"humid": 1.0, "clean": 1.0}, None, ["cotton"], with_frames=False) for _ in range(30)
+    ]
+    clean = [m for m in mixed if m.truth.sample.nuisance.humidity == 0.65]
+    assert 5 < len(clean) < 25 and len(mixed) - len(clean) > 5
