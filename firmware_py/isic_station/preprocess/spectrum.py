@@ -10,6 +10,7 @@ least-squares polynomial fit, with scipy's `savgol_filter(mode="interp")` edge h
 tests check it against scipy coefficient by coefficient.
 """
 
+from functools import lru_cache
 from math import factorial
 from typing import Any, Dict, Sequence, Tuple
 
@@ -21,8 +22,11 @@ from isic_station.errors import ModelError
 _EDGE_TOLERANCE_STEPS = 0.5
 
 
+@lru_cache(maxsize=8)
 def savgol_matrix(n_points: int, window: int, polyorder: int, deriv: int) -> np.ndarray:
     """The [n, n] matrix G with G @ x == scipy.signal.savgol_filter(x, window, polyorder, deriv, mode='interp').
+
+    Cached and read-only: it depends only on these four integers, and every measurement needs it.
 
     Interior points use the centred least-squares coefficients; the first and last window//2
     points take the polynomial fitted to the first (last) full window, as scipy's 'interp' mode.
@@ -56,6 +60,7 @@ def savgol_matrix(n_points: int, window: int, polyorder: int, deriv: int) -> np.
     for offset in range(half):
         matrix[offset, :window] = weights_at(float(offset - half))
         matrix[n_points - 1 - offset, n_points - window :] = weights_at(float(half - offset))
+    matrix.setflags(write=False)
     return matrix
 
 
