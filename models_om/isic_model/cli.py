@@ -10,6 +10,7 @@ from isic_station.command_line import build_parser, run
 COMMAND_MODULES = (
     "isic_model.model_commands",
     "isic_model.lab_commands",
+    "isic_model.counting_limit",
 )
 
 

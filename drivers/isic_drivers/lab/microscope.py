@@ -63,6 +63,22 @@ def count_weights(composition: Mapping[str, float], fibres: FibreSet) -> Dict[st
     return {n: v / total for n, v in raw.items()}
 
 
+def draw_fibres_in_view(sample: Sample, rng: np.random.Generator, width: int, height: int, um_per_px: float,
+                        fibres: FibreSet) -> Tuple[List[str], np.ndarray]:
+    """Which fibres cross one frame: (the sample's fibre names, one index into them per fibre in view).
+
+    The count is Poisson in the fibres per mm across the frame's longer side; each fibre's type is
+    drawn with `count_weights`. Split out of `render_frame` so the counting limit
+    (`isic-model counting-limit`) draws exactly what the renderer draws, without rendering.
+    """
+    weights = count_weights(sample.composition, fibres) if sample.composition else {}
+    names = list(weights)
+    frame_mm = max(width, height) * um_per_px / 1000.0
+    n = int(rng.poisson(sample.nuisance.fibre_density_per_mm * frame_mm)) if names else 0
+    kinds = rng.choice(len(names), size=n, p=[weights[k] for k in names]) if names else np.zeros(0, dtype=int)
+    return names, kinds
+
+
 def _dye_od_bgr(sample: Sample) -> np.ndarray:
     """Per-channel optical density of the dye at full uptake (a hue absorbs its complement)."""
     nu = sample.nuisance
@@ -344,11 +360,7 @@ def render_frame(sample: Union[Sample, ReferenceTile], rng: np.random.Generator,
     if tile is not None:
         sample = Sample({}, Nuisance())
     nu = sample.nuisance
-    weights = count_weights(sample.composition, fibres) if sample.composition else {}
-    names = list(weights)
-    frame_mm = max(width, height) * um_per_px / 1000.0
-    n = int(rng.poisson(nu.fibre_density_per_mm * frame_mm)) if names else 0
-    kinds = rng.choice(len(names), size=n, p=[weights[k] for k in names]) if names else np.zeros(0, dtype=int)
+    names, kinds = draw_fibres_in_view(sample, rng, width, height, um_per_px, fibres)
     # Fibres of one type share a colour: sum their layers per type, then colour each sum once.
     per_type = {k: np.zeros((height, width), dtype=np.float32) for k in set(kinds.tolist())}
     layer = np.empty((height, width), dtype=np.float32)
