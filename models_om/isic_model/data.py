@@ -76,14 +76,16 @@ class LabSet:
 
     `features` float32 [N, S]: spectra after SNV/Savitzky-Golay, before standardisation;
     `reflectance` float32 [N, L] on `wavelengths_nm` (the station's R, for the baselines' own
-    preprocessing); `tiles` uint8 [N, B, C, P, P]; `composition` float32 [N, F]; `labels` int [N]
-    indexes `blend_classes`.
+    preprocessing); `tiles` uint8 [N, B, C, P, P]; `tile_fibres` float32 [N, B, F]: the share of
+    each fibre type in the fibre length crossing each tile (all zero on a tile without fibre);
+    `composition` float32 [N, F]; `labels` int [N] indexes `blend_classes`.
     """
 
     features: np.ndarray
     reflectance: np.ndarray
     wavelengths_nm: np.ndarray
     tiles: np.ndarray
+    tile_fibres: np.ndarray
     composition: np.ndarray
     labels: np.ndarray
 
@@ -100,6 +102,26 @@ def unstandardised(spectrum_params: Mapping[str, Any]) -> Dict[str, Any]:
 def raw_image_params(image_params: Mapping[str, Any]) -> Dict[str, Any]:
     """Image params with mean 0 / std 1, so the batch is pixel/255 (stored as uint8)."""
     return dict(image_params, mean=0.0, std=1.0)
+
+
+def tile_fibre_shares(
+    image_input: Any, frame_fibres: Sequence[Sequence[Any]], scale: float, tile_px: int, fibres: Sequence[str]
+) -> np.ndarray:
+    """[B, F] share of each fibre type in the centre-line length inside each tile of `image_input`.
+
+    `frame_fibres[k]` are the lab's drawn fibres of frame k (centre lines in camera pixels, evenly
+    spaced points); `scale` = camera µm/px / model µm/px maps them onto the rescaled frame the
+    tiles were cut from. A tile no fibre crosses gets all zeros.
+    """
+    index = {name: j for j, name in enumerate(fibres)}
+    shares = np.zeros((len(image_input.origins), len(fibres)), dtype=np.float32)
+    for row, (frame, top, left) in enumerate(image_input.origins):
+        for fibre in frame_fibres[frame]:
+            x, y = fibre.centreline_px[:, 0] * scale, fibre.centreline_px[:, 1] * scale
+            inside = (x >= left) & (x < left + tile_px) & (y >= top) & (y < top + tile_px)
+            shares[row, index[fibre.name]] += float(np.count_nonzero(inside))
+    total = shares.sum(axis=1, keepdims=True)
+    return np.divide(shares, total, out=np.zeros_like(shares), where=total > 0)
 
 
 def _lab_fingerprint() -> str:
@@ -158,6 +180,7 @@ def generate(
     img = raw_image_params(image_params)
     reflectances: List[np.ndarray] = []
     tiles: List[np.ndarray] = []
+    tile_fibres: List[np.ndarray] = []
     compositions: List[np.ndarray] = []
     labels: List[int] = []
     axis = None
@@ -165,8 +188,12 @@ def generate(
         m = settings.measure(rng, preset, overrides, fibres)
         axis = m.wavelengths_nm
         reflectances.append(m.reflectance.astype(np.float32))
-        batch = build_image_input(m.frames, settings.camera_um_per_px, img).batch
-        tiles.append(np.rint(batch * 255.0).astype(np.uint8))
+        image_input = build_image_input(m.frames, settings.camera_um_per_px, img)
+        tiles.append(np.rint(image_input.batch * 255.0).astype(np.uint8))
+        scale = settings.camera_um_per_px / float(image_params["um_per_px"])
+        tile_fibres.append(
+            tile_fibre_shares(image_input, m.truth.frame_fibres, scale, int(image_params["tile_px"]), fibres)
+        )
         compositions.append(m.truth.composition.astype(np.float32))
         labels.append(class_index[m.truth.blend])
     reflectance = np.stack(reflectances)
@@ -175,6 +202,7 @@ def generate(
         reflectance=reflectance,
         wavelengths_nm=np.asarray(axis, dtype=np.float64),
         tiles=np.stack(tiles),
+        tile_fibres=np.stack(tile_fibres),
         composition=np.stack(compositions),
         labels=np.asarray(labels, dtype=np.int64),
     )
@@ -205,6 +233,7 @@ def generate_spectra(
         reflectance=np.stack(reflectances),
         wavelengths_nm=np.asarray(axis, dtype=np.float64),
         tiles=np.zeros((n, 0), np.uint8),
+        tile_fibres=np.zeros((n, 0), np.float32),
         composition=np.stack(compositions),
         labels=np.asarray(labels, dtype=np.int64),
     )

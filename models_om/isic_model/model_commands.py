@@ -32,6 +32,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
     )
     train.add_argument("--ablation", action="store_true", help="also train the ablation variants into OUT/ablation/")
     train.add_argument("--no-evaluate", action="store_true", help="skip the held-out evaluation after training")
+    train.add_argument(
+        "--jobs", type=int, default=1,
+        help="train the variants in this many processes at once, one torch thread each (default: %(default)s; "
+        "2 on the 2-core trainer when --ablation)",
+    )
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser(
@@ -96,7 +101,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
 def _train(args: argparse.Namespace) -> int:
     from isic_model.train import train_command
 
-    return train_command(args.config, args.seed, args.out, args.ablation, not args.no_evaluate)
+    return train_command(args.config, args.seed, args.out, args.ablation, not args.no_evaluate, args.jobs)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -12,7 +12,10 @@ Modules, each switchable so the ablation (signal; + image; + RG; + ISiCA; + REC)
 - reconstruction (REC): training-only decoders that rebuild the spectrum from the fused feature
   and masked image patches from their tokens (never exported);
 - heads: composition (softmax over fibres, rows sum to 1) and blend-class logits; in training also
-  an image-only probe on the tile-averaged class tokens (deep supervision of the image encoder).
+  an image-only probe on the tile-averaged class tokens (deep supervision of the image encoder);
+- fibre counter (our addition, the microscopist's counting method): a per-tile head names the fibre
+  types crossing each tile (or none), trained on the lab's per-tile truth; its type shares averaged
+  over all B tiles feed the fusion, so more tiles means more fibres counted, not just more rows.
 
 A measurement is one spectrum and B tiles. Every tile row gets its own outputs (the runtime
 averages rows), and each row also sees the mean of all B tile features, because a single tile
@@ -212,8 +215,11 @@ class ISiCNet(nn.Module):
         # Learned stand-ins for image-derived features when the camera failed (modality dropout).
         self.null_image = nn.Parameter(torch.zeros(d))
         self.null_signal_side = nn.Parameter(torch.zeros(d))
+        self.null_counts = nn.Parameter(torch.zeros(cfg.n_fibres))
         if cfg.use_image:
             self.image = ImageEncoder(cfg)
+            # Fibre types crossing the tile, plus a last "no fibre" class.
+            self.tile_head = nn.Linear(d, cfg.n_fibres + 1)
             self.image_pool = nn.Sequential(nn.Linear(2 * d, d), nn.GELU())
             if cfg.use_rg:
                 self.rg = RegionGeneration(d)
@@ -226,7 +232,10 @@ class ISiCNet(nn.Module):
                 nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, cfg.n_fibres + cfg.n_classes)
             )
         self.trunk = nn.Sequential(
-            nn.Linear(4 * d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, cfg.head_hidden), nn.GELU()
+            nn.Linear(4 * d + cfg.n_fibres, cfg.head_hidden),
+            nn.GELU(),
+            nn.Linear(cfg.head_hidden, cfg.head_hidden),
+            nn.GELU(),
         )
         self.composition_head = nn.Linear(cfg.head_hidden, cfg.n_fibres)
         self.blend_head = nn.Linear(cfg.head_hidden, cfg.n_classes)
@@ -285,14 +294,22 @@ class ISiCNet(nn.Module):
             # Every row also sees the mean over the measurement's B tiles.
             per_tile = image_vec.reshape(-1, b, d)
             image_mean = (per_tile * 0 + per_tile.mean(dim=1, keepdim=True)).reshape(-1, d)
+            # Fibre counter: type shares over the measurement's tiles, the same for every row.
+            tile_logits = self.tile_head(enc[:, 0])
+            typed = torch.softmax(tile_logits, dim=-1)[:, : cfg.n_fibres].reshape(-1, b, cfg.n_fibres)
+            shares = typed.mean(dim=1, keepdim=True)
+            shares = shares / (shares.sum(dim=-1, keepdim=True) + 1e-6)
+            counted = (typed * 0 + shares).reshape(-1, cfg.n_fibres)
             if image_present is not None:
                 keep = image_present.to(image_vec.dtype).reshape(-1, 1, 1).expand(-1, b, 1).reshape(-1, 1)
                 image_vec = keep * image_vec + (1 - keep) * self.null_image
                 image_mean = keep * image_mean + (1 - keep) * self.null_image
                 side = keep * side + (1 - keep) * self.null_signal_side
+                counted = keep * counted + (1 - keep) * self.null_counts
             if cfg.use_rec and self.training and patch_mask is not None:
                 out["patch_rec"] = self.patch_decoder(enc[:, 1:])
             if self.training:
+                out["tile_logits"] = tile_logits
                 probe = self.image_probe(enc[:, 0].reshape(-1, b, d).mean(dim=1))
                 out["image_composition"] = torch.softmax(probe[:, : cfg.n_fibres], dim=-1)
                 out["image_blend_logits"] = probe[:, cfg.n_fibres :]
@@ -300,7 +317,8 @@ class ISiCNet(nn.Module):
             image_vec = absent + self.null_image
             image_mean = image_vec
             side = absent + self.null_signal_side
-        hidden = self.trunk(torch.cat([signal_vec, side, image_vec, image_mean], dim=-1))
+            counted = signal_vec[:, :1] * 0 + self.null_counts
+        hidden = self.trunk(torch.cat([signal_vec, side, image_vec, image_mean, counted], dim=-1))
         out["composition"] = torch.softmax(self.composition_head(hidden), dim=-1).reshape(-1, b, cfg.n_fibres)
         out["blend_logits"] = self.blend_head(hidden).reshape(-1, b, cfg.n_classes)
         if cfg.use_rec and self.training:

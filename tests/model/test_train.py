@@ -56,6 +56,7 @@ blend_weight = 0.2
 rec_spectrum_weight = 0.1
 rec_patch_weight = 0.1
 image_probe_weight = 0.5
+tile_weight = 1.0
 [ablation]
 variants = ["signal"]
 """
@@ -85,6 +86,17 @@ def test_train_writes_a_loadable_model_and_its_ablation(tiny_config, tmp_path):
     assert load_manifest(again / "manifest.json").fibres == manifest.fibres
 
 
+def test_parallel_variants_train_the_same_graphs_as_one_process(tiny_config, tmp_path):
+    runs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        args = ["train", "--config", str(tiny_config), "--out", str(out), "--ablation", "--no-evaluate", "--jobs", jobs]
+        assert main(args) == 0
+        runs[jobs] = [json.loads(p.read_text())["graphs"]["bimodal"]["sha256"]
+                      for p in (out / "manifest.json", out / "ablation" / "signal" / "manifest.json")]
+    assert runs["1"] == runs["2"] and runs["1"][0] != runs["1"][1]
+
+
 def test_training_on_the_heldout_seed_is_refused(tiny_config, capsys):
     assert main(["train", "--config", str(tiny_config), "--seed", "4"]) == ConfigError.exit_code
     assert "heldout_seed" in capsys.readouterr().err
@@ -111,3 +123,42 @@ def test_a_preset_mixture_draws_each_sample_from_one_of_its_presets():
     ]
     clean = [m for m in mixed if m.truth.sample.nuisance.humidity == 0.65]
     assert 5 < len(clean) < 25 and len(mixed) - len(clean) > 5
+
+
+def test_tile_fibre_shares_measure_each_type_s_length_in_each_tile():
+    import numpy as np
+
+    from isic_drivers.lab.microscope import DrawnFibre
+    from isic_model.data import tile_fibre_shares
+
+    class Tiles:  # the two fields of an ImageInput the shares read
+        origins = ((0, 0, 0), (0, 0, 32), (1, 0, 0))
+
+    line = np.stack([np.arange(0.0, 64.0, 2.0), np.full(32, 10.0)], axis=1)  # y = 10, x 0..62 (camera px)
+    short = np.stack([np.full(4, 5.0), np.arange(0.0, 8.0, 2.0)], axis=1)  # x = 5, y 0..6
+    frames = [[DrawnFibre("cotton", 15.0, line), DrawnFibre("linen", 15.0, short)], []]
+    shares = tile_fibre_shares(Tiles(), frames, scale=1.0, tile_px=32, fibres=["cotton", "linen", "nylon"])
+    # Tile 1: 16 cotton points and 4 linen points; tile 2: cotton only; frame 1: no fibre.
+    assert np.allclose(shares, [[0.8, 0.2, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    # Rescaled frames: half the scale puts the whole cotton line in the first tile.
+    assert tile_fibre_shares(Tiles(), frames, 0.5, 32, ["cotton", "linen", "nylon"])[1].tolist() == [0, 0, 0]
+
+
+def test_lab_sets_carry_per_tile_truth_that_matches_what_the_tiles_show(tiny_config):
+    import numpy as np
+
+    from isic_model.data import StationSettings, generate
+    from isic_model.train import fibre_set, image_params
+
+    cfg = load_config(tiny_config)
+    fibres, classes = fibre_set()
+    settings = StationSettings(coadd=1, n_frames=2, frame_px=128, camera_um_per_px=2.0)
+    every_tile = dict(image_params(cfg), tiles_per_measurement=32)  # 2 frames x 16 tiles, glass-only ones too
+    lab = generate(5, 8, "clean", {}, settings, spectrum_params(cfg), every_tile, fibres, classes, progress=False)
+    assert lab.tile_fibres.shape == lab.tiles.shape[:2] + (len(fibres),)
+    totals = lab.tile_fibres.sum(axis=-1)
+    assert np.allclose(totals[totals > 0], 1.0) and (totals > 0).mean() > 0.5 and (totals == 0).sum() >= 5
+    # Only the sample's own fibres, and tiles with fibre are darker than empty glass.
+    assert not (lab.tile_fibres * (lab.composition[:, None, :] == 0)).any()
+    brightness = lab.tiles.reshape(lab.tiles.shape[:2] + (-1,)).mean(axis=-1)
+    assert brightness[totals > 0].mean() < brightness[totals == 0].mean() - 5

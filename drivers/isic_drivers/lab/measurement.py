@@ -13,7 +13,7 @@ import numpy as np
 
 from isic_drivers.lab.fibres import FibreSet, load_fibres, resolve_fibres
 from isic_drivers.lab.instrument import InstrumentModel, dark_counts, raw_counts, white_counts
-from isic_drivers.lab.microscope import render_frame
+from isic_drivers.lab.microscope import DrawnFibre, render_frame
 from isic_drivers.lab.sample import Nuisance, Sample, blend_label, composition_vector
 from isic_drivers.lab.spectra import reflectance
 from isic_drivers.lab.stage import ReferenceTile
@@ -22,13 +22,18 @@ from isic_station.calibration import reflectance_from_counts
 
 @dataclass
 class MeasurementTruth:
-    """What was really measured: composition over the fibre set, blend label, fibres in each frame."""
+    """What was really measured: composition over the fibre set, blend label, fibres in each frame.
+
+    `frame_fibres[k]` lists the fibres drawn in frame k (type, diameter, centre line in pixels): the
+    ground truth a trainer uses to tell which fibre types each image tile shows.
+    """
 
     fibre_names: List[str]
     composition: np.ndarray
     blend: str
     frame_counts: List[Dict[str, int]]
     sample: Sample
+    frame_fibres: List[List[DrawnFibre]] = field(default_factory=list)
 
 
 @dataclass
@@ -88,12 +93,13 @@ def simulate_measurement(sample: Sample, rng: np.random.Generator, instrument: O
     dark = mean_of(lambda: dark_counts(instrument, integration_us, rng, nu))
     white = mean_of(lambda: white_counts(instrument, integration_us, rng, nu))
     raw = mean_of(lambda: raw_counts(instrument, reflectance(sample, axis, rng, physics), integration_us, rng, nu))
-    frames, counts = [], []
+    frames, counts, drawn = [], [], []
     for _ in range(n_frames):
         frame, truth = render_frame(sample, rng, frame_size, frame_size, um_per_px, physics)
         frames.append(frame)
         counts.append(truth.counts)
+        drawn.append(truth.fibres)
     truth = MeasurementTruth(list(fibre_set), composition_vector(sample, fibre_set),
-                             blend_label(sample, fibre_set), counts, sample)
+                             blend_label(sample, fibre_set), counts, sample, drawn)
     return Measurement(instrument.wavelengths_nm, integration_us, coadd, raw, dark, white,
                        reflectance_from_counts(raw, dark, white), frames, um_per_px, truth)
