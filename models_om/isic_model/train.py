@@ -243,6 +243,7 @@ def _training_record(
     from dataclasses import asdict
 
     return {
+        "model_version": str(cfg.get("model_version", "1")),
         "variant": variant,
         "preset": cfg["preset"],
         "seed": seed,
@@ -305,6 +306,7 @@ def export_checkpoint(checkpoint: Path, out: Path, metrics: Optional[Dict[str, A
         ckpt["image"],
         ckpt["training"],
         metrics=metrics,
+        model_version=str(ckpt["training"].get("model_version", "1")),
     )
 
 

@@ -10,6 +10,7 @@ from isic_station.errors import ConfigError
 from isic_station.manifest import load_manifest
 
 TINY = """
+model_version = "7"
 seed = 3
 heldout_seed = 4
 preset = "default"
@@ -78,6 +79,7 @@ def test_train_writes_a_loadable_model_and_its_ablation(tiny_config, tmp_path):
     training = json.loads((out / "manifest.json").read_text())["training"]
     assert training["seed"] == 3 and training["samples"] == 6 and training["train_seconds"] >= 0
     assert training["network"]["use_rec"] is True
+    assert json.loads((out / "manifest.json").read_text())["model"]["version"] == "7"
     signal = load_manifest(out / "ablation" / "signal" / "manifest.json")
     assert json.loads(signal.path.read_text())["training"]["network"]["use_image"] is False
     # The checkpoint exports again to the same graphs.
