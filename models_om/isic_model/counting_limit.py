@@ -77,47 +77,67 @@ class _Prior:
         return weights @ self.fractions / weights.sum()
 
 
+class CountingOracle:
+    """The posterior-mean composition from fibre counts, with the blend's fibres known (priors cached per blend)."""
+
+    def __init__(self, fibres: Sequence[str], preset: str = "default") -> None:
+        from isic_drivers.lab.sample import PRESETS
+
+        self.fibres = list(fibres)
+        self.alpha = float(PRESETS[preset].get("dirichlet_alpha", 1.0))
+        self._priors: Dict[Tuple[str, ...], _Prior] = {}
+        self.predictions: List[List[float]] = []
+        self.in_view: List[int] = []
+        self.unseen = 0
+
+    def add(self, composition: Mapping[str, float], counts: Mapping[str, int]) -> None:
+        """Estimate one sample's composition from its fibre counts (over all its frames)."""
+        present = tuple(n for n in self.fibres if composition.get(n, 0.0) > 0)
+        seen = np.array([float(counts.get(n, 0)) for n in present])
+        self.in_view.append(int(seen.sum()))
+        self.unseen += int((seen == 0).any())
+        if present not in self._priors:
+            self._priors[present] = _Prior(present, self.alpha, seed=len(self._priors))
+        estimate = dict(zip(present, self._priors[present].posterior_mean(seen)))
+        self.predictions.append([estimate.get(n, 0.0) for n in self.fibres])
+
+    def figures(self, truth: np.ndarray, labels: Sequence[str]) -> Dict[str, Any]:
+        """The `evaluate` composition figures, the fibres in view and the share of samples with a type unseen."""
+        from isic_model.evaluate import composition_figures
+
+        return dict(
+            composition_figures(np.array(self.predictions), truth, labels, self.fibres),
+            fibres_in_view={"p10": float(np.percentile(self.in_view, 10)),
+                            "median": float(np.median(self.in_view)),
+                            "p90": float(np.percentile(self.in_view, 90))},
+            samples_with_a_fibre_type_unseen=round(self.unseen / max(len(self.predictions), 1), 4),
+        )
+
+
 def counting_limit(
     settings: Any, fibres: Sequence[str], seed: int, samples: int, preset: str = "default"
 ) -> Dict[str, Any]:
     """MAE figures (as `evaluate`) of the posterior mean from the fibre counts in `settings.n_frames` frames."""
     from isic_drivers.lab.fibres import load_fibres
     from isic_drivers.lab.microscope import draw_fibres_in_view
-    from isic_drivers.lab.sample import PRESETS, draw_sample
-    from isic_model.evaluate import composition_figures
+    from isic_drivers.lab.sample import draw_sample
 
     all_fibres = load_fibres()
-    alpha = float(PRESETS[preset].get("dirichlet_alpha", 1.0))
-    priors: Dict[Tuple[str, ...], _Prior] = {}
-    predictions, truths, labels = [], [], []
-    unseen = 0
-    in_view: List[int] = []
+    oracle = CountingOracle(fibres, preset)
+    truths, labels = [], []
     for i in range(samples):
         rng = np.random.default_rng([seed, i])
         sample = draw_sample(rng, preset, fibres=list(fibres))
-        present = tuple(n for n in fibres if sample.composition.get(n, 0.0) > 0)
-        counts = np.zeros(len(present))
+        counts: Dict[str, int] = {}
         for _ in range(settings.n_frames):
             names, kinds = draw_fibres_in_view(sample, rng, settings.frame_px, settings.frame_px,
                                                settings.camera_um_per_px, all_fibres)
             for k in kinds:
-                counts[present.index(names[k])] += 1
-        in_view.append(int(counts.sum()))
-        unseen += int((counts == 0).any())
-        if present not in priors:
-            priors[present] = _Prior(present, alpha, seed=len(priors))
-        estimate = dict(zip(present, priors[present].posterior_mean(counts)))
-        predictions.append([estimate.get(n, 0.0) for n in fibres])
+                counts[names[k]] = counts.get(names[k], 0) + 1
+        oracle.add(sample.composition, counts)
         truths.append([sample.composition.get(n, 0.0) for n in fibres])
-        labels.append("/".join(present))
-    figures = composition_figures(np.array(predictions), np.array(truths), labels, fibres)
-    return dict(
-        figures,
-        n_frames=settings.n_frames,
-        fibres_in_view={"p10": float(np.percentile(in_view, 10)), "median": float(np.median(in_view)),
-                        "p90": float(np.percentile(in_view, 90))},
-        samples_with_a_fibre_type_unseen=round(unseen / samples, 4),
-    )
+        labels.append("/".join(n for n in fibres if sample.composition.get(n, 0.0) > 0))
+    return dict(oracle.figures(np.array(truths), labels), n_frames=settings.n_frames)
 
 
 def _settings_list(manifest: Mapping[str, Any], args: argparse.Namespace) -> List[Any]:

@@ -12,6 +12,10 @@ Composition MAE is taken over the fibres a sample contains: |predicted - true| a
 1-3 fibres, then over samples (`mae_all_fibres` averages over all fibres of the set instead).
 `mae_per_fibre[f]` is over the samples that contain f, `mae_per_blend[b]` over the samples of
 blend b (every binary blend; the seed's table shows four of them).
+
+`counting_limit` puts the model beside a perfect fibre counter of the very same frames: the
+composition estimated from the true number of fibres of each type in them (see `counting_limit.py`),
+the floor an image reader cannot beat with these frames, whatever its network.
 """
 
 import argparse
@@ -165,6 +169,9 @@ def run_evaluation(
             path = manifest_path.parent / "ablation" / name / "manifest.json"
             if path.is_file():
                 variants[name] = _Runner(path)
+    from isic_model.counting_limit import CountingOracle
+
+    counter = CountingOracle(fibres, preset)
     truths, labels, reflectances = [], [], []
     axis = None
     start = time.perf_counter()
@@ -175,6 +182,11 @@ def run_evaluation(
             labels.append(m.truth.blend)
             reflectances.append(m.reflectance)
             axis = m.wavelengths_nm
+            counts: Dict[str, int] = {}
+            for frame_counts in m.truth.frame_counts:
+                for name, count in frame_counts.items():
+                    counts[name] = counts.get(name, 0) + count
+            counter.add(m.truth.sample.composition, counts)
             main.add(m, with_frames=True)
             signal.add(m, with_frames=False)
             for runner in variants.values():
@@ -192,6 +204,7 @@ def run_evaluation(
     }
     result.update(main.figures(truth, labels))
     result["signal_only"] = signal.figures(truth, labels)
+    result["counting_limit"] = counter.figures(truth, labels)
     if variants:
         result["ablation"] = {name: runner.figures(truth, labels) for name, runner in variants.items()}
         result["ablation"]["full"] = main.figures(truth, labels)
@@ -234,6 +247,13 @@ def format_table(result: Mapping[str, Any], fibres: Sequence[str]) -> str:
         )
         lines.append(f"baselines fitted on {base['train_samples']} training-seed spectra; {base['preprocessing']}")
         lines.append(f"ISiC-Net MAE / PLS MAE = {result['mae_ratio_to_pls']:.2f}")
+    limit = result.get("counting_limit")
+    if limit:
+        lines.append(_row("perfect fibre counter, same frames", limit, fibres))
+        lines.append(
+            f"fibres in these frames: median {limit['fibres_in_view']['median']:.0f} per measurement; "
+            f"{100 * limit['samples_with_a_fibre_type_unseen']:.1f} % of samples show no fibre of some type"
+        )
     lines.append("MAE: mean |predicted - true| fraction over the fibres each sample contains; '-': no such samples")
     return "\n".join(lines)
 

@@ -43,6 +43,9 @@ def test_json_has_the_contract_keys_and_figures_in_range(tiny_model, capsys):
     assert result["ablation"]["full"]["mae"] == result["mae"]
     assert {"pls", "svm", "plsda"} <= set(result["baselines"])
     assert set(result["mae_per_fibre"]) <= {"cotton", "linen", "viscose", "polyester", "nylon"}
+    # The perfect counter of the same frames (1 frame of 128 px here: a handful of fibres).
+    limit = result["counting_limit"]
+    assert 0.0 <= limit["mae"] <= 0.5 and limit["fibres_in_view"]["median"] >= 1
 
 
 def test_same_seed_same_figures_and_table_output(tiny_model, capsys):
@@ -56,6 +59,7 @@ def test_same_seed_same_figures_and_table_output(tiny_model, capsys):
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "ISiC-Net (bimodal)" in table and "signal-only path" in table and "cotton/linen" in table
+    assert "perfect fibre counter, same frames" in table
 
 
 def test_unknown_override_is_a_config_error(tiny_model, capsys):
