@@ -27,7 +27,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parent / "shipped" / "manifest.json"
 PRIOR_DRAWS = 4000
 
 
@@ -41,7 +40,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "MAE of the best estimate from those counts (posterior mean under the lab's prior), in "
                     "the layout of `isic-model evaluate`, for each --frames value. The floor any image "
                     "model meets with these station settings; the spectrum adds to it.")
-    cmd.add_argument("--model", type=Path, default=DEFAULT_MANIFEST,
+    from isic_model import SHIPPED_MANIFEST
+
+    cmd.add_argument("--model", type=Path, default=SHIPPED_MANIFEST,
                      help="manifest (or its folder) whose station settings to use (default: the shipped model)")
     cmd.add_argument("--seed", type=int, default=1001, help="seed of the samples (default: %(default)s)")
     cmd.add_argument("--samples", type=int, default=400, help="number of samples (default: %(default)s)")
@@ -90,10 +91,10 @@ class CountingOracle:
         self.in_view: List[int] = []
         self.unseen = 0
 
-    def add(self, composition: Mapping[str, float], counts: Mapping[str, int]) -> None:
-        """Estimate one sample's composition from its fibre counts (over all its frames)."""
+    def add(self, composition: Mapping[str, float], frame_counts: Sequence[Mapping[str, int]]) -> None:
+        """Estimate one sample's composition from its fibre counts per frame (summed over its frames)."""
         present = tuple(n for n in self.fibres if composition.get(n, 0.0) > 0)
-        seen = np.array([float(counts.get(n, 0)) for n in present])
+        seen = np.array([float(sum(counts.get(n, 0) for counts in frame_counts)) for n in present])
         self.in_view.append(int(seen.sum()))
         self.unseen += int((seen == 0).any())
         if present not in self._priors:
@@ -128,13 +129,12 @@ def counting_limit(
     for i in range(samples):
         rng = np.random.default_rng([seed, i])
         sample = draw_sample(rng, preset, fibres=list(fibres))
-        counts: Dict[str, int] = {}
+        frame_counts = []
         for _ in range(settings.n_frames):
             names, kinds = draw_fibres_in_view(sample, rng, settings.frame_px, settings.frame_px,
                                                settings.camera_um_per_px, all_fibres)
-            for k in kinds:
-                counts[names[k]] = counts.get(names[k], 0) + 1
-        oracle.add(sample.composition, counts)
+            frame_counts.append({name: int(np.count_nonzero(kinds == i)) for i, name in enumerate(names)})
+        oracle.add(sample.composition, frame_counts)
         truths.append([sample.composition.get(n, 0.0) for n in fibres])
         labels.append("/".join(n for n in fibres if sample.composition.get(n, 0.0) > 0))
     return dict(oracle.figures(np.array(truths), labels), n_frames=settings.n_frames)
@@ -164,11 +164,10 @@ def _model_input_share(manifest: Mapping[str, Any], settings: Any) -> float:
 
 def _counting_limit_command(args: argparse.Namespace) -> int:
     from isic_station.errors import ConfigError
+    from isic_station.manifest import load_manifest
 
     path = args.model / "manifest.json" if args.model.is_dir() else args.model
-    if not path.is_file():
-        raise ConfigError(f"no model manifest at {path}")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = load_manifest(path).raw
     if args.samples < 1:
         raise ConfigError("--samples must be >= 1")
     try:

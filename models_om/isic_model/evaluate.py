@@ -182,11 +182,7 @@ def run_evaluation(
             labels.append(m.truth.blend)
             reflectances.append(m.reflectance)
             axis = m.wavelengths_nm
-            counts: Dict[str, int] = {}
-            for frame_counts in m.truth.frame_counts:
-                for name, count in frame_counts.items():
-                    counts[name] = counts.get(name, 0) + count
-            counter.add(m.truth.sample.composition, counts)
+            counter.add(m.truth.sample.composition, m.truth.frame_counts)
             main.add(m, with_frames=True)
             signal.add(m, with_frames=False)
             for runner in variants.values():
