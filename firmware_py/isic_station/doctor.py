@@ -79,7 +79,7 @@ def check_camera(config: Config) -> CheckResult:
             frame = source.read()
         if frame is None:
             raise OSError(f"camera {cam.source} gave no frame")
-        quality = assess(frame.image, quality_thresholds(config))
+        quality = assess(frame.image, quality_thresholds(config), cam.um_per_px)
         height, width = frame.image.shape[:2]
         verdict = "passes the quality gate" if quality.passed else f"fails the gate: {', '.join(quality.reasons)}"
         return f"{cam.source}: {width}x{height} frame, focus {quality.focus:.0f}, {verdict}"

@@ -245,7 +245,7 @@ class Station:
             self._camera = CameraSource(c.camera.source, c.camera.width, c.camera.height, c.camera.fps,
                                         c.camera.um_per_px)
         self.acquirer = Acquirer(
-            ObpSpectrometer(self._transport), self._camera, QualityGate(quality_thresholds(c)),
+            ObpSpectrometer(self._transport), self._camera, QualityGate(quality_thresholds(c), c.camera.um_per_px),
             SampleLabelReader() if self._camera is not None else None,
             calibration=self.calibration, integration_us=c.spectrometer.integration_us, context=self._context,
             coadd=c.spectrometer.coadd, frames_per_measurement=c.camera.frames_per_measurement,

@@ -6,6 +6,7 @@ frames the signal-only graph answers alone (uncertainty 0, `signal_only` set), s
 degrades the result instead of stopping the station.
 """
 
+import logging
 import time
 from typing import Dict, Mapping, Optional, Sequence
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from isic_station.inference.base import GRAPH_BIMODAL, GRAPH_SIGNAL_ONLY, Backend, Prediction
 from isic_station.manifest import Manifest
-from isic_station.preprocess.image import build_image_batch
+from isic_station.preprocess.image import NoUsableTiles, build_image_input
 from isic_station.preprocess.spectrum import preprocess_spectrum
 
 # Tensor names fixed by the manifest contract (ARCHITECTURE.md, "Model manifest").
@@ -21,6 +22,8 @@ INPUT_SPECTRUM = "spectrum"
 INPUT_IMAGE = "image"
 OUTPUT_COMPOSITION = "composition"
 OUTPUT_BLEND_LOGITS = "blend_logits"
+
+log = logging.getLogger(__name__)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -56,7 +59,17 @@ class Predictor:
         spectrum = preprocess_spectrum(reflectance, wavelengths_nm, self.manifest.spectrum)
         tiles = None
         if frames_bgr is not None and len(frames_bgr) > 0:
-            tiles = build_image_batch(frames_bgr, camera_um_per_px, self.manifest.image)
+            try:
+                image = build_image_input(frames_bgr, camera_um_per_px, self.manifest.image)
+            except NoUsableTiles as exc:
+                log.warning("no image input: %s; measuring signal-only", exc)
+            else:
+                tiles = image.batch
+                if log.isEnabledFor(logging.DEBUG):   # the evidence `bench accuracy` checks label tiles against
+                    log.debug("image tiles at %g um/px from %g um/px: %d masked, label %d px, ignored %d px, "
+                              "origins %s", self.manifest.image["um_per_px"], camera_um_per_px, image.tiles_masked,
+                              image.label_px, image.ignored_px,
+                              " ".join(f"{f}:{top}:{left}" for f, top, left in image.origins))
         preprocessed = time.perf_counter()
         outputs = self.infer(spectrum, tiles)
         done = time.perf_counter()
