@@ -59,6 +59,8 @@ def label_boxes(grey: np.ndarray, um_per_px: float) -> List[Box]:
     size = max(3, int(round(LABEL_MORPH_UM / um_per_px)) | 1)
     square = cv2.getStructuringElement(cv2.MORPH_RECT, (size, size))
     ink = cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, square), cv2.MORPH_OPEN, square)
+    if not ink.any():
+        return []
     count, _labels, stats, _centres = cv2.connectedComponentsWithStats(ink, connectivity=8)
     height, width = grey.shape
     boxes: List[Box] = []

@@ -228,6 +228,12 @@ class Station:
         if old is not None:
             old.backend.close()
         log.info("model %s %s on %s", manifest.name, manifest.version, backend.name)
+        if self.config.camera.source:
+            from isic_station.preprocess.image import scale_problem
+
+            problem = scale_problem(self.config.camera.um_per_px, manifest.image)
+            if problem:
+                log.warning("%s", problem)
 
     def _open_devices(self, camera: bool = True) -> None:
         from isic_drivers.camera import CameraSource

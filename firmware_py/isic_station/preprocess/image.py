@@ -21,7 +21,7 @@ Masks (the partial-convolution idea, ../shared/seeds: invalid pixels are left ou
 
 import logging
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -139,14 +139,31 @@ def background_level(grey: np.ndarray) -> np.ndarray:
     return cv2.resize(cv2.medianBlur(small, kernel), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def fibre_mask(grey: np.ndarray) -> np.ndarray:
+def fibre_mask(grey: np.ndarray, background: Optional[np.ndarray] = None) -> np.ndarray:
     """Boolean mask of the pixels that stand out from the local background (fibre, not glass).
 
-    Hand-written because it is a few OpenCV calls; a learned segmenter would be heavier than the
-    whole gate and would need its own training data.
+    `background` is `background_level(grey)` when the caller has it already. Hand-written because
+    it is a few OpenCV calls; a learned segmenter would be heavier than the whole gate and would
+    need its own training data.
     """
     smooth = cv2.GaussianBlur(grey, (5, 5), 0)
-    return cv2.absdiff(smooth, background_level(grey)) > FIBRE_CONTRAST_GREY
+    return cv2.absdiff(smooth, background_level(grey) if background is None else background) > FIBRE_CONTRAST_GREY
+
+
+def paint_glass(image: np.ndarray, where: np.ndarray, background: np.ndarray, glass: np.ndarray) -> np.ndarray:
+    """A copy of `image` with the pixels `where` set to the glass around them.
+
+    `background` is the grey background level; colour frames get it in the glass's own tint (the
+    lamp's colour is the same over the frame), measured on the `glass` pixels.
+    """
+    out = image.copy()
+    if image.ndim == 2:
+        out[where] = background[where]
+        return out
+    colour = np.array(cv2.mean(image, mask=glass.astype(np.uint8) if glass.any() else None)[:image.shape[2]])
+    tint = colour / max(1.0, float(colour @ np.array([0.114, 0.587, 0.299])))   # BGR over its grey (BT.601)
+    out[where] = np.clip(background[where][:, None] * tint[None, :], 0, 255).astype(np.uint8)
+    return out
 
 
 @dataclass(frozen=True)
@@ -194,6 +211,23 @@ def rescale_frame(frame: np.ndarray, camera_um_per_px: float, model_um_per_px: f
     return cv2.resize(frame, size, interpolation=interpolation)
 
 
+def scale_problem(camera_um_per_px: float, params: Mapping[str, Any]) -> Optional[str]:
+    """Why the camera's scale does not suit the model (naming the config key), or None when it does.
+
+    The manifest's `image.camera_um_per_px_range` is the range the station resamples from; a
+    manifest without one accepts any scale.
+    """
+    accepted = params.get("camera_um_per_px_range")
+    if not accepted:
+        return None
+    low, high = float(accepted[0]), float(accepted[1])
+    if low <= camera_um_per_px <= high:
+        return None
+    return (f"camera.um_per_px = {camera_um_per_px:g} is outside the {low:g}-{high:g} µm/px the model accepts "
+            f"(it resamples frames to {float(params['um_per_px']):g} µm/px): set camera.um_per_px to the "
+            "microscope's real scale, or change the objective so it falls in the range")
+
+
 def _to_channels(frame: np.ndarray, channels: int) -> np.ndarray:
     if channels == 1:
         return to_grey(frame)
@@ -237,7 +271,8 @@ def build_image_input(
                 f"than one {p} px tile: raise the camera resolution or check camera um_per_px"
             )
         grey = to_grey(scaled)
-        fibre = fibre_mask(grey)
+        background = background_level(grey)
+        fibre = fibre_mask(grey, background)
         masks = frame_masks(grey, fibre, spec.um_per_px)
         ignored_share = _tile_grid(masks.ignored, p).mean(axis=(1, 2))
         valid_px = np.float32(p * p) * (1.0 - ignored_share)
@@ -248,8 +283,7 @@ def build_image_input(
         ignored_px += int(np.count_nonzero(masks.ignored))
         image = _to_channels(scaled, spec.channels)
         if masks.ignored.any():   # painted with the glass around them: the model sees no dust or glare
-            image = image.copy()
-            image[masks.ignored] = background_level(image)[masks.ignored]
+            image = paint_glass(image, masks.ignored, background, ~(fibre | masks.ignored | masks.label))
         tiles.append(_tile_grid(image, p))
         origins.extend((index, r * p, c * p) for r in range(rows) for c in range(cols))
     all_scores = np.concatenate(scores)
