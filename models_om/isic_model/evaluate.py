@@ -251,7 +251,9 @@ def run_evaluation(
         result["ablation"] = {name: runner.figures(truth, labels) for name, runner in variants.items()}
         result["ablation"]["full"] = main.figures(truth, labels)
     if baselines:
-        result["baselines"] = _baselines(manifest, np.stack(reflectances), axis, truth, labels, settings)
+        # fitted on training-seed spectra as training measured them, whatever the evaluation's settings
+        result["baselines"] = _baselines(manifest, np.stack(reflectances), axis, truth, labels,
+                                         training_settings(manifest))
         result["mae_ratio_to_pls"] = round(result["mae"] / max(result["baselines"]["pls"]["mae"], 1e-9), 3)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result

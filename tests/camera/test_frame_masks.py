@@ -61,7 +61,7 @@ def test_no_tile_touching_a_printed_label_reaches_the_model(tmp_path):
 
 def test_the_label_mask_covers_the_code_opencv_finds_and_its_quiet_zone(tmp_path):
     detector = cv2.QRCodeDetector()
-    for image, sample_id in line_frames(tmp_path, "label=1", 6):
+    for image, _sample_id in line_frames(tmp_path, "label=1", 6):
         grey = to_grey(rescale_frame(image, CAMERA_UM_PER_PX, IMAGE["um_per_px"]))
         boxes = label_boxes(grey, IMAGE["um_per_px"])
         assert len(boxes) == 1

@@ -135,10 +135,10 @@ class VirtualMicroscope(FrameReader):
         cls, options: Mapping[str, Any], width: Optional[int] = None, height: Optional[int] = None,
         fps: Optional[float] = None, um_per_px: float = 1.0,
     ) -> "VirtualMicroscope":
-        """Build from `virtual:?key=value&...` options (seed, dwell, stage, preset, label, glare, fault, fault_after,
-        fault_frames, fault_s, width, height, fps); ConfigError names an unknown or malformed option."""
-        known = {"seed", "dwell", "stage", "preset", "label", "glare", "fault", "fault_after", "fault_frames", "fault_s",
-                 "width", "height", "fps", "um_per_px"}
+        """Build from `virtual:?key=value&...` options (seed, dwell, stage, preset, label, glare, fault,
+        fault_after, fault_frames, fault_s, width, height, fps); ConfigError names an unknown or malformed option."""
+        known = {"seed", "dwell", "stage", "preset", "label", "glare", "fault", "fault_after", "fault_frames",
+                 "fault_s", "width", "height", "fps", "um_per_px"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigError(f"unknown virtual microscope option(s) {unknown}; expected some of {sorted(known)}")

@@ -24,13 +24,14 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from isic_station.bench.scoring import figures_line, pooled_figures, score_result
 from isic_station.errors import ConfigError, DeviceError, StationError
 
 DEFAULT_LINE_SEED = 7001           # never used in training (seed 1) nor for the shipped figures (1001)
-TILE_LOG = re.compile(r"image tiles at (?P<model>[\d.]+) um/px from (?P<camera>[\d.]+) um/px: .* origins (?P<o>[\d: ]+)")
+TILE_LOG = re.compile(r"image tiles at (?P<model>[\d.]+) um/px from (?P<camera>[\d.]+) um/px: .* "
+                      r"origins (?P<o>[\d: ]+)")
 STARTUP_TIMEOUT_S = 90.0
 
 
