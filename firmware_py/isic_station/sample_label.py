@@ -69,11 +69,15 @@ def label_boxes(grey: np.ndarray, um_per_px: float) -> List[Box]:
         if (long_side * um_per_px < LABEL_MIN_SIDE_UM or short_side * um_per_px < LABEL_MIN_WIDTH_UM
                 or long_side > LABEL_MAX_ASPECT * short_side or area < LABEL_MIN_FILL * w * h):
             continue
-        ring = max(2, int(round(RING_FRACTION * long_side)))
+        # the ring starts LABEL_SPILL_PX + 1 off the code (the blurred code's edge is not paper's fault)
+        gap = LABEL_SPILL_PX + 1
+        ring = gap + max(2, int(round(RING_FRACTION * long_side)))
         x0, y0, x1, y1 = max(0, x - ring), max(0, y - ring), min(width, x + w + ring), min(height, y + h + ring)
         busy = (spread[y0:y1, x0:x1] > RING_EDGE_GREY) | (grey[y0:y1, x0:x1] < RING_INK_GREY)
-        busy[y - y0:y - y0 + h, x - x0:x - x0 + w] = False
-        ring_px = (y1 - y0) * (x1 - x0) - w * h
+        ix0, iy0 = max(0, x - gap) - x0, max(0, y - gap) - y0
+        ix1, iy1 = min(width, x + w + gap) - x0, min(height, y + h + gap) - y0
+        busy[iy0:iy1, ix0:ix1] = False
+        ring_px = (y1 - y0) * (x1 - x0) - (iy1 - iy0) * (ix1 - ix0)
         if ring_px > 0 and np.count_nonzero(busy) > RING_MAX_BUSY * ring_px:
             continue   # edges all around: a tangle of fibres, not a code on blank paper
         margin = int(round(QUIET_ZONE_FRACTION * long_side)) + LABEL_SPILL_PX
