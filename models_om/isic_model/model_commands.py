@@ -8,18 +8,9 @@ import json
 from pathlib import Path
 
 from isic_model import SHIPPED_MANIFEST
+from isic_station.bench.accuracy import seed_list
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "train.toml"
-
-
-def _seed_list(text: str) -> list:
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}")
-    return seeds
 
 
 def register(sub: "argparse._SubParsersAction") -> None:
@@ -59,7 +50,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     evaluate.add_argument("--model", type=Path, default=SHIPPED_MANIFEST, help="manifest.json or its folder")
     seeds = evaluate.add_mutually_exclusive_group(required=True)
     seeds.add_argument("--seed", type=int, help="lab seed of the evaluation samples (= a line seed of the demo bench)")
-    seeds.add_argument("--seeds", type=_seed_list, metavar="A,B,C",
+    seeds.add_argument("--seeds", type=seed_list, metavar="A,B,C",
                        help="several seeds: figures pooled over all their samples, with 95 %% confidence intervals")
     evaluate.add_argument("--samples", type=int, required=True, help="number of measurements")
     evaluate.add_argument("--preset", default="default", help="lab nuisance preset (default: %(default)s)")

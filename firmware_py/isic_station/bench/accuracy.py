@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from isic_station.bench.model import positive_int
 from isic_station.bench.scoring import figures_line, pooled_figures, score_result
 from isic_station.errors import ConfigError, DeviceError, StationError
 
@@ -35,21 +36,15 @@ TILE_LOG = re.compile(r"image tiles at (?P<model>[\d.]+) um/px from (?P<camera>[
 STARTUP_TIMEOUT_S = 90.0
 
 
-def _seeds(text: str) -> List[int]:
+def seed_list(text: str) -> List[int]:
+    """argparse type: one whole number or several, comma-separated (`7001,7002`)."""
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         seeds = []
     if not seeds:
-        raise argparse.ArgumentTypeError(f"expected a whole number (or several, comma-separated), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}")
     return seeds
-
-
-def _count(text: str) -> int:
-    value = int(text) if text.isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -62,10 +57,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "each result against the sample under the probe during its acquisition. Results whose "
                     "acquisition straddles two samples are counted and left out.",
     )
-    parser.add_argument("--line-seed", type=_seeds, default=[DEFAULT_LINE_SEED], metavar="S[,S2,...]",
+    parser.add_argument("--line-seed", type=seed_list, default=[DEFAULT_LINE_SEED], metavar="S[,S2,...]",
                         help=f"seed(s) of the simulated line (default {DEFAULT_LINE_SEED}); several are run one "
                              "after the other and pooled")
-    parser.add_argument("--count", type=_count, default=60, help="scored results per line seed (default: 60)")
+    parser.add_argument("--count", type=positive_int, default=60, help="scored results per line seed (default: 60)")
     parser.add_argument("--dwell", type=float, default=1.5, help="seconds each sample stays under the probe "
                         "(default: 1.5, so most samples give one or two results)")
     parser.add_argument("--interval", type=float, default=1.0, help="station measurement interval, s (default: 1)")
