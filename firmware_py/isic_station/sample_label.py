@@ -54,14 +54,14 @@ def label_boxes(grey: np.ndarray, um_per_px: float) -> List[Box]:
     each knows one symbology; this finds where a code is, not what it says.
     """
     kernel = np.ones((3, 3), np.uint8)
-    spread = cv2.subtract(cv2.dilate(grey, kernel), cv2.erode(grey, kernel))
-    ink = (spread > LABEL_CONTRAST_GREY).astype(np.uint8)
+    spread = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, kernel)
+    ink = cv2.threshold(spread, LABEL_CONTRAST_GREY, 1, cv2.THRESH_BINARY)[1]
     size = max(3, int(round(LABEL_MORPH_UM / um_per_px)) | 1)
     square = cv2.getStructuringElement(cv2.MORPH_RECT, (size, size))
     ink = cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, square), cv2.MORPH_OPEN, square)
     if not ink.any():
         return []
-    count, _labels, stats, _centres = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    count, _labels, stats, _centres = cv2.connectedComponentsWithStats(ink, connectivity=8, ltype=cv2.CV_16U)
     height, width = grey.shape
     boxes: List[Box] = []
     for x, y, w, h, area in stats[1:count]:

@@ -50,6 +50,7 @@ GLARE_LEVEL = 254
 GLARE_MIN_UM = 10.0
 # A tile with a larger share of ignored (dust, glare) pixels than this is not used.
 MAX_IGNORED_FRACTION = 0.5
+PAINT_TINT_STEP = 4
 
 
 class NoUsableTiles(ValueError):
@@ -160,7 +161,9 @@ def paint_glass(image: np.ndarray, where: np.ndarray, background: np.ndarray, gl
     if image.ndim == 2:
         out[where] = background[where]
         return out
-    colour = np.array(cv2.mean(image, mask=glass.astype(np.uint8) if glass.any() else None)[:image.shape[2]])
+    step = PAINT_TINT_STEP   # every 4th pixel each way is plenty for one mean colour
+    samples = image[::step, ::step][glass[::step, ::step]]
+    colour = (samples if len(samples) else image.reshape(-1, image.shape[2])).mean(axis=0)
     tint = colour / max(1.0, float(colour @ np.array([0.114, 0.587, 0.299])))   # BGR over its grey (BT.601)
     out[where] = np.clip(background[where][:, None] * tint[None, :], 0, 255).astype(np.uint8)
     return out
@@ -177,11 +180,14 @@ class FrameMasks:
 
 def dust_mask(fibre: np.ndarray, um_per_px: float) -> np.ndarray:
     """The blobs of a fibre mask too short to be fibres (dust specks, debris fibrils)."""
-    count, labels, stats, _centres = cv2.connectedComponentsWithStats(fibre.astype(np.uint8), connectivity=8)
-    longest = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]) * um_per_px
-    short = longest < DUST_MAX_UM
-    short[0] = False  # component 0 is the background
-    return short[labels] if count > 1 and short.any() else np.zeros(fibre.shape, dtype=bool)
+    _count, labels, stats, _centres = cv2.connectedComponentsWithStats(fibre.view(np.uint8), connectivity=8,
+                                                                        ltype=cv2.CV_16U)
+    dust = np.zeros(fibre.shape, dtype=bool)
+    longest = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT]) * um_per_px
+    for index in np.flatnonzero(longest < DUST_MAX_UM) + 1:   # few and small: set them box by box
+        x, y, w, h = stats[index, :4]
+        dust[y:y + h, x:x + w] |= labels[y:y + h, x:x + w] == index
+    return dust
 
 
 def glare_mask(grey: np.ndarray, um_per_px: float) -> np.ndarray:
