@@ -21,6 +21,7 @@ def test_a_short_line_is_scored_and_no_label_tile_reaches_the_model(tmp_path):
     assert result["measurements_with_tiles"] >= 4
     assert result["label_tiles"] == 0
     assert result["settings"]["camera_um_per_px"] == 1.0
+    assert len(result["per_seed"][0]["sample_indices"]) == 4
 
 
 def test_label_tiles_are_found_in_the_station_log():

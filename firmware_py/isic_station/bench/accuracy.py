@@ -11,7 +11,11 @@ straddles two samples is counted (`straddled`) and left out; so are results from
 The station runs at DEBUG, so its log holds the origins of the tiles the model got
 (`inference.predictor`); `label_tiles` counts those that touch the printed label (whose place the
 virtual microscope knows): anything above 0 means label pixels reached the model.
-Scoring and the pooled figures with 95 % intervals are `bench.scoring`'s, as `isic-model evaluate`'s.
+Scoring and the pooled figures with 95 % intervals are `bench.scoring`'s, as `isic-model evaluate`'s;
+`per_seed[i].sample_indices` are the line's samples each scored result measured (sample k of line S
+is sample k of `isic-model evaluate --seed S`, so the offline figure on the same samples is one command
+away). Results of one sample are not independent: the interval is a little narrower than it should be
+when samples are scored several times (a 1.5 s dwell at a 1 s interval gives one or two each).
 """
 
 import argparse
@@ -164,7 +168,7 @@ def _score_line(bench: Any, watcher: Any, seed: int, args: argparse.Namespace, f
             continue
         sample = line.sample(index)
         truth = {f: float(sample.composition.get(f, 0.0)) for f in fibres}
-        scores.append(score_result(doc["composition"], doc["blend"], truth, blend_label(sample)))
+        scores.append(dict(score_result(doc["composition"], doc["blend"], truth, blend_label(sample)), index=index))
         if not args.json:
             print(f"  line {seed}: {len(scores)}/{args.count} scored ({straddled} straddled)", end="\r",
                   file=sys.stderr, flush=True)
@@ -229,8 +233,8 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
                   "frames_per_measurement": config.camera.frames_per_measurement,
                   "coadd": config.spectrometer.coadd, "dwell_s": args.dwell, "interval_s": args.interval,
                   "set": list(args.settings)},
-        per_seed=[dict(pooled_figures(r["scores"]), line_seed=r["line_seed"], straddled=r["straddled"])
-                  for r in runs],
+        per_seed=[dict(pooled_figures(r["scores"]), line_seed=r["line_seed"], straddled=r["straddled"],
+                       sample_indices=[s["index"] for s in r["scores"]]) for r in runs],
         seconds=round(time.monotonic() - started, 1),
     )
     if args.json:
