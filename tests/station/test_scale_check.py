@@ -48,3 +48,13 @@ def test_doctor_passes_a_scale_in_the_range(tmp_path):
 def test_a_manifest_without_a_range_accepts_any_scale():
     assert scale_problem(9.0, {"um_per_px": 2.4}) is None
     assert "camera.um_per_px = 9" in scale_problem(9.0, {"um_per_px": 2.4, "camera_um_per_px_range": [1, 2.4]})
+
+
+def test_the_station_warns_at_start_up_naming_the_key(tmp_path, caplog):
+    from isic_station.station import Station
+
+    station = Station(config_with_scale(tmp_path, 3.0))
+    with caplog.at_level("WARNING", logger="isic_station.station"):
+        station._load_model()
+    station._predictor.backend.close()
+    assert any("camera.um_per_px = 3" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
