@@ -39,3 +39,15 @@ def test_set_replaces_or_adds_config_keys():
                                 "model.backend=onnxruntime"])
     assert "frames_per_measurement = 4" in out and "frames_per_measurement = 3" not in out
     assert "um_per_px = 1.6" in out and "[health]\ninterval_s = 9" in out and 'backend = "onnxruntime"' in out
+
+
+def test_set_takes_several_keys_at_once_or_repeated():
+    import argparse
+
+    from isic_station.bench import accuracy
+
+    parser = argparse.ArgumentParser()
+    accuracy.register(parser.add_subparsers())
+    args = parser.parse_args(["accuracy", "--set", "camera.um_per_px=1.6", "camera.width=800", "--set", "a.b=1"])
+    assert args.settings == ["camera.um_per_px=1.6", "camera.width=800", "a.b=1"]
+    assert args.line_seed == [accuracy.DEFAULT_LINE_SEED] and args.count == 60

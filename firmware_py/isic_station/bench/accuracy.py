@@ -68,8 +68,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--dwell", type=float, default=1.5, help="seconds each sample stays under the probe "
                         "(default: 1.5, so most samples give one or two results)")
     parser.add_argument("--interval", type=float, default=1.0, help="station measurement interval, s (default: 1)")
-    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="change a key of the bench's station config (repeatable), e.g. --set camera.um_per_px=1.6")
+    parser.add_argument("--set", dest="settings", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                        help="change keys of the bench's station config, e.g. --set camera.um_per_px=1.6 "
+                             "camera.frames_per_measurement=4 (repeatable)")
     parser.add_argument("--model", type=Path, default=None, help="model manifest.json (default: the shipped model)")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (logs, config)")
     parser.add_argument("--json", action="store_true",
