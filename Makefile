@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[runtime,train,dev]'
+	$(BIN)/pip install -q -e '.[runtime,train,dev,plant]'
 	touch $@
 
 # System packages the tests talk to for real (a Mosquitto broker; systemd-analyze for the unit checks).
@@ -18,6 +18,9 @@ system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; }
 	@command -v systemd-analyze >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd; }
 	@command -v shellcheck >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck; }
+	@# The plant service's tests: a real headless browser and a PDF reader (PostgreSQL runs on the machine).
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+	@command -v pdftotext >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q poppler-utils; }
 	@(exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null || { echo "starting Mosquitto on 127.0.0.1:1883"; mosquitto -d -c /etc/mosquitto/mosquitto.conf; sleep 1; }
 
 demo: $(STAMP) system-deps
@@ -27,7 +30,7 @@ test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check firmware_py drivers models_om tests
+	$(BIN)/ruff check firmware_py drivers models_om plant tests
 
 # The code that runs on the board must run on Python 3.8.
 vermin: $(STAMP)
