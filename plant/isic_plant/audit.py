@@ -33,9 +33,20 @@ RECORD_QUERIES = {
 }
 
 
+def _normal(value: Any) -> Any:
+    """Integral floats as ints: PostgreSQL gives 5.0 back as 5 from a float8 column, the same number."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
+
+
 def canonical_json(document: Any) -> bytes:
-    """The one byte form a document is hashed in: sorted keys, no spaces, UTF-8."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The one byte form a document is hashed in: sorted keys, no spaces, UTF-8, integral floats as ints."""
+    return json.dumps(_normal(document), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def document_sha256(document: Any) -> str:

@@ -5,7 +5,6 @@ Every mistake stops the command with one line naming the key, the value and what
 (exit code 78: systemd does not restart a unit whose config is wrong).
 """
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,8 @@ import tomllib
 
 from isic_plant import spc
 from isic_plant.errors import ConfigError
+from isic_plant.schemas import load_plant_schema
 
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.json"
 DEFAULT_DSN = "host=127.0.0.1 dbname=isic_plant user=postgres"
 
 
@@ -60,8 +59,7 @@ def load_config(path: Optional[Path]) -> PlantConfig:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(raw), key=lambda e: list(e.absolute_path))
+    errors = sorted(jsonschema.Draft202012Validator(load_plant_schema("config")).iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         where = ".".join(str(p) for p in e.absolute_path) or "<top>"
