@@ -59,7 +59,8 @@ def load_config(path: Optional[Path]) -> PlantConfig:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    errors = sorted(jsonschema.Draft202012Validator(load_plant_schema("config")).iter_errors(raw), key=lambda e: list(e.absolute_path))
+    validator = jsonschema.Draft202012Validator(load_plant_schema("config"))
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
     if errors:
         e = errors[0]
         where = ".".join(str(p) for p in e.absolute_path) or "<top>"
