@@ -12,6 +12,8 @@ API: `GET /api/results?station=ID&lot=ID&limit=N` -> {"total": int, "results": [
 
 import contextlib
 import json
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, AsyncIterator, Dict, Optional, Tuple
@@ -246,3 +248,33 @@ async def _body(request: Request, required: Tuple[str, ...]) -> Tuple[Dict[str, 
     if "composition" in body and not isinstance(body["composition"], dict):
         return body, "composition must be an object {fibre: fraction}"
     return body, ""
+
+
+class BackgroundServer:
+    """The app under uvicorn on a thread of this process (the page bench and the tests use it)."""
+
+    def __init__(self, app: Starlette, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    access_log=False, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "BackgroundServer":
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise PlantError("the web server did not start (see the log above)")
+            time.sleep(0.02)
+        return self
+
+    @property
+    def url(self) -> str:
+        sock = self.server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
