@@ -22,9 +22,11 @@ from .conftest import query, wait_rows
 def test_the_demo_station_feeds_the_historian(private_broker, plant_db, tmp_path):
     collector = subprocess.Popen(
         [sys.executable, "-m", "isic_plant.cli", "collect", "--broker", f"127.0.0.1:{private_broker.port}",
-         "--db", plant_db, "--client-id", "e2e-collector"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--db", plant_db, "--client-id", "e2e-collector"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        with DemoBench(tmp_path / "bench", station_id="e2e-st1", interval_s=0.5, broker=private_broker.address) as bench:
+        bench_dir = tmp_path / "bench"
+        with DemoBench(bench_dir, station_id="e2e-st1", interval_s=0.5, broker=private_broker.address) as bench:
             bench.calibrate()
             bench.put_line(seed=7, dwell_s=1.0)
             watcher = ResultWatcher(*private_broker.address, [f"{bench.topic_base}/cmd/+/response"])
@@ -46,9 +48,9 @@ def test_the_demo_station_feeds_the_historian(private_broker, plant_db, tmp_path
         out, _ = collector.communicate(timeout=20)
     assert collector.returncode == 0, out
     assert query(plant_db, "SELECT count(*) FROM rejects")[0][0] == 0
-    with BackgroundServer(create_app(plant_db, PlantConfig(dsn=plant_db))) as server:
-        with urllib.request.urlopen(f"{server.url}/api/results?station=e2e-st1&lot=L-E2E&limit=1000") as response:
-            answer = json.loads(response.read())
+    with BackgroundServer(create_app(plant_db, PlantConfig(dsn=plant_db))) as server, \
+            urllib.request.urlopen(f"{server.url}/api/results?station=e2e-st1&lot=L-E2E&limit=1000") as response:
+        answer = json.loads(response.read())
     stored = query(plant_db, "SELECT doc FROM results WHERE lot_id = 'L-E2E' ORDER BY measured_at DESC")
     assert answer["total"] == len(stored) and answer["results"] == [r[0] for r in stored]
     assert all(doc["model"]["name"] and doc["spec"]["lot_id"] == "L-E2E" for doc in answer["results"])
