@@ -11,6 +11,7 @@ the broker restarted mid-run. Prints stored results/s, publish-to-row latency, l
 - results/s stored: rows / (last stored_at - first publish).
 """
 
+import getpass
 import json
 import os
 import shutil
@@ -68,7 +69,9 @@ class BenchBroker:
         self.workdir = workdir
         (workdir / "mosquitto.conf").write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {workdir}/\nmax_queued_messages 0\nmax_inflight_messages 0\n", encoding="utf-8")
+            f"persistence_location {workdir}/\nmax_queued_messages 0\nmax_inflight_messages 0\n"
+            # run as root, mosquitto drops to its own user and could not write the persistence file here
+            f"user {getpass.getuser()}\n", encoding="utf-8")
         self.process: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
@@ -220,7 +223,9 @@ def run_ingest_bench(stations: int = 20, seconds: float = 20.0, dsn: Optional[st
             copies = conn.execute("SELECT coalesce(sum(replayed_copies), 0) FROM results").fetchone()[0]
             rejected = conn.execute("SELECT count(*) FROM rejects").fetchone()[0]
         stored_ids = {r[0] for r in rows}
-        lost = len(set(sent_at) - stored_ids)
+        missing = set(sent_at) - stored_ids
+        lost = len(missing)
+        missing_at = sorted(sent_at[m] - start for m in missing)
         unknown = len(stored_ids - set(sent_at))
         latencies = sorted(float(t) - sent_at[m] for m, t in rows if m in sent_at)
         last = max((float(t) for _, t in rows), default=start)
@@ -232,7 +237,8 @@ def run_ingest_bench(stations: int = 20, seconds: float = 20.0, dsn: Optional[st
                 "stored": len(rows), "results_per_s_stored": round(len(rows) / max(last - start, 1e-9), 1),
                 "publish_to_row_ms_p50": pct(0.50), "publish_to_row_ms_p99": pct(0.99),
                 "publish_to_row_ms_max": round(1000 * latencies[-1], 1) if latencies else None,
-                "lost": lost, "duplicated": duplicated + unknown, "copies_counted": copies,
+                "lost": lost, "lost_published_between_s": [round(missing_at[0], 1), round(missing_at[-1], 1)]
+                if missing_at else None, "duplicated": duplicated + unknown, "copies_counted": copies,
                 "resent_after_reconnect": sum(s.resends for s in fleet), "rejected": rejected,
                 "disruptions": events, "cpu_cores": os.cpu_count()}
     finally:

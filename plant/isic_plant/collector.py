@@ -81,7 +81,7 @@ class Collector:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        client.reconnect_delay_set(1, 30)
+        client.reconnect_delay_set(0.1, 10)  # back fast: after a broker restart the shared subscription is re-made
         return client
 
     # paho's thread: only hand over
