@@ -80,6 +80,15 @@ def _from_raw(raw: Dict[str, Any], path: Path) -> PlantConfig:
         password = os.environ.get(mqtt["password_env"])
         if password is None:
             raise ConfigError(f"{path}: mqtt.password_env names {mqtt['password_env']!r}, which is not set")
+    if "password_credential" in mqtt:
+        folder = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not folder:
+            raise ConfigError(f"{path}: mqtt.password_credential is set but $CREDENTIALS_DIRECTORY is not "
+                              "(run under systemd with LoadCredential=, or use mqtt.password_env)")
+        try:
+            password = (Path(folder) / mqtt["password_credential"]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{path}: mqtt.password_credential {mqtt['password_credential']!r}: {exc}") from None
     defaults = PlantConfig()
     return PlantConfig(
         dsn=raw.get("database", {}).get("dsn", defaults.dsn),
