@@ -151,7 +151,8 @@ def _collector(port: int, dsn: str, index: int, workdir: Path) -> subprocess.Pop
 
 
 def run_ingest_bench(stations: int = 20, seconds: float = 20.0, dsn: Optional[str] = None, rate: float = 0.0,
-                     disruptions: bool = True, progress: bool = True) -> Dict[str, Any]:
+                     kill_collector: bool = True, restart_broker: bool = True,
+                     progress: bool = True) -> Dict[str, Any]:
     """Run the bench; its figures (see the module docstring)."""
     say = (lambda text: print(f"bench: {text}", file=sys.stderr, flush=True)) if progress else (lambda text: None)
     server = dsn or SERVER_DSN
@@ -182,7 +183,7 @@ def run_ingest_bench(stations: int = 20, seconds: float = 20.0, dsn: Optional[st
         ticks = 0
         while time.time() - start < seconds:
             now = time.time()
-            if disruptions and killed_until is None and now >= kill_at:
+            if kill_collector and killed_until is None and now >= kill_at:
                 collectors[0].send_signal(signal.SIGKILL)
                 collectors[0].wait()
                 killed_until = now + 2.0
@@ -192,7 +193,7 @@ def run_ingest_bench(stations: int = 20, seconds: float = 20.0, dsn: Optional[st
                 collectors[0] = _collector(broker.port, bench_dsn, 1, workdir)
                 events.append(f"{now - start:.1f} s: collector 1 restarted")
                 say(events[-1])
-            if disruptions and broker_at and now >= broker_at:
+            if restart_broker and broker_at and now >= broker_at:
                 broker.stop()
                 broker.start()
                 broker_at = 0

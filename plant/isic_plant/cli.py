@@ -141,7 +141,9 @@ def cmd_bench_ingest(args: argparse.Namespace) -> int:
     from isic_plant.bench_ingest import run_ingest_bench
 
     figures = run_ingest_bench(stations=args.stations, seconds=args.seconds, dsn=args.db, rate=args.rate,
-                               disruptions=not args.no_disruptions, progress=not args.json)
+                               kill_collector=not (args.no_disruptions or args.no_kill),
+                               restart_broker=not (args.no_disruptions or args.no_broker_restart),
+                               progress=not args.json)
     print(json.dumps(figures, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in figures.items()))
     return 0 if figures["lost"] == 0 and figures["duplicated"] == 0 else 1
 
@@ -229,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     bi.add_argument("--db", metavar="DSN", help="a server to make a scratch database on "
                     "(default host=127.0.0.1 user=postgres)")
     bi.add_argument("--no-disruptions", action="store_true", help="no collector kill, no broker restart")
+    bi.add_argument("--no-kill", action="store_true", help="no collector kill")
+    bi.add_argument("--no-broker-restart", action="store_true", help="no broker restart")
     bi.add_argument("--json", action="store_true")
     bi.set_defaults(func=cmd_bench_ingest)
     bp = bsub.add_parser("pages", help="first-byte times of the pages and the certificate for a lot of N results")
