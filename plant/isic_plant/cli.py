@@ -7,12 +7,16 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from isic_plant import __version__, db
 from isic_plant.config import PlantConfig, load_config, parse_broker
 from isic_plant.errors import PlantError
+
+if TYPE_CHECKING:
+    from isic_plant.collector import Collector
 
 log = logging.getLogger("isic_plant")
 
@@ -41,16 +45,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_collect(args: argparse.Namespace) -> int:
+def _collector(args: argparse.Namespace, cfg: PlantConfig, broker: Optional[str]) -> "Collector":
     from isic_plant.collector import Collector, CollectorSettings
 
-    cfg = _config(args)
-    host, port = parse_broker(args.broker) if args.broker else cfg.broker
-    collector = Collector(CollectorSettings(
-        host=host, port=port, dsn=_dsn(args, cfg), prefix=args.prefix or cfg.prefix,
-        client_id=args.client_id or cfg.client_id, share_group=args.share_group or cfg.share_group,
+    host, port = parse_broker(broker) if broker else cfg.broker
+    return Collector(CollectorSettings(
+        host=host, port=port, dsn=_dsn(args, cfg), prefix=getattr(args, "prefix", None) or cfg.prefix,
+        client_id=getattr(args, "client_id", None) or cfg.client_id,
+        share_group=getattr(args, "share_group", None) or cfg.share_group,
         username=cfg.username, password=cfg.password, keepalive_s=cfg.keepalive_s, batch_max=cfg.batch_max,
         batch_wait_s=cfg.batch_wait_s, spc_rules=cfg.spc_rules, spc_baseline=cfg.spc_baseline))
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    collector = _collector(args, _config(args), args.broker)
     signal.signal(signal.SIGTERM, lambda *_: collector.stop())
     try:
         collector.run()
@@ -131,9 +139,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _config(args)
     dsn = _dsn(args, cfg)
     db.migrate(dsn)
+    collector = _collector(args, cfg, args.collect) if args.collect else None
+    if collector is not None:
+        threading.Thread(target=collector.run, name="collector", daemon=True).start()
     app = create_app(dsn, cfg)
-    uvicorn.run(app, host=args.host or cfg.web_host, port=args.port or cfg.web_port, log_level="warning",
-                access_log=False)
+    host, port = args.host or cfg.web_host, args.port or cfg.web_port
+    log.info("serving the historian %s on http://%s:%d/", db.safe_dsn(dsn), host, port)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        if collector is not None:
+            collector.stop()
     return 0
 
 
@@ -218,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.add_argument("--port", type=int, help="TCP port (default: the config's web.port, 8080)")
     sp.add_argument("--host", help="address to listen on (default: the config's web.host, 127.0.0.1)")
+    sp.add_argument("--collect", metavar="HOST:PORT", help="also run a collector on this broker in this process")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("bench", help="benchmarks that print figures")

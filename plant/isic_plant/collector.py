@@ -34,7 +34,6 @@ from isic_plant.store import write_batch
 
 log = logging.getLogger(__name__)
 
-SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps a stopped collector's messages this long
 
 
 @dataclass(frozen=True)
@@ -52,6 +51,7 @@ class CollectorSettings:
     batch_wait_s: float = 0.05
     spc_rules: Tuple[str, ...] = ()
     spc_baseline: int = 20
+    session_expiry_s: int = 7 * 24 * 3600  # the broker keeps a stopped collector's messages this long
 
     def subscriptions(self) -> List[Tuple[str, int]]:
         shared = [(f"$share/{self.share_group}/{self.prefix}/+/{kind}", 1) for kind in ("result", "alarm")]
@@ -120,7 +120,7 @@ class Collector:
         db.migrate(s.dsn)
         conn = db.connect(s.dsn)
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.SessionExpiryInterval = s.session_expiry_s
         props.ReceiveMaximum = min(65535, 2 * s.batch_max)
         self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=props)
         self._client.loop_start()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List
 
 import psycopg
+import psycopg.sql
 
 from isic_plant.errors import DatabaseError
 
@@ -67,8 +68,33 @@ def safe_dsn(dsn: str) -> str:
     return psycopg.conninfo.make_conninfo(**info)
 
 
+def ensure_database(dsn: str) -> bool:
+    """Create the DSN's database when it does not exist (connecting to `postgres` on the same server);
+    True when it was created. DatabaseError when it is missing and cannot be created."""
+    try:
+        psycopg.connect(dsn).close()
+        return False
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise DatabaseError(f"cannot connect to the database {safe_dsn(dsn)!r}: {str(exc).strip()}") from exc
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    name = info.get("dbname")
+    if not name:
+        raise DatabaseError(f"the DSN {safe_dsn(dsn)!r} names no dbname")
+    info["dbname"] = "postgres"
+    try:
+        with psycopg.connect(psycopg.conninfo.make_conninfo(**info), autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    except psycopg.Error as exc:
+        raise DatabaseError(f"the database {name!r} does not exist and could not be created: "
+                            f"{str(exc).strip()} (create it: createdb {name})") from exc
+    log.info("created the database %s", name)
+    return True
+
+
 def migrate(dsn: str) -> List[int]:
-    """Apply the pending migrations; the versions applied now (empty when up to date)."""
+    """Create the database if needed and apply the pending migrations; the versions applied now."""
+    ensure_database(dsn)
     applied_now = []
     with connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))

@@ -83,7 +83,8 @@ def start_collector(mqtt_broker: Tuple[str, int], plant_db: str,
         host, port = overrides.pop("address", mqtt_broker)
         settings = CollectorSettings(host=host, port=port, dsn=plant_db, prefix=prefix,
                                      client_id=overrides.pop("client_id", f"{prefix}-c{len(started)}"),
-                                     share_group=overrides.pop("share_group", prefix), **overrides)
+                                     share_group=overrides.pop("share_group", prefix),
+                                     session_expiry_s=overrides.pop("session_expiry_s", 60), **overrides)
         running = RunningCollector(settings)
         started.append(running)
         return running

@@ -2,6 +2,7 @@
 entry, record or deletion named by `isic-plant audit verify`; migrations versioned and checked."""
 
 import json
+import uuid
 
 import psycopg
 import pytest
@@ -92,3 +93,15 @@ def test_an_unreachable_database_is_one_clear_line(capsys):
 
 def test_canonical_hash_ignores_key_order():
     assert audit.document_sha256({"b": 1, "a": [1, 2]}) == audit.document_sha256({"a": [1, 2], "b": 1})
+
+
+def test_a_missing_database_is_created_and_migrated():
+    from .conftest import drop_database
+
+    dsn = f"host=127.0.0.1 port=5432 user=postgres dbname=isic_plant_test_new_{uuid.uuid4().hex[:8]}"
+    try:
+        assert db.migrate(dsn) == [1]
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 1
+    finally:
+        drop_database(dsn)
