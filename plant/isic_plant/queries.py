@@ -24,19 +24,25 @@ def results(conn: psycopg.Connection, station: Optional[str], lot_id: Optional[s
 
 
 def stations(conn: psycopg.Connection) -> List[Dict[str, Any]]:
-    """Every station seen: availability, its latest health report and latest result."""
+    """Every station seen: availability, its latest health report and latest result, results stored and
+    the sequence numbers missing between its first and last stored result (lost on the way)."""
     rows = conn.execute("""
         WITH names AS (SELECT station FROM station_status UNION SELECT DISTINCT station FROM health_reports
                        UNION SELECT station FROM (SELECT DISTINCT station FROM results) r)
-        SELECT n.station, s.state, s.changed_at, h.reported_at, h.doc, r.measured_at, r.doc, r.message_id
+        SELECT n.station, s.state, s.changed_at, h.reported_at, h.doc, r.measured_at, r.doc, r.message_id,
+               g.stored, g.high - g.low + 1 - g.stored
         FROM names n
         LEFT JOIN station_status s USING (station)
         LEFT JOIN LATERAL (SELECT reported_at, doc FROM health_reports h WHERE h.station = n.station
                            ORDER BY reported_at DESC LIMIT 1) h ON true
         LEFT JOIN LATERAL (SELECT measured_at, doc, message_id FROM results r WHERE r.station = n.station
                            ORDER BY measured_at DESC LIMIT 1) r ON true
+        LEFT JOIN LATERAL (SELECT count(*) AS stored, min(sequence) AS low, max(sequence) AS high FROM results g
+                           WHERE g.station = n.station) g ON true
         ORDER BY n.station""").fetchall()
-    keys = ("station", "state", "state_since", "health_at", "health", "result_at", "result", "message_id")
+    # missing: sequence numbers between the first and the last stored that never arrived
+    keys = ("station", "state", "state_since", "health_at", "health", "result_at", "result", "message_id",
+            "stored", "missing")
     return [dict(zip(keys, r)) for r in rows]
 
 

@@ -140,6 +140,8 @@ def test_pages_in_a_real_browser(historian):
             rows = page.locator("#stations tr[data-station]")
             assert rows.count() == 3
             assert "online" in page.locator("tr[data-station='line1-st1']").inner_text()
+            cells = page.locator("tr[data-station='line2-st1'] td")
+            assert cells.nth(9).inner_text() == "30" and cells.nth(10).inner_text() == "0"  # stored, no gaps
             page.click("text=L-100")
             assert page.url.endswith("/lots/L-100")
             assert page.locator("#count").inner_text() == "60"
@@ -159,3 +161,13 @@ def test_pages_in_a_real_browser(historian):
             assert not errors
         finally:
             browser.close()
+
+
+def test_a_station_sequence_gap_is_counted(plant_db):
+    station = SimulatedStation("gap-st", None, {"cotton": 1.0})
+    docs = [station.result() for _ in range(5)]
+    items = [parse("isic/gap-st/result", json.dumps(d).encode(), "isic") for d in docs if d["sequence"] != 3]
+    with psycopg.connect(plant_db) as conn:
+        write_batch(conn, items)
+        row = next(s for s in queries.stations(conn) if s["station"] == "gap-st")
+    assert row["stored"] == 4 and row["missing"] == 1
