@@ -21,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -32,32 +31,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from isic_plant import db
 from isic_plant.errors import PlantError
 from isic_plant.simulated import SimulatedStation
+from isic_station.demo import free_port, port_answers
 
-SERVER_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 PREFIX = "bench"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_port(port: int, process: subprocess.Popen, timeout: float = 10.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise PlantError(f"mosquitto exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.3):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise PlantError(f"mosquitto did not listen on {port} within {timeout:g} s")
 
 
 class BenchBroker:
@@ -65,7 +41,7 @@ class BenchBroker:
     no cap on a session's queue (a killed collector's share waits for it)."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.workdir = workdir
         (workdir / "mosquitto.conf").write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
@@ -79,7 +55,11 @@ class BenchBroker:
         with open(self.workdir / "mosquitto.log", "ab") as log:
             self.process = subprocess.Popen([binary, "-c", str(self.workdir / "mosquitto.conf")], stdout=log,
                                             stderr=log)
-        _wait_port(self.port, self.process)
+        deadline = time.monotonic() + 10.0
+        while not port_answers("127.0.0.1", self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise PlantError(f"mosquitto did not start on port {self.port}; see {self.workdir / 'mosquitto.log'}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -155,13 +135,13 @@ def run_ingest_bench(stations: int = 20, seconds: float = 20.0, dsn: Optional[st
                      progress: bool = True) -> Dict[str, Any]:
     """Run the bench; its figures (see the module docstring)."""
     say = (lambda text: print(f"bench: {text}", file=sys.stderr, flush=True)) if progress else (lambda text: None)
-    server = dsn or SERVER_DSN
-    name = f"isic_plant_bench_{uuid.uuid4().hex[:10]}"
-    with db.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    info = psycopg.conninfo.conninfo_to_dict(server)
-    info["dbname"] = name
-    bench_dsn = psycopg.conninfo.make_conninfo(**info)
+    with db.scratch_database(dsn or db.SERVER_DSN, "isic_plant_bench") as bench_dsn:
+        return _run(bench_dsn, stations, seconds, rate, kill_collector, restart_broker, say)
+
+
+def _run(bench_dsn: str, stations: int, seconds: float, rate: float, kill_collector: bool, restart_broker: bool,
+         say: Any) -> Dict[str, Any]:
+    name = psycopg.conninfo.conninfo_to_dict(bench_dsn)["dbname"]
     workdir = Path(tempfile.mkdtemp(prefix="isic-plant-bench-"))
     broker = BenchBroker(workdir)
     collectors: List[subprocess.Popen] = []
@@ -253,6 +233,4 @@ def run_ingest_bench(stations: int = 20, seconds: float = 20.0, dsn: Optional[st
                 except subprocess.TimeoutExpired:
                     process.kill()
         broker.stop()
-        with db.connect(server, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         shutil.rmtree(workdir, ignore_errors=True)

@@ -11,7 +11,6 @@ import logging
 import statistics
 import sys
 import time
-import uuid
 from typing import Any, Dict, List, Optional
 
 import psycopg
@@ -25,7 +24,6 @@ from isic_plant.spc_monitor import SpcMonitor
 from isic_plant.store import write_batch
 from isic_plant.web import BackgroundServer, create_app
 
-SERVER_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 LOT = "L-PAGES"
 
 
@@ -71,14 +69,7 @@ def _quantile(values: List[float], q: float) -> float:
 def run_pages_bench(results: int = 10000, requests: int = 40, dsn: Optional[str] = None,
                     progress: bool = True) -> Dict[str, Any]:
     say = (lambda text: print(f"bench: {text}", file=sys.stderr, flush=True)) if progress else (lambda text: None)
-    server = dsn or SERVER_DSN
-    name = f"isic_plant_pages_{uuid.uuid4().hex[:10]}"
-    with db.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    info = psycopg.conninfo.conninfo_to_dict(server)
-    info["dbname"] = name
-    bench_dsn = psycopg.conninfo.make_conninfo(**info)
-    try:
+    with db.scratch_database(dsn or db.SERVER_DSN, "isic_plant_pages") as bench_dsn:
         db.migrate(bench_dsn)
         t0 = time.perf_counter()
         message_id = _fill(bench_dsn, results)
@@ -109,6 +100,3 @@ def run_pages_bench(results: int = 10000, requests: int = 40, dsn: Optional[str]
                 figures[f"{label}_s_max"] = round(max(times), 3)
                 say(f"{path}: median {figures[f'{label}_s_median']} s")
         return figures
-    finally:
-        with db.connect(server, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -6,12 +6,14 @@ applied version with the sha256 of its file: an applied migration whose file has
 error, never silently re-run or skipped.
 """
 
+import contextlib
 import hashlib
 import logging
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 import psycopg
 import psycopg.sql
@@ -21,6 +23,7 @@ from isic_plant.errors import DatabaseError
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SERVER_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"  # the benches' and tests' default server
 MIGRATION_LOCK = 0x15C_0001  # pg_advisory_lock key of the migration runner
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -90,6 +93,22 @@ def ensure_database(dsn: str) -> bool:
                             f"{str(exc).strip()} (create it: createdb {name})") from exc
     log.info("created the database %s", name)
     return True
+
+
+@contextlib.contextmanager
+def scratch_database(server_dsn: str, prefix: str) -> Iterator[str]:
+    """A new empty database `<prefix>_<random>` on the server of `server_dsn`; its DSN; dropped at exit."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with connect(server_dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    info = psycopg.conninfo.conninfo_to_dict(server_dsn)
+    info["dbname"] = name
+    try:
+        yield psycopg.conninfo.make_conninfo(**info)
+    finally:
+        with connect(server_dsn, autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                psycopg.sql.Identifier(name)))
 
 
 def migrate(dsn: str) -> List[int]:

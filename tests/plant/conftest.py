@@ -15,32 +15,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from isic_plant import db
 from isic_plant.collector import Collector, CollectorSettings
 
-SERVER_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
-
-
-def scratch_database() -> str:
-    """A new empty database on the machine's PostgreSQL; its DSN."""
-    name = f"isic_plant_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(SERVER_DSN, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"host=127.0.0.1 port=5432 user=postgres dbname={name}"
-
-
-def drop_database(dsn: str) -> None:
-    name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
-    with psycopg.connect(SERVER_DSN, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
 
 @pytest.fixture
 def plant_db() -> Iterator[str]:
     """A migrated scratch database's DSN, dropped after the test."""
-    dsn = scratch_database()
-    try:
+    with db.scratch_database(db.SERVER_DSN, "isic_plant_test") as dsn:
         db.migrate(dsn)
         yield dsn
-    finally:
-        drop_database(dsn)
 
 
 @pytest.fixture

@@ -96,12 +96,12 @@ def test_canonical_hash_ignores_key_order():
 
 
 def test_a_missing_database_is_created_and_migrated():
-    from .conftest import drop_database
-
-    dsn = f"host=127.0.0.1 port=5432 user=postgres dbname=isic_plant_test_new_{uuid.uuid4().hex[:8]}"
+    name = f"isic_plant_test_new_{uuid.uuid4().hex[:8]}"
+    dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={name}"
     try:
         assert db.migrate(dsn) == [1]
         with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] == 1
     finally:
-        drop_database(dsn)
+        with psycopg.connect(db.SERVER_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
