@@ -11,9 +11,14 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
-from isic_plant import __version__, db
-from isic_plant.config import PlantConfig, load_config, parse_broker
-from isic_plant.errors import PlantError
+try:
+    import psycopg  # noqa: F401 - the [plant] extra's first dependency
+except ModuleNotFoundError:  # the board's install has no [plant] extra
+    sys.exit("isic-plant needs the [plant] extra: pip install '.[plant]' (the plant service never runs on a board)")
+
+from isic_plant import __version__, db  # noqa: E402 - after the check above
+from isic_plant.config import PlantConfig, load_config, parse_broker  # noqa: E402
+from isic_plant.errors import PlantError  # noqa: E402
 
 if TYPE_CHECKING:
     from isic_plant.collector import Collector
