@@ -32,8 +32,10 @@ from isic_plant import db
 from isic_plant.errors import PlantError
 from isic_plant.simulated import SimulatedStation
 from isic_station.demo import free_port, port_answers
+from isic_station.mqtt_link import MqttSettings
 
 PREFIX = "bench"
+STATION_LINK = MqttSettings()
 
 
 class BenchBroker:
@@ -84,7 +86,8 @@ class Station(SimulatedStation):
         self.client.max_inflight_messages_set(100)
         self.client.on_publish = self._acked
         self.client.on_connect = self._connected
-        self.client.reconnect_delay_set(0.1, 1)
+        # the real station's reconnect backoff (its MqttSettings defaults: 1 s doubling to 30 s)
+        self.client.reconnect_delay_set(STATION_LINK.reconnect_min_s, STATION_LINK.reconnect_max_s)
         self._first_connect = True
         self.client.connect(host="127.0.0.1", port=port)
         self.client.loop_start()

@@ -81,7 +81,9 @@ class Collector:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        client.reconnect_delay_set(0.1, 10)  # back fast: after a broker restart the shared subscription is re-made
+        # Back within 0.5 s: after a broker restart, results published before the shared subscription is
+        # made again have no subscriber (Mosquitto 2.0 does not restore shared subscriptions; README).
+        client.reconnect_delay_set(0.1, 0.5)
         return client
 
     # paho's thread: only hand over
