@@ -24,13 +24,14 @@ def results(conn: psycopg.Connection, station: Optional[str], lot_id: Optional[s
 
 
 def stations(conn: psycopg.Connection) -> List[Dict[str, Any]]:
-    """Every station seen: availability, its latest health report and latest result, results stored and
+    """Every station seen: availability, its latest health report, result and alarm, results stored and
     the sequence numbers missing between its first and last stored result (lost on the way)."""
     rows = conn.execute("""
         WITH names AS (SELECT station FROM station_status UNION SELECT DISTINCT station FROM health_reports
+                       UNION SELECT DISTINCT station FROM alarms
                        UNION SELECT station FROM (SELECT DISTINCT station FROM results) r)
         SELECT n.station, s.state, s.changed_at, h.reported_at, h.doc, r.measured_at, r.doc, r.message_id,
-               g.stored, g.high - g.low + 1 - g.stored
+               g.stored, g.high - g.low + 1 - g.stored, a.raised_at, a.doc
         FROM names n
         LEFT JOIN station_status s USING (station)
         LEFT JOIN LATERAL (SELECT reported_at, doc FROM health_reports h WHERE h.station = n.station
@@ -39,10 +40,12 @@ def stations(conn: psycopg.Connection) -> List[Dict[str, Any]]:
                            ORDER BY measured_at DESC LIMIT 1) r ON true
         LEFT JOIN LATERAL (SELECT count(*) AS stored, min(sequence) AS low, max(sequence) AS high FROM results g
                            WHERE g.station = n.station) g ON true
+        LEFT JOIN LATERAL (SELECT raised_at, doc FROM alarms a WHERE a.station = n.station
+                           ORDER BY raised_at DESC LIMIT 1) a ON true
         ORDER BY n.station""").fetchall()
     # missing: sequence numbers between the first and the last stored that never arrived
     keys = ("station", "state", "state_since", "health_at", "health", "result_at", "result", "message_id",
-            "stored", "missing")
+            "stored", "missing", "alarm_at", "alarm")
     return [dict(zip(keys, r)) for r in rows]
 
 

@@ -22,6 +22,7 @@ from isic_plant.simulated import SimulatedStation
 from isic_plant.spc_monitor import SpcMonitor
 from isic_plant.store import write_batch
 from isic_plant.web import BackgroundServer, create_app
+from isic_station.results import build_alarm
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -57,6 +58,8 @@ def historian(plant_db: str) -> Iterator[Tuple[str, dict]]:
         docs.append(c.result())
     items = [parse(f"isic/{d['station']}/result", json.dumps(d).encode(), "isic") for d in docs]
     items.append(parse("isic/line1-st1/status", b'{"state": "online", "station": "line1-st1"}', "isic"))
+    alarm = build_alarm(station="line2-st1", kind="device_fault", severity="critical", message="camera unplugged")
+    items.append(parse("isic/line2-st1/alarm", json.dumps(alarm).encode(), "isic"))
     with psycopg.connect(plant_db) as conn:
         declare_lot(conn, "L-100", {"cotton": 0.62, "polyester": 0.38}, 5.0, "qa")
         outcome = write_batch(conn, items)
@@ -142,6 +145,7 @@ def test_pages_in_a_real_browser(historian):
             assert "online" in page.locator("tr[data-station='line1-st1']").inner_text()
             cells = page.locator("tr[data-station='line2-st1'] td")
             assert cells.nth(9).inner_text() == "30" and cells.nth(10).inner_text() == "0"  # stored, no gaps
+            assert "device_fault" in cells.nth(11).inner_text() and "camera unplugged" in cells.nth(11).inner_text()
             page.click("text=L-100")
             assert page.url.endswith("/lots/L-100")
             assert page.locator("#count").inner_text() == "60"
