@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, Union
 
 import paho.mqtt.client as paho
 import psycopg
@@ -28,9 +28,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from isic_plant import db
-from isic_plant.documents import parse
+from isic_plant.documents import Document, Reject, parse
 from isic_plant.spc_monitor import SpcMonitor
-from isic_plant.store import write_batch
+from isic_plant.store import BatchOutcome, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,13 @@ class Collector:
             try:
                 outcome = write_batch(conn, items)
                 break
+            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+                # a document the database refuses (a NUL in a string, a number beyond bigint): one message
+                # must not block the others, so store them one by one and keep that one as a reject
+                log.warning("the database refused a batch (%s); storing its %d messages one by one",
+                            str(exc).strip().splitlines()[0], len(items))
+                outcome = self._store_one_by_one(conn, items)
+                break
             except (psycopg.OperationalError, psycopg.errors.DeadlockDetected) as exc:
                 log.error("storing a batch of %d failed (%s); retrying in %.1f s, nothing is acknowledged",
                           len(batch), str(exc).strip().splitlines()[0], delay)
@@ -188,6 +195,22 @@ class Collector:
                 log.error("SPC check failed: %s", str(exc).strip())
                 conn = self._reconnect(conn)
         return conn
+
+    def _store_one_by_one(self, conn: psycopg.Connection, items: List[Union[Document, Reject]]) -> BatchOutcome:
+        total = BatchOutcome()
+        for item in items:
+            try:
+                outcome = write_batch(conn, [item])
+            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+                topic = f"{self.settings.prefix}/{item.station}/{item.kind}"
+                reason = f"refused by the database: {str(exc).strip().splitlines()[0]}"
+                outcome = write_batch(conn, [Reject(topic, item.text.encode("utf-8"), reason)])
+            total.stored.update(outcome.stored)
+            total.copies += outcome.copies
+            total.rejected += outcome.rejected
+            for lot, ids in outcome.new_results.items():
+                total.new_results.setdefault(lot, []).extend(ids)
+        return total
 
     def _spc_housekeeping(self, conn: psycopg.Connection) -> psycopg.Connection:
         acked = []

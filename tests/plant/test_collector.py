@@ -84,3 +84,17 @@ def test_two_collectors_share_the_subscription_nothing_lost_or_doubled(start_col
     assert query(plant_db, "SELECT count(*) FROM audit_log WHERE kind = 'result'")[0][0] == len(sent)
     a, b = first.collector.totals["result"], second.collector.totals["result"]
     assert a + b == len(sent) and a > 0 and b > 0, (a, b)
+
+
+def test_a_document_the_database_refuses_is_a_reject_and_spoils_nothing(start_collector, publisher, plant_db, prefix):
+    running = start_collector(batch_wait_s=0.5)  # the three arrive in one batch
+    station = SimulatedStation("st-nul", "L-nul", {"cotton": 1.0})
+    before, nul, after = station.result("ok-1"), station.result("bad\u0000id"), station.result("ok-2")
+    for doc in (before, nul, after):
+        publisher.client.publish(f"{prefix}/st-nul/result", json.dumps(doc), qos=1)
+    assert wait_rows(plant_db, "SELECT count(*) FROM rejects", 1) == 1
+    assert wait_rows(plant_db, "SELECT count(*) FROM results", 2) == 2
+    reason = query(plant_db, "SELECT reason FROM rejects")[0][0]
+    assert reason.startswith("refused by the database") and "NUL" in reason
+    assert {r[0] for r in query(plant_db, "SELECT sample_id FROM results")} == {"ok-1", "ok-2"}
+    assert running.thread.is_alive()
