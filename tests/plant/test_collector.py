@@ -4,6 +4,9 @@ copies counted, rejects kept with their reason, health and status, a shared subs
 import json
 import time
 
+import psycopg
+
+from isic_plant import db
 from isic_plant.simulated import SimulatedStation
 
 from .conftest import query, wait_rows
@@ -98,3 +101,20 @@ def test_a_document_the_database_refuses_is_a_reject_and_spoils_nothing(start_co
     assert reason.startswith("refused by the database") and "NUL" in reason
     assert {r[0] for r in query(plant_db, "SELECT sample_id FROM results")} == {"ok-1", "ok-2"}
     assert running.thread.is_alive()
+
+
+def test_a_lost_database_connection_loses_nothing(start_collector, publisher, plant_db, prefix):
+    start_collector()
+    station = SimulatedStation("st-db", None, {"cotton": 1.0})
+    for _ in range(5):
+        publisher.publish(f"{prefix}/st-db/result", station.result())
+    assert wait_rows(plant_db, "SELECT count(*) FROM results", 5) == 5
+    dbname = psycopg.conninfo.conninfo_to_dict(plant_db)["dbname"]
+    with psycopg.connect(db.SERVER_DSN, autocommit=True) as admin:  # what a database restart does to the link
+        killed = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                               (dbname,)).fetchone()[0]
+    assert killed >= 1
+    for _ in range(5):
+        publisher.publish(f"{prefix}/st-db/result", station.result())
+    assert wait_rows(plant_db, "SELECT count(*) FROM results", 10, timeout=30) == 10
+    assert sorted(r[0] for r in query(plant_db, "SELECT sequence FROM results")) == list(range(1, 11))
