@@ -125,6 +125,7 @@ class FakeAcl(types.ModuleType):
     def __init__(self, run_mode: int = ACL_DEVICE, output_dtype: str = "float32", bytes_bridge: bool = True,
                  one_init_per_process: bool = True) -> None:
         super().__init__("acl", __doc__)
+        self.__file__ = __file__  # real pyACL is an extension module with a file (acl.so); this one is here
         self.run_mode = run_mode
         self.output_dtype = np.dtype(output_dtype)
         self.one_init_per_process = one_init_per_process
