@@ -146,8 +146,8 @@ def test_scripts_parse_and_pass_shellcheck():
 
 def test_help_names_every_option():
     text = run_script(INSTALL, "--help").stdout
-    for option in ("--repo", "--python", "--cann-set-env", "--cann-version", "--no-cann", "--no-cpu-fallback", "--pip-option",
-                   "--skip-venv", "--no-start", "--systemd-version", "--root", "--dry-run"):
+    for option in ("--repo", "--python", "--cann-set-env", "--cann-version", "--no-cann", "--no-cpu-fallback",
+                   "--pip-option", "--skip-venv", "--no-start", "--systemd-version", "--root", "--dry-run"):
         assert option in text
     assert "--purge" in run_script(UNINSTALL, "--help").stdout
 
