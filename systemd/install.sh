@@ -146,16 +146,17 @@ dump_value() {
     bash -c '. /dev/stdin; printf "%s" "${!1:-}"' isic-dump "$1" <<<"$CANN_DUMP"
 }
 
-# CANN's version from the install's <arch>-linux/ascend_*_install.info ("version=8.0.RC2"), looked
-# for in the homes set_env.sh names and beside set_env.sh itself (its latest/ link on older layouts).
+# CANN's version from the install's <arch>-linux/ascend_*_install.info ("version=8.0.RC2"), or from
+# share/info/<package>/version.info ("Version=8.5.0", what aclsysGetCANNVersion reads), looked for in
+# the homes set_env.sh names and beside set_env.sh itself (its latest/ link on older layouts).
 cann_version() {
     local home info version
     for home in "$(dump_value ASCEND_HOME_PATH)" "$(dump_value ASCEND_TOOLKIT_HOME)" \
                 "$(dirname "$CANN_SET_ENV")/latest" "$(dirname "$CANN_SET_ENV")"; do
         [ -n "$home" ] || continue
-        for info in "$home"/*-linux/ascend_*_install.info; do
+        for info in "$home"/*-linux/ascend_*_install.info "$home"/share/info/*/version.info; do
             [ -f "$info" ] || continue
-            version=$(sed -n 's/^version=//p' "$info" | head -n 1)
+            version=$(sed -n 's/^[Vv]ersion=//p' "$info" | head -n 1)
             if [ -n "$version" ]; then
                 printf '%s\n' "$version"
                 return

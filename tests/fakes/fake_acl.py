@@ -16,8 +16,10 @@ Each behaviour and the documentation it follows (hiascend.com pages by their fil
 - acl.init: with `one_init_per_process=True` (CANN 5.x, the default: the strictest) a second
   acl.init in the process, even after acl.finalize, returns 100002 ACL_ERROR_REPEAT_INITIALIZE
   ("repeated initialisation or repeated load", aclError table aclpythondevg_01_0911). With False
-  it counts calls like CANN 8.5 (aclFinalizeReference, aclcppdevg_03_1974: every aclInit adds one,
-  aclFinalize clears the count).
+  it behaves as the reference-counted runtime of CANN 8.5 (aclFinalizeReference, aclcppdevg_03_1974;
+  CANN runtime unit tests UTEST_ACL_Common.duplicate_aclinit / finalize3): acl.init while
+  initialised returns 100002 and still counts, acl.init after acl.finalize succeeds.
+- acl.finalize without a live acl.init returns 100037 ACL_ERROR_REPEAT_FINALIZE (same tests).
 - acl.rt.memcpy: the kind argument is not checked. aclrtMemcpy (aclcppdevg_03_0081 CANN 6.0.1,
   _0102 CANN 7.0, the 5.0.4 page _0068) calls it a reserved parameter: the runtime works the
   direction out from the two addresses and fails only when it cannot copy between them. The fake
@@ -70,6 +72,7 @@ ACL_ERROR_INVALID_PARAM = 100000
 ACL_ERROR_UNINITIALIZE = 100001
 ACL_ERROR_REPEAT_INITIALIZE = 100002
 ACL_ERROR_INVALID_MODEL_ID = 100011
+ACL_ERROR_REPEAT_FINALIZE = 100037
 ACL_ERROR_RT_PARAM_INVALID = 107000
 ACL_ERROR_RT_CONTEXT_NULL = 107002
 ACL_ERROR_GE_PARAM_INVALID = 145000
@@ -243,7 +246,9 @@ class FakeAcl(types.ModuleType):
             again = "while initialised" if self._initialised else "after acl.finalize"
             return self._punish(ACL_ERROR_REPEAT_INITIALIZE,
                                 f"acl.init called again {again} (CANN 5.x: once per process)")
-        self._initialised = self._ever_initialised = True  # CANN 8.5 counts further calls: nothing to refuse
+        if self._initialised:  # CANN 8.5 counts it (acl.finalize clears the count) and reports a repeat
+            return ACL_ERROR_REPEAT_INITIALIZE
+        self._initialised = self._ever_initialised = True
         return ACL_SUCCESS
 
     def _finalize(self) -> int:
@@ -251,9 +256,9 @@ class FakeAcl(types.ModuleType):
         if code:
             return code
         if not self._initialised:
-            return self._punish(ACL_ERROR_UNINITIALIZE, "acl.finalize without acl.init")
+            return self._punish(ACL_ERROR_REPEAT_FINALIZE, "acl.finalize without acl.init")
         alive = [leak for leak in self.leaks() if leak != "acl.init without acl.finalize"]
-        self._initialised = False  # acl.finalize clears CANN 8.5's count too
+        self._initialised = False
         if alive:
             return self._punish(ACL_ERROR_INTERNAL_ERROR, f"acl.finalize with live resources: {alive}")
         return ACL_SUCCESS

@@ -13,6 +13,7 @@ from fakes.fake_acl import (
     ACL_ERROR_INTERNAL_ERROR,
     ACL_ERROR_INVALID_MODEL_ID,
     ACL_ERROR_INVALID_PARAM,
+    ACL_ERROR_REPEAT_FINALIZE,
     ACL_ERROR_REPEAT_INITIALIZE,
     ACL_ERROR_RT_CONTEXT_NULL,
     ACL_ERROR_RT_PARAM_INVALID,
@@ -118,10 +119,12 @@ def test_cann5_allows_one_init_per_process_even_after_finalize():
     assert "after acl.finalize" in fake.violations[-1]
 
 
-def test_cann85_counts_init_calls():
+def test_cann85_counts_init_calls_and_allows_init_after_finalize():
     fake = FakeAcl(one_init_per_process=False)
-    assert fake.init() == 0 and fake.init() == 0
+    assert fake.init() == 0
+    assert fake.init() == ACL_ERROR_REPEAT_INITIALIZE  # reported, and counted
     assert fake.finalize() == 0 and fake.leaks() == []
+    assert fake.finalize() == ACL_ERROR_REPEAT_FINALIZE
     assert fake.init() == 0
 
 

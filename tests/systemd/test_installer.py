@@ -368,6 +368,16 @@ def test_cann_85_comes_first_and_cann_set_env_still_wins(tmp_path):
         assert chosen.returncode == 1 and "built for Python 3.7-3.10" in chosen.stderr
 
 
+def test_cann_version_is_also_read_from_share_info_version_info(tmp_path):
+    root = board_root(tmp_path)
+    set_env = cann_layout(root, "/usr/local/Ascend", "cann", "8.5.0", versioned=False)
+    for info in (set_env.parent / "aarch64-linux").iterdir():
+        info.unlink()
+    (set_env.parent / "share/info/runtime").mkdir(parents=True)
+    (set_env.parent / "share/info/runtime/version.info").write_text("Version=8.5.0\ntimestamp=0\n", encoding="utf-8")
+    assert "CANN 8.5.0: pyACL for Python 3.7-3.12" in _dry_run(root, "--skip-venv").stdout
+
+
 def test_without_cann_the_installer_says_where_it_looked(tmp_path):
     root = board_root(tmp_path)
     result = _dry_run(root, "--skip-venv")
