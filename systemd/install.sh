@@ -538,6 +538,19 @@ sandbox_properties() {
     done
 }
 
+# Which backend the first start will run ("auto" in config/atlas-200dk.toml), from the manifest installed.
+report_model() {
+    step "Model"
+    local manifest=$REPO/models_om/isic_model/shipped/manifest.json
+    if grep -q '"om"' "$manifest" 2>/dev/null; then
+        note "the manifest records compiled .om files: backend auto runs them on the NPU when pyACL starts"
+    else
+        note "the manifest records no compiled .om: backend auto runs on ONNX Runtime (CPU) and says so in" \
+             "systemctl status. For the NPU, from this checkout with CANN's toolkit: isic-model build-om" \
+             "--soc-version Ascend310 (Ascend310B1/B4 on the 200I DK A2) --record, then run this installer again"
+    fi
+}
+
 npu_check() {
     step "NPU check under the service's sandbox"
     if [ -z "$CANN_SET_ENV" ]; then
@@ -596,6 +609,7 @@ install_config
 install_cann_env
 install_unit
 install_udev_rules
+report_model
 npu_check
 enable_service
 step "Done"

@@ -385,6 +385,8 @@ def test_without_cann_the_installer_says_where_it_looked(tmp_path):
     assert f"{root}/usr/local/Ascend/cann/set_env.sh" in result.stderr
     assert f"{root}/home/HwHiAiUser/Ascend/ascend-toolkit/set_env.sh" in result.stderr
     assert "NPU check under the service's sandbox\n    skipped: no CANN" in result.stdout
+    # The shipped manifest records no .om: the first start runs on the CPU, and the installer says how to change that.
+    assert "the manifest records no compiled .om: backend auto runs on ONNX Runtime (CPU)" in result.stdout
 
 
 @pytest.mark.parametrize("systemd_version", ["252", "237"])
