@@ -14,6 +14,7 @@ import pytest
 
 from fakes.fake_acl import FakeAcl
 from isic_station.config import load_config
+from isic_station.errors import BackendUnavailable
 from isic_station.inference import create_backend
 from isic_station.inference.acl_backend import AclBackend, finalize_pyacl
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
@@ -96,3 +97,10 @@ def test_explicit_kinds_never_carry_a_fallback_reason(tiny_manifest, monkeypatch
     assert backend.fallback_reason is None
     backend.close()
     finalize_pyacl()
+
+
+def test_without_npu_and_without_onnxruntime_both_reasons_are_named(tiny_manifest, no_acl, monkeypatch):
+    """A board installed with --no-cpu-fallback and no NPU: the error says why neither runs."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(BackendUnavailable, match=r"not the NPU \(pyACL .* does not import.*\), and no CPU fallback: "):
+        create_backend("auto", tiny_manifest)

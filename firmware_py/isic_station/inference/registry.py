@@ -6,7 +6,7 @@ runtime becomes BackendUnavailable when that backend is created.
 """
 
 import logging
-from typing import Any, Dict, Mapping, Optional, Tuple, Type
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 from isic_station.errors import BackendUnavailable, ConfigError
 from isic_station.inference.acl_backend import AclBackend, acl_importable
@@ -23,14 +23,19 @@ KINDS = (AUTO,) + tuple(BACKENDS)
 OPTION_KEYS = ("threads", "device_id")
 
 
+def graphs_without_om(manifest: Manifest) -> List[str]:
+    """The graphs whose .om the manifest does not name, or whose named .om file does not exist."""
+    return [g.key for g in manifest.graphs.values() if g.om_path is None or not g.om_path.is_file()]
+
+
 def om_files_present(manifest: Manifest) -> bool:
     """True when every graph of the manifest names an .om file and that file exists."""
-    return all(g.om_path is not None and g.om_path.is_file() for g in manifest.graphs.values())
+    return not graphs_without_om(manifest)
 
 
 def _auto_choice(manifest: Manifest) -> Tuple[str, Optional[str]]:
     """What `auto` runs here, and why it is not the NPU (None when it is)."""
-    missing = [g.key for g in manifest.graphs.values() if g.om_path is None or not g.om_path.is_file()]
+    missing = graphs_without_om(manifest)
     if missing:
         return OnnxRuntimeBackend.kind, (
             f"no compiled .om recorded for graph(s) {', '.join(missing)} in {manifest.path} "
@@ -51,7 +56,10 @@ def _fall_back(manifest: Manifest, options: Mapping[str, Any], reason: str) -> B
     """ONNX Runtime in place of the NPU, with `reason` on the backend (for STATUS=) and in the log."""
     log.warning("inference backend auto: running on ONNX Runtime (CPU), not the NPU: %s", reason)
     backend = OnnxRuntimeBackend(manifest, options)
-    backend.load()
+    try:
+        backend.load()
+    except BackendUnavailable as exc:
+        raise BackendUnavailable(f"not the NPU ({reason}), and no CPU fallback: {exc}") from None
     backend.fallback_reason = reason
     return backend
 
@@ -68,11 +76,12 @@ def create_backend(kind: str, manifest: Manifest, options: Optional[Mapping[str,
     unknown = sorted(set(options) - set(OPTION_KEYS))
     if unknown:
         raise ConfigError(f"unknown inference option(s) {unknown}: expected some of {list(OPTION_KEYS)}")
-    chosen = resolve_kind(kind, manifest)
-    if kind == AUTO and chosen == OnnxRuntimeBackend.kind:
-        backend = _fall_back(manifest, options, _auto_choice(manifest)[1] or "")
-        log.info("inference backend: %s (asked for %s)", backend.name, kind)
-        return backend
+    if kind == AUTO:
+        chosen, reason = _auto_choice(manifest)
+        if reason is not None:
+            return _fall_back(manifest, options, reason)
+    else:
+        chosen = resolve_kind(kind, manifest)
     backend = BACKENDS[chosen](manifest, options)
     try:
         backend.load()
