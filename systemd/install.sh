@@ -37,8 +37,8 @@ Existing config, password, state (/var/lib/isic-station) and logs are kept.
 
 Options:
   --repo DIR             repository to install from (default: the one holding this script)
-  --python PYTHON        interpreter for the venv (default: the newest python3.X on PATH that
-                         CANN's pyACL supports, else python3). It must be 3.8 or newer.
+  --python PYTHON        interpreter for the venv (default: python3 if CANN's pyACL supports
+                         it, else the newest python3.X on PATH that it does). 3.8 or newer.
   --cann-set-env FILE    CANN's environment script (default: searched, see step 1)
   --cann-version V       CANN's version (e.g. 8.0.RC2) when it cannot be read from the
                          install's *_install.info
@@ -249,7 +249,7 @@ find_cann() {
     fi
 }
 
-# The venv's interpreter: --python, or the newest python3.X on PATH that CANN's pyACL supports.
+# The venv's interpreter: --python, or python3, or the newest python3.X on PATH, that CANN's pyACL supports.
 choose_python() {
     step "Python for $VENV"
     if [ "$SKIP_VENV" = 1 ]; then
