@@ -432,7 +432,10 @@ class Station:
         """One line for `systemctl status`: mode, model, backend and what is degraded."""
         c = self.config
         mode = f"continuous every {c.mode.interval_s:g} s" if c.mode.kind == "continuous" else "triggered"
-        text = f"{mode}; model {self._manifest.name} {self._manifest.version} on {self._predictor.backend.name}"
+        backend = self._predictor.backend
+        text = f"{mode}; model {self._manifest.name} {self._manifest.version} on {backend.name}"
+        if backend.fallback_reason:
+            text += f" (not the NPU: {backend.fallback_reason})"
         if self._faults:
             text += "; DEGRADED: " + "; ".join(f"{k}: {v}" for k, v in self._faults.items())
         return text
