@@ -26,7 +26,7 @@ from isic_station import __version__
 from isic_station.acquisition import Acquirer, Measurement
 from isic_station.commands import CommandError, CommandRouter
 from isic_station.config import Config, mqtt_password
-from isic_station.errors import DeviceError, StationError
+from isic_station.errors import DeviceError, ModelError, StationError
 from isic_station.outbox import Outbox
 from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, PipelineStats, percentile
 from isic_station.results import build_alarm, build_result, out_of_spec_alarm
@@ -73,6 +73,7 @@ def mqtt_settings(config: Config) -> Any:
         key_file=str(m.key_file) if m.key_file else None,
         username=m.username or None, password=mqtt_password(m),
         health_interval_s=config.health.interval_s, discovery=m.discovery, ha_prefix=m.discovery_prefix,
+        allow_plaintext_password=m.allow_plaintext_password,
     )
 
 
@@ -168,7 +169,7 @@ class Station:
         router = CommandRouter({
             "measure": self.cmd_measure, "set_lot": self.cmd_set_lot, "calibrate": self.cmd_calibrate,
             "reload_model": self.cmd_reload_model, "status": self.cmd_status,
-        })
+        }, max_payload_bytes=c.mqtt.max_command_bytes)
         from isic_station.mqtt_link import MqttLink
 
         self.link = MqttLink(mqtt_settings(c), self.outbox, health_source=self.health_source, commands=router,
@@ -221,6 +222,17 @@ class Station:
         from isic_station.manifest import load_manifest
 
         manifest = load_manifest(manifest_path(self.config))
+        running = self._manifest
+        if running is not None and (running.name, running.version) == (manifest.name, manifest.version) \
+                and running.identity() != manifest.identity():
+            # Same name and version but other labels, preprocessing or graph: results would carry a
+            # version that no longer says what produced them (a permuted fibre list reads as another fibre).
+            raise ModelError(
+                f"model {manifest.name} {manifest.version} changed on disk (manifest sha256 "
+                f"{running.sha256[:12]}... -> {manifest.sha256[:12]}..., graph sha256 "
+                f"{running.graphs['bimodal'].sha256[:12]}... -> {manifest.graphs['bimodal'].sha256[:12]}...) "
+                "without a new version: export it with a new model_version"
+            )
         backend = create_backend(self.config.model.backend, manifest,
                                  {"threads": self.config.model.threads, "device_id": self.config.model.device_id})
         with self._model_lock:
@@ -322,12 +334,11 @@ class Station:
             flags.add("signal_only")
         lot = self._lot
         spec = check_composition(lot, prediction.composition) if lot is not None and lot.lot_id == m.lot_id else None
-        graph = manifest.graphs["signal_only" if prediction.signal_only else "bimodal"]
         total_ms = (time.monotonic() - m.requested_at) * 1000.0
         doc = build_result(
             station=m.station, sequence=self.outbox.next_sequence(), composition=prediction.composition,
             blend=prediction.blend, confidence=prediction.confidence, uncertainty=prediction.uncertainty,
-            flags=flags, model={"name": manifest.name, "version": manifest.version, "sha256": graph.sha256},
+            flags=flags, model=manifest.identity("signal_only" if prediction.signal_only else "bimodal"),
             backend=prediction.backend,
             timings_ms={"acquire": m.acquire_ms, "preprocess": prediction.timings_ms.get("preprocess_ms", 0.0),
                         "infer": prediction.timings_ms.get("infer_ms", 0.0), "total": total_ms},
@@ -389,7 +400,7 @@ class Station:
         except StationError as exc:
             raise CommandError(f"model not reloaded, the previous one keeps running: {exc}") from None
         self.link.set_ha_fibres(self._manifest.fibres)
-        return {"model": {"name": self._manifest.name, "version": self._manifest.version},
+        return {"model": self._manifest.identity(),
                 "backend": self._predictor.backend.name, "fibres": list(self._manifest.fibres)}
 
     def cmd_status(self, payload: Dict[str, Any]) -> Dict[str, Any]:
