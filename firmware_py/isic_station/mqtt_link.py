@@ -241,10 +241,10 @@ class MqttLink:
         """Check the TLS/credential settings (ConfigError) and start the owner thread; never waits
         for the broker."""
         self._new_client()  # fails here, in the caller, on unreadable TLS files
+        if self._commands is not None:  # before the first connection: a retained command is answered too
+            self._commands.start(self._respond)
         self._thread = threading.Thread(target=self._run, name="isic-mqtt", daemon=True)
         self._thread.start()
-        if self._commands is not None:
-            self._commands.start(self._respond)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush what the outbox can send within `timeout`, publish `offline`, disconnect, end the thread."""
@@ -272,9 +272,13 @@ class MqttLink:
         self._wake()
         return row
 
-    def publish_alarm(self, doc: Dict[str, Any]) -> int:
-        """Store an alarm in the outbox and publish it when connected. Returns the outbox row id."""
-        row = self._outbox.add(self.topics.alarm, doc, qos=self.settings.qos)
+    def publish_alarm(self, doc: Dict[str, Any], also_now: bool = False) -> int:
+        """Store an alarm in the outbox (the quota never drops it) and publish it when connected.
+        `also_now` sends a copy at once too (same message_id), for an alarm about the outbox's own disk,
+        whose stored copy may wait in memory. Returns the outbox row id."""
+        row = self._outbox.add(self.topics.alarm, doc, qos=self.settings.qos, droppable=False)
+        if also_now:
+            self.publish(self.topics.alarm, doc, qos=self.settings.qos)
         self._wake()
         return row
 

@@ -90,7 +90,7 @@ def build_result(
 def build_alarm(
     *, station: str, kind: str, severity: str, message: str, details: Optional[Mapping[str, Any]] = None
 ) -> Dict[str, Any]:
-    """An alarm document (schema `alarm`): kind out_of_spec | device_fault."""
+    """An alarm document (schema `alarm`): kind out_of_spec | device_fault | storage_fault."""
     return {
         "schema_version": SCHEMA_VERSION,
         "message_id": str(uuid.uuid4()),

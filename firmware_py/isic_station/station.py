@@ -153,6 +153,7 @@ class Station:
         self._transport: Any = None
         self._camera: Any = None
         self._faults: Dict[str, str] = {}  # device -> fault message, while an alarm is standing
+        self._storage_fault: Optional[str] = None  # the outbox's, as STATUS= last showed it
         self._running = threading.Event()  # set once the pipeline runs; commands wait for it
 
     # ----- life cycle ------------------------------------------------------------------------
@@ -176,6 +177,7 @@ class Station:
                              ha_fibres=self._manifest.fibres, sw_version=__version__,
                              on_delivered=self.time_to_result.acked)
         self.link.start()
+        self.report_storage()  # a damaged outbox replaced at open, a sequence gap
         self.notifier.status("Starting: opening the devices")
         self._open_devices()
         self.watchdog.progress("devices opened")
@@ -194,9 +196,13 @@ class Station:
         self.notifier.ready(summary)
 
     def stop(self, flush_timeout_s: float = 10.0) -> None:
-        """Stop measuring, finish what was measured, flush the outbox, close everything."""
-        self.notifier.stopping("Stopping: finishing measurements and flushing the outbox")
-        log.info("stopping: finishing measurements, flushing the outbox (up to %.1f s)", flush_timeout_s)
+        """Stop measuring, finish what was measured, flush the outbox, close everything (after a failed
+        start-up: close what was opened)."""
+        if self._running.is_set():
+            self.notifier.stopping("Stopping: finishing measurements and flushing the outbox")
+            log.info("stopping: finishing measurements, flushing the outbox (up to %.1f s)", flush_timeout_s)
+        else:
+            log.debug("start-up did not finish: closing what was opened")
         if self.pipeline is not None:
             self.pipeline.stop(timeout_s=max(5.0, flush_timeout_s))
         if self.link is not None:
@@ -309,6 +315,19 @@ class Station:
                 station=self.config.station.id, kind="device_fault", severity="critical",
                 message=f"{device}: {fault}", details={"device": device}))
 
+    def report_storage(self) -> None:
+        """Turn the outbox's incidents into storage_fault alarms, and follow its fault in STATUS=."""
+        if self.outbox is None or self.link is None:
+            return
+        incidents = self.outbox.take_incidents()
+        for incident in incidents:
+            self.link.publish_alarm(build_alarm(
+                station=self.config.station.id, kind="storage_fault", severity=incident.severity,
+                message=incident.message, details=incident.details), also_now=self.outbox.fault is not None)
+        if incidents or (self.outbox.fault is None) != (self._storage_fault is None):
+            self._storage_fault = self.outbox.fault
+            self._update_status()
+
     def _update_status(self) -> None:
         """Refresh the STATUS= line for `systemctl status` once the station is running."""
         if self.pipeline is not None:
@@ -350,6 +369,7 @@ class Station:
         if alarm is not None:
             log.warning("%s", alarm["message"])
             self.link.publish_alarm(alarm)
+        self.report_storage()
         log.debug("result %d: %s %s (%.0f ms)", doc["sequence"], doc["blend"], doc["flags"], total_ms)
         return {"sequence": doc["sequence"], "message_id": doc["message_id"], "sample_id": doc["sample_id"],
                 "sample_id_source": m.sample_id_source, "composition": doc["composition"], "blend": doc["blend"],
@@ -431,6 +451,7 @@ class Station:
     def health_source(self) -> Dict[str, Any]:
         """The station's part of the health document (the link adds outbox and MQTT figures)."""
         stats = (self.pipeline.stats if self.pipeline is not None else PipelineStats()).snapshot()
+        self.report_storage()  # the disk may have filled or come back without a measurement
         return {
             "uptime_s": time.monotonic() - self._started_at,
             "results": {"total": stats["counts"]["results"], "per_minute": stats["results_per_minute"]},
@@ -446,6 +467,8 @@ class Station:
         text = f"{mode}; model {self._manifest.name} {self._manifest.version} on {self._predictor.backend.name}"
         if self._faults:
             text += "; DEGRADED: " + "; ".join(f"{k}: {v}" for k, v in self._faults.items())
+        if self.outbox is not None and self.outbox.fault is not None:
+            text += f"; STORAGE FAULT: {self.outbox.fault} ({self.outbox.stats().held} result(s) held in memory)"
         return text
 
 
