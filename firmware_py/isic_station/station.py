@@ -274,6 +274,10 @@ class Station:
             self.acquirer.prepare()
         except DeviceError as exc:
             self._device_state("spectrometer", f"not available at start ({exc}); reconnecting")
+        else:
+            self.calibration.check_pixels(len(self.acquirer.wavelengths_nm))
+        if self.calibration.problem is not None:  # a references file moved aside: say so, do not stall
+            self._device_state("calibration", self.calibration.problem)
         if self._camera is not None:
             try:
                 self._camera.open()
@@ -293,6 +297,7 @@ class Station:
             self._device_state("spectrometer", str(exc))
             raise
         self._device_state("spectrometer", None)
+        self._device_state("calibration", None)  # references in use again
         if self._camera is not None:
             self._device_state("camera", "no frame from the camera: measuring signal-only"
                                if "missing_image" in measurement.flags else None)
