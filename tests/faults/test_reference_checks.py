@@ -11,9 +11,9 @@ import pytest
 
 from isic_station.demo import ResultWatcher
 from isic_station.errors import DeviceError
+from messaging.mqtt_helpers import publish_once
 
 from .conftest import recorder_for, results, wait_until
-from messaging.mqtt_helpers import publish_once
 
 pytestmark = pytest.mark.timeout(150)
 
