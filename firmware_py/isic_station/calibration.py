@@ -18,8 +18,10 @@ A reference is checked before it is kept (`reference_problem`), since every late
 with it: a dark must be dark (a dark taken over fabric reads tens of thousands of counts), a white
 must be unsaturated, above the dark with enough signal, on the dark's pixel count, and - when a white
 of the same instrument and integration time is stored - of the same spectral shape (a tile, not a
-fabric: fabric has absorption bands the tile has not). A refused reference raises ReferenceRefused
-naming why, and the stored ones stay. A references file that cannot be read, or whose references do
+fabric: fabric has absorption bands the tile has not), unless it is brighter than the stored one
+almost everywhere (then the stored one was the fabric). The very first white can only be checked
+for its level: a bright fabric passes that, which is why the tile must be under the probe. A
+refused reference raises ReferenceRefused naming why, and the stored ones stay. A references file that cannot be read, or whose references do
 not fit the instrument, is moved aside (`references.json.bad-<UTC time>`) at start instead of
 stalling every measurement: `problem` says so and the station raises a device_fault alarm.
 """
@@ -96,7 +98,13 @@ def reference_problem(kind: str, counts: np.ndarray, dark: Optional[np.ndarray] 
         ratio = signal[usable] / stored[usable]
         median = float(np.median(ratio))
         spread = float(np.percentile(ratio, 90) - np.percentile(ratio, 10)) / median if median > 0 else np.inf
-        if spread > WHITE_MAX_SHAPE_SPREAD:
+        brighter = float(np.percentile(ratio, 10)) >= 1.0
+        if spread > WHITE_MAX_SHAPE_SPREAD and brighter:
+            # Brighter than the stored white nearly everywhere: that one was not the tile (fabric reflects
+            # less than the tile at every wavelength), this one replaces it.
+            log.warning("the stored white reference is dimmer than this one at most wavelengths (shape differs "
+                        "by %.0f%%): it was probably not taken on the white tile; replacing it", spread * 100)
+        elif spread > WHITE_MAX_SHAPE_SPREAD:
             return (f"white reference refused: its spectral shape differs from the stored white's by {spread:.0%} "
                     f"(at most {WHITE_MAX_SHAPE_SPREAD:.0%} for the same tile): is fabric under the probe instead "
                     "of the white tile?")
@@ -130,8 +138,10 @@ class CalibrationStore:
     `integration_time_us()` (an `isic_drivers.obp.spectrometer.ObpSpectrometer`).
     """
 
-    def __init__(self, directory: Path, max_age_s: float = 8 * 3600.0, drift_threshold: float = 0.05) -> None:
+    def __init__(self, directory: Path, max_age_s: float = 8 * 3600.0, drift_threshold: float = 0.05,
+                 read_only: bool = False) -> None:
         self.directory = Path(directory)
+        self.read_only = read_only  # (doctor) an unusable file is reported, not moved
         self.path = self.directory / FILE_NAME
         self.max_age_s = max_age_s
         self.drift_threshold = drift_threshold
@@ -244,6 +254,10 @@ class CalibrationStore:
         return self._quarantine(f"references with {wrong} pixels for an instrument with {n_pixels}")
 
     def _quarantine(self, reason: str) -> str:
+        self.references, self.white_check = {}, None
+        if self.read_only:
+            self.problem = f"calibration file {self.path} unusable ({reason}): the station will move it aside"
+            return self.problem
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         kept = self.path.with_name(f"{self.path.name}.bad-{stamp}")
         try:
@@ -251,7 +265,6 @@ class CalibrationStore:
         except OSError as exc:
             raise StateDirError(f"calibration file {self.path} is unusable ({reason}) and cannot be moved "
                                 f"aside: {exc}") from exc
-        self.references, self.white_check = {}, None
         self.problem = (f"calibration file {self.path} unusable ({reason}): moved aside to {kept.name}; "
                         "calibrate dark, then white")
         log.error("%s", self.problem)
