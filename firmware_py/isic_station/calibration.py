@@ -21,9 +21,10 @@ of the same instrument and integration time is stored - of the same spectral sha
 fabric: fabric has absorption bands the tile has not), unless it is brighter than the stored one
 almost everywhere (then the stored one was the fabric). The very first white can only be checked
 for its level: a bright fabric passes that, which is why the tile must be under the probe. A
-refused reference raises ReferenceRefused naming why, and the stored ones stay. A references file that cannot be read, or whose references do
-not fit the instrument, is moved aside (`references.json.bad-<UTC time>`) at start instead of
-stalling every measurement: `problem` says so and the station raises a device_fault alarm.
+refused reference raises ReferenceRefused naming why, and the stored ones stay. A references file
+that cannot be read, or whose references do not fit the instrument, is moved aside
+(`references.json.bad-<UTC time>`) at start instead of stalling every measurement: `problem` says
+so and the station raises a device_fault alarm.
 """
 
 import json
