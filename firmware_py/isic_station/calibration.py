@@ -30,7 +30,6 @@ so and the station raises a device_fault alarm.
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from isic_station.atomic_file import write_json
 from isic_station.errors import DeviceError, StateDirError
 
 log = logging.getLogger(__name__)
@@ -305,18 +305,7 @@ class CalibrationStore:
         }
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(prefix=".references-", suffix=".tmp", dir=str(self.directory))
-            try:
-                with os.fdopen(handle, "w", encoding="utf-8") as out:
-                    json.dump(document, out)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(temporary, self.path)
-            except BaseException:
-                if os.path.exists(temporary):
-                    os.unlink(temporary)
-                raise
-            _fsync_directory(self.directory)
+            write_json(self.path, document)
         except OSError as exc:
             raise StateDirError(f"cannot write calibration file {self.path}: {exc}") from exc
 
@@ -342,13 +331,3 @@ def reflectance_from_counts(raw: np.ndarray, dark: np.ndarray, white: np.ndarray
     """
     span = np.asarray(white, dtype=np.float64) - dark
     return np.divide(np.asarray(raw, dtype=np.float64) - dark, span, out=np.zeros_like(span), where=span > 0)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable."""
-    fd = os.open(str(directory), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-

@@ -40,7 +40,6 @@ import json
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Mapping, Optional, Set, Tuple, Union
 
+from isic_station.atomic_file import write_json
 from isic_station.errors import ConfigError, StateDirError
 
 log = logging.getLogger(__name__)
@@ -301,26 +301,6 @@ class Outbox:
             "path": str(self.path), "counter": stored, "high_water": reserved, "continues_at": reserved + 1}))
         return reserved
 
-    def _write_high_water(self, reserved: int) -> None:
-        """Atomically replace the high-water file (temporary file, fsync, rename, directory fsync)."""
-        folder = self.high_water_path.parent
-        handle, temporary = tempfile.mkstemp(prefix=".high-water-", dir=str(folder))
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump({"reserved": reserved, "database": self.path.name}, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.high_water_path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
-        fd = os.open(str(folder), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def next_sequence(self) -> int:
         """The next result sequence number (1, 2, ...): never one already taken, even when the database
         is lost (high-water mark) or the disk is full (from memory, stored with the result)."""
@@ -328,7 +308,8 @@ class Outbox:
             number = self._last_sequence + 1
             if self._reserved is None or number > self._reserved:
                 try:
-                    self._write_high_water(number + SEQUENCE_BLOCK - 1)
+                    write_json(self.high_water_path, {"reserved": number + SEQUENCE_BLOCK - 1,
+                                                      "database": self.path.name})
                     self._reserved = number + SEQUENCE_BLOCK - 1
                 except OSError as exc:
                     self._storage_failed(f"sequence high-water file {self.high_water_path} cannot be written: {exc}")
