@@ -610,9 +610,22 @@ def _salvage(path: Path) -> Tuple[List[Tuple[Any, ...]], Dict[str, int]]:
         with contextlib.suppress(sqlite3.Error):
             columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
             droppable = "droppable" if "droppable" in columns else "1"  # layout 1: everything was droppable
-            cursor = db.execute(f"SELECT topic, payload, qos, retain, created_at, size, {droppable} FROM outbox"
-                                " ORDER BY id")
-            for topic, payload, qos, retain, created_at, size, keep in cursor:  # stops at the first bad page
+            last = 0
+            for query in ("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'", "SELECT MAX(id) FROM outbox"):
+                with contextlib.suppress(sqlite3.Error, TypeError):
+                    last = max(last, int(db.execute(query).fetchone()[0]))
+            first = 1  # rows below the oldest pending one were acknowledged long ago
+            with contextlib.suppress(sqlite3.Error, TypeError):
+                first = int(db.execute("SELECT MIN(id) FROM outbox").fetchone()[0])
+            select = f"SELECT topic, payload, qos, retain, created_at, size, {droppable} FROM outbox WHERE id = ?"
+            for row_id in range(first, last + 1):  # one row at a time: a bad page loses only the rows on it
+                try:
+                    found = db.execute(select, (row_id,)).fetchone()
+                except sqlite3.Error:
+                    continue
+                if found is None:
+                    continue
+                topic, payload, qos, retain, created_at, size, keep = found
                 if isinstance(topic, str) and isinstance(payload, bytes) and qos in (1, 2):
                     rows.append((topic, payload, qos, int(bool(retain)), float(created_at), int(size), int(keep)))
     finally:
