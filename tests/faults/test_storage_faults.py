@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from systemd.conftest import NotifyReceiver
+
 from .conftest import (
     OutboxFile,
     assert_in_order_duplicates_only_as_replays,
@@ -25,9 +27,11 @@ def alarms(rec, bench, kind: str = "storage_fault"):
     return [d for d in rec.payloads(f"{bench.topic_base}/alarm") if d and d["kind"] == kind]
 
 
-def test_a_full_disk_raises_an_alarm_holds_results_and_loses_none(make_bench, private_broker,
-                                                                  tmp_path: Path) -> None:
+def test_a_full_disk_raises_an_alarm_holds_results_and_loses_none(make_bench, private_broker, tmp_path: Path,
+                                                                  monkeypatch) -> None:
     disk = SmallDisk(tmp_path / "disk", size_kib=1024)
+    notify = NotifyReceiver(abstract=True)  # what systemd would show in `systemctl status`
+    monkeypatch.setenv("NOTIFY_SOCKET", notify.notify_socket)
     try:
         bench = make_bench(private_broker, kind="disk", interval_s=0.3,
                            extra_config=f'\n[outbox]\npath = "{disk.path}/outbox.sqlite3"\n')
@@ -40,10 +44,13 @@ def test_a_full_disk_raises_an_alarm_holds_results_and_loses_none(make_bench, pr
                        "a critical storage_fault alarm", bench)
             wait_until(lambda: any(d["outbox"].get("storage_fault") and d["outbox"]["held"] > 0
                                    for d in health_docs(rec, bench)), 30, "health showing the fault", bench)
+            notify.wait_for(lambda f: "STORAGE FAULT" in f.get("STATUS", ""), 20, "STATUS= naming the storage fault")
             bench.wait_alive(2.0)  # measuring on, results held in memory
             disk.free()
             wait_until(lambda: any(d["outbox"].get("held") == 0 and d["outbox"].get("storage_fault") is None
                                    for d in health_docs(rec, bench)[-1:]), 30, "health after space returns", bench)
+            notify.wait_for(lambda f: "STATUS" in f and "STORAGE FAULT" not in f["STATUS"], 20,
+                            "STATUS= without the fault once space returned")
             assert bench.stop_station() == 0, bench.log_tail()
             taken = OutboxFile(disk.path / "outbox.sqlite3").counter("sequence")
             wait_until(lambda: taken in sequences(results(rec, bench)), 15, "the results held meanwhile")
@@ -55,6 +62,7 @@ def test_a_full_disk_raises_an_alarm_holds_results_and_loses_none(make_bench, pr
         finally:
             rec.close()
     finally:
+        notify.close()
         disk.unmount()
 
 
