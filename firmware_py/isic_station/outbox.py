@@ -371,6 +371,17 @@ class Outbox:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute("PRAGMA synchronous=NORMAL")
 
+    def _read(self, sql: str, args: Tuple[Any, ...] = ()) -> List[Any]:
+        """The rows of a query; a database found damaged is replaced (`_recover_damaged`) and read again."""
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.DatabaseError as exc:
+                if not _is_corruption(exc):
+                    raise StateDirError(f"outbox database {self.path} cannot be read: {exc}") from exc
+                self._recover_damaged(str(exc))
+                return self._db.execute(sql, args).fetchall()
+
     def _recover_damaged(self, reason: str) -> None:
         """The database turned out damaged while running: replace it, keep what can be read."""
         with contextlib.suppress(sqlite3.Error):
@@ -503,10 +514,8 @@ class Outbox:
         with self._lock:
             self._flush_held()
             skip = set(self._inflight.values()) | self._unwritten_deletes
-            rows = self._db.execute(
-                "SELECT id, topic, payload, qos, retain, created_at, replayed FROM outbox ORDER BY id LIMIT ?",
-                (int(limit) + len(skip),),
-            ).fetchall()
+            rows = self._read("SELECT id, topic, payload, qos, retain, created_at, replayed FROM outbox ORDER BY id"
+                              " LIMIT ?", (int(limit) + len(skip),))
             mark = self._replay_mark
         entries = [OutboxEntry(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], bool(r[6]) or r[0] <= mark)
                    for r in rows if r[0] not in skip]
@@ -547,7 +556,7 @@ class Outbox:
         pending again and will be sent as replayed. Returns how many entries that is."""
         with self._lock:
             self._inflight.clear()
-            top = self._db.execute("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM outbox").fetchone()
+            (top,) = self._read("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM outbox")
             self._replay_mark = int(top[0])
             with contextlib.suppress(_StorageFull):
                 self._write(lambda: self._db.execute("UPDATE outbox SET inflight_mid = NULL, replayed = 1"))
@@ -570,7 +579,7 @@ class Outbox:
         """Depth, age of the oldest entry, bytes used, dropped count, held messages and the storage fault."""
         with self._lock:
             self._flush_held()
-            depth, oldest = self._db.execute("SELECT COUNT(*), MIN(created_at) FROM outbox").fetchone()
+            ((depth, oldest),) = self._read("SELECT COUNT(*), MIN(created_at) FROM outbox")
             dropped = self._counter("dropped")
             used = self._bytes
             held, fault = len(self._held), self.fault

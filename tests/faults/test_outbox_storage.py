@@ -180,3 +180,25 @@ def test_acks_and_marks_on_a_full_disk_do_not_resend_or_fail(small_disk: SmallDi
     with sqlite3.connect(str(small_disk.path / "outbox.sqlite3")) as db:
         assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 1, "the deletions were written later"
     os.sync()
+
+
+def test_damage_found_while_running_replaces_the_database_and_numbering_goes_on(db_path: Path) -> None:
+    box = Outbox(db_path)
+    try:
+        for _ in range(300):
+            box.add("t/st/result", {"sequence": box.next_sequence(), "pad": "z" * 300})
+        with sqlite3.connect(str(db_path)) as other:  # everything into the main file, then damage it under the box
+            other.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        rng = random.Random(7)
+        with open(db_path, "r+b") as fh:
+            for page in rng.sample(range(3, db_path.stat().st_size // 4096), 8):
+                fh.seek(page * 4096)
+                fh.write(rng.randbytes(4096))
+        box._db.execute("PRAGMA cache_size=0")  # noqa: SLF001 - drop the page cache, as a long run would
+        entries = box.pending(10_000)  # reading finds the damage: no DatabaseError escapes
+        assert kept_copies(db_path) and any(i.severity == "critical" for i in box.take_incidents())
+        assert 0 < len(entries) <= 300 and box.next_sequence() == 301
+        box.add("t/st/result", {"sequence": 301})
+        assert box.stats().depth == len(entries) + 1
+    finally:
+        box.close()
