@@ -4,6 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# /bin/sh is dash on Debian: no /dev/tcp, so ask Python whether the broker answers.
+BROKER_UP := $(PYTHON) -c "import socket; socket.create_connection(('127.0.0.1', 1883), 2).close()" 2>/dev/null
 
 .PHONY: demo test check lint vermin check-py38 system-deps soak clean
 
@@ -18,7 +20,8 @@ system-deps:
 	@command -v mosquitto >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; }
 	@command -v systemd-analyze >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd; }
 	@command -v shellcheck >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q shellcheck; }
-	@(exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null || { echo "starting Mosquitto on 127.0.0.1:1883"; mosquitto -d -c /etc/mosquitto/mosquitto.conf; sleep 1; }
+	@$(BROKER_UP) || { echo "starting Mosquitto on 127.0.0.1:1883"; mosquitto -d -c /etc/mosquitto/mosquitto.conf; sleep 1; \
+	  $(BROKER_UP) || { echo "Mosquitto did not start on 127.0.0.1:1883: see journalctl -u mosquitto or run mosquitto -v" >&2; exit 1; }; }
 
 demo: $(STAMP) system-deps
 	$(BIN)/isic-station demo

@@ -369,6 +369,7 @@ def run_demo(args: argparse.Namespace) -> int:
     load_manifest(args.model or SHIPPED_MANIFEST)  # a missing model: one clear line now, not a failed station later
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="isic-demo-"))
     print(f"demo: working in {workdir}", flush=True)
+    finished = False
     try:
         with DemoBench(workdir, mode="continuous", interval_s=args.interval, model=args.model) as bench:
             where = "started here on port" if bench.broker.started_here else "local Mosquitto on port"
@@ -394,9 +395,13 @@ def run_demo(args: argparse.Namespace) -> int:
                 print(stats, flush=True)
             if received == 0:
                 raise DeviceError(f"no result arrived; see the station's log {bench.station_log}")
+        finished = True
     finally:
-        if args.keep is None:
+        if args.keep is None and finished:
             shutil.rmtree(workdir, ignore_errors=True)
+        elif args.keep is None:  # the error names logs in there: keep them to be read
+            print(f"demo: kept {workdir} (config, logs) to look into; delete it when done", file=sys.stderr,
+                  flush=True)
     return 0
 
 

@@ -190,15 +190,18 @@ def check_state(config: Config) -> CheckResult:
         from isic_station.station import reference_ages
 
         state = config.station.state_dir
-        state.mkdir(parents=True, exist_ok=True)
-        probe_file = state / ".doctor-write-test"
-        probe_file.write_text("ok", encoding="utf-8")
-        probe_file.unlink()
-        store = CalibrationStore(config.calibration.dir, max_age_s=config.calibration.max_age_h * 3600.0)
+        existing = next(p for p in (state, *state.parents) if p.exists())  # doctor creates nothing
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise OSError(f"{existing} is not a writable directory")
+        note = "" if existing == state else f" ({state} does not exist yet: the station creates it)"
+        store = CalibrationStore(config.calibration.dir, max_age_s=config.calibration.max_age_h * 3600.0,
+                                 read_only=True)
+        if store.problem:
+            raise OSError(store.problem)
         ages = {k.replace("_age_s", ""): age for k, age in reference_ages(store.references).items()}
         missing = [k for k, age in ages.items() if age is None]
         if missing:
-            raise OSError(f"no {' and no '.join(missing)} reference in {config.calibration.dir}")
+            raise OSError(f"no {' and no '.join(missing)} reference in {config.calibration.dir}{note}")
         stale = [k for k, age in ages.items() if age is not None and age > config.calibration.max_age_h * 3600]
         text = ", ".join(f"{k} {age / 3600:.1f} h old" for k, age in ages.items())
         if stale:
