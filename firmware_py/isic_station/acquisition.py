@@ -7,12 +7,19 @@ was wrong with any of it, and who it belongs to (station, lot, sample). The samp
 the `measure` command gave; else a QR/barcode label read from a frame; else one generated from the
 station id and the UTC time, so every result can be traced back.
 
-Only the acquisition thread calls `Acquirer` (it owns both devices), so no locking is needed here.
-A failed camera degrades the measurement (flag `missing_image`, signal-only inference) instead of
-failing it; a failed spectrometer fails it (there is nothing to infer from).
+Spectrum and frames are taken at the same time: a measurement takes as long as the slower device, not
+their sum. `measure` hands the camera to a frame thread for the duration of one measurement, which reads
+the frames and works on each as it arrives (quality gate, sample label), while the acquisition thread
+asks the spectrometer for its (on-instrument averaged) spectrum and turns it into reflectance; the
+measurement is complete when both are. Only the acquisition thread calls `Acquirer`, and during a
+measurement only the frame thread touches the camera, the gate and the label reader, so no locking is
+needed. A failed camera degrades the measurement (flag `missing_image`, signal-only inference) instead
+of failing it; a failed spectrometer fails it (there is nothing to infer from): the frame thread is told
+to stop after its current frame, and the error is raised once it has.
 """
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,6 +61,8 @@ class Measurement:
     reflectance: np.ndarray
     frames: List[np.ndarray]
     flags: Set[str] = field(default_factory=set)
+    spectrum_ms: float = 0.0  # trigger to the spectrum's reflectance (the spectrometer's share)
+    frames_ms: float = 0.0  # trigger to the last frame gated (the camera's share)
 
 
 class NotCalibrated(StationError, MeasurementRefused):
@@ -72,6 +81,19 @@ def spectrum_flags(counts: np.ndarray, dark: Optional[np.ndarray], white_peak: O
     if float(np.max(signal)) < min_signal_fraction * reference:
         flags.add("low_signal")
     return flags
+
+
+@dataclass
+class FrameGrab:
+    """What the frame thread gives back: frames read, those that passed the gate, image flags, the first
+    sample label found (when asked to look), and when it finished."""
+
+    read: int = 0
+    passed: List[np.ndarray] = field(default_factory=list)
+    flags: Set[str] = field(default_factory=set)
+    label: Optional[str] = None
+    done_at: float = 0.0
+    error: Optional[BaseException] = None
 
 
 def generated_sample_id(station: str, moment: datetime) -> str:
@@ -159,12 +181,47 @@ class Acquirer:
         return self.calibration.capture(self.spectrometer, kind, scans=max(REFERENCE_SCANS, self.coadd))
 
     def measure(self, job: MeasureJob) -> Measurement:
-        """One measurement for `job`: spectrum, frames, flags and sample context."""
+        """One measurement for `job`: spectrum and frames at once, flags and sample context."""
         station, lot_id = self._context()
         measured_at = datetime.now(timezone.utc)
         started = time.monotonic()
+        grab, stop = FrameGrab(), threading.Event()
+        frame_thread = None
+        if self.camera is not None:
+            frame_thread = threading.Thread(target=self._grab_frames, args=(grab, stop, not job.sample_id),
+                                            name="frames", daemon=True)
+            frame_thread.start()
+        try:
+            counts, reflectance, flags = self._spectrum()
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            spectrum_done = time.monotonic()
+            if frame_thread is not None:
+                frame_thread.join()
+        if grab.error is not None:
+            raise grab.error
+        if self.camera is not None:
+            flags |= grab.flags if grab.read else {"missing_image"}
+        if job.sample_id:
+            sample_id, source = job.sample_id, "command"
+        elif grab.label:
+            sample_id, source = grab.label, "label"
+        else:
+            sample_id, source = generated_sample_id(station, measured_at), "generated"
+        finished = time.monotonic()
+        return Measurement(
+            station=station, lot_id=lot_id, sample_id=sample_id, sample_id_source=source, origin=job.origin,
+            measured_at=measured_at, requested_at=job.requested_at, acquire_ms=(finished - started) * 1000.0,
+            counts=counts, wavelengths_nm=self.wavelengths_nm, reflectance=reflectance, frames=grab.passed,
+            flags=flags, spectrum_ms=(spectrum_done - started) * 1000.0,
+            frames_ms=(grab.done_at - started) * 1000.0 if frame_thread is not None else 0.0,
+        )
+
+    def _spectrum(self) -> Tuple[np.ndarray, np.ndarray, Set[str]]:
+        """(co-added counts, reflectance, spectrum and calibration flags); NotCalibrated without references."""
         counts = self._coadded_counts()
-        wavelengths = self.wavelengths_nm
         reflectance, calibration_flags = self.calibration.reflectance(counts, serial=self.serial_number,
                                                                       integration_us=self.integration_us)
         if not np.all(np.isfinite(reflectance)):
@@ -174,53 +231,38 @@ class Acquirer:
         dark = self.calibration.references.get("dark")
         flags |= spectrum_flags(counts, None if dark is None else np.asarray(dark.counts),
                                 self.calibration.white_peak, self.min_signal_fraction)
-        all_frames, passed, frame_flags = self._frames()
-        flags |= frame_flags
-        sample_id, source = self._sample_id(job, all_frames, station, measured_at)
-        acquire_ms = (time.monotonic() - started) * 1000.0
-        return Measurement(
-            station=station, lot_id=lot_id, sample_id=sample_id, sample_id_source=source, origin=job.origin,
-            measured_at=measured_at, requested_at=job.requested_at, acquire_ms=acquire_ms, counts=counts,
-            wavelengths_nm=wavelengths, reflectance=reflectance, frames=passed, flags=flags,
-        )
+        return counts, reflectance, flags
 
-    def _frames(self) -> Tuple[List[np.ndarray], List[np.ndarray], Set[str]]:
-        """(every frame read, the frames that passed the gate, image flags)."""
-        if self.camera is None:
-            return [], [], set()
-        frames: List[np.ndarray] = []
+    def _grab_frames(self, grab: FrameGrab, stop: threading.Event, find_label: bool) -> None:
+        """The frame thread: read up to `frames_per_measurement` frames, gating each (and looking for a
+        sample label until one is found) as it arrives; stop early when `stop` is set."""
         try:
             for _ in range(self.frames_per_measurement):
-                frame = self.camera.read(timeout_s=self.frame_timeout_s)
+                if stop.is_set():
+                    break
+                try:
+                    frame = self.camera.read(timeout_s=self.frame_timeout_s)
+                except DeviceError as exc:
+                    log.warning("camera gave %d of %d frames (%s); measuring with what there is",
+                                grab.read, self.frames_per_measurement, exc)
+                    break
                 if frame is None:
                     break
-                frames.append(frame.image)
-        except DeviceError as exc:
-            log.warning("camera gave %d of %d frames (%s); measuring with what there is",
-                        len(frames), self.frames_per_measurement, exc)
-        if not frames:
-            return [], [], {"missing_image"}
-        passed: List[np.ndarray] = []
-        flags: Set[str] = set()
-        for image in frames:
-            quality = self.gate.assess(image)
-            if quality.passed:
-                passed.append(image)
-            else:
-                log.debug("frame rejected by the quality gate: %s", quality)
-            flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
-        return frames, passed, flags
+                grab.read += 1
+                self._work_on_frame(frame.image, grab, find_label)
+        except BaseException as exc:  # a bug, not a device fault: the acquisition thread raises it
+            grab.error = exc
+        grab.done_at = time.monotonic()
 
-    def _sample_id(self, job: MeasureJob, frames: List[np.ndarray], station: str,
-                   measured_at: datetime) -> Tuple[str, str]:
-        if job.sample_id:
-            return job.sample_id, "command"
-        if self.label_reader is not None:
-            for image in frames:
-                label = self.label_reader.read(image)
-                if label:
-                    return label, "label"
-        return generated_sample_id(station, measured_at), "generated"
+    def _work_on_frame(self, image: np.ndarray, grab: FrameGrab, find_label: bool) -> None:
+        quality = self.gate.assess(image)
+        if quality.passed:
+            grab.passed.append(image)
+        else:
+            log.debug("frame rejected by the quality gate: %s", quality)
+        grab.flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
+        if find_label and grab.label is None and self.label_reader is not None:
+            grab.label = self.label_reader.read(image) or None
 
     def device_states(self) -> Dict[str, Dict[str, Any]]:
         """The health document's `devices`: spectrometer and camera state and reconnect counts."""
