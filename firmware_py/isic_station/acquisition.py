@@ -9,7 +9,7 @@ station id and the UTC time, so every result can be traced back.
 
 Spectrum and frames are taken at the same time: a measurement takes as long as the slower device, not
 their sum. `measure` hands the camera to a frame thread for the duration of one measurement, which reads
-the frames and works on each as it arrives (quality gate, sample label), while the acquisition thread
+the frames and works on each as it arrives (quality gate, sample label, the model's tiles), while the acquisition thread
 asks the spectrometer for its (on-instrument averaged) spectrum and turns it into reflectance; the
 measurement is complete when both are. Only the acquisition thread calls `Acquirer`, and during a
 measurement only the frame thread touches the camera, the gate and the label reader, so no locking is
@@ -21,9 +21,10 @@ to stop after its current frame, and the error is raised once it has.
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 
@@ -63,6 +64,9 @@ class Measurement:
     flags: Set[str] = field(default_factory=set)
     spectrum_ms: float = 0.0  # trigger to the spectrum's reflectance (the spectrometer's share)
     frames_ms: float = 0.0  # trigger to the last frame gated (the camera's share)
+    # The passed frames' image input, built as they arrived, and the manifest `image` object it was built for.
+    image_batch: Optional[np.ndarray] = None
+    image_params: Optional[Mapping[str, Any]] = None
 
 
 class NotCalibrated(StationError, MeasurementRefused):
@@ -92,6 +96,7 @@ class FrameGrab:
     passed: List[np.ndarray] = field(default_factory=list)
     flags: Set[str] = field(default_factory=set)
     label: Optional[str] = None
+    images: Optional[Any] = None  # an ImageBatchBuilder fed the passed frames, None when it failed
     done_at: float = 0.0
     error: Optional[BaseException] = None
 
@@ -106,7 +111,8 @@ class Acquirer:
 
     `spectrometer` is an `ObpSpectrometer`; `camera` a `CameraSource` or None (signal-only); `gate` a
     `QualityGate`; `label_reader` a `SampleLabelReader` or None; `calibration` the `CalibrationStore` whose
-    references turn counts into reflectance; `context()` gives (station, lot id).
+    references turn counts into reflectance; `context()` gives (station, lot id); `image_batch()`, when
+    given, a fresh `ImageBatchBuilder` per measurement for the model in use (tiles cut as frames arrive).
     """
 
     def __init__(
@@ -122,6 +128,7 @@ class Acquirer:
         frames_per_measurement: int,
         min_signal_fraction: float,
         frame_timeout_s: float = 2.0,
+        image_batch: Optional[Callable[[], Any]] = None,
     ) -> None:
         self.spectrometer = spectrometer
         self.camera = camera
@@ -134,6 +141,10 @@ class Acquirer:
         self.frames_per_measurement = frames_per_measurement
         self.min_signal_fraction = min_signal_fraction
         self.frame_timeout_s = frame_timeout_s
+        self.image_batch = image_batch
+        # One frame thread for the Acquirer's life (not one per measurement: each new thread may take
+        # another malloc arena, and resident memory grows with them).
+        self._frame_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frames")
         self.wavelengths_nm = np.zeros(0)
         self.serial_number = ""
         self._prepared_at_open = -1
@@ -186,11 +197,10 @@ class Acquirer:
         measured_at = datetime.now(timezone.utc)
         started = time.monotonic()
         grab, stop = FrameGrab(), threading.Event()
-        frame_thread = None
+        frames_done: Optional["Future[None]"] = None
         if self.camera is not None:
-            frame_thread = threading.Thread(target=self._grab_frames, args=(grab, stop, not job.sample_id),
-                                            name="frames", daemon=True)
-            frame_thread.start()
+            grab.images = self.image_batch() if self.image_batch is not None else None
+            frames_done = self._frame_thread.submit(self._grab_frames, grab, stop, not job.sample_id)
         try:
             counts, reflectance, flags = self._spectrum()
         except BaseException:
@@ -198,8 +208,8 @@ class Acquirer:
             raise
         finally:
             spectrum_done = time.monotonic()
-            if frame_thread is not None:
-                frame_thread.join()
+            if frames_done is not None:
+                frames_done.result()
         if grab.error is not None:
             raise grab.error
         if self.camera is not None:
@@ -210,13 +220,16 @@ class Acquirer:
             sample_id, source = grab.label, "label"
         else:
             sample_id, source = generated_sample_id(station, measured_at), "generated"
+        images = grab.images if grab.images is not None and grab.images.frames == len(grab.passed) else None
         finished = time.monotonic()
         return Measurement(
             station=station, lot_id=lot_id, sample_id=sample_id, sample_id_source=source, origin=job.origin,
             measured_at=measured_at, requested_at=job.requested_at, acquire_ms=(finished - started) * 1000.0,
             counts=counts, wavelengths_nm=self.wavelengths_nm, reflectance=reflectance, frames=grab.passed,
             flags=flags, spectrum_ms=(spectrum_done - started) * 1000.0,
-            frames_ms=(grab.done_at - started) * 1000.0 if frame_thread is not None else 0.0,
+            frames_ms=(grab.done_at - started) * 1000.0 if frames_done is not None else 0.0,
+            image_batch=images.batch() if images is not None else None,
+            image_params=images.params if images is not None else None,
         )
 
     def _spectrum(self) -> Tuple[np.ndarray, np.ndarray, Set[str]]:
@@ -258,11 +271,21 @@ class Acquirer:
         quality = self.gate.assess(image)
         if quality.passed:
             grab.passed.append(image)
+            if grab.images is not None:
+                try:
+                    grab.images.add(image)
+                except Exception as exc:  # e.g. a frame smaller than a tile: inference builds it and says so
+                    log.debug("image input not built while acquiring: %s", exc)
+                    grab.images = None
         else:
             log.debug("frame rejected by the quality gate: %s", quality)
         grab.flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
         if find_label and grab.label is None and self.label_reader is not None:
             grab.label = self.label_reader.read(image) or None
+
+    def close(self) -> None:
+        """Let the frame thread end (a measurement in progress finishes first)."""
+        self._frame_thread.shutdown(wait=True)
 
     def device_states(self) -> Dict[str, Dict[str, Any]]:
         """The health document's `devices`: spectrometer and camera state and reconnect counts."""

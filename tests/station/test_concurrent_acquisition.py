@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Iterator, List
 
+import numpy as np
 import pytest
 
 from isic_drivers.camera import CameraSource
@@ -24,10 +25,14 @@ from isic_drivers.obp.transport import SerialTransport
 from isic_station.acquisition import Acquirer
 from isic_station.calibration import CalibrationStore
 from isic_station.pipeline import MeasureJob
+from isic_station.preprocess.image import build_image_batch
+from isic_station.preprocess.image_stream import ImageBatchBuilder
 from isic_station.quality_gate import QualityGate
 from isic_station.sample_label import SampleLabelReader
 
 SAMPLE = Sample({"cotton": 0.6, "polyester": 0.4}, sample_id="LOT7-0042")
+# A manifest's `image` object (the shipped model's kind: 64 px tiles at 2.4 um/px, 16 per measurement).
+IMAGE = {"tile_px": 64, "um_per_px": 2.4, "channels": 3, "tiles_per_measurement": 16, "mean": 0.75, "std": 0.22}
 
 
 @pytest.fixture
@@ -60,7 +65,8 @@ def acquirer(spectrometer: ObpSpectrometer, stage: SampleStage, tmp_path: Path, 
     made = Acquirer(spectrometer, camera, QualityGate(), SampleLabelReader(),
                     CalibrationStore(tmp_path / "calibration"), integration_us=integration_us,
                     context=lambda: ("conc-01", None), coadd=coadd, frames_per_measurement=frames,
-                    min_signal_fraction=0.05, frame_timeout_s=3.0)
+                    min_signal_fraction=0.05, frame_timeout_s=3.0,
+                    image_batch=lambda: ImageBatchBuilder(camera.um_per_px, IMAGE))
     made.take_reference("dark")
     stage.put_reference("white")
     made.take_reference("white")
@@ -93,6 +99,9 @@ def test_a_slow_camera_does_not_delay_the_spectrum(spectrometer, stage, tmp_path
     # about the camera's share, not the sum of both
     assert measurement.acquire_ms < measurement.frames_ms + 0.5 * measurement.spectrum_ms
     assert measurement.sample_id == "LOT7-0042" and measurement.sample_id_source == "label"
+    # the tiles cut while the frames arrived are the image input inference would build from them
+    assert measurement.image_params is IMAGE
+    assert np.array_equal(measurement.image_batch, build_image_batch(measurement.frames, 1.0, IMAGE))
     assert not measurement.flags & {"missing_image", "low_signal", "saturation"}
     taker.camera.close()
 
@@ -137,3 +146,20 @@ def test_a_failing_spectrometer_stops_the_frame_thread_and_fails_the_measurement
         silent.transport.close()
     finally:
         line.remove()
+
+
+@pytest.mark.parametrize("frames, size", [(1, 640), (6, 640), (16, 640), (2, 160)])
+def test_image_input_built_frame_by_frame_is_build_image_batch(frames: int, size: int) -> None:
+    """The same batch, row for row, as from all frames at once (also with fewer tiles than rows, and
+    with an empty field among them)."""
+    from isic_drivers.lab import ReferenceTile, render_frame
+
+    rng = np.random.default_rng(frames)
+    images = [render_frame(SAMPLE, rng, size, size * 3 // 4 if size > 200 else size, 1.0)[0] for _ in range(frames)]
+    images.append(render_frame(ReferenceTile("white"), rng, size, size, 1.0)[0])
+    builder = ImageBatchBuilder(1.0, IMAGE)
+    for image in images:
+        builder.add(image)
+    assert builder.frames == len(images)
+    assert np.array_equal(builder.batch(), build_image_batch(images, 1.0, IMAGE))
+    assert ImageBatchBuilder(1.0, IMAGE).batch() is None
