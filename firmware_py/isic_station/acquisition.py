@@ -197,7 +197,7 @@ class Acquirer:
         measured_at = datetime.now(timezone.utc)
         started = time.monotonic()
         grab, stop = FrameGrab(), threading.Event()
-        frames_done: Optional["Future[None]"] = None
+        frames_done: Optional[Future[None]] = None
         if self.camera is not None:
             grab.images = self.image_batch() if self.image_batch is not None else None
             frames_done = self._frame_thread.submit(self._grab_frames, grab, stop, not job.sample_id)
