@@ -21,7 +21,7 @@ to stop after its current frame, and the error is raised once it has.
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
@@ -197,10 +197,10 @@ class Acquirer:
         measured_at = datetime.now(timezone.utc)
         started = time.monotonic()
         grab, stop = FrameGrab(), threading.Event()
-        frames_done: Optional[Future[None]] = None
-        if self.camera is not None:
-            grab.images = self.image_batch() if self.image_batch is not None else None
-            frames_done = self._frame_thread.submit(self._grab_frames, grab, stop, not job.sample_id)
+        if self.camera is not None and self.image_batch is not None:
+            grab.images = self.image_batch()
+        frames_done = (self._frame_thread.submit(self._grab_frames, grab, stop, not job.sample_id)
+                       if self.camera is not None else None)
         try:
             counts, reflectance, flags = self._spectrum()
         except BaseException:
