@@ -44,26 +44,25 @@ def stage(tmp_path):
     return stage
 
 
-def test_paced_replies_take_the_lines_time_and_no_pace_does_not(start_emulator, stage):
-    request_and_reply = MIN_FRAME_SIZE + (MIN_FRAME_SIZE + 2 * PIXELS)  # 64 + 576 bytes
-    for baud in (115200, 230400):
-        emulator = start_emulator("--stage", str(stage.path), "--baud", str(baud))
-        spectrometer = open_driver(emulator.port)
-        try:
-            spectrometer.set_integration_time_us(INTEGRATION_US)
-            took = spectrum_seconds(spectrometer)
-        finally:
-            spectrometer.transport.close()
-        expected = line_seconds(request_and_reply, baud) + INTEGRATION_US / 1e6
-        assert took >= 0.95 * expected, (baud, took, expected)
-        assert took < expected + 0.25
-    emulator = start_emulator("--stage", str(stage.path), "--no-pace")
+def paced_spectrum_seconds(start_emulator, stage, *options: str) -> float:
+    """Median time of one spectrum from a fresh emulator started with `options`."""
+    emulator = start_emulator("--stage", str(stage.path), *options)
     spectrometer = open_driver(emulator.port)
     try:
         spectrometer.set_integration_time_us(INTEGRATION_US)
-        unpaced = spectrum_seconds(spectrometer)
+        return spectrum_seconds(spectrometer)
     finally:
         spectrometer.transport.close()
+
+
+def test_paced_replies_take_the_lines_time_and_no_pace_does_not(start_emulator, stage):
+    request_and_reply = MIN_FRAME_SIZE + (MIN_FRAME_SIZE + 2 * PIXELS)  # 64 + 576 bytes
+    for baud in (115200, 230400):
+        took = paced_spectrum_seconds(start_emulator, stage, "--baud", str(baud))
+        expected = line_seconds(request_and_reply, baud) + INTEGRATION_US / 1e6
+        assert took >= 0.95 * expected, (baud, took, expected)
+        assert took < expected + 0.25
+    unpaced = paced_spectrum_seconds(start_emulator, stage, "--no-pace")
     assert unpaced < 0.5 * (line_seconds(request_and_reply, 115200) + INTEGRATION_US / 1e6)
 
 

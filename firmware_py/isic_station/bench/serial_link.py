@@ -28,7 +28,7 @@ import os
 import statistics
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 DEFAULT_BAUDS = (115200, 921600)
 RESYNC_TRIALS = 50
@@ -58,6 +58,16 @@ def _spectrum_frame(regarding: int) -> bytes:
     return encode_frame(Frame(MessageType.GET_RAW_SPECTRUM, payload, flags=Flag.RESPONSE, regarding=regarding))
 
 
+def _count_for(seconds: float, step: Callable[[], Any]) -> Tuple[int, float]:
+    """Call `step` back to back for `seconds`: (calls, seconds they took)."""
+    count = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        step()
+        count += 1
+    return count, time.perf_counter() - started
+
+
 def measure_throughput(baud: int, seconds: float) -> Dict[str, float]:
     """Frames and bytes per second a SerialTransport reads from a pty the writer keeps full."""
     import select
@@ -83,16 +93,11 @@ def measure_throughput(baud: int, seconds: float) -> Dict[str, float]:
 
     os.set_blocking(line.master_fd, False)
     writer = threading.Thread(target=pour, daemon=True)
-    frames = 0
     try:
         with SerialTransport(line.path, baud, read_timeout_s=2.0) as transport:
             transport.open()
             writer.start()
-            started = time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                transport.read_frame()
-                frames += 1
-            elapsed = time.perf_counter() - started
+            frames, elapsed = _count_for(seconds, transport.read_frame)
     finally:
         stop.set()
         if writer.is_alive():
@@ -131,17 +136,12 @@ def measure_link(baud: int, seconds: float) -> Dict[str, float]:
         server = Server(device, line, pace=True)
         serving = threading.Thread(target=server.serve, daemon=True)
         serving.start()
-        spectra = 0
         try:
             with SerialTransport(line.path, baud, read_timeout_s=2.0) as transport:
                 spectrometer = ObpSpectrometer(transport)
                 spectrometer.set_integration_time_us(instrument.min_integration_us)
                 spectrometer.raw_spectrum()
-                started = time.perf_counter()
-                while time.perf_counter() - started < seconds:
-                    spectrometer.raw_spectrum()
-                    spectra += 1
-                elapsed = time.perf_counter() - started
+                spectra, elapsed = _count_for(seconds, spectrometer.raw_spectrum)
         finally:
             server.stop()
             serving.join(timeout=2)
