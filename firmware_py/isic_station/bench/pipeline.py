@@ -1,4 +1,4 @@
-"""`isic-station bench pipeline`: the whole station on emulated devices at their fastest, and what it costs.
+"""`isic-station bench pipeline`: the whole station on emulated devices back to back, and what it costs.
 
 Set-up: the bench of `isic-station demo` (`DemoBench`: the emulated OBP spectrometer in its own process on
 a pseudo-terminal, without faults; the virtual microscope; the local Mosquitto, or one started on a free
@@ -59,11 +59,13 @@ STARTUP_TIMEOUT_S = 60.0
 def register(subparsers: "argparse._SubParsersAction") -> None:
     """Add `bench pipeline`."""
     parser = subparsers.add_parser(
-        "pipeline", help="the station on emulated devices at full speed: time-to-result, spectra processed, CPU, RSS",
-        description="Run the station (the daemon's own Station object) on the emulated spectrometer and the virtual "
-                    "microscope at their fastest, publishing to the local broker, and report acquisition time and "
-                    "time-to-result beyond it (p50/p99), the fraction of the spectra the serial link carried that "
-                    "were processed, CPU time per result and resident memory.")
+        "pipeline", help="the station on emulated devices back to back: acquisition vs its physical limit, "
+                         "time-to-result, spectra processed, CPU, RSS",
+        description="Run the station (the daemon's own Station object) on the emulated spectrometer (paced at its "
+                    "baud rate) and the virtual microscope (at its fps) back to back, publishing to the local broker, "
+                    "and report acquisition time against the physical limit of the settings, time-to-result beyond "
+                    "it (p50/p99), the fraction of the spectra the serial link carried that were processed, CPU time "
+                    "per result, resident memory and results per minute.")
     parser.add_argument("--seconds", type=float, default=30.0, metavar="S",
                         help="measuring window after the warm-up (default 30)")
     parser.add_argument("--model", type=Path, metavar="MANIFEST",
