@@ -208,6 +208,8 @@ class Station:
         if self.link is not None:
             self.link.stop(timeout=flush_timeout_s)
         self.watchdog.stop()
+        if self.acquirer is not None:
+            self.acquirer.close()
         if self._camera is not None:
             self._camera.close()
         if self._transport is not None:
@@ -267,7 +269,7 @@ class Station:
             SampleLabelReader() if self._camera is not None else None,
             calibration=self.calibration, integration_us=c.spectrometer.integration_us, context=self._context,
             coadd=c.spectrometer.coadd, frames_per_measurement=c.camera.frames_per_measurement,
-            min_signal_fraction=c.quality.min_signal_fraction,
+            min_signal_fraction=c.quality.min_signal_fraction, image_batch=self._image_batch_builder,
         )
         try:
             self._transport.open()
@@ -283,6 +285,13 @@ class Station:
                 self._camera.open()
             except DeviceError as exc:
                 self._device_state("camera", f"not available at start ({exc}); measuring signal-only")
+
+    def _image_batch_builder(self) -> Any:
+        """A builder of the model's image input for one measurement (tiles cut as the frames arrive)."""
+        from isic_station.preprocess.image_stream import ImageBatchBuilder
+
+        manifest = self._manifest
+        return ImageBatchBuilder(self.config.camera.um_per_px, manifest.image) if manifest is not None else None
 
     def _context(self) -> Tuple[str, Optional[str]]:
         return self.config.station.id, self._lot_id
@@ -352,7 +361,8 @@ class Station:
         with self._model_lock:
             predictor, manifest = self._predictor, self._manifest
             prediction = predictor.predict(m.reflectance, m.wavelengths_nm, m.frames or None,
-                                           self.config.camera.um_per_px)
+                                           self.config.camera.um_per_px,
+                                           m.image_batch if m.image_params is manifest.image else None)
         flags = set(m.flags)
         if prediction.signal_only:
             flags.add("signal_only")
