@@ -4,6 +4,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# /bin/sh is dash on Debian: no /dev/tcp, so ask Python whether the broker answers.
+BROKER_UP := $(PYTHON) -c "import socket; socket.create_connection(('127.0.0.1', 1883), 2).close()" 2>/dev/null
 
 .PHONY: demo test check lint vermin check-py38 system-deps soak clean
 
@@ -21,7 +23,8 @@ system-deps:
 	@# The plant service's tests: a real headless browser and a PDF reader (PostgreSQL runs on the machine).
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 	@command -v pdftotext >/dev/null 2>&1 || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q poppler-utils; }
-	@(exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null || { echo "starting Mosquitto on 127.0.0.1:1883"; mosquitto -d -c /etc/mosquitto/mosquitto.conf; sleep 1; }
+	@$(BROKER_UP) || { echo "starting Mosquitto on 127.0.0.1:1883"; mosquitto -d -c /etc/mosquitto/mosquitto.conf; sleep 1; \
+	  $(BROKER_UP) || { echo "Mosquitto did not start on 127.0.0.1:1883: see journalctl -u mosquitto or run mosquitto -v" >&2; exit 1; }; }
 
 demo: $(STAMP) system-deps
 	$(BIN)/isic-station demo
