@@ -8,7 +8,8 @@ the broker restarted mid-run. Prints stored results/s, publish-to-row latency, l
   one per message_id (a row is unique by its key, so a doubled store would show there);
 - latency: `stored_at` (the row's clock_timestamp, inside the transaction that commits it; same host
   clock) minus the time the first copy was handed to paho;
-- results/s stored: rows / (last stored_at - first publish).
+- results/s stored: rows / (last stored_at - first publish);
+- audit_chain_ok: `audit verify` over everything stored, after the run.
 """
 
 import getpass
@@ -28,7 +29,7 @@ import paho.mqtt.client as paho
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from isic_plant import db
+from isic_plant import audit, db
 from isic_plant.errors import PlantError
 from isic_plant.simulated import SimulatedStation
 from isic_station.demo import free_port, port_answers
@@ -206,6 +207,8 @@ def _run(bench_dsn: str, stations: int, seconds: float, rate: float, kill_collec
                                       " WHERE kind = 'result'").fetchone()[0]
             copies = conn.execute("SELECT coalesce(sum(replayed_copies), 0) FROM results").fetchone()[0]
             rejected = conn.execute("SELECT count(*) FROM rejects").fetchone()[0]
+        with db.connect(bench_dsn) as conn:
+            chain = audit.verify(conn)
         stored_ids = {r[0] for r in rows}
         missing = set(sent_at) - stored_ids
         lost = len(missing)
@@ -224,7 +227,7 @@ def _run(bench_dsn: str, stations: int, seconds: float, rate: float, kill_collec
                 "lost": lost, "lost_published_between_s": [round(missing_at[0], 1), round(missing_at[-1], 1)]
                 if missing_at else None, "duplicated": duplicated + unknown, "copies_counted": copies,
                 "resent_after_reconnect": sum(s.resends for s in fleet), "rejected": rejected,
-                "disruptions": events, "cpu_cores": os.cpu_count()}
+                "audit_chain_ok": chain.ok, "disruptions": events, "cpu_cores": os.cpu_count()}
     finally:
         for station in fleet:
             station.close()

@@ -11,4 +11,4 @@ def test_a_killed_collector_loses_and_doubles_nothing():
     assert figures["stored"] == figures["published"]
     assert figures["lost"] == 0 and figures["duplicated"] == 0 and figures["rejected"] == 0
     assert any("killed" in e for e in figures["disruptions"]) and any("restarted" in e for e in figures["disruptions"])
-    assert figures["publish_to_row_ms_p50"] is not None
+    assert figures["publish_to_row_ms_p50"] is not None and figures["audit_chain_ok"]

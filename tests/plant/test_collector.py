@@ -6,7 +6,7 @@ import time
 
 import psycopg
 
-from isic_plant import db
+from isic_plant import audit, db
 from isic_plant.simulated import SimulatedStation
 
 from .conftest import query, wait_rows
@@ -87,6 +87,9 @@ def test_two_collectors_share_the_subscription_nothing_lost_or_doubled(start_col
     assert query(plant_db, "SELECT count(*) FROM audit_log WHERE kind = 'result'")[0][0] == len(sent)
     a, b = first.collector.totals["result"], second.collector.totals["result"]
     assert a + b == len(sent) and a > 0 and b > 0, (a, b)
+    with db.connect(plant_db) as conn:  # two writers, one intact chain
+        verdict = audit.verify(conn)
+    assert verdict.ok and verdict.entries == len(sent), verdict.as_dict()
 
 
 def test_a_document_the_database_refuses_is_a_reject_and_spoils_nothing(start_collector, publisher, plant_db, prefix):
