@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 
 import jsonschema_rs
 
@@ -95,8 +95,3 @@ def parse(topic: str, payload: bytes, prefix: str) -> Union[Document, Reject]:
         return reject(f"time is not ISO 8601: {exc}")
     return Document(kind, station, doc, text)
 
-
-def lot_fibres(doc: Dict[str, Any]) -> Optional[list]:
-    """The fibres a result's lot declares (its spec check's fibres), or None without a lot spec."""
-    spec = doc.get("spec")
-    return sorted(spec["deviation_pp"]) if spec else None

@@ -5,7 +5,7 @@ import json
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Tuple
 
 import paho.mqtt.client as paho
 import psycopg
@@ -117,6 +117,3 @@ def query(dsn: str, sql: str, params: Tuple = ()) -> List[Tuple]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(sql, params).fetchall()
 
-
-def as_published(doc: Dict[str, Any]) -> Dict[str, Any]:
-    return json.loads(json.dumps(doc))
