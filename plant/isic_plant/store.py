@@ -10,7 +10,7 @@ import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
 import psycopg
 
@@ -28,6 +28,24 @@ class BatchOutcome:
     copies: int = 0
     rejected: int = 0
     new_results: Dict[str, List[str]] = field(default_factory=dict)  # lot_id -> message_ids stored now
+
+
+# Results and alarms, stored once by message_id: (INSERT returning the keys stored now, its column values)
+KEYED: Dict[str, Tuple[str, Tuple[Callable[[Document], Any], ...]]] = {
+    "result": (
+        "INSERT INTO results (message_id, station, sequence, lot_id, sample_id, measured_at, replayed, doc)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[],"
+        " %s::timestamptz[], %s::boolean[], %s::jsonb[]) ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+        (lambda d: d.key, lambda d: d.station, lambda d: d.doc["sequence"], lambda d: d.doc["lot_id"],
+         lambda d: d.doc["sample_id"], lambda d: d.doc["measured_at"], lambda d: d.doc["replayed"],
+         lambda d: d.text)),
+    "alarm": (
+        "INSERT INTO alarms (message_id, station, raised_at, kind, severity, doc)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::jsonb[])"
+        " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+        (lambda d: d.key, lambda d: d.station, lambda d: d.doc["raised_at"], lambda d: d.doc["kind"],
+         lambda d: d.doc["severity"], lambda d: d.text)),
+}
 
 
 def _split(items: Sequence[Union[Document, Reject]]) -> Tuple[Dict[str, Dict[str, Document]], Counter, List[Reject]]:
@@ -54,39 +72,19 @@ def write_batch(conn: psycopg.Connection, items: Sequence[Union[Document, Reject
     outcome = BatchOutcome()
     entries: List[Tuple[str, str, object]] = []
     with conn.transaction():
-        results = [by_kind["result"][k] for k in sorted(by_kind["result"])]
-        if results:
-            stored = {row[0] for row in conn.execute(
-                "INSERT INTO results (message_id, station, sequence, lot_id, sample_id, measured_at, replayed, doc)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[],"
-                " %s::timestamptz[], %s::boolean[], %s::jsonb[])"
-                " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-                ([d.key for d in results], [d.station for d in results], [d.doc["sequence"] for d in results],
-                 [d.doc["lot_id"] for d in results], [d.doc["sample_id"] for d in results],
-                 [d.doc["measured_at"] for d in results], [d.doc["replayed"] for d in results],
-                 [d.text for d in results]))}
-            for d in results:
-                if d.key in stored:
-                    entries.append(("result", d.key, d.doc))
-                    if d.doc["lot_id"] is not None:
-                        outcome.new_results.setdefault(d.doc["lot_id"], []).append(d.key)
-                else:
+        for kind, (sql, columns) in KEYED.items():
+            docs = [by_kind[kind][k] for k in sorted(by_kind[kind])]
+            if not docs:
+                continue
+            stored = {row[0] for row in conn.execute(sql, [[column(d) for d in docs] for column in columns])}
+            for d in docs:
+                if d.key not in stored:
                     copies[d.key] += 1
-            outcome.stored["result"] = len(stored)
-        alarms = [by_kind["alarm"][k] for k in sorted(by_kind["alarm"])]
-        if alarms:
-            stored = {row[0] for row in conn.execute(
-                "INSERT INTO alarms (message_id, station, raised_at, kind, severity, doc)"
-                " SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::jsonb[])"
-                " ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
-                ([d.key for d in alarms], [d.station for d in alarms], [d.doc["raised_at"] for d in alarms],
-                 [d.doc["kind"] for d in alarms], [d.doc["severity"] for d in alarms], [d.text for d in alarms]))}
-            for d in alarms:
-                if d.key in stored:
-                    entries.append(("alarm", d.key, d.doc))
-                else:
-                    copies[d.key] += 1
-            outcome.stored["alarm"] = len(stored)
+                    continue
+                entries.append((kind, d.key, d.doc))
+                if kind == "result" and d.doc["lot_id"] is not None:
+                    outcome.new_results.setdefault(d.doc["lot_id"], []).append(d.key)
+            outcome.stored[kind] = len(stored)
         if copies:
             ids = sorted(copies)
             for table in ("results", "alarms"):
