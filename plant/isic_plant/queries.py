@@ -154,3 +154,11 @@ def result(conn: psycopg.Connection, message_id: str) -> Optional[Dict[str, Any]
     return {"doc": doc, "stored_at": row[1], "replayed_copies": row[2],
             "health_at": health[0] if health else None, "health": health[1] if health else None,
             "audit_seq": entry[0] if entry else None, "audit_hash": entry[1] if entry else None}
+
+
+def rejects(conn: psycopg.Connection, limit: int = 20) -> Tuple[int, List[Dict[str, Any]]]:
+    """(how many messages were rejected, the latest ones with topic, reason and size)."""
+    total = conn.execute("SELECT count(*) FROM rejects").fetchone()[0]
+    rows = conn.execute("SELECT id, received_at, topic, reason, length(payload) FROM rejects"
+                        " ORDER BY id DESC LIMIT %s", (limit,)).fetchall()
+    return total, [dict(zip(("id", "received_at", "topic", "reason", "bytes"), r)) for r in rows]

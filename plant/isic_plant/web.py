@@ -85,7 +85,9 @@ def create_app(dsn: str, cfg: Optional[PlantConfig] = None) -> Starlette:
 
     def stations_page(request: Request) -> Response:
         with pool.connection() as conn:
-            return page(request, "stations.html", stations=queries.stations(conn))
+            rejected, latest_rejects = queries.rejects(conn)
+            return page(request, "stations.html", stations=queries.stations(conn), rejected=rejected,
+                        rejects=latest_rejects)
 
     def lots_page(request: Request) -> Response:
         with pool.connection() as conn:

@@ -60,6 +60,7 @@ def historian(plant_db: str) -> Iterator[Tuple[str, dict]]:
     items.append(parse("isic/line1-st1/status", b'{"state": "online", "station": "line1-st1"}', "isic"))
     alarm = build_alarm(station="line2-st1", kind="device_fault", severity="critical", message="camera unplugged")
     items.append(parse("isic/line2-st1/alarm", json.dumps(alarm).encode(), "isic"))
+    items.append(parse("isic/line2-st1/result", b"{not json", "isic"))
     with psycopg.connect(plant_db) as conn:
         declare_lot(conn, "L-100", {"cotton": 0.62, "polyester": 0.38}, 5.0, "qa")
         outcome = write_batch(conn, items)
@@ -146,6 +147,8 @@ def test_pages_in_a_real_browser(historian):
             cells = page.locator("tr[data-station='line2-st1'] td")
             assert cells.nth(9).inner_text() == "30" and cells.nth(10).inner_text() == "0"  # stored, no gaps
             assert "device_fault" in cells.nth(11).inner_text() and "camera unplugged" in cells.nth(11).inner_text()
+            assert page.locator("#rejected").inner_text().startswith("1 message")
+            assert "not UTF-8 JSON" in page.locator("#rejects").inner_text()
             page.click("text=L-100")
             assert page.url.endswith("/lots/L-100")
             assert page.locator("#count").inner_text() == "60"
