@@ -59,7 +59,8 @@ def _collector(args: argparse.Namespace, cfg: PlantConfig, broker: Optional[str]
         client_id=getattr(args, "client_id", None) or cfg.client_id,
         share_group=getattr(args, "share_group", None) or cfg.share_group,
         username=cfg.username, password=cfg.password, keepalive_s=cfg.keepalive_s, batch_max=cfg.batch_max,
-        batch_wait_s=cfg.batch_wait_s, spc_rules=cfg.spc_rules, spc_baseline=cfg.spc_baseline))
+        batch_wait_s=cfg.batch_wait_s, spc_rules=cfg.spc_rules, spc_baseline=cfg.spc_baseline,
+        retire=getattr(args, "retire", False)))
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -200,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--prefix", help="the stations' topic prefix (default isic)")
     sp.add_argument("--client-id", help="this collector's MQTT client id: unique, stable across restarts")
     sp.add_argument("--share-group", help="shared-subscription group of the collectors that split the load")
+    sp.add_argument("--retire", action="store_true", help="take this collector (--client-id) out of service: store "
+                    "what its session holds, unsubscribe, end the session (the broker would keep queueing its share)")
     sp.set_defaults(func=cmd_collect)
 
     sp = sub.add_parser("audit", help="the hash-chained audit trail")
@@ -240,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, help="TCP port (default: the config's web.port, 8080)")
     sp.add_argument("--host", help="address to listen on (default: the config's web.host, 127.0.0.1)")
     sp.add_argument("--collect", metavar="HOST:PORT", help="also run a collector on this broker in this process")
+    sp.add_argument("--prefix", help="with --collect: the stations' topic prefix (default isic)")
+    sp.add_argument("--client-id", help="with --collect: the collector's MQTT client id")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("bench", help="benchmarks that print figures")

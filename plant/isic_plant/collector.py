@@ -11,7 +11,10 @@ Delivery is at least once from end to end, and storage exactly once:
 - health and status are retained and few, and MQTT never sends retained messages to a shared
   subscription, so every collector subscribes to them directly and the keys drop the doubles.
 A database that fails makes the collector keep the batch (unacknowledged) and retry with backoff;
-the broker holds back further messages (receive maximum) meanwhile.
+the broker holds back further messages (receive maximum) meanwhile. The broker keeps giving a
+stopped member of the group its share (queued in its session, delivered when it returns), so a
+collector taken out of service is retired (`collect --retire`): it stores what its session holds,
+unsubscribes and ends the session.
 """
 
 import logging
@@ -34,6 +37,8 @@ from isic_plant.store import BatchOutcome, write_batch
 
 log = logging.getLogger(__name__)
 
+RETIRE_IDLE_S = 2.0  # a retiring collector stops after this long without a message
+
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ class CollectorSettings:
     spc_rules: Tuple[str, ...] = ()
     spc_baseline: int = 20
     session_expiry_s: int = 7 * 24 * 3600  # the broker keeps a stopped collector's messages this long
+    retire: bool = False  # store what the session holds, then end the session (a collector taken out of service)
 
     def subscriptions(self) -> List[Tuple[str, int]]:
         shared = [(f"$share/{self.share_group}/{self.prefix}/+/{kind}", 1) for kind in ("result", "alarm")]
@@ -67,6 +73,7 @@ class Collector:
         self._acked_publishes: queue.Queue[int] = queue.Queue()
         self._stop = threading.Event()
         self.connected = threading.Event()
+        self._last_message = time.monotonic()
         self.totals = {"result": 0, "alarm": 0, "health": 0, "status": 0, "copies": 0, "rejected": 0, "spc": 0}
         self._client = self._new_client()
         self.spc = SpcMonitor(settings.spc_rules, settings.spc_baseline, settings.prefix, self._publish)
@@ -93,7 +100,10 @@ class Collector:
             return
         log.info("connected to %s:%s as %s (session present: %s)", self.settings.host, self.settings.port,
                  self.settings.client_id, flags.session_present)
-        client.subscribe(self.settings.subscriptions())
+        if self.settings.retire:  # no new messages: the group's other members take them from now on
+            client.unsubscribe([topic for topic, _ in self.settings.subscriptions()])
+        else:
+            client.subscribe(self.settings.subscriptions())
         self.connected.set()
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
@@ -102,6 +112,7 @@ class Collector:
             log.warning("lost the broker (%s); reconnecting, unacknowledged messages will be redelivered", reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        self._last_message = time.monotonic()
         self._incoming.put((message.topic, bytes(message.payload), message.mid, message.qos))
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
@@ -141,8 +152,14 @@ class Collector:
                 if now - last_report >= 30.0:
                     log.info("stored so far: %s", self.totals)
                     last_report = now
+                if (s.retire and self.connected.is_set() and self._incoming.empty()
+                        and now - self._last_message >= RETIRE_IDLE_S):
+                    log.info("retired: the session's messages are stored; ending the session %s", s.client_id)
+                    break
         finally:
-            self._client.disconnect()
+            end = Properties(PacketTypes.DISCONNECT)
+            end.SessionExpiryInterval = 0
+            self._client.disconnect(properties=end if s.retire else None)
             self._client.loop_stop()
             conn.close()
             log.info("stopped; stored %s", self.totals)

@@ -121,3 +121,24 @@ def test_a_lost_database_connection_loses_nothing(start_collector, publisher, pl
         publisher.publish(f"{prefix}/st-db/result", station.result())
     assert wait_rows(plant_db, "SELECT count(*) FROM results", 10, timeout=30) == 10
     assert sorted(r[0] for r in query(plant_db, "SELECT sequence FROM results")) == list(range(1, 11))
+
+
+def test_a_stopped_member_keeps_its_share_until_it_is_retired(start_collector, publisher, plant_db, prefix):
+    stays = start_collector(client_id=f"{prefix}-stays")
+    leaves = start_collector(client_id=f"{prefix}-leaves")
+    leaves.stop()  # its persistent session stays in the group: the broker queues its share for it
+    station = SimulatedStation("st-r", None, {"cotton": 1.0})
+    for _ in range(40):
+        publisher.publish(f"{prefix}/st-r/result", station.result())
+    time.sleep(1.0)
+    waiting = 40 - query(plant_db, "SELECT count(*) FROM results")[0][0]
+    assert waiting > 0  # round robin gave the stopped member some of them
+    retired = start_collector(client_id=f"{prefix}-leaves", retire=True)
+    retired.thread.join(20)
+    assert not retired.thread.is_alive(), "the retiring collector did not finish"
+    assert retired.collector.totals["result"] == waiting
+    for _ in range(20):
+        publisher.publish(f"{prefix}/st-r/result", station.result())
+    assert wait_rows(plant_db, "SELECT count(*) FROM results", 60) == 60
+    time.sleep(0.5)
+    assert stays.collector.totals["result"] == 60 - waiting  # the retired session gets no share any more
