@@ -55,7 +55,7 @@ def build_result(
 ) -> Dict[str, Any]:
     """A result document (schema `result`); `out_of_spec` is added to the flags when `spec` says so.
 
-    `model` is {name, version, sha256}; `timings_ms` is {acquire, preprocess, infer, total};
+    `model` is {name, version, sha256, manifest_sha256?}; `timings_ms` is {acquire, preprocess, infer, total};
     `spec` is what `spec_check.check_composition` returned, or None when no lot is set.
     """
     flag_set = set(flags)
@@ -78,7 +78,8 @@ def build_result(
         "confidence": float(confidence),
         "uncertainty": {k: float(v) for k, v in uncertainty.items()},
         "flags": flag_list,
-        "model": {"name": model["name"], "version": model["version"], "sha256": model["sha256"]},
+        "model": {"name": model["name"], "version": model["version"], "sha256": model["sha256"],
+                  **({"manifest_sha256": model["manifest_sha256"]} if "manifest_sha256" in model else {})},
         "backend": backend,
         "timings_ms": {k: round(float(timings_ms[k]), 3) for k in ("acquire", "preprocess", "infer", "total")},
         "spec": dict(spec) if spec is not None else None,
@@ -89,7 +90,7 @@ def build_result(
 def build_alarm(
     *, station: str, kind: str, severity: str, message: str, details: Optional[Mapping[str, Any]] = None
 ) -> Dict[str, Any]:
-    """An alarm document (schema `alarm`): kind out_of_spec | device_fault."""
+    """An alarm document (schema `alarm`): kind out_of_spec | device_fault | storage_fault."""
     return {
         "schema_version": SCHEMA_VERSION,
         "message_id": str(uuid.uuid4()),

@@ -14,7 +14,7 @@ import numpy as np
 
 from isic_station.inference.base import GRAPH_BIMODAL, GRAPH_SIGNAL_ONLY, Backend, Prediction
 from isic_station.manifest import Manifest
-from isic_station.preprocess.image import NoUsableTiles, build_image_input
+from isic_station.preprocess.image import NoUsableTiles, build_image_input, tile_evidence
 from isic_station.preprocess.spectrum import preprocess_spectrum
 
 # Tensor names fixed by the manifest contract (ARCHITECTURE.md, "Model manifest").
@@ -50,26 +50,28 @@ class Predictor:
         wavelengths_nm: np.ndarray,
         frames_bgr: Optional[Sequence[np.ndarray]],
         camera_um_per_px: float,
+        image_batch: Optional[np.ndarray] = None,
     ) -> Prediction:
         """The fused result for one measurement; no frames (None or empty) means signal-only.
 
-        `timings_ms` holds `preprocess_ms` (spectrum and image preprocessing) and `infer_ms`.
+        `image_batch`, when given, is these frames' image input already built (`ImageBatchBuilder`, while
+        they arrived). `timings_ms` holds `preprocess_ms` (spectrum and image preprocessing) and `infer_ms`.
         """
         start = time.perf_counter()
         spectrum = preprocess_spectrum(reflectance, wavelengths_nm, self.manifest.spectrum)
         tiles = None
         if frames_bgr is not None and len(frames_bgr) > 0:
-            try:
-                image = build_image_input(frames_bgr, camera_um_per_px, self.manifest.image)
-            except NoUsableTiles as exc:
-                log.warning("no image input: %s; measuring signal-only", exc)
+            if image_batch is not None:
+                tiles = image_batch
             else:
-                tiles = image.batch
-                if log.isEnabledFor(logging.DEBUG):   # the evidence `bench accuracy` checks label tiles against
-                    log.debug("image tiles at %g um/px from %g um/px: %d masked, label %d px, ignored %d px, "
-                              "origins %s", self.manifest.image["um_per_px"], camera_um_per_px, image.tiles_masked,
-                              image.label_px, image.ignored_px,
-                              " ".join(f"{f}:{top}:{left}" for f, top, left in image.origins))
+                try:
+                    image = build_image_input(frames_bgr, camera_um_per_px, self.manifest.image)
+                except NoUsableTiles as exc:
+                    log.warning("no image input: %s; measuring signal-only", exc)
+                else:
+                    tiles = image.batch
+                    if log.isEnabledFor(logging.DEBUG):   # the evidence `bench accuracy` checks label tiles against
+                        log.debug("%s", tile_evidence(image, camera_um_per_px, self.manifest.image))
         preprocessed = time.perf_counter()
         outputs = self.infer(spectrum, tiles)
         done = time.perf_counter()

@@ -323,6 +323,13 @@ def build_image_input(
     )
 
 
+def tile_evidence(image: ImageInput, camera_um_per_px: float, params: Mapping[str, Any]) -> str:
+    """One log line saying which tiles went to the model and what was masked (`bench accuracy` parses it)."""
+    return (f"image tiles at {float(params['um_per_px']):g} um/px from {camera_um_per_px:g} um/px: "
+            f"{image.tiles_masked} masked, label {image.label_px} px, ignored {image.ignored_px} px, origins "
+            + " ".join(f"{f}:{top}:{left}" for f, top, left in image.origins))
+
+
 def build_image_batch(
     frames_bgr: Sequence[np.ndarray], camera_um_per_px: float, params: Mapping[str, Any]
 ) -> np.ndarray:
