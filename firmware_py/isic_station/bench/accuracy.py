@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -192,7 +193,9 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
     runs: List[Dict[str, Any]] = []
     started = time.monotonic()
     try:
-        with DemoBench(workdir, station_id="accuracy-01", mode="continuous", interval_s=args.interval,
+        # a station id of its own: two benches on one broker must not take each other's client id and results
+        with DemoBench(workdir, station_id=f"accuracy-{uuid.uuid4().hex[:8]}", mode="continuous",
+                       interval_s=args.interval,
                        model=args.model, log_level="DEBUG") as bench:
             bench.config_path.write_text(apply_settings(bench.write_config().read_text(encoding="utf-8"),
                                                         args.settings), encoding="utf-8")

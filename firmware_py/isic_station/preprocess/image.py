@@ -303,7 +303,7 @@ def build_image_input(
         raise NoUsableTiles(f"all {len(all_scores)} tiles of {len(frames_bgr)} frame(s) touch a sample label "
                             "or are mostly dust/glare")
     if available < wanted:
-        log.info("only %d usable tiles in %d frame(s) for %d model rows: repeating the best ones",
+        log.debug("only %d usable tiles in %d frame(s) for %d model rows: repeating the best ones",
                  available, len(frames_bgr), wanted)
     chosen = order[np.arange(wanted) % available]
     starts = np.cumsum([0] + [len(t) for t in tiles])
