@@ -37,8 +37,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from isic_common.errors import DeviceError, StateDirError
 from isic_station.atomic_file import write_json
-from isic_station.errors import DeviceError, StateDirError
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from isic_common.errors import DeviceError, StationError
 from isic_station.config import _toml_value
-from isic_station.errors import DeviceError, StationError
 
 LOCAL_BROKER = ("127.0.0.1", 1883)
 STARTUP_TIMEOUT_S = 60.0

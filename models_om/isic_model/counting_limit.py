@@ -163,7 +163,7 @@ def _model_input_share(manifest: Mapping[str, Any], settings: Any) -> float:
 
 
 def _counting_limit_command(args: argparse.Namespace) -> int:
-    from isic_station.errors import ConfigError
+    from isic_common.errors import ConfigError
     from isic_station.manifest import load_manifest
 
     path = args.model / "manifest.json" if args.model.is_dir() else args.model
