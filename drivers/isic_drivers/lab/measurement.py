@@ -17,7 +17,7 @@ from isic_drivers.lab.microscope import DrawnFibre, render_frame
 from isic_drivers.lab.sample import Nuisance, Sample, blend_label, composition_vector
 from isic_drivers.lab.spectra import reflectance
 from isic_drivers.lab.stage import ReferenceTile
-from isic_station.calibration import reflectance_from_counts
+from isic_drivers.reflectance import reflectance_from_counts
 
 
 @dataclass
