@@ -101,6 +101,48 @@ def test_every_package_imports_only_the_layers_below_it() -> None:
     assert [t for _, t in imports_of(SHIPPED_MODEL_LOCATION) if t.split(".")[0] in MAY_IMPORT] == []
 
 
+def import_cycles() -> List[List[str]]:
+    """The strongly connected components of more than one module (or a module importing itself)."""
+    graph = {m: sorted({t for _, t in imports_of(m, runtime_only=True) if t in MODULES}) for m in MODULES}
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on_stack: Set[str] = set()
+    cycles: List[List[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's algorithm
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1 or node in graph[node]:
+                cycles.append(sorted(component))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_there_is_no_import_cycle_among_our_modules() -> None:
+    cycles = import_cycles()
+    assert not cycles, "import cycles (each line: modules that import each other):\n" + "\n".join(
+        " <-> ".join(c) for c in cycles)
+
+
 @pytest.mark.parametrize("source, expected", [
     ("from isic_common.errors import ConfigError\n", ["isic_common.errors"]),
     ("from isic_common import errors\n", ["isic_common.errors"]),
@@ -113,3 +155,14 @@ def test_imports_are_read_as_python_resolves_them(tmp_path: Path, monkeypatch, s
     probe.write_text(source, encoding="utf-8")
     monkeypatch.setitem(MODULES, "isic_drivers.obp.probe", probe)
     assert [t for _, t in imports_of("isic_drivers.obp.probe")] == expected
+
+
+def test_a_planted_cycle_is_found_and_a_type_checking_import_is_not_one(tmp_path: Path, monkeypatch) -> None:
+    for name, source in (("a", "import isic_common.planted_b\nimport isic_common.planted_c\n"),
+                         ("b", "def f():\n    from isic_common import planted_a\n"),
+                         ("c", "from typing import TYPE_CHECKING\n"
+                                "if TYPE_CHECKING:\n    import isic_common.planted_a\n")):
+        (tmp_path / f"planted_{name}.py").write_text(source, encoding="utf-8")
+        monkeypatch.setitem(MODULES, f"isic_common.planted_{name}", tmp_path / f"planted_{name}.py")
+    assert ["isic_common.planted_a", "isic_common.planted_b"] in import_cycles()
+    assert not any("isic_common.planted_c" in cycle for cycle in import_cycles())
