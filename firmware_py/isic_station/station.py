@@ -1,7 +1,8 @@
 """The station daemon: builds every part from the config, wires them together and answers commands.
 
     spectrometer + camera -> Acquirer -> Pipeline (acquisition, inference threads) -> result
-    result -> MqttLink.publish_result (durable Outbox first, then MQTT) ; out-of-spec -> alarm
+    result -> MqttLink.publish_result (durable Outbox first, then MQTT) ; out-of-spec / refer-to-lab -> alarm
+    lot results -> LotSummary -> retained <prefix>/<station>/lot (through the Outbox)
     MQTT cmd/<name> -> CommandRouter -> the handlers here ; health <- Station.health_source()
 
 Start-up order is what systemd's READY=1 promises: outbox (state directory writable), model and
@@ -29,9 +30,9 @@ from isic_station.config import Config, mqtt_password
 from isic_station.errors import DeviceError, StationError
 from isic_station.outbox import Outbox
 from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, PipelineStats, percentile
-from isic_station.results import build_alarm, build_result, out_of_spec_alarm
+from isic_station.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
-from isic_station.spec_check import InvalidLotSpec, LotSpec, check_composition
+from isic_station.spec_check import InvalidLotSpec, LotSpec, LotSummary, check_composition
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class Station:
         self.time_to_result = TimeToResult()
         self._started_at = time.monotonic()
         self._lot: Optional[LotSpec] = None
+        self._lot_summary: Optional[LotSummary] = None
         self._lot_id: Optional[str] = config.station.lot or None
         self._model_lock = threading.Lock()
         self._predictor: Any = None
@@ -316,12 +318,17 @@ class Station:
         with self._model_lock:
             predictor, manifest = self._predictor, self._manifest
             prediction = predictor.predict(m.reflectance, m.wavelengths_nm, m.frames or None,
-                                           self.config.camera.um_per_px)
+                                           self.config.camera.um_per_px, flags=m.flags)
         flags = set(m.flags)
         if prediction.signal_only:
             flags.add("signal_only")
+        if prediction.unknown_fibre:
+            flags.add("unknown_fibre")
+        if prediction.uncalibrated_flags:
+            flags.add("refer_to_lab")
         lot = self._lot
-        spec = check_composition(lot, prediction.composition) if lot is not None and lot.lot_id == m.lot_id else None
+        spec = (check_composition(lot, prediction.composition, prediction.interval_95)
+                if lot is not None and lot.lot_id == m.lot_id else None)
         graph = manifest.graphs["signal_only" if prediction.signal_only else "bimodal"]
         total_ms = (time.monotonic() - m.requested_at) * 1000.0
         doc = build_result(
@@ -332,17 +339,32 @@ class Station:
             timings_ms={"acquire": m.acquire_ms, "preprocess": prediction.timings_ms.get("preprocess_ms", 0.0),
                         "infer": prediction.timings_ms.get("infer_ms", 0.0), "total": total_ms},
             sample_id=m.sample_id, lot_id=m.lot_id, spec=spec, measured_at=m.measured_at,
+            interval_95=prediction.interval_95, unknown_fibre_score=prediction.unknown_fibre_score,
         )
+        if spec is not None:
+            self._count_in_lot(doc, predictor, "signal_only" if prediction.signal_only else "bimodal")
         row = self.link.publish_result(doc)
         self.time_to_result.published(row, m.requested_at, m.acquire_ms)
-        alarm = out_of_spec_alarm(doc)
-        if alarm is not None:
-            log.warning("%s", alarm["message"])
-            self.link.publish_alarm(alarm)
+        for alarm in (out_of_spec_alarm(doc), refer_to_lab_alarm(doc, prediction.uncalibrated_flags)):
+            if alarm is not None:
+                log.warning("%s", alarm["message"])
+                self.link.publish_alarm(alarm)
         log.debug("result %d: %s %s (%.0f ms)", doc["sequence"], doc["blend"], doc["flags"], total_ms)
         return {"sequence": doc["sequence"], "message_id": doc["message_id"], "sample_id": doc["sample_id"],
                 "sample_id_source": m.sample_id_source, "composition": doc["composition"], "blend": doc["blend"],
                 "flags": doc["flags"]}
+
+    def _count_in_lot(self, doc: Dict[str, Any], predictor: Any, path: str) -> None:
+        """Add a lot result to the running summary and store it, retained, for the lot topic (before the
+        result itself, so the result's publication sends both)."""
+        summary = self._lot_summary
+        if summary is None or summary.spec.lot_id != doc["lot_id"]:
+            return
+        calibration = predictor.calibration
+        summary.add(doc["composition"], calibration.systematic(path) if calibration is not None else {},
+                    doc["interval_95"], doc["spec"]["verdict"], "unknown_fibre" in doc["flags"])
+        self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()),
+                        qos=1, retain=True)
 
     # ----- commands (the router's worker thread) -----------------------------------------------
     def _until_running(self) -> Pipeline:
@@ -378,6 +400,7 @@ class Station:
             spec = LotSpec.from_dict(payload, known_fibres=self._manifest.fibres)
         except InvalidLotSpec as exc:
             raise CommandError(str(exc)) from None
+        self._lot_summary = LotSummary(spec, utc_iso())
         self._lot, self._lot_id = spec, spec.lot_id
         log.info("lot %s: declared %s, tolerance %g pp", spec.lot_id, spec.composition, spec.tolerance_pp)
         return spec.to_dict()
