@@ -13,8 +13,9 @@ every fibre's whole interval lies within declared +- tolerance, `fail` when some
 lies wholly outside it, and `undetermined` when an interval straddles a limit; undetermined means
 `refer_to_lab`. Without intervals (an uncalibrated model) the point estimate decides (`rule`
 says which). A lot is judged on all its results since `set_lot` (`LotSummary`): the mean per fibre
-and the 95 % interval of the mean, t(n-1) * sqrt(systematic^2 + sd^2 / n), where `systematic` is
-the part of the error averaging does not remove (from the calibration data).
+and the 95 % interval of the mean, sqrt((1.96 systematic)^2 + (t(n-1) sd)^2 / n), where
+`systematic` is the part of the error averaging does not remove (from the calibration data) and
+sd the spread between the lot's results.
 """
 
 import math
@@ -24,6 +25,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 from isic_station.schemas import validation_errors
 
 DEFAULT_TOLERANCE_PP = 5.0
+Z95 = 1.959963984540054
 SUM_TOLERANCE = 1e-6
 VERDICTS = ("pass", "fail", "undetermined")
 RULE_INTERVAL = "interval_95"
@@ -171,7 +173,7 @@ class LotSummary:
         self.unknown_fibre_results += int(bool(unknown_fibre))
 
     def interval_of_mean(self) -> Dict[str, List[float]]:
-        """{fibre: [low, high]} 95 % interval of the lot's mean (t(n-1) * sqrt(systematic^2 + sd^2/n))."""
+        """{fibre: [low, high]} 95 % interval of the lot's mean: sqrt((1.96 systematic)^2 + (t(n-1) sd)^2 / n)."""
         if self.n == 1 and self._first_interval is not None:
             return {f: [float(v[0]), float(v[1])] for f, v in self._first_interval.items()}
         out = {}
@@ -179,7 +181,7 @@ class LotSummary:
             mean = total / self.n
             if self.n > 1:
                 var = max(0.0, (self._sum_sq[f] - self.n * mean * mean) / (self.n - 1))
-                half = t975(self.n - 1) * math.sqrt(self._systematic.get(f, 0.0) ** 2 + var / self.n)
+                half = math.sqrt((Z95 * self._systematic.get(f, 0.0)) ** 2 + t975(self.n - 1) ** 2 * var / self.n)
             else:
                 half = 0.0
             out[f] = [round(max(0.0, mean - half), 4), round(min(1.0, mean + half), 4)]

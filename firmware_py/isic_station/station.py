@@ -361,7 +361,7 @@ class Station:
         if summary is None or summary.spec.lot_id != doc["lot_id"]:
             return
         calibration = predictor.calibration
-        summary.add(doc["composition"], calibration.systematic(path) if calibration is not None else {},
+        summary.add(doc["composition"], calibration.systematic(path, doc["blend"]) if calibration is not None else {},
                     doc["interval_95"], doc["spec"]["verdict"], "unknown_fibre" in doc["flags"])
         self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()),
                         qos=1, retain=True)

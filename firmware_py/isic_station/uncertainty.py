@@ -7,20 +7,27 @@ this module applies it (numpy only, on the board):
 
 - Intervals: locally weighted split conformal prediction, separately for the bimodal and the
   signal-only path. A scale s = exp(offset[fibre] + weights . features) follows what makes an
-  answer harder (fraction near 0.5, tile spread, spectral noise, low blend confidence); the
-  interval is prediction +- quantile[fibre] * s * widening, clipped to [0, 1]. `quantile` is the
-  conformal quantile of |error| / s over the calibration data (fibres present), which is what
-  gives the 95 % coverage guarantee; a quality flag seen in the calibration data widens the
-  interval by its measured factor, a flag it never saw cannot be calibrated: `refer_to_lab`.
+  answer harder (fraction near 0.5, tile spread, spectral noise, low blend confidence, an
+  atypical or dark spectrum); the
+  interval is prediction +- quantile[fibre] * band_factor[band] * s * widening, clipped to [0, 1].
+  `quantile` is the conformal quantile of |error| / s over the calibration data (fibres present),
+  which gives the 95 % coverage guarantee per fibre for data like the calibration data;
+  `band_factor` then corrects it per band of the predicted fraction (the conformal quantile of
+  |error| / (s quantile) within the band, Mondrian style: minor and major parts of a blend err
+  more than the scale model expects, pure fibres less). A quality
+  flag seen in the calibration data widens the interval by its measured factor, a flag it never
+  saw cannot be calibrated: `refer_to_lab`.
   The standard uncertainty is the 95 % half-width over k = 1.96.
 - Confidence: temperature scaling of the fused blend probabilities, p_i ** (1/T) renormalised
   (T fitted by log-likelihood on the calibration data).
 - Unknown fibres: the preprocessed spectrum's residual outside the principal subspace of the
-  known fibres' calibration spectra (Q statistic, as SIMCA), over the spectral noise; above the
+  known fibres' calibration spectra (Q statistic, as SIMCA), over what known fabrics leave at
+  this noise level (c0 + c1 noise^2); above the
   threshold (a high quantile over known fabrics) the sample likely holds a fibre the model does
   not know.
 - Lots: `systematic[fibre]` is the standard deviation of the error a lot's mean keeps (the model's
-  bias at one composition, measured over groups of fresh pieces of one composition).
+  bias at one composition, measured over groups of fresh pieces of one composition), per blend
+  class where the calibration data had enough groups of it (`systematic_per_blend`), else overall.
 """
 
 import math
@@ -33,6 +40,9 @@ Z95 = 1.959963984540054  # coverage factor of a 95 % two-sided normal interval
 PATH_BIMODAL = "bimodal"
 PATH_SIGNAL_ONLY = "signal_only"
 FEATURES = ("balance", "tile_spread", "spectral_noise", "blend_doubt", "atypicality", "darkness")
+# Bands of the predicted fraction with their own conformal factor (minor and major parts of a blend
+# err differently from pure fibres): band i holds predictions in [BAND_EDGES[i-1], BAND_EDGES[i]).
+BAND_EDGES = (0.05, 0.35, 0.65, 0.95)
 # Flags that say something about this measurement's quality (the others say what the station did).
 QUALITY_FLAGS = ("saturation", "low_signal", "stale_reference", "missing_reference", "white_drift",
                  "blurred_image", "missing_image", "exposure", "empty_field")
@@ -77,6 +87,11 @@ def scale_features(pred: np.ndarray, spread: np.ndarray, confidence: float, nois
     ], axis=1)
 
 
+def fraction_band(pred: np.ndarray) -> np.ndarray:
+    """Index of each predicted fraction's band (0 .. len(BAND_EDGES))."""
+    return np.searchsorted(np.asarray(BAND_EDGES), np.asarray(pred, dtype=np.float64), side="right")
+
+
 def temper(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """Temperature-scaled probabilities: p ** (1/T), renormalised (rows of [..., K])."""
     logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, None)) / float(temperature)
@@ -106,9 +121,11 @@ class PathCalibration:
     offset: np.ndarray  # [F]
     weights: np.ndarray  # [len(FEATURES)]
     quantile: np.ndarray  # [F] conformal quantile of |error| / scale
+    band_factor: np.ndarray  # [len(BAND_EDGES) + 1] conformal factor per predicted-fraction band
     widening: Dict[str, float]  # quality flag -> factor >= 1 (flags measured in the calibration data)
     temperature: float
     systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
+    systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F], where the calibration had enough groups
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], fibres: Sequence[str]) -> "PathCalibration":
@@ -116,9 +133,12 @@ class PathCalibration:
             offset=np.array([doc["offset"][f] for f in fibres], dtype=np.float64),
             weights=np.array([doc["weights"][k] for k in FEATURES], dtype=np.float64),
             quantile=np.array([doc["quantile"][f] for f in fibres], dtype=np.float64),
+            band_factor=np.asarray(doc["band_factor"], dtype=np.float64),
             widening={str(k): float(v) for k, v in doc.get("widening", {}).items()},
             temperature=float(doc["temperature"]),
             systematic=np.array([doc["systematic"][f] for f in fibres], dtype=np.float64),
+            systematic_per_blend={b: np.array([v[f] for f in fibres], dtype=np.float64)
+                                  for b, v in doc.get("systematic_per_blend", {}).items()},
         )
 
     def scale(self, pred: np.ndarray, spread: np.ndarray, confidence: float, quality: SpectrumQuality,
@@ -176,8 +196,9 @@ class UncertaintyCalibration:
         if path == PATH_SIGNAL_ONLY:
             raised = [f for f in raised if f != "missing_image"]
         widening = max([cal.widening[f] for f in raised if f in cal.widening] + [1.0])
-        half = cal.quantile * cal.scale(pred, spread, confidence, quality, atypicality) * widening
         pred = np.asarray(pred, dtype=np.float64)
+        half = (cal.quantile * cal.band_factor[fraction_band(pred)]
+                * cal.scale(pred, spread, confidence, quality, atypicality) * widening)
         bounds = np.stack([np.clip(pred - half, 0.0, 1.0), np.clip(pred + half, 0.0, 1.0)], axis=1)
         return half, bounds, tuple(sorted(f for f in raised if f not in cal.widening))
 
@@ -200,6 +221,8 @@ class UncertaintyCalibration:
             uncalibrated_flags=uncalibrated,
         )
 
-    def systematic(self, path: str) -> Dict[str, float]:
-        """Per fibre, the standard deviation of the error a lot's mean keeps on `path`."""
-        return {f: float(v) for f, v in zip(self.fibres, self.paths[path].systematic)}
+    def systematic(self, path: str, blend: Optional[str] = None) -> Dict[str, float]:
+        """Per fibre, the standard deviation of the error a lot's mean keeps on `path` for results of `blend`."""
+        cal = self.paths[path]
+        values = cal.systematic_per_blend.get(blend, cal.systematic) if blend is not None else cal.systematic
+        return {f: float(v) for f, v in zip(self.fibres, values)}

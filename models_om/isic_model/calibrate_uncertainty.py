@@ -10,7 +10,8 @@ What is fitted (applied at the station by `isic_station.uncertainty`, see its do
 4. The unknown-fibre check: principal subspace of the known fibres' spectra (fitting half) and a
    threshold at a high quantile of the score over the calibration half.
 5. The systematic error per fibre a lot's mean keeps: from groups of fresh pieces of one
-   composition, mean squared group-mean error minus the within-group variance over repeats.
+   composition, mean squared group-mean error minus the within-group variance over repeats;
+   overall and per blend class (with at least MIN_BLEND_GROUPS groups).
 
 The halves are split by composition group, so no composition is in both. Then the result is
 checked on other seeds (each held-out preset, and fabrics with unknown fibres) and the figures are
@@ -29,6 +30,7 @@ import numpy as np
 
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibration_data import Records, collect, mixture_text, presets_arg, training_presets
+from isic_station.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ COVERAGE = 0.95
 UNKNOWN_QUANTILE = 0.99  # share of known fabrics left unflagged on the calibration half
 PCA_COMPONENTS = 15  # principal components of the known spectra (chosen on seeds 2001 / 1101: README)
 MIN_FLAGGED = 30  # flagged (measurement, fibre) pairs needed to calibrate a flag's widening
+MIN_BLEND_GROUPS = 8  # composition groups of a blend class needed for its own systematic error
 DEFAULT_UNKNOWN = ("wool", "silk", "acrylic", "elastane")
 HELDOUT_PRESETS = ("default", "humid", "dark_dyes", "low_snr", "thin")
 
@@ -90,7 +93,7 @@ def _features(rows: Mapping[str, np.ndarray], temperature: float) -> Tuple[np.nd
 def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibres: Sequence[str],
              classes: Sequence[str], path: str) -> Dict[str, Any]:
     """One path's `uncertainty.paths.<path>` object (temperature, scale model, quantiles, widening)."""
-    from isic_station.uncertainty import FEATURES, PATH_SIGNAL_ONLY, QUALITY_FLAGS
+    from isic_station.uncertainty import BAND_EDGES, FEATURES, PATH_SIGNAL_ONLY, QUALITY_FLAGS, fraction_band
 
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[b] for b in fit["labels"]])
@@ -113,6 +116,10 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
     cal_present = cal["truth"] > 0
     quantile = {f: round(conformal_quantile(scores[:, j][cal_present[:, j]]), 5) for j, f in enumerate(fibres)}
     q_all = np.array([quantile[f] for f in fibres])
+    bands = fraction_band(cal["pred"])
+    band_factor = [round(conformal_quantile((scores / q_all)[cal_present & (bands == b)]), 4)
+                   if (cal_present & (bands == b)).any() else 1.0 for b in range(len(BAND_EDGES) + 1)]
+    q_all = q_all * np.asarray(band_factor)[bands]
     # What each preset of the calibration data would need on its own (pooled over fibres): recorded, not applied.
     condition = {name: round(conformal_quantile((scores / q_all)[cal_present & (cal["preset"] == name)[:, None]]), 4)
                  for name in sorted(set(cal["preset"].tolist()))}
@@ -130,6 +137,7 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
         "offset": {f: round(float(v), 5) for f, v in zip(fibres, offset)},
         "weights": {k: round(float(v), 5) for k, v in zip(FEATURES, weights)},
         "quantile": quantile,
+        "band_factor": band_factor,
         "widening": widening,
         "condition_factors": condition,
         "pairs": {"fit": int(present.sum()), "calibration": int(cal_present.sum())},
@@ -193,7 +201,14 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
     for path in (PATH_BIMODAL, PATH_SIGNAL_ONLY):
         doc = fit_path(_path_rows(fit, path, atypicality[in_fit]), _path_rows(cal, path, atypicality[~in_fit]),
                        fibres, classes, path)
-        doc["systematic"] = systematic_error(_path_rows(records, path, atypicality), fibres)
+        rows = _path_rows(records, path, atypicality)
+        doc["systematic"] = systematic_error(rows, fibres)
+        doc["systematic_per_blend"] = {}
+        for blend in sorted(set(rows["labels"].tolist())):
+            of_blend = rows["labels"] == blend
+            if len(np.unique(rows["group"][of_blend])) >= MIN_BLEND_GROUPS:
+                doc["systematic_per_blend"][blend] = systematic_error({k: v[of_blend] for k, v in rows.items()},
+                                                                      fibres)
         paths[path] = doc
     return {"paths": paths, "unknown_fibre": unknown}
 
@@ -248,16 +263,34 @@ def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
     return figures
 
 
+def _drop_calibration(manifest_path: Path) -> None:
+    """Remove an earlier `uncertainty` object first: the model is answered uncalibrated anyway, and an
+    earlier calibration in an older layout must not stop a new one."""
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # load_manifest names the problem
+    if isinstance(raw, dict) and raw.pop("uncertainty", None) is not None:
+        log.info("replacing the earlier uncertainty calibration in %s", manifest_path)
+        _write_json(manifest_path, raw)
+
+
+def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
 def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
               heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
               cache_dir: Optional[Path], progress: bool = True) -> Dict[str, Any]:
     """Collect, fit, check on held-out seeds, and write `uncertainty` into the manifest. Returns it."""
-    from isic_station.manifest import load_manifest
     from isic_station.uncertainty import UncertaintyCalibration
 
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / "manifest.json"
+    _drop_calibration(manifest_path)
     manifest = load_manifest(manifest_path)
     fibres, classes = list(manifest.fibres), list(manifest.blend_classes)
     start = time.perf_counter()
@@ -292,10 +325,13 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
     doc["seconds"] = round(time.perf_counter() - start, 1)
     raw = json.loads(manifest_path.read_text(encoding="utf-8"))
     raw["uncertainty"] = doc
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
-    load_manifest(tmp)  # the schema and the runtime accept it before it replaces the manifest
-    tmp.replace(manifest_path)
+    check = manifest_path.with_name(".check-" + manifest_path.name)
+    check.write_text(json.dumps(raw), encoding="utf-8")
+    try:
+        UncertaintyCalibration.from_manifest(load_manifest(check))  # schema and runtime accept it first
+    finally:
+        check.unlink()
+    _write_json(manifest_path, raw)
     return doc
 
 
@@ -350,9 +386,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 
 def _command(args: argparse.Namespace) -> int:
-    from isic_station.manifest import load_manifest
-
     path = args.model / "manifest.json" if args.model.is_dir() else args.model
+    _drop_calibration(path)
     preset = args.preset if args.preset is not None else training_presets(load_manifest(path).raw)
     doc = calibrate(path, args.seed, args.groups, args.repeats, preset, args.heldout_seed, args.heldout_samples,
                     [p for p in args.heldout_presets.split(",") if p],

@@ -62,7 +62,8 @@ def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: 
                 summary = LotSummary(LotSpec(f"lot-{g}", declared, tol), since="")
                 for i in rows:
                     path = PATH_SIGNAL_ONLY if records.station_signal_only[i] else PATH_BIMODAL
-                    summary.add(dict(zip(fibres, records.station_pred[i])), calibration.systematic(path),
+                    blend = manifest.blend_classes[int(np.argmax(records.station_prob[i]))]
+                    summary.add(dict(zip(fibres, records.station_pred[i])), calibration.systematic(path, blend),
                                 dict(zip(fibres, answers["intervals"][i].tolist())))
                 counts[case][summary.to_dict("sim", "")["verdict"]] += 1
         out["tolerance_pp"][f"{tol:g}"] = {case: {v: round(n / lots, 3) for v, n in c.items()}

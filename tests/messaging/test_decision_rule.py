@@ -4,7 +4,7 @@ import pytest
 
 from isic_station.results import build_result, out_of_spec_alarm, refer_to_lab_alarm
 from isic_station.schemas import validation_errors
-from isic_station.spec_check import LotSpec, LotSummary, check_composition, judge, t975
+from isic_station.spec_check import LotSpec, LotSummary, check_composition, judge
 
 from .mqtt_helpers import sample_result
 
@@ -83,7 +83,7 @@ def test_a_lot_matching_its_declaration_passes_and_the_document_validates():
     assert doc["verdict"] == "pass" and not doc["refer_to_lab"] and doc["reasons"] == []
     # the interval of the mean keeps the systematic part: never narrower than t * systematic
     low, high = doc["interval_95"]["cotton"]
-    assert high - low >= 2 * t975(19) * 0.01 - 1e-4
+    assert high - low >= 2 * 1.96 * 0.01 - 1e-4
 
 
 def test_a_straddling_lot_is_undetermined():

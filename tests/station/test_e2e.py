@@ -181,6 +181,11 @@ def test_out_of_spec_lot_raises_an_alarm(bench: DemoBench, watch: Watch) -> None
     _, alarm = watch.wait_for(lambda t, d: t.endswith("/alarm") and d.get("details", {}).get("sequence") == sequence)
     assert validation_errors(alarm, "alarm") == []
     assert alarm["kind"] == "out_of_spec" and lot_id in alarm["message"]
+    # the running lot summary, retained on the lot topic (the tiny model has no calibration: point estimates)
+    _, lot = watch.wait_for(lambda t, d: t.endswith("/lot") and isinstance(d, dict) and d.get("lot_id") == lot_id)
+    assert validation_errors(lot, "lot") == []
+    assert lot["n"] == 1 and lot["verdict"] == "fail" and lot["rule"] == "point_estimate"
+    assert result["spec"]["verdict"] == "fail" and result["interval_95"] is None
 
 
 def test_calibrate_status_and_reload_commands(bench: DemoBench, watch: Watch) -> None:
