@@ -27,7 +27,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from isic_station.errors import DeviceError, StationError
 
@@ -118,8 +118,11 @@ class DemoBench:
 
     def __init__(self, workdir: Path, station_id: str = "demo-01", mode: str = "continuous",
                  interval_s: float = 1.0, model: Optional[Path] = None, extra_config: str = "",
-                 log_level: str = "INFO", camera: bool = True, broker: Optional[Tuple[str, int]] = None) -> None:
+                 log_level: str = "INFO", camera: bool = True, broker: Optional[Tuple[str, int]] = None,
+                 emulator_args: Sequence[str] = ()) -> None:
+        """`emulator_args` go to `isic-station emulate spectrometer` (e.g. `--set wavelength_shift_nm=3`)."""
         self.workdir = Path(workdir)
+        self.emulator_args = list(emulator_args)
         self.station_id = station_id
         self.mode = mode
         self.interval_s = interval_s
@@ -165,7 +168,7 @@ class DemoBench:
         self.stage.put_reference("dark")
         with open(self.workdir / "spectrometer.log", "ab") as log:
             self.emulator = subprocess.Popen(
-                station_command() + ["emulate", "spectrometer", "--stage", str(self.stage_path)],
+                station_command() + ["emulate", "spectrometer", "--stage", str(self.stage_path)] + self.emulator_args,
                 stdout=subprocess.PIPE, stderr=log, text=True)
         first = _readline(self.emulator, STARTUP_TIMEOUT_S)
         if not first:

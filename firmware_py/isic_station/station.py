@@ -33,6 +33,7 @@ from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBu
 from isic_station.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
 from isic_station.spec_check import InvalidLotSpec, LotSpec, LotSummary, check_composition
+from isic_station.wavelength_check import WavelengthStore, fit_offset
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class Station:
         self.pipeline: Optional[Pipeline] = None
         self.acquirer: Optional[Acquirer] = None
         self.calibration: Any = None
+        self.wavelength: Any = None  # WavelengthStore: the axis offset from the last wavelength check
         self._transport: Any = None
         self._camera: Any = None
         self._faults: Dict[str, str] = {}  # device -> fault message, while an alarm is standing
@@ -243,6 +245,7 @@ class Station:
         self._transport = SerialTransport(c.spectrometer.port, c.spectrometer.baud,
                                           read_timeout_s=c.spectrometer.timeout_s)
         self.calibration = CalibrationStore(c.calibration.dir, max_age_s=c.calibration.max_age_h * 3600.0)
+        self.wavelength = WavelengthStore(c.calibration.dir)
         if c.camera.source and camera:
             self._camera = CameraSource(c.camera.source, c.camera.width, c.camera.height, c.camera.fps,
                                         c.camera.um_per_px)
@@ -307,17 +310,38 @@ class Station:
     # ----- calibration (runs on the acquisition thread) ---------------------------------------
     def _take_reference(self, job: CalibrateJob) -> Dict[str, Any]:
         assert self.acquirer is not None
+        if job.reference == "wavelength":
+            return self._check_wavelength()
         reference = self.acquirer.take_reference(job.reference)
         return {"reference": reference.kind, "scans": reference.scans, "integration_us": reference.integration_us,
                 "serial": reference.serial, "peak_counts": round(max(reference.counts), 1),
                 "file": str(self.calibration.path)}
+
+    def _check_wavelength(self) -> Dict[str, Any]:
+        """Measure the wavelength reference tile, fit and keep the axis offset; alarm when it drifted."""
+        from isic_drivers.lab.wavelength_standard import CERTIFIED_BANDS_NM
+
+        m = self.acquirer.measure(MeasureJob(origin="command", sample_id="wavelength-reference"))
+        fit = fit_offset(m.reflectance, m.wavelengths_nm, CERTIFIED_BANDS_NM, serial=self.acquirer.serial_number)
+        answer = self.wavelength.save(fit)
+        log.info("wavelength check: axis offset %+.2f nm (drift %+.2f nm since the previous check)",
+                 answer["offset_nm"], answer["drift_nm"])
+        if answer["flags"] and self.link is not None:
+            self.link.publish_alarm(build_alarm(
+                station=self.config.station.id, kind="device_fault", severity="warning",
+                message=(f"spectrometer: wavelength axis moved {answer['drift_nm']:+.2f} nm since the previous "
+                         f"check (limit {answer['drift_limit_nm']} nm); corrected from now on, earlier results "
+                         "were measured on the moved axis"),
+                details={"device": "spectrometer", "wavelength_drift": answer}))
+        return answer
 
     # ----- inference thread ---------------------------------------------------------------------
     def _process(self, m: Measurement) -> Dict[str, Any]:
         """Measurement -> prediction -> spec check -> result in the outbox (-> MQTT); the measure answer."""
         with self._model_lock:
             predictor, manifest = self._predictor, self._manifest
-            prediction = predictor.predict(m.reflectance, m.wavelengths_nm, m.frames or None,
+            axis = self.wavelength.corrected_axis(m.wavelengths_nm) if self.wavelength else m.wavelengths_nm
+            prediction = predictor.predict(m.reflectance, axis, m.frames or None,
                                            self.config.camera.um_per_px, flags=m.flags)
         flags = set(m.flags)
         if prediction.signal_only:
@@ -493,5 +517,9 @@ def calibrate_once(config: Config, reference: str) -> str:
         saved = station._take_reference(CalibrateJob(reference))
     finally:
         station._transport.close()
+    if reference == "wavelength":
+        return (f"wavelength axis offset {saved['offset_nm']:+.2f} nm from {len(saved['bands_nm'])} bands "
+                f"(scatter {saved['scatter_nm']:.2f} nm; drift {saved['drift_nm']:+.2f} nm since the previous check"
+                + (", WAVELENGTH DRIFT" if saved["flags"] else "") + f") saved to {saved['file']}")
     return (f"{reference} reference saved to {saved['file']}: {saved['scans']} scans at {saved['integration_us']} us, "
             f"peak {saved['peak_counts']:.0f} counts, instrument {saved['serial']}")

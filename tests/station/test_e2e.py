@@ -80,7 +80,8 @@ def decode(raw: bytes) -> Any:
         return raw
 
 
-SCHEMA_OF = {"result": "result", "state": "result", "health": "health", "status": "status", "alarm": "alarm"}
+SCHEMA_OF = {"result": "result", "state": "result", "health": "health", "status": "status", "alarm": "alarm",
+             "lot": "lot"}
 
 
 def schema_for(base: str, topic: str) -> Optional[str]:
@@ -193,6 +194,10 @@ def test_calibrate_status_and_reload_commands(bench: DemoBench, watch: Watch) ->
     answer = watch.command(bench, "calibrate", {"reference": "white", "transaction": "white"})
     assert answer["status"] == "ok", answer
     assert answer["data"]["reference"] == "white" and answer["data"]["peak_counts"] > 1000
+    bench.stage.put_reference("wavelength")  # the emulator's axis is not shifted here
+    answer = watch.command(bench, "calibrate", {"reference": "wavelength", "transaction": "wl"})
+    assert answer["status"] == "ok", answer
+    assert abs(answer["data"]["offset_nm"]) < 0.3 and len(answer["data"]["bands_nm"]) >= 5
     status = watch.command(bench, "status", {"transaction": "st"})
     assert status["status"] == "ok"
     data = status["data"]
