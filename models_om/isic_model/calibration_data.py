@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from isic_model.data import Presets, StationSettings, cache_key
+from isic_model.data import Presets, StationSettings, cache_key, draw_preset
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,7 @@ def _draw(rng: np.random.Generator, preset: Presets, fibres: Sequence[str], unkn
     """A sample (known fibres only, or one unknown fibre beside 1-2 known ones) and its preset name."""
     from isic_drivers.lab.sample import Sample, draw_nuisance, draw_sample
 
-    if not isinstance(preset, str):
-        names = sorted(preset)
-        weights = np.array([float(preset[n]) for n in names])
-        preset = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    preset = draw_preset(rng, preset)
     if not unknown:
         return draw_sample(rng, preset, fibres=list(fibres)), preset
     stranger = str(unknown[int(rng.integers(len(unknown)))])
