@@ -30,6 +30,7 @@ import numpy as np
 
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibration_data import Records, collect, mixture_text, presets_arg, training_presets
+from isic_station.errors import ModelError
 from isic_station.manifest import load_manifest
 
 log = logging.getLogger(__name__)
@@ -263,16 +264,21 @@ def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
     return figures
 
 
-def _drop_calibration(manifest_path: Path) -> None:
-    """Remove an earlier `uncertainty` object first: the model is answered uncalibrated anyway, and an
-    earlier calibration in an older layout must not stop a new one."""
+def _uncalibrated_copy(manifest_path: Path) -> Path:
+    """The manifest without its `uncertainty` object, beside it (so its graph files resolve): the model is
+    answered uncalibrated anyway, and an earlier calibration in an older layout must not stop a new
+    one. The manifest itself keeps its calibration until the new one replaces it."""
     try:
         raw = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return  # load_manifest names the problem
-    if isinstance(raw, dict) and raw.pop("uncertainty", None) is not None:
-        log.info("replacing the earlier uncertainty calibration in %s", manifest_path)
-        _write_json(manifest_path, raw)
+    except FileNotFoundError:
+        raise ModelError(f"model manifest not found: {manifest_path}") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model manifest {manifest_path} cannot be read: {exc}") from None
+    if isinstance(raw, dict):
+        raw.pop("uncertainty", None)
+    copy = manifest_path.with_name(".uncalibrated-" + manifest_path.name)
+    copy.write_text(json.dumps(raw), encoding="utf-8")
+    return copy
 
 
 def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
@@ -290,7 +296,29 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / "manifest.json"
-    _drop_calibration(manifest_path)
+    source = _uncalibrated_copy(manifest_path)
+    try:
+        doc = _calibrate(source, seed, groups, repeats, preset, heldout_seed, heldout_samples, heldout_presets,
+                         unknown, cache_dir, progress)
+    finally:
+        source.unlink()
+    raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    raw["uncertainty"] = doc
+    check = manifest_path.with_name(".check-" + manifest_path.name)
+    check.write_text(json.dumps(raw), encoding="utf-8")
+    try:
+        UncertaintyCalibration.from_manifest(load_manifest(check))  # schema and runtime accept it first
+    finally:
+        check.unlink()
+    _write_json(manifest_path, raw)
+    return doc
+
+
+def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
+               heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
+               cache_dir: Optional[Path], progress: bool) -> Dict[str, Any]:
+    from isic_station.uncertainty import UncertaintyCalibration
+
     manifest = load_manifest(manifest_path)
     fibres, classes = list(manifest.fibres), list(manifest.blend_classes)
     start = time.perf_counter()
@@ -323,15 +351,6 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
     doc["heldout"] = heldout
     doc["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc["seconds"] = round(time.perf_counter() - start, 1)
-    raw = json.loads(manifest_path.read_text(encoding="utf-8"))
-    raw["uncertainty"] = doc
-    check = manifest_path.with_name(".check-" + manifest_path.name)
-    check.write_text(json.dumps(raw), encoding="utf-8")
-    try:
-        UncertaintyCalibration.from_manifest(load_manifest(check))  # schema and runtime accept it first
-    finally:
-        check.unlink()
-    _write_json(manifest_path, raw)
     return doc
 
 
@@ -387,8 +406,14 @@ def register(sub: "argparse._SubParsersAction") -> None:
 
 def _command(args: argparse.Namespace) -> int:
     path = args.model / "manifest.json" if args.model.is_dir() else args.model
-    _drop_calibration(path)
-    preset = args.preset if args.preset is not None else training_presets(load_manifest(path).raw)
+    if args.preset is not None:
+        preset = args.preset
+    else:
+        source = _uncalibrated_copy(path)
+        try:
+            preset = training_presets(load_manifest(source).raw)
+        finally:
+            source.unlink()
     doc = calibrate(path, args.seed, args.groups, args.repeats, preset, args.heldout_seed, args.heldout_samples,
                     [p for p in args.heldout_presets.split(",") if p],
                     [f for f in args.unknown_fibres.split(",") if f], args.cache, progress=not args.json)
