@@ -19,7 +19,8 @@ this module applies it (numpy only, on the board):
   saw cannot be calibrated: `refer_to_lab`.
   The standard uncertainty is the 95 % half-width over k = 1.96.
 - Confidence: temperature scaling of the fused blend probabilities, p_i ** (1/T) renormalised
-  (T fitted by log-likelihood on the calibration data).
+  (T fitted by log-likelihood on the calibration data), with its own T for noisy spectra (noise
+  above `noise_split`: weak lamp, noisy detector), where the model is overconfident.
 - Unknown fibres: the preprocessed spectrum's residual outside the principal subspace of the
   known fibres' calibration spectra (Q statistic, as SIMCA), over what known fabrics leave at
   this noise level (c0 + c1 noise^2); above the
@@ -124,6 +125,8 @@ class PathCalibration:
     band_factor: np.ndarray  # [len(BAND_EDGES) + 1] conformal factor per predicted-fraction band
     widening: Dict[str, float]  # quality flag -> factor >= 1 (flags measured in the calibration data)
     temperature: float
+    noisy_temperature: float  # T for spectra noisier than noise_split
+    noise_split: float
     systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
     systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F], where the calibration had enough groups
 
@@ -136,10 +139,16 @@ class PathCalibration:
             band_factor=np.asarray(doc["band_factor"], dtype=np.float64),
             widening={str(k): float(v) for k, v in doc.get("widening", {}).items()},
             temperature=float(doc["temperature"]),
+            noisy_temperature=float(doc.get("noisy_temperature", doc["temperature"])),
+            noise_split=float(doc.get("noise_split", math.inf)),
             systematic=np.array([doc["systematic"][f] for f in fibres], dtype=np.float64),
             systematic_per_blend={b: np.array([v[f] for f in fibres], dtype=np.float64)
                                   for b, v in doc.get("systematic_per_blend", {}).items()},
         )
+
+    def temperature_for(self, noise: float) -> float:
+        """The temperature for a spectrum of this noise level."""
+        return self.noisy_temperature if noise > self.noise_split else self.temperature
 
     def scale(self, pred: np.ndarray, spread: np.ndarray, confidence: float, quality: SpectrumQuality,
               atypicality: float) -> np.ndarray:
@@ -207,7 +216,8 @@ class UncertaintyCalibration:
               flags: Iterable[str] = ()) -> Calibrated:
         """Calibrated uncertainty, interval, confidence and the unknown-fibre check for one prediction."""
         pred = np.array([composition[f] for f in self.fibres])
-        probs = temper(np.array([blend_probabilities[c] for c in self.blend_classes]), self.paths[path].temperature)
+        probs = temper(np.array([blend_probabilities[c] for c in self.blend_classes]),
+                       self.paths[path].temperature_for(quality.noise))
         score = self.unknown_score(spectrum, quality.noise)
         half, bounds, uncalibrated = self.interval(
             path, pred, np.array([spread[f] for f in self.fibres]), float(np.max(probs)), quality, score, flags)

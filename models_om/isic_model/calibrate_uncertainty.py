@@ -1,7 +1,8 @@
 """`isic-model calibrate-uncertainty`: fit the manifest's `uncertainty` object on held-out station-like data.
 
 What is fitted (applied at the station by `isic_station.uncertainty`, see its docstring):
-1. Temperature of the blend probabilities per path (log-likelihood on the fitting half).
+1. Temperature of the blend probabilities per path (log-likelihood on the fitting half), one for
+   spectra up to NOISY_FACTOR x the median noise and one for noisier ones.
 2. The interval scale model per path: least squares of log |error| on the features (fitting half).
 3. Split conformal quantiles of |error| / scale per path and fibre (calibration half, fibres
    present): the ceil((n+1) 0.95)-th smallest score, which guarantees >= 95 % coverage for data
@@ -40,6 +41,8 @@ UNKNOWN_QUANTILE = 0.99  # share of known fabrics left unflagged on the calibrat
 PCA_COMPONENTS = 15  # principal components of the known spectra (chosen on seeds 2001 / 1101: README)
 MIN_FLAGGED = 30  # flagged (measurement, fibre) pairs needed to calibrate a flag's widening
 MIN_BLEND_GROUPS = 8  # composition groups of a blend class needed for its own systematic error
+NOISY_FACTOR = 3.0  # spectra noisier than this many times the median get their own temperature
+MIN_NOISY = 50  # noisy measurements needed to fit that temperature
 DEFAULT_UNKNOWN = ("wool", "silk", "acrylic", "elastane")
 HELDOUT_PRESETS = ("default", "humid", "dark_dyes", "low_snr", "thin")
 
@@ -81,11 +84,13 @@ def _path_rows(records: Records, path: str, atypicality: np.ndarray) -> Dict[str
             "level": records.level}
 
 
-def _features(rows: Mapping[str, np.ndarray], temperature: float) -> Tuple[np.ndarray, np.ndarray]:
-    """([N, F, D] scale features, [N] tempered confidence)."""
+def _features(rows: Mapping[str, np.ndarray], temperature: float, noisy_temperature: float,
+              noise_split: float) -> Tuple[np.ndarray, np.ndarray]:
+    """([N, F, D] scale features, [N] tempered confidence, each row at its noise band's temperature)."""
     from isic_station.uncertainty import scale_features, temper
 
-    conf = temper(rows["prob"], temperature).max(axis=1)
+    noisy = (rows["noise"] > noise_split)[:, None]
+    conf = np.where(noisy, temper(rows["prob"], noisy_temperature), temper(rows["prob"], temperature)).max(axis=1)
     feats = np.stack([scale_features(p, s, c, n, a, lv) for p, s, c, n, a, lv in zip(
         rows["pred"], rows["spread"], conf, rows["noise"], rows["atypicality"], rows["level"])])
     return feats, conf
@@ -99,7 +104,13 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[b] for b in fit["labels"]])
     temperature = fit_temperature(fit["prob"], labels)
-    feats, _ = _features(fit, temperature)
+    noise_split = NOISY_FACTOR * float(np.median(fit["noise"]))
+    noisy = fit["noise"] > noise_split
+    noisy_temperature = (fit_temperature(fit["prob"][noisy], labels[noisy]) if noisy.sum() >= MIN_NOISY
+                         else temperature)
+    if noisy.sum() >= MIN_NOISY:
+        temperature = fit_temperature(fit["prob"][~noisy], labels[~noisy])
+    feats, _ = _features(fit, temperature, noisy_temperature, noise_split)
     present = fit["truth"] > 0
     n_fibres = len(fibres)
     # log|e| = offset[f] + w . x  over the (measurement, fibre) pairs with the fibre present
@@ -111,7 +122,7 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
     coef[columns], *_ = np.linalg.lstsq(design[present][:, columns], target[present], rcond=None)
     offset, weights = coef[:n_fibres], coef[n_fibres:]
 
-    cal_feats, _ = _features(cal, temperature)
+    cal_feats, _ = _features(cal, temperature, noisy_temperature, noise_split)
     scale = np.exp(offset + cal_feats @ weights)
     scores = np.abs(cal["pred"] - cal["truth"]) / scale
     cal_present = cal["truth"] > 0
@@ -135,6 +146,8 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
             widening[flag] = round(max(1.0, conformal_quantile((scores / q_all)[mask])), 4)
     return {
         "temperature": temperature,
+        "noisy_temperature": noisy_temperature,
+        "noise_split": round(noise_split, 8),
         "offset": {f: round(float(v), 5) for f, v in zip(fibres, offset)},
         "weights": {k: round(float(v), 5) for k, v in zip(FEATURES, weights)},
         "quantile": quantile,
@@ -358,7 +371,8 @@ def summary_lines(doc: Mapping[str, Any]) -> List[str]:
     """The figures a person reads after calibrating."""
     lines = []
     for path, p in doc["paths"].items():
-        lines.append(f"{path}: temperature {p['temperature']:.3f}; quantile "
+        lines.append(f"{path}: temperature {p['temperature']:.3f} (noisy spectra {p['noisy_temperature']:.3f}); "
+                     "quantile "
                      + ", ".join(f"{f} {q:.2f}" for f, q in p["quantile"].items())
                      + f"; widening {p['widening'] or 'none'}; systematic (pp) "
                      + ", ".join(f"{f} {100 * v:.1f}" for f, v in p["systematic"].items()))
