@@ -351,7 +351,7 @@ class Station:
         if prediction.uncalibrated_flags:
             flags.add("refer_to_lab")
         lot = self._lot
-        spec = (check_composition(lot, prediction.composition, prediction.interval_95)
+        spec = (check_composition(lot, prediction.composition, prediction.decision_interval_95)
                 if lot is not None and lot.lot_id == m.lot_id else None)
         graph = manifest.graphs["signal_only" if prediction.signal_only else "bimodal"]
         total_ms = (time.monotonic() - m.requested_at) * 1000.0
@@ -366,7 +366,7 @@ class Station:
             interval_95=prediction.interval_95, unknown_fibre_score=prediction.unknown_fibre_score,
         )
         if spec is not None:
-            self._count_in_lot(doc, predictor, "signal_only" if prediction.signal_only else "bimodal")
+            self._count_in_lot(doc, predictor, prediction)
         row = self.link.publish_result(doc)
         self.time_to_result.published(row, m.requested_at, m.acquire_ms)
         for alarm in (out_of_spec_alarm(doc), refer_to_lab_alarm(doc, prediction.uncalibrated_flags)):
@@ -378,15 +378,16 @@ class Station:
                 "sample_id_source": m.sample_id_source, "composition": doc["composition"], "blend": doc["blend"],
                 "flags": doc["flags"]}
 
-    def _count_in_lot(self, doc: Dict[str, Any], predictor: Any, path: str) -> None:
+    def _count_in_lot(self, doc: Dict[str, Any], predictor: Any, prediction: Any) -> None:
         """Add a lot result to the running summary and store it, retained, for the lot topic (before the
         result itself, so the result's publication sends both)."""
         summary = self._lot_summary
         if summary is None or summary.spec.lot_id != doc["lot_id"]:
             return
         calibration = predictor.calibration
+        path = "signal_only" if prediction.signal_only else "bimodal"
         summary.add(doc["composition"], calibration.systematic(path, doc["blend"]) if calibration is not None else {},
-                    doc["interval_95"], doc["spec"]["verdict"], "unknown_fibre" in doc["flags"])
+                    prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"])
         self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()),
                         qos=1, retain=True)
 

@@ -43,7 +43,7 @@ PATH_SIGNAL_ONLY = "signal_only"
 FEATURES = ("balance", "tile_spread", "spectral_noise", "blend_doubt", "atypicality", "darkness")
 # Bands of the predicted fraction with their own conformal factor (minor and major parts of a blend
 # err differently from pure fibres): band i holds predictions in [BAND_EDGES[i-1], BAND_EDGES[i]).
-BAND_EDGES = (0.05, 0.35, 0.65, 0.95)
+BAND_EDGES = (0.01, 0.05, 0.35, 0.65, 0.95)
 # Flags that say something about this measurement's quality (the others say what the station did).
 QUALITY_FLAGS = ("saturation", "low_signal", "stale_reference", "missing_reference", "white_drift",
                  "blurred_image", "missing_image", "exposure", "empty_field")
@@ -123,6 +123,7 @@ class PathCalibration:
     weights: np.ndarray  # [len(FEATURES)]
     quantile: np.ndarray  # [F] conformal quantile of |error| / scale
     band_factor: np.ndarray  # [len(BAND_EDGES) + 1] conformal factor per predicted-fraction band
+    absent_factor: float  # band 0's factor over every fibre predicted there, present or not (decisions)
     widening: Dict[str, float]  # quality flag -> factor >= 1 (flags measured in the calibration data)
     temperature: float
     noisy_temperature: float  # T for spectra noisier than noise_split
@@ -137,6 +138,7 @@ class PathCalibration:
             weights=np.array([doc["weights"][k] for k in FEATURES], dtype=np.float64),
             quantile=np.array([doc["quantile"][f] for f in fibres], dtype=np.float64),
             band_factor=np.asarray(doc["band_factor"], dtype=np.float64),
+            absent_factor=float(doc.get("absent_factor", doc["band_factor"][0])),
             widening={str(k): float(v) for k, v in doc.get("widening", {}).items()},
             temperature=float(doc["temperature"]),
             noisy_temperature=float(doc.get("noisy_temperature", doc["temperature"])),
@@ -163,6 +165,7 @@ class Calibrated:
 
     uncertainty: Dict[str, float]  # standard uncertainty per fibre (half-width / 1.96)
     interval_95: Dict[str, List[float]]  # fibre -> [low, high]
+    decision_interval_95: Dict[str, List[float]]  # what the spec check judges (see `interval`)
     confidence: float
     blend_probabilities: Dict[str, float]
     unknown_fibre: bool
@@ -197,8 +200,14 @@ class UncertaintyCalibration:
 
     def interval(self, path: str, pred: np.ndarray, spread: np.ndarray, confidence: float,
                  quality: SpectrumQuality, atypicality: float,
-                 flags: Iterable[str] = ()) -> Tuple[np.ndarray, np.ndarray, Tuple[str, ...]]:
-        """(half-width [F], interval [F, 2], uncalibrated quality flags) for one measurement on `path`."""
+                 flags: Iterable[str] = ()) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[str, ...]]:
+        """(half-width [F], interval [F, 2], decision interval [F, 2], uncalibrated quality flags) on `path`.
+
+        The interval covers 95 % of the fibres present. A fibre predicted absent (band 0) is usually
+        absent, and its interval must still reach the few present ones the model missed; the spec
+        check asks instead how far an undeclared fibre may be from 0, over all fibres predicted absent:
+        the decision interval uses `absent_factor` there (elsewhere it is the interval).
+        """
         cal = self.paths[path]
         raised = [f for f in flags if f in QUALITY_FLAGS]
         # missing_image is what sends a measurement down the signal-only path: calibrated there as such.
@@ -206,10 +215,15 @@ class UncertaintyCalibration:
             raised = [f for f in raised if f != "missing_image"]
         widening = max([cal.widening[f] for f in raised if f in cal.widening] + [1.0])
         pred = np.asarray(pred, dtype=np.float64)
-        half = (cal.quantile * cal.band_factor[fraction_band(pred)]
-                * cal.scale(pred, spread, confidence, quality, atypicality) * widening)
-        bounds = np.stack([np.clip(pred - half, 0.0, 1.0), np.clip(pred + half, 0.0, 1.0)], axis=1)
-        return half, bounds, tuple(sorted(f for f in raised if f not in cal.widening))
+        bands = fraction_band(pred)
+        unit = cal.quantile * cal.scale(pred, spread, confidence, quality, atypicality) * widening
+        half = unit * cal.band_factor[bands]
+        decision_half = np.where(bands == 0, unit * cal.absent_factor, half)
+
+        def bounds(h: np.ndarray) -> np.ndarray:
+            return np.stack([np.clip(pred - h, 0.0, 1.0), np.clip(pred + h, 0.0, 1.0)], axis=1)
+
+        return half, bounds(half), bounds(decision_half), tuple(sorted(f for f in raised if f not in cal.widening))
 
     def apply(self, path: str, composition: Mapping[str, float], spread: Mapping[str, float],
               blend_probabilities: Mapping[str, float], spectrum: np.ndarray, quality: SpectrumQuality,
@@ -219,11 +233,16 @@ class UncertaintyCalibration:
         probs = temper(np.array([blend_probabilities[c] for c in self.blend_classes]),
                        self.paths[path].temperature_for(quality.noise))
         score = self.unknown_score(spectrum, quality.noise)
-        half, bounds, uncalibrated = self.interval(
+        half, bounds, decision, uncalibrated = self.interval(
             path, pred, np.array([spread[f] for f in self.fibres]), float(np.max(probs)), quality, score, flags)
+
+        def per_fibre(b: np.ndarray) -> Dict[str, List[float]]:
+            return {f: [round(float(lo), 4), round(float(hi), 4)] for f, (lo, hi) in zip(self.fibres, b)}
+
         return Calibrated(
             uncertainty={f: float(h / Z95) for f, h in zip(self.fibres, half)},
-            interval_95={f: [round(float(lo), 4), round(float(hi), 4)] for f, (lo, hi) in zip(self.fibres, bounds)},
+            interval_95=per_fibre(bounds),
+            decision_interval_95=per_fibre(decision),
             confidence=float(np.max(probs)),
             blend_probabilities={c: float(p) for c, p in zip(self.blend_classes, probs)},
             unknown_fibre=score > self.unknown_threshold,

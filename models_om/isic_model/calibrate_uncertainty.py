@@ -131,6 +131,8 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
     bands = fraction_band(cal["pred"])
     band_factor = [round(conformal_quantile((scores / q_all)[cal_present & (bands == b)]), 4)
                    if (cal_present & (bands == b)).any() else 1.0 for b in range(len(BAND_EDGES) + 1)]
+    absent = bands == 0
+    absent_factor = round(conformal_quantile((scores / q_all)[absent]), 4) if absent.any() else band_factor[0]
     q_all = q_all * np.asarray(band_factor)[bands]
     # What each preset of the calibration data would need on its own (pooled over fibres): recorded, not applied.
     condition = {name: round(conformal_quantile((scores / q_all)[cal_present & (cal["preset"] == name)[:, None]]), 4)
@@ -152,6 +154,7 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
         "weights": {k: round(float(v), 5) for k, v in zip(FEATURES, weights)},
         "quantile": quantile,
         "band_factor": band_factor,
+        "absent_factor": absent_factor,
         "widening": widening,
         "condition_factors": condition,
         "pairs": {"fit": int(present.sum()), "calibration": int(cal_present.sum())},
@@ -238,13 +241,14 @@ def apply_records(calibration: Any, records: Records, signal_only: bool = False)
     fibres, classes = calibration.fibres, calibration.blend_classes
     pred, spread, prob = ((records.signal_pred, records.signal_spread, records.signal_prob) if signal_only
                           else (records.station_pred, records.station_spread, records.station_prob))
-    out: Dict[str, List[Any]] = {"intervals": [], "confidence": [], "correct": [], "unknown": []}
+    out: Dict[str, List[Any]] = {"intervals": [], "decision": [], "confidence": [], "correct": [], "unknown": []}
     for i in range(len(records)):
         path = PATH_SIGNAL_ONLY if signal_only or records.station_signal_only[i] else PATH_BIMODAL
         c = calibration.apply(path, dict(zip(fibres, pred[i])), dict(zip(fibres, spread[i])),
                               dict(zip(classes, prob[i])), records.spectrum[i],
                               SpectrumQuality(records.noise[i], records.level[i]), records.flags[i].split())
         out["intervals"].append([c.interval_95[f] for f in fibres])
+        out["decision"].append([c.decision_interval_95[f] for f in fibres])
         out["confidence"].append(c.confidence)
         out["correct"].append(classes[int(np.argmax(prob[i]))] == records.labels[i])
         out["unknown"].append(c.unknown_fibre)

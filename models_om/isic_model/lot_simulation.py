@@ -37,7 +37,7 @@ def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: 
     from isic_model.calibration_data import collect
     from isic_station.errors import ModelError
     from isic_station.manifest import load_manifest
-    from isic_station.spec_check import VERDICTS, LotSpec, LotSummary
+    from isic_station.spec_check import VERDICTS, LotSpec, LotSummary, judge
     from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration
 
     manifest = load_manifest(manifest_path)
@@ -51,6 +51,7 @@ def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: 
                            "tolerance_pp": {}}
     for tol in tolerances:
         counts = {"true": dict.fromkeys(VERDICTS, 0), "offset": dict.fromkeys(VERDICTS, 0)}
+        results = {"true": dict.fromkeys(VERDICTS, 0), "offset": dict.fromkeys(VERDICTS, 0)}
         for g in range(lots):
             rows = np.flatnonzero(records.group == g)
             truth = records.truth[rows[0]]
@@ -63,11 +64,15 @@ def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: 
                 for i in rows:
                     path = PATH_SIGNAL_ONLY if records.station_signal_only[i] else PATH_BIMODAL
                     blend = manifest.blend_classes[int(np.argmax(records.station_prob[i]))]
+                    decision = dict(zip(fibres, answers["decision"][i].tolist()))
+                    results[case][judge(summary.spec, decision)["verdict"]] += 1
                     summary.add(dict(zip(fibres, records.station_pred[i])), calibration.systematic(path, blend),
-                                dict(zip(fibres, answers["intervals"][i].tolist())))
+                                decision)
                 counts[case][summary.to_dict("sim", "")["verdict"]] += 1
         out["tolerance_pp"][f"{tol:g}"] = {case: {v: round(n / lots, 3) for v, n in c.items()}
                                           for case, c in counts.items()}
+        out["tolerance_pp"][f"{tol:g}"]["results"] = {
+            case: {v: round(n / (lots * size), 3) for v, n in c.items()} for case, c in results.items()}
     return out
 
 
@@ -87,7 +92,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--preset", default="default", help="lab preset (default: %(default)s)")
     p.add_argument("--tolerance", default="3,5", help="tolerances in pp, comma-separated (default: %(default)s)")
     p.add_argument("--offset-pp", type=float, default=8.0, help="how far off the wrong declaration is")
-    p.add_argument("--cache", type=Path, default=None, help="record cache folder (e.g. out/cache)")
+    p.add_argument("--cache", type=Path, default=Path("out/cache"), help="record cache folder (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_command)
 
@@ -102,7 +107,9 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     print(f"{args.lots} lots x {args.size} measurements, seed {args.seed}, preset {args.preset}")
     for tol, cases in result["tolerance_pp"].items():
-        for case, shares in cases.items():
+        for case in ("true", "offset"):
             what = "declared as it is" if case == "true" else f"declared {args.offset_pp:g} pp off"
-            print(f"tolerance {tol} pp, {what:<20}: " + ", ".join(f"{v} {100 * s:.1f} %" for v, s in shares.items()))
+            lots = ", ".join(f"{v} {100 * s:.1f} %" for v, s in cases[case].items())
+            single = ", ".join(f"{v} {100 * s:.1f} %" for v, s in cases["results"][case].items())
+            print(f"tolerance {tol} pp, {what:<20}: lots {lots}; single results {single}")
     return 0

@@ -83,6 +83,11 @@ def test_the_station_reports_calibrated_intervals_and_confidence(calibrated_copy
         # the calibrated standard uncertainty is the 95 % half-width over 1.96, far above the tile spread
         assert p.uncertainty[fibre] >= r.uncertainty[fibre]
     assert p.uncertainty["cotton"] > 0.005
+    # what the spec check judges: the same interval for fibres present, never wider for those predicted absent
+    for fibre, (low, high) in p.decision_interval_95.items():
+        assert p.interval_95[fibre][0] <= low <= high <= p.interval_95[fibre][1]
+        if p.composition[fibre] >= 0.01:
+            assert [low, high] == p.interval_95[fibre]
     # signal-only has its own calibration (wider: no image)
     s = calibrated.predict(m.reflectance, m.wavelengths_nm, None, m.um_per_px)
     assert s.signal_only and s.interval_95["cotton"][1] - s.interval_95["cotton"][0] > 0.0

@@ -117,6 +117,7 @@ class Prediction:
     backend: str
     timings_ms: Dict[str, float] = field(default_factory=dict)
     interval_95: Optional[Dict[str, List[float]]] = None
+    decision_interval_95: Optional[Dict[str, List[float]]] = None  # what the spec check judges (uncertainty.py)
     unknown_fibre: bool = False
     unknown_fibre_score: Optional[float] = None
     uncalibrated_flags: Tuple[str, ...] = ()

@@ -77,6 +77,7 @@ class Predictor:
                                    fused.uncertainty, fused.blend_probabilities, spectrum,
                                    spectrum_quality(reflectance), flags)
         return dataclasses.replace(fused, uncertainty=c.uncertainty, interval_95=c.interval_95,
+                                   decision_interval_95=c.decision_interval_95,
                                    confidence=c.confidence, blend_probabilities=c.blend_probabilities,
                                    unknown_fibre=c.unknown_fibre, unknown_fibre_score=c.unknown_fibre_score,
                                    uncalibrated_flags=c.uncalibrated_flags)
