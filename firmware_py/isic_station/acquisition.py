@@ -7,16 +7,24 @@ was wrong with any of it, and who it belongs to (station, lot, sample). The samp
 the `measure` command gave; else a QR/barcode label read from a frame; else one generated from the
 station id and the UTC time, so every result can be traced back.
 
-Only the acquisition thread calls `Acquirer` (it owns both devices), so no locking is needed here.
-A failed camera degrades the measurement (flag `missing_image`, signal-only inference) instead of
-failing it; a failed spectrometer fails it (there is nothing to infer from).
+Spectrum and frames are taken at the same time: a measurement takes as long as the slower device, not
+their sum. `measure` hands the camera to a frame thread for the duration of one measurement, which reads
+the frames and works on each as it arrives (quality gate, sample label, the model's tiles), while the acquisition thread
+asks the spectrometer for its (on-instrument averaged) spectrum and turns it into reflectance; the
+measurement is complete when both are. Only the acquisition thread calls `Acquirer`, and during a
+measurement only the frame thread touches the camera, the gate and the label reader, so no locking is
+needed. A failed camera degrades the measurement (flag `missing_image`, signal-only inference) instead
+of failing it; a failed spectrometer fails it (there is nothing to infer from): the frame thread is told
+to stop after its current frame, and the error is raised once it has.
 """
 
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 
@@ -54,6 +62,11 @@ class Measurement:
     reflectance: np.ndarray
     frames: List[np.ndarray]
     flags: Set[str] = field(default_factory=set)
+    spectrum_ms: float = 0.0  # trigger to the spectrum's reflectance (the spectrometer's share)
+    frames_ms: float = 0.0  # trigger to the last frame gated (the camera's share)
+    # The passed frames' image input, built as they arrived, and the manifest `image` object it was built for.
+    image_batch: Optional[np.ndarray] = None
+    image_params: Optional[Mapping[str, Any]] = None
 
 
 class NotCalibrated(StationError, MeasurementRefused):
@@ -74,6 +87,20 @@ def spectrum_flags(counts: np.ndarray, dark: Optional[np.ndarray], white_peak: O
     return flags
 
 
+@dataclass
+class FrameGrab:
+    """What the frame thread gives back: frames read, those that passed the gate, image flags, the first
+    sample label found (when asked to look), and when it finished."""
+
+    read: int = 0
+    passed: List[np.ndarray] = field(default_factory=list)
+    flags: Set[str] = field(default_factory=set)
+    label: Optional[str] = None
+    images: Optional[Any] = None  # an ImageBatchBuilder fed the passed frames, None when it failed
+    done_at: float = 0.0
+    error: Optional[BaseException] = None
+
+
 def generated_sample_id(station: str, moment: datetime) -> str:
     """A sample id for a measurement nobody named: station and UTC time to the millisecond."""
     return f"{station}-{moment.astimezone(timezone.utc).strftime('%Y%m%dT%H%M%S')}{moment.microsecond // 1000:03d}Z"
@@ -84,7 +111,8 @@ class Acquirer:
 
     `spectrometer` is an `ObpSpectrometer`; `camera` a `CameraSource` or None (signal-only); `gate` a
     `QualityGate`; `label_reader` a `SampleLabelReader` or None; `calibration` the `CalibrationStore` whose
-    references turn counts into reflectance; `context()` gives (station, lot id).
+    references turn counts into reflectance; `context()` gives (station, lot id); `image_batch()`, when
+    given, a fresh `ImageBatchBuilder` per measurement for the model in use (tiles cut as frames arrive).
     """
 
     def __init__(
@@ -100,6 +128,7 @@ class Acquirer:
         frames_per_measurement: int,
         min_signal_fraction: float,
         frame_timeout_s: float = 2.0,
+        image_batch: Optional[Callable[[], Any]] = None,
     ) -> None:
         self.spectrometer = spectrometer
         self.camera = camera
@@ -112,6 +141,10 @@ class Acquirer:
         self.frames_per_measurement = frames_per_measurement
         self.min_signal_fraction = min_signal_fraction
         self.frame_timeout_s = frame_timeout_s
+        self.image_batch = image_batch
+        # One frame thread for the Acquirer's life (not one per measurement: each new thread may take
+        # another malloc arena, and resident memory grows with them).
+        self._frame_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frames")
         self.wavelengths_nm = np.zeros(0)
         self.serial_number = ""
         self._prepared_at_open = -1
@@ -159,12 +192,49 @@ class Acquirer:
         return self.calibration.capture(self.spectrometer, kind, scans=max(REFERENCE_SCANS, self.coadd))
 
     def measure(self, job: MeasureJob) -> Measurement:
-        """One measurement for `job`: spectrum, frames, flags and sample context."""
+        """One measurement for `job`: spectrum and frames at once, flags and sample context."""
         station, lot_id = self._context()
         measured_at = datetime.now(timezone.utc)
         started = time.monotonic()
+        grab, stop = FrameGrab(), threading.Event()
+        if self.camera is not None and self.image_batch is not None:
+            grab.images = self.image_batch()
+        frames_done = (self._frame_thread.submit(self._grab_frames, grab, stop, not job.sample_id)
+                       if self.camera is not None else None)
+        try:
+            counts, reflectance, flags = self._spectrum()
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            spectrum_done = time.monotonic()
+            if frames_done is not None:
+                frames_done.result()
+        if grab.error is not None:
+            raise grab.error
+        if self.camera is not None:
+            flags |= grab.flags if grab.read else {"missing_image"}
+        if job.sample_id:
+            sample_id, source = job.sample_id, "command"
+        elif grab.label:
+            sample_id, source = grab.label, "label"
+        else:
+            sample_id, source = generated_sample_id(station, measured_at), "generated"
+        images = grab.images if grab.images is not None and grab.images.frames == len(grab.passed) else None
+        finished = time.monotonic()
+        return Measurement(
+            station=station, lot_id=lot_id, sample_id=sample_id, sample_id_source=source, origin=job.origin,
+            measured_at=measured_at, requested_at=job.requested_at, acquire_ms=(finished - started) * 1000.0,
+            counts=counts, wavelengths_nm=self.wavelengths_nm, reflectance=reflectance, frames=grab.passed,
+            flags=flags, spectrum_ms=(spectrum_done - started) * 1000.0,
+            frames_ms=(grab.done_at - started) * 1000.0 if frames_done is not None else 0.0,
+            image_batch=images.batch() if images is not None else None,
+            image_params=images.params if images is not None else None,
+        )
+
+    def _spectrum(self) -> Tuple[np.ndarray, np.ndarray, Set[str]]:
+        """(co-added counts, reflectance, spectrum and calibration flags); NotCalibrated without references."""
         counts = self._coadded_counts()
-        wavelengths = self.wavelengths_nm
         reflectance, calibration_flags = self.calibration.reflectance(counts, serial=self.serial_number,
                                                                       integration_us=self.integration_us)
         if not np.all(np.isfinite(reflectance)):
@@ -174,53 +244,48 @@ class Acquirer:
         dark = self.calibration.references.get("dark")
         flags |= spectrum_flags(counts, None if dark is None else np.asarray(dark.counts),
                                 self.calibration.white_peak, self.min_signal_fraction)
-        all_frames, passed, frame_flags = self._frames()
-        flags |= frame_flags
-        sample_id, source = self._sample_id(job, all_frames, station, measured_at)
-        acquire_ms = (time.monotonic() - started) * 1000.0
-        return Measurement(
-            station=station, lot_id=lot_id, sample_id=sample_id, sample_id_source=source, origin=job.origin,
-            measured_at=measured_at, requested_at=job.requested_at, acquire_ms=acquire_ms, counts=counts,
-            wavelengths_nm=wavelengths, reflectance=reflectance, frames=passed, flags=flags,
-        )
+        return counts, reflectance, flags
 
-    def _frames(self) -> Tuple[List[np.ndarray], List[np.ndarray], Set[str]]:
-        """(every frame read, the frames that passed the gate, image flags)."""
-        if self.camera is None:
-            return [], [], set()
-        frames: List[np.ndarray] = []
+    def _grab_frames(self, grab: FrameGrab, stop: threading.Event, find_label: bool) -> None:
+        """The frame thread: read up to `frames_per_measurement` frames, gating each (and looking for a
+        sample label until one is found) as it arrives; stop early when `stop` is set."""
         try:
             for _ in range(self.frames_per_measurement):
-                frame = self.camera.read(timeout_s=self.frame_timeout_s)
+                if stop.is_set():
+                    break
+                try:
+                    frame = self.camera.read(timeout_s=self.frame_timeout_s)
+                except DeviceError as exc:
+                    log.warning("camera gave %d of %d frames (%s); measuring with what there is",
+                                grab.read, self.frames_per_measurement, exc)
+                    break
                 if frame is None:
                     break
-                frames.append(frame.image)
-        except DeviceError as exc:
-            log.warning("camera gave %d of %d frames (%s); measuring with what there is",
-                        len(frames), self.frames_per_measurement, exc)
-        if not frames:
-            return [], [], {"missing_image"}
-        passed: List[np.ndarray] = []
-        flags: Set[str] = set()
-        for image in frames:
-            quality = self.gate.assess(image)
-            if quality.passed:
-                passed.append(image)
-            else:
-                log.debug("frame rejected by the quality gate: %s", quality)
-            flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
-        return frames, passed, flags
+                grab.read += 1
+                self._work_on_frame(frame.image, grab, find_label)
+        except BaseException as exc:  # a bug, not a device fault: the acquisition thread raises it
+            grab.error = exc
+        grab.done_at = time.monotonic()
 
-    def _sample_id(self, job: MeasureJob, frames: List[np.ndarray], station: str,
-                   measured_at: datetime) -> Tuple[str, str]:
-        if job.sample_id:
-            return job.sample_id, "command"
-        if self.label_reader is not None:
-            for image in frames:
-                label = self.label_reader.read(image)
-                if label:
-                    return label, "label"
-        return generated_sample_id(station, measured_at), "generated"
+    def _work_on_frame(self, image: np.ndarray, grab: FrameGrab, find_label: bool) -> None:
+        quality = self.gate.assess(image)
+        if quality.passed:
+            grab.passed.append(image)
+            if grab.images is not None:
+                try:
+                    grab.images.add(image)
+                except Exception as exc:  # e.g. a frame smaller than a tile: inference builds it and says so
+                    log.debug("image input not built while acquiring: %s", exc)
+                    grab.images = None
+        else:
+            log.debug("frame rejected by the quality gate: %s", quality)
+        grab.flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
+        if find_label and grab.label is None and self.label_reader is not None:
+            grab.label = self.label_reader.read(image) or None
+
+    def close(self) -> None:
+        """Let the frame thread end (a measurement in progress finishes first)."""
+        self._frame_thread.shutdown(wait=True)
 
     def device_states(self) -> Dict[str, Dict[str, Any]]:
         """The health document's `devices`: spectrometer and camera state and reconnect counts."""

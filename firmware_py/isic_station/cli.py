@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "isic_station.station_commands",
     "isic_drivers.emulators.cli",
     "isic_station.schema_docs",
+    "isic_station.broker_acl",
 )
 
 

@@ -7,6 +7,14 @@ A request on `<prefix>/<station>/cmd/<name>` is a JSON object (empty payload = `
 Bad JSON, an invalid payload, an unknown command, a full queue or a handler that raises all get an
 error response naming the cause; none of them can stop the link.
 
+Before anything is parsed, two rules keep one message from doing harm:
+- a message with the retain flag is refused (answered, never run): the broker would hand it to the
+  station again on every reconnect, and a retained `calibrate` would re-calibrate over fabric. The
+  link subscribes with MQTT 5's retain-as-published, so the flag survives on live messages too. An
+  empty retained payload is how a user clears a retained topic: it is ignored, not answered;
+- a payload over `max_payload_bytes` (64 KiB unless configured) is refused unread.
+Error texts in replies and logs quote outside values only as short escaped excerpts (`untrusted`).
+
 Handlers are the station's callables (`CommandRouter(handlers)`); they run one at a time on the
 router's worker thread, so a slow `measure` never blocks paho's network loop.
 """
@@ -18,15 +26,23 @@ import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from isic_station.schemas import validation_errors
+from isic_station.untrusted import excerpt
 
 log = logging.getLogger(__name__)
 
 COMMAND_NAMES = ("measure", "set_lot", "calibrate", "reload_model", "status")
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
+# An error text is one line for a person: anything longer was echoing what was sent.
+MAX_ERROR_CHARS = 400
 
 # A handler gets the validated payload (without `transaction`) and returns the response's data.
 CommandHandler = Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]
 Responder = Callable[[str, Dict[str, Any]], None]
 Transaction = Union[str, int, None]
+
+
+# `CommandRouter.screen`'s answer for a message that is neither run nor answered.
+IGNORED: Dict[str, Any] = {}
 
 
 class CommandError(Exception):
@@ -36,8 +52,9 @@ class CommandError(Exception):
 def response(
     status: str, data: Optional[Dict[str, Any]], error: Optional[str], transaction: Transaction
 ) -> Dict[str, Any]:
-    """A response document (schema `command_response`)."""
-    return {"status": status, "data": data, "error": error, "transaction": transaction}
+    """A response document (schema `command_response`); the error text is escaped and kept short."""
+    return {"status": status, "data": data, "error": None if error is None else excerpt(error, MAX_ERROR_CHARS),
+            "transaction": transaction}
 
 
 def _transaction_of(request: Any) -> Transaction:
@@ -62,7 +79,7 @@ def parse_request(name: str, raw: bytes) -> Tuple[Optional[Dict[str, Any]], Tran
         return None, None, f"payload is not valid JSON ({exc}); send a JSON object, e.g. {{}}"
     transaction = _transaction_of(request)
     if name not in COMMAND_NAMES:
-        return None, transaction, f"unknown command '{name}'; known: {', '.join(COMMAND_NAMES)}"
+        return None, transaction, f"unknown command '{excerpt(name)}'; known: {', '.join(COMMAND_NAMES)}"
     if not isinstance(request, dict):
         return None, transaction, f"payload must be a JSON object, got {type(request).__name__}"
     payload = {k: v for k, v in request.items() if k != "transaction"}
@@ -75,29 +92,59 @@ def parse_request(name: str, raw: bytes) -> Tuple[Optional[Dict[str, Any]], Tran
 class CommandRouter:
     """The station's command handlers by name, and the worker thread that runs them."""
 
-    def __init__(self, handlers: Mapping[str, CommandHandler], queue_size: int = 16) -> None:
+    def __init__(self, handlers: Mapping[str, CommandHandler], queue_size: int = 16,
+                 max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
         unknown = sorted(set(handlers) - set(COMMAND_NAMES))
         if unknown:
             raise ValueError(f"no such command(s) {unknown}; commands are {list(COMMAND_NAMES)}")
+        if max_payload_bytes < 1024:
+            raise ValueError(f"max_payload_bytes = {max_payload_bytes}: expected at least 1024")
         self._handlers = dict(handlers)
+        self.max_payload_bytes = int(max_payload_bytes)
         self._queue = queue.Queue(maxsize=queue_size)  # (name, raw payload) or None to stop
         self._respond: Optional[Responder] = None
         self._thread: Optional[threading.Thread] = None
 
-    def handle(self, name: str, raw: bytes) -> Dict[str, Any]:
-        """Validate and run one request now, in the calling thread; always returns a response."""
+    def screen(self, name: str, raw: bytes, retained: bool = False) -> Optional[Dict[str, Any]]:
+        """What to answer without running: an error response for a retained or oversized message,
+        IGNORED for an empty retained payload (a user clearing the topic), None when it may run."""
+        shown = excerpt(name)
+        if retained and not raw:
+            log.info("empty retained message on command %s (a retained command being cleared): ignored", shown)
+            return IGNORED
+        if len(raw) > self.max_payload_bytes:
+            log.warning("command %s refused: %d-byte payload over the %d-byte limit", shown, len(raw),
+                        self.max_payload_bytes)
+            return response("error", None, f"payload of {len(raw)} bytes is over this station's limit of "
+                            f"{self.max_payload_bytes} bytes; not read", None)
+        if retained:
+            _, transaction, _ = parse_request(name, raw)
+            log.warning("command %s refused: it was published with retain (%s)", shown, excerpt(raw))
+            return response("error", None, "retained commands are refused, never run (a retained command would "
+                            "run again on every reconnect): publish without retain, and clear the retained "
+                            "message with an empty retained payload", transaction)
+        return None
+
+    def handle(self, name: str, raw: bytes, retained: bool = False) -> Optional[Dict[str, Any]]:
+        """Screen, validate and run one request now, in the calling thread; returns the response
+        (None only for an ignored empty retained payload)."""
+        screened = self.screen(name, raw, retained)
+        if screened is not None:
+            return None if screened is IGNORED else screened
         payload, transaction, error = parse_request(name, raw)
         if error is not None or payload is None:
-            log.warning("command %s refused: %s", name, error)
-            return response("error", None, error, transaction)
+            answer = response("error", None, error, transaction)
+            log.warning("command %s refused: %s", excerpt(name), answer["error"])
+            return answer
         handler = self._handlers.get(name)
         if handler is None:
             return response("error", None, f"command '{name}' is not supported by this station", transaction)
         try:
             data = handler(payload)
         except CommandError as exc:
-            log.warning("command %s failed: %s", name, exc)
-            return response("error", None, str(exc), transaction)
+            answer = response("error", None, str(exc), transaction)
+            log.warning("command %s failed: %s", name, answer["error"])
+            return answer
         except Exception as exc:  # a handler bug must not take the link down: answer and log it
             log.exception("command %s raised", name)
             return response("error", None, f"internal error in {name}: {type(exc).__name__}: {exc}", transaction)
@@ -110,8 +157,14 @@ class CommandRouter:
         self._thread = threading.Thread(target=self._work, name="isic-commands", daemon=True)
         self._thread.start()
 
-    def submit(self, name: str, raw: bytes) -> None:
-        """Queue a request (called from the paho thread: never blocks); a full queue is answered 'busy'."""
+    def submit(self, name: str, raw: bytes, retained: bool = False) -> None:
+        """Queue a request (called from the paho thread: never blocks); a retained or oversized one is
+        answered at once without queueing, a full queue is answered 'busy'."""
+        screened = self.screen(name, raw, retained)
+        if screened is not None:
+            if screened is not IGNORED and self._respond is not None:
+                self._respond(name, screened)
+            return
         try:
             self._queue.put_nowait((name, raw))
         except queue.Full:
@@ -142,5 +195,5 @@ class CommandRouter:
             except Exception as exc:  # validation itself failing must not end the worker (commands would pile up)
                 log.exception("command %s could not be handled", name)
                 answer = response("error", None, f"internal error reading {name}: {type(exc).__name__}", None)
-            if self._respond is not None:
+            if self._respond is not None and answer is not None:
                 self._respond(name, answer)

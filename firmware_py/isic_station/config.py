@@ -113,6 +113,8 @@ class MqttSection:
     reconnect_max_s: float
     discovery: bool
     discovery_prefix: str
+    allow_plaintext_password: bool
+    max_command_bytes: int
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,16 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from isic_station.config import _toml_value
 from isic_station.errors import DeviceError, StationError
 
 LOCAL_BROKER = ("127.0.0.1", 1883)
 STARTUP_TIMEOUT_S = 60.0
+# The bench's measurement settings (a DemoBench's `settings` override them key by key).
+DEMO_SPECTROMETER: Dict[str, Any] = {"baud": 115200, "timeout_s": 2.0, "integration_us": 8000, "coadd": 4}
+DEMO_CAMERA: Dict[str, Any] = {"frames_per_measurement": 3}
 
 
 def port_answers(host: str, port: int, timeout_s: float = 0.5) -> bool:
@@ -119,8 +123,9 @@ class DemoBench:
     def __init__(self, workdir: Path, station_id: str = "demo-01", mode: str = "continuous",
                  interval_s: float = 1.0, model: Optional[Path] = None, extra_config: str = "",
                  log_level: str = "INFO", camera: bool = True, broker: Optional[Tuple[str, int]] = None,
+                 settings: Optional[Mapping[str, Mapping[str, Any]]] = None, pace: bool = True,
                  emulator_args: Sequence[str] = ()) -> None:
-        """`emulator_args` go to `isic-station emulate spectrometer` (e.g. `--set wavelength_shift_nm=3`)."""
+        """`emulator_args` go to `isic-station emulate spectrometer` too (e.g. `--set wavelength_shift_nm=3`)."""
         self.workdir = Path(workdir)
         self.emulator_args = list(emulator_args)
         self.station_id = station_id
@@ -134,6 +139,11 @@ class DemoBench:
         self.camera_source = f"virtual:?stage={self.stage_path}&label=1&seed=3" if camera else ""
         self.station_log = self.workdir / "station.log"
         self.broker = Broker(self.workdir, broker)
+        # Measurement settings over the bench's own ([spectrometer] and [camera] keys); the emulated
+        # instrument runs at spectrometer.baud with its line clock on unless `pace` is False.
+        self.spectrometer = dict(DEMO_SPECTROMETER, **(settings or {}).get("spectrometer", {}))
+        self.camera = dict(DEMO_CAMERA, **(settings or {}).get("camera", {}))
+        self.pace = pace
         self.emulator: Optional[subprocess.Popen] = None
         self.station: Optional[subprocess.Popen] = None
         self.pty_path = ""
@@ -168,12 +178,17 @@ class DemoBench:
         self.stage.put_reference("dark")
         with open(self.workdir / "spectrometer.log", "ab") as log:
             self.emulator = subprocess.Popen(
-                station_command() + ["emulate", "spectrometer", "--stage", str(self.stage_path)] + self.emulator_args,
-                stdout=subprocess.PIPE, stderr=log, text=True)
+                station_command() + ["emulate", "spectrometer", "--stage", str(self.stage_path)]
+                + self.emulator_options(), stdout=subprocess.PIPE, stderr=log, text=True)
         first = _readline(self.emulator, STARTUP_TIMEOUT_S)
         if not first:
             raise DeviceError(f"the emulated spectrometer printed no pty path; see {self.workdir / 'spectrometer.log'}")
         self.pty_path = first.strip()
+
+    def emulator_options(self) -> List[str]:
+        """The emulator's line options: the config's baud rate, paced unless `pace` is False, then `emulator_args`."""
+        return (["--baud", str(self.spectrometer["baud"])] + ([] if self.pace else ["--no-pace"])
+                + self.emulator_args)
 
     def write_config(self) -> Path:
         """The station's TOML config for this bench (the model, when given, replaces the shipped one)."""
@@ -192,13 +207,11 @@ interval_s = {self.interval_s}
 
 [spectrometer]
 port = "{self.pty_path}"
-timeout_s = 2.0
-integration_us = 8000
-coadd = 4
+{_toml_lines(self.spectrometer)}
 
 [camera]
 source = "{self.camera_source}"
-frames_per_measurement = 3
+{_toml_lines(self.camera)}
 
 [model]
 {model}backend = "onnxruntime"
@@ -245,6 +258,11 @@ interval_s = 5
         stop_process(self.emulator)
         self.emulator = None
         self.broker.stop()
+
+
+def _toml_lines(table: Mapping[str, Any]) -> str:
+    """`key = value` lines of a flat TOML table (numbers, booleans and plain strings)."""
+    return "\n".join(f"{key} = {_toml_value(value)}" for key, value in table.items())
 
 
 def _readline(process: subprocess.Popen, timeout_s: float) -> str:
@@ -372,6 +390,7 @@ def run_demo(args: argparse.Namespace) -> int:
     load_manifest(args.model or SHIPPED_MANIFEST)  # a missing model: one clear line now, not a failed station later
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="isic-demo-"))
     print(f"demo: working in {workdir}", flush=True)
+    finished = False
     try:
         with DemoBench(workdir, mode="continuous", interval_s=args.interval, model=args.model) as bench:
             where = "started here on port" if bench.broker.started_here else "local Mosquitto on port"
@@ -397,9 +416,13 @@ def run_demo(args: argparse.Namespace) -> int:
                 print(stats, flush=True)
             if received == 0:
                 raise DeviceError(f"no result arrived; see the station's log {bench.station_log}")
+        finished = True
     finally:
-        if args.keep is None:
+        if args.keep is None and finished:
             shutil.rmtree(workdir, ignore_errors=True)
+        elif args.keep is None:  # the error names logs in there: keep them to be read
+            print(f"demo: kept {workdir} (config, logs) to look into; delete it when done", file=sys.stderr,
+                  flush=True)
     return 0
 
 

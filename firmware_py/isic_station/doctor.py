@@ -190,15 +190,18 @@ def check_state(config: Config) -> CheckResult:
         from isic_station.station import reference_ages
 
         state = config.station.state_dir
-        state.mkdir(parents=True, exist_ok=True)
-        probe_file = state / ".doctor-write-test"
-        probe_file.write_text("ok", encoding="utf-8")
-        probe_file.unlink()
-        store = CalibrationStore(config.calibration.dir, max_age_s=config.calibration.max_age_h * 3600.0)
+        existing = next(p for p in (state, *state.parents) if p.exists())  # doctor creates nothing
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise OSError(f"{existing} is not a writable directory")
+        note = "" if existing == state else f" ({state} does not exist yet: the station creates it)"
+        store = CalibrationStore(config.calibration.dir, max_age_s=config.calibration.max_age_h * 3600.0,
+                                 read_only=True)
+        if store.problem:
+            raise OSError(store.problem)
         ages = {k.replace("_age_s", ""): age for k, age in reference_ages(store.references).items()}
         missing = [k for k, age in ages.items() if age is None]
         if missing:
-            raise OSError(f"no {' and no '.join(missing)} reference in {config.calibration.dir}")
+            raise OSError(f"no {' and no '.join(missing)} reference in {config.calibration.dir}{note}")
         stale = [k for k, age in ages.items() if age is not None and age > config.calibration.max_age_h * 3600]
         text = ", ".join(f"{k} {age / 3600:.1f} h old" for k, age in ages.items())
         if stale:
@@ -207,6 +210,65 @@ def check_state(config: Config) -> CheckResult:
 
     return _guard("state", "take the references: `isic-station calibrate dark --config FILE` (probe covered), "
                   "then `... calibrate white` (white tile under the probe); state_dir must be writable", probe)
+
+
+# fp16 against fp32: half precision keeps ~3 significant digits, and the .om computes in fp16 inside
+# (ATC --precision_mode=allow_fp32_to_fp16). Our own bound, not a documented one: |NPU - CPU| <=
+# 0.02 + 2 % of |CPU| for every output element.
+NPU_ATOL, NPU_RTOL = 0.02, 0.02
+NPU_FIX = ("on an Atlas board: /etc/isic-station/cann.env in the environment (or CANN's set_env.sh sourced), "
+           "`npu-smi info` shows the NPU, the user in group HwHiAiUser; compile the .om with "
+           "`isic-model build-om --record` from the checkout")
+
+
+def check_npu(config: Config, seed: int = 0) -> List[CheckResult]:
+    """Each graph on the NPU and on ONNX Runtime with the same (seeded) inputs, compared within fp16 tolerance."""
+    import numpy as np
+
+    from isic_station.inference.acl_backend import AclBackend, acl_importable
+    from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
+    from isic_station.inference.registry import om_files_present
+    from isic_station.manifest import load_manifest
+    from isic_station.station import manifest_path
+
+    if not acl_importable():
+        return [CheckResult("npu", False, "no NPU present here: pyACL (CANN's acl module) does not import", NPU_FIX)]
+    try:
+        manifest = load_manifest(manifest_path(config))
+    except StationError as exc:
+        return [CheckResult("npu", False, f"not tried: it needs the model first ({exc})", NPU_FIX)]
+    if not om_files_present(manifest):
+        return [CheckResult("npu", False, f"no compiled .om recorded in {manifest.path}", NPU_FIX)]
+    npu = AclBackend(manifest, {"device_id": config.model.device_id})
+    cpu = OnnxRuntimeBackend(manifest, {"threads": config.model.threads})
+    try:
+        npu.load()
+        cpu.load()
+    except (StationError, OSError) as exc:
+        npu.close()
+        cpu.close()
+        return [CheckResult("npu", False, f"the NPU did not start: {exc}", NPU_FIX)]
+    rng = np.random.default_rng(seed)
+    results = []
+    try:
+        for key, graph in manifest.graphs.items():
+            # Standardised inputs, as the preprocessing hands them on (zero mean, unit spread).
+            inputs = {t.name: rng.standard_normal(t.shape).astype(np.float32) for t in graph.inputs}
+            try:
+                on_npu, on_cpu = npu.run(key, inputs), cpu.run(key, inputs)
+            except StationError as exc:
+                results.append(CheckResult(f"npu/{key}", False, str(exc), NPU_FIX))
+                continue
+            worst = max(float(np.max(np.abs(on_npu[n] - on_cpu[n]) - NPU_RTOL * np.abs(on_cpu[n]))) for n in on_cpu)
+            largest = max(float(np.max(np.abs(on_npu[n] - on_cpu[n]))) for n in on_cpu)
+            detail = (f"max |NPU - CPU| {largest:.4f} over {', '.join(sorted(on_cpu))} "
+                      f"(allowed {NPU_ATOL:g} + {NPU_RTOL:.0%} of |CPU|)")
+            results.append(CheckResult(f"npu/{key}", worst <= NPU_ATOL, detail,
+                                       "recompile the .om for this board's SoC and CANN (`isic-model build-om`)"))
+    finally:
+        npu.close()
+        cpu.close()
+    return results
 
 
 def run_checks(config: Config, only: Optional[List[str]] = None) -> List[CheckResult]:
@@ -218,9 +280,9 @@ def run_checks(config: Config, only: Optional[List[str]] = None) -> List[CheckRe
     return [check(config) for name, check in checks.items() if only is None or name in only]
 
 
-def doctor(config: Config) -> int:
-    """Print one line per check; exit code 0 when all passed, EX_UNAVAILABLE (69) otherwise."""
-    results = run_checks(config)
+def doctor(config: Config, npu: bool = False) -> int:
+    """Print one line per check (with `npu`: per graph, NPU against CPU); 0 when all passed, else 69."""
+    results = check_npu(config) if npu else run_checks(config)
     for result in results:
         print(result.line(), flush=True)
     failed = [r.name for r in results if not r.ok]

@@ -6,12 +6,20 @@ timestamp would only make `journalctl` lines longer. journald also reads a `<N>`
 `journalctl -p warning` works. We detect journald the documented way: `$JOURNAL_STREAM` holds
 the device:inode of the stream journald connected, compared with stderr's own; when stderr is
 not a terminal and `$INVOCATION_ID` says systemd started us, it is treated the same way.
+
+Log lines cannot be forged: values from outside (lot and sample ids, command names, payload
+excerpts) reach the message through `%s`, and the formatters escape every control character of the
+message (`untrusted.escape_control`), so a newline in a lot id cannot start a line that looks like
+the station's own, and NUL or ANSI escapes never reach the terminal or journald raw. A traceback's
+lines are indented and escaped the same way: only the first line of a record starts at the margin.
 """
 
 import logging
 import os
 import sys
-from typing import Mapping, Optional, TextIO
+from typing import Any, Mapping, Optional, TextIO
+
+from isic_station.untrusted import escape_control
 
 # syslog priorities of the Python levels (sd-daemon.h: SD_ERR=3, SD_WARNING=4, SD_INFO=6, SD_DEBUG=7)
 SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
@@ -20,7 +28,25 @@ TERMINAL_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 JOURNAL_FORMAT = "%(name)s: %(message)s"
 
 
-class JournalFormatter(logging.Formatter):
+class EscapingFormatter(logging.Formatter):
+    """A one-line message with control characters escaped; traceback lines indented and escaped."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = escape_control(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("  " + escape_control(line) for line in text.splitlines())
+
+
+class JournalFormatter(EscapingFormatter):
     """No timestamp (journald adds one) and a `<N>` syslog priority in front of every line."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -58,7 +84,7 @@ def setup_logging(level: str = "INFO", journal: Optional[bool] = None, stream: O
     if journal is None:
         journal = stderr_is_journal(stream=stream)
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JournalFormatter(JOURNAL_FORMAT) if journal else logging.Formatter(TERMINAL_FORMAT))
+    handler.setFormatter(JournalFormatter(JOURNAL_FORMAT) if journal else EscapingFormatter(TERMINAL_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -46,13 +46,18 @@ class GraphSpec:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A validated manifest; `raw` keeps the document for the fields only some readers need."""
+    """A validated manifest; `raw` keeps the document for the fields only some readers need.
+
+    `sha256` is the manifest file's own checksum: the graphs' checksums do not cover the labels or
+    the preprocessing, so the model's identity is the pair (see `identity`).
+    """
 
     path: Path
     raw: Dict[str, Any]
     fibres: Tuple[str, ...]
     blend_classes: Tuple[str, ...]
     graphs: Dict[str, GraphSpec]
+    sha256: str = ""
 
     @property
     def name(self) -> str:
@@ -61,6 +66,11 @@ class Manifest:
     @property
     def version(self) -> str:
         return str(self.raw["model"]["version"])
+
+    def identity(self, graph: str = "bimodal") -> Dict[str, str]:
+        """The result's `model`: name, version, the graph's and the manifest's sha256."""
+        return {"name": self.name, "version": self.version, "sha256": self.graphs[graph].sha256,
+                "manifest_sha256": self.sha256}
 
     @property
     def spectrum(self) -> Dict[str, Any]:
@@ -111,7 +121,8 @@ def load_manifest(path: Union[str, Path]) -> Manifest:
     """Read and validate a manifest; ModelError names the file and every problem found."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        raw = json.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ModelError(f"model manifest not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -122,7 +133,8 @@ def load_manifest(path: Union[str, Path]) -> Manifest:
     if problems:
         raise ModelError(f"model manifest {path} is invalid: " + "; ".join(problems))
     graphs = {key: _graph(key, doc, path.parent) for key, doc in raw["graphs"].items()}
-    return Manifest(path, raw, tuple(raw["fibres"]), tuple(raw["blend_classes"]), graphs)
+    return Manifest(path, raw, tuple(raw["fibres"]), tuple(raw["blend_classes"]), graphs,
+                    hashlib.sha256(data).hexdigest())
 
 
 def file_sha256(path: Path) -> str:

@@ -15,13 +15,21 @@ in memory, so:
 Topics, under `<prefix>/<station>/`: `status` (retained `{"state": "online"|"offline"}`, last will
 offline, online again on every connect), `result` (QoS 1, from the outbox), `state` (retained
 latest result), `health` (retained, every `health_interval_s`), `alarm` (QoS 1, from the outbox),
-`cmd/<name>` and `cmd/<name>/response` (a retained command is refused, not run again on every
-reconnect). Home Assistant discovery is re-published on every connect
+`cmd/<name>` and `cmd/<name>/response`. Home Assistant discovery is re-published on every connect
 and when `homeassistant/status` turns `online`.
+
+The link speaks MQTT 5 so that it can tell a retained command from a live one: MQTT 3.1.1 clears
+the retain flag on every message delivered live, so a command published with retain while the
+station is connected would look live and run (and again after every reconnect). The command
+subscription sets retain-as-published, so every retained command - live or replayed on subscribe -
+arrives flagged and the `CommandRouter` refuses it. CONNECT also announces a Maximum Packet Size,
+so the broker never hands the station a message of many megabytes (it drops it instead, MQTT 5
+3.1.2.25); payloads between the router's command limit and that size are answered with an error.
 """
 
 import collections
 import contextlib
+import ipaddress
 import logging
 import queue
 import select
@@ -35,6 +43,9 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tu
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from isic_station import __version__
 from isic_station.backoff import Backoff
@@ -54,6 +65,20 @@ log = logging.getLogger(__name__)
 HealthSource = Callable[[], Dict[str, Any]]
 DeliveryCallback = Callable[[int], None]
 
+# The largest packet the broker may send the station (MQTT 5 Maximum Packet Size): commands are
+# small, so anything near this is an attack or a mistake and never reaches the station's memory.
+MAX_PACKET_BYTES = 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1): traffic that never leaves the machine."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
 
 @dataclass(frozen=True)
 class MqttSettings:
@@ -61,7 +86,8 @@ class MqttSettings:
 
     `password` is never logged or shown in repr. `tls` turns TLS on: the broker is checked against
     `ca_file` (empty/None: the system's CAs); `cert_file` + `key_file` add a client certificate.
-    `qos` is the QoS of results and alarms. Empty strings count as unset.
+    `qos` is the QoS of results and alarms. Empty strings count as unset. A password over a link
+    without TLS to a broker off this machine is refused unless `allow_plaintext_password`.
     """
 
     host: str = "127.0.0.1"
@@ -83,6 +109,7 @@ class MqttSettings:
     health_interval_s: float = 30.0
     discovery: bool = True
     ha_prefix: str = DEFAULT_DISCOVERY_PREFIX
+    allow_plaintext_password: bool = False
 
     def __post_init__(self) -> None:
         def bad(key: str, value: Any, expected: str) -> ConfigError:
@@ -116,6 +143,12 @@ class MqttSettings:
                 raise bad(key, path, "an existing readable file")
         if (self.password is not None) and not self.username:
             raise ConfigError("mqtt.password is set but mqtt.username is not: set both or neither")
+        if self.password and not self.tls and not is_loopback(self.host) and not self.allow_plaintext_password:
+            raise ConfigError(
+                f"mqtt: a password would go in plain text to the broker {self.host}:{self.port} (mqtt.tls = false): "
+                "anyone on that network could read it. Set mqtt.tls = true (port 8883 is usual), or, on a network "
+                "you trust, mqtt.allow_plaintext_password = true"
+            )
 
 
 class StationTopics:
@@ -209,10 +242,10 @@ class MqttLink:
         """Check the TLS/credential settings (ConfigError) and start the owner thread; never waits
         for the broker."""
         self._new_client()  # fails here, in the caller, on unreadable TLS files
+        if self._commands is not None:  # before the first connection: a retained command is answered too
+            self._commands.start(self._respond)
         self._thread = threading.Thread(target=self._run, name="isic-mqtt", daemon=True)
         self._thread.start()
-        if self._commands is not None:
-            self._commands.start(self._respond)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush what the outbox can send within `timeout`, publish `offline`, disconnect, end the thread."""
@@ -240,9 +273,13 @@ class MqttLink:
         self._wake()
         return row
 
-    def publish_alarm(self, doc: Dict[str, Any]) -> int:
-        """Store an alarm in the outbox and publish it when connected. Returns the outbox row id."""
-        row = self._outbox.add(self.topics.alarm, doc, qos=self.settings.qos)
+    def publish_alarm(self, doc: Dict[str, Any], also_now: bool = False) -> int:
+        """Store an alarm in the outbox (the quota never drops it) and publish it when connected.
+        `also_now` sends a copy at once too (same message_id), for an alarm about the outbox's own disk,
+        whose stored copy may wait in memory. Returns the outbox row id."""
+        row = self._outbox.add(self.topics.alarm, doc, qos=self.settings.qos, droppable=False)
+        if also_now:
+            self.publish(self.topics.alarm, doc, qos=self.settings.qos)
         self._wake()
         return row
 
@@ -305,8 +342,7 @@ class MqttLink:
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self._client_id,
-            protocol=paho.MQTTv311,
-            clean_session=True,
+            protocol=paho.MQTTv5,
         )
         client.will_set(self.topics.status, status_payload(s.station_id, "offline"), qos=1, retain=True)
         if s.username:
@@ -325,7 +361,10 @@ class MqttLink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
-        client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        connect = Properties(PacketTypes.CONNECT)
+        connect.MaximumPacketSize = MAX_PACKET_BYTES
+        # clean start, session ends with the connection: nothing from a lost session lingers (the outbox replays)
+        client.connect_async(s.host, s.port, keepalive=s.keepalive_s, clean_start=True, properties=connect)
         return client
 
     def _run(self) -> None:
@@ -456,9 +495,11 @@ class MqttLink:
         backlog = self._outbox.start_replay()
         log.info("MQTT connected to %s:%d as %s%s", self.settings.host, self.settings.port, self._client_id,
                  f"; replaying {backlog} stored message(s)" if backlog else "")
-        subscriptions = [(self.topics.command_filter, 1)]
+        # retain-as-published: a retained command keeps its flag even when delivered live (see the docstring)
+        options = SubscribeOptions(qos=1, retainAsPublished=True)
+        subscriptions = [(self.topics.command_filter, options)]
         if self.settings.discovery:
-            subscriptions.append((f"{self.settings.ha_prefix}/{BIRTH_TOPIC_SUFFIX}", 1))
+            subscriptions.append((f"{self.settings.ha_prefix}/{BIRTH_TOPIC_SUFFIX}", options))
         # Subscribe before announcing `online`: the broker handles one client's packets in order, so a
         # command sent by someone who has just seen `online` finds the subscription in place.
         self._subscribe_mid = client.subscribe(subscriptions)[1]
@@ -499,16 +540,11 @@ class MqttLink:
         name = self.topics.command_name(topic)
         if name is None:
             return
-        if retained:
-            # A retained command would run again on every reconnect (a calibration, a measurement...).
-            log.warning("ignored a retained %s command on %s: commands must be published without retain", name, topic)
-            self._respond(name, response("error", None, "retained commands are ignored: publish without retain",
-                                         None))
-            return
         if self._commands is None:
-            self._respond(name, response("error", None, "this station takes no commands", None))
+            if payload or not retained:
+                self._respond(name, response("error", None, "this station takes no commands", None))
             return
-        self._commands.submit(name, payload)
+        self._commands.submit(name, payload, retained)
 
     def _drain_work(self, deliver: bool) -> None:
         while True:

@@ -60,7 +60,7 @@ def build_result(
     """A result document (schema `result`); `out_of_spec` is added to the flags when `spec`'s verdict
     is fail, `refer_to_lab` when it is undetermined (or when `unknown_fibre` is among the flags).
 
-    `model` is {name, version, sha256}; `timings_ms` is {acquire, preprocess, infer, total};
+    `model` is {name, version, sha256, manifest_sha256?}; `timings_ms` is {acquire, preprocess, infer, total};
     `spec` is what `spec_check.check_composition` returned, or None when no lot is set;
     `interval_95` {fibre: [low, high]} and `unknown_fibre_score` come from the calibration (None without).
     """
@@ -88,7 +88,8 @@ def build_result(
         "interval_95": None if interval_95 is None else {k: [float(v[0]), float(v[1])] for k, v in interval_95.items()},
         "unknown_fibre_score": None if unknown_fibre_score is None else float(unknown_fibre_score),
         "flags": flag_list,
-        "model": {"name": model["name"], "version": model["version"], "sha256": model["sha256"]},
+        "model": {"name": model["name"], "version": model["version"], "sha256": model["sha256"],
+                  **({"manifest_sha256": model["manifest_sha256"]} if "manifest_sha256" in model else {})},
         "backend": backend,
         "timings_ms": {k: round(float(timings_ms[k]), 3) for k in ("acquire", "preprocess", "infer", "total")},
         "spec": dict(spec) if spec is not None else None,
@@ -99,7 +100,7 @@ def build_result(
 def build_alarm(
     *, station: str, kind: str, severity: str, message: str, details: Optional[Mapping[str, Any]] = None
 ) -> Dict[str, Any]:
-    """An alarm document (schema `alarm`): kind out_of_spec | device_fault."""
+    """An alarm document (schema `alarm`): kind out_of_spec | device_fault | storage_fault."""
     return {
         "schema_version": SCHEMA_VERSION,
         "message_id": str(uuid.uuid4()),

@@ -27,7 +27,7 @@ from isic_station import __version__
 from isic_station.acquisition import Acquirer, Measurement
 from isic_station.commands import CommandError, CommandRouter
 from isic_station.config import Config, mqtt_password
-from isic_station.errors import DeviceError, StationError
+from isic_station.errors import DeviceError, ModelError, StationError
 from isic_station.outbox import Outbox
 from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, PipelineStats, percentile
 from isic_station.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
@@ -75,6 +75,7 @@ def mqtt_settings(config: Config) -> Any:
         key_file=str(m.key_file) if m.key_file else None,
         username=m.username or None, password=mqtt_password(m),
         health_interval_s=config.health.interval_s, discovery=m.discovery, ha_prefix=m.discovery_prefix,
+        allow_plaintext_password=m.allow_plaintext_password,
     )
 
 
@@ -156,6 +157,7 @@ class Station:
         self._transport: Any = None
         self._camera: Any = None
         self._faults: Dict[str, str] = {}  # device -> fault message, while an alarm is standing
+        self._storage_fault: Optional[str] = None  # the outbox's, as STATUS= last showed it
         self._running = threading.Event()  # set once the pipeline runs; commands wait for it
 
     # ----- life cycle ------------------------------------------------------------------------
@@ -172,13 +174,14 @@ class Station:
         router = CommandRouter({
             "measure": self.cmd_measure, "set_lot": self.cmd_set_lot, "calibrate": self.cmd_calibrate,
             "reload_model": self.cmd_reload_model, "status": self.cmd_status,
-        })
+        }, max_payload_bytes=c.mqtt.max_command_bytes)
         from isic_station.mqtt_link import MqttLink
 
         self.link = MqttLink(mqtt_settings(c), self.outbox, health_source=self.health_source, commands=router,
                              ha_fibres=self._manifest.fibres, sw_version=__version__,
                              on_delivered=self.time_to_result.acked)
         self.link.start()
+        self.report_storage()  # a damaged outbox replaced at open, a sequence gap
         self.notifier.status("Starting: opening the devices")
         self._open_devices()
         self.watchdog.progress("devices opened")
@@ -197,14 +200,20 @@ class Station:
         self.notifier.ready(summary)
 
     def stop(self, flush_timeout_s: float = 10.0) -> None:
-        """Stop measuring, finish what was measured, flush the outbox, close everything."""
-        self.notifier.stopping("Stopping: finishing measurements and flushing the outbox")
-        log.info("stopping: finishing measurements, flushing the outbox (up to %.1f s)", flush_timeout_s)
+        """Stop measuring, finish what was measured, flush the outbox, close everything (after a failed
+        start-up: close what was opened)."""
+        if self._running.is_set():
+            self.notifier.stopping("Stopping: finishing measurements and flushing the outbox")
+            log.info("stopping: finishing measurements, flushing the outbox (up to %.1f s)", flush_timeout_s)
+        else:
+            log.debug("start-up did not finish: closing what was opened")
         if self.pipeline is not None:
             self.pipeline.stop(timeout_s=max(5.0, flush_timeout_s))
         if self.link is not None:
             self.link.stop(timeout=flush_timeout_s)
         self.watchdog.stop()
+        if self.acquirer is not None:
+            self.acquirer.close()
         if self._camera is not None:
             self._camera.close()
         if self._transport is not None:
@@ -225,6 +234,17 @@ class Station:
         from isic_station.manifest import load_manifest
 
         manifest = load_manifest(manifest_path(self.config))
+        running = self._manifest
+        if running is not None and (running.name, running.version) == (manifest.name, manifest.version) \
+                and running.identity() != manifest.identity():
+            # Same name and version but other labels, preprocessing or graph: results would carry a
+            # version that no longer says what produced them (a permuted fibre list reads as another fibre).
+            raise ModelError(
+                f"model {manifest.name} {manifest.version} changed on disk (manifest sha256 "
+                f"{running.sha256[:12]}... -> {manifest.sha256[:12]}..., graph sha256 "
+                f"{running.graphs['bimodal'].sha256[:12]}... -> {manifest.graphs['bimodal'].sha256[:12]}...) "
+                "without a new version: export it with a new model_version"
+            )
         backend = create_backend(self.config.model.backend, manifest,
                                  {"threads": self.config.model.threads, "device_id": self.config.model.device_id})
         with self._model_lock:
@@ -254,18 +274,29 @@ class Station:
             SampleLabelReader() if self._camera is not None else None,
             calibration=self.calibration, integration_us=c.spectrometer.integration_us, context=self._context,
             coadd=c.spectrometer.coadd, frames_per_measurement=c.camera.frames_per_measurement,
-            min_signal_fraction=c.quality.min_signal_fraction,
+            min_signal_fraction=c.quality.min_signal_fraction, image_batch=self._image_batch_builder,
         )
         try:
             self._transport.open()
             self.acquirer.prepare()
         except DeviceError as exc:
             self._device_state("spectrometer", f"not available at start ({exc}); reconnecting")
+        else:
+            self.calibration.check_pixels(len(self.acquirer.wavelengths_nm))
+        if self.calibration.problem is not None:  # a references file moved aside: say so, do not stall
+            self._device_state("calibration", self.calibration.problem)
         if self._camera is not None:
             try:
                 self._camera.open()
             except DeviceError as exc:
                 self._device_state("camera", f"not available at start ({exc}); measuring signal-only")
+
+    def _image_batch_builder(self) -> Any:
+        """A builder of the model's image input for one measurement (tiles cut as the frames arrive)."""
+        from isic_station.preprocess.image_stream import ImageBatchBuilder
+
+        manifest = self._manifest
+        return ImageBatchBuilder(self.config.camera.um_per_px, manifest.image) if manifest is not None else None
 
     def _context(self) -> Tuple[str, Optional[str]]:
         return self.config.station.id, self._lot_id
@@ -280,6 +311,7 @@ class Station:
             self._device_state("spectrometer", str(exc))
             raise
         self._device_state("spectrometer", None)
+        self._device_state("calibration", None)  # references in use again
         if self._camera is not None:
             self._device_state("camera", "no frame from the camera: measuring signal-only"
                                if "missing_image" in measurement.flags else None)
@@ -301,6 +333,19 @@ class Station:
             self.link.publish_alarm(build_alarm(
                 station=self.config.station.id, kind="device_fault", severity="critical",
                 message=f"{device}: {fault}", details={"device": device}))
+
+    def report_storage(self) -> None:
+        """Turn the outbox's incidents into storage_fault alarms, and follow its fault in STATUS=."""
+        if self.outbox is None or self.link is None:
+            return
+        incidents = self.outbox.take_incidents()
+        for incident in incidents:
+            self.link.publish_alarm(build_alarm(
+                station=self.config.station.id, kind="storage_fault", severity=incident.severity,
+                message=incident.message, details=incident.details), also_now=self.outbox.fault is not None)
+        if incidents or (self.outbox.fault is None) != (self._storage_fault is None):
+            self._storage_fault = self.outbox.fault
+            self._update_status()
 
     def _update_status(self) -> None:
         """Refresh the STATUS= line for `systemctl status` once the station is running."""
@@ -342,7 +387,9 @@ class Station:
             predictor, manifest = self._predictor, self._manifest
             axis = self.wavelength.corrected_axis(m.wavelengths_nm) if self.wavelength else m.wavelengths_nm
             prediction = predictor.predict(m.reflectance, axis, m.frames or None,
-                                           self.config.camera.um_per_px, flags=m.flags)
+                                           self.config.camera.um_per_px,
+                                           m.image_batch if m.image_params is manifest.image else None,
+                                           flags=m.flags)
         flags = set(m.flags)
         if prediction.signal_only:
             flags.add("signal_only")
@@ -353,12 +400,11 @@ class Station:
         lot = self._lot
         spec = (check_composition(lot, prediction.composition, prediction.decision_interval_95)
                 if lot is not None and lot.lot_id == m.lot_id else None)
-        graph = manifest.graphs["signal_only" if prediction.signal_only else "bimodal"]
         total_ms = (time.monotonic() - m.requested_at) * 1000.0
         doc = build_result(
             station=m.station, sequence=self.outbox.next_sequence(), composition=prediction.composition,
             blend=prediction.blend, confidence=prediction.confidence, uncertainty=prediction.uncertainty,
-            flags=flags, model={"name": manifest.name, "version": manifest.version, "sha256": graph.sha256},
+            flags=flags, model=manifest.identity("signal_only" if prediction.signal_only else "bimodal"),
             backend=prediction.backend,
             timings_ms={"acquire": m.acquire_ms, "preprocess": prediction.timings_ms.get("preprocess_ms", 0.0),
                         "infer": prediction.timings_ms.get("infer_ms", 0.0), "total": total_ms},
@@ -373,6 +419,7 @@ class Station:
             if alarm is not None:
                 log.warning("%s", alarm["message"])
                 self.link.publish_alarm(alarm)
+        self.report_storage()
         log.debug("result %d: %s %s (%.0f ms)", doc["sequence"], doc["blend"], doc["flags"], total_ms)
         return {"sequence": doc["sequence"], "message_id": doc["message_id"], "sample_id": doc["sample_id"],
                 "sample_id_source": m.sample_id_source, "composition": doc["composition"], "blend": doc["blend"],
@@ -437,7 +484,7 @@ class Station:
         except StationError as exc:
             raise CommandError(f"model not reloaded, the previous one keeps running: {exc}") from None
         self.link.set_ha_fibres(self._manifest.fibres)
-        return {"model": {"name": self._manifest.name, "version": self._manifest.version},
+        return {"model": self._manifest.identity(),
                 "backend": self._predictor.backend.name, "fibres": list(self._manifest.fibres)}
 
     def cmd_status(self, payload: Dict[str, Any]) -> Dict[str, Any]:
@@ -468,6 +515,7 @@ class Station:
     def health_source(self) -> Dict[str, Any]:
         """The station's part of the health document (the link adds outbox and MQTT figures)."""
         stats = (self.pipeline.stats if self.pipeline is not None else PipelineStats()).snapshot()
+        self.report_storage()  # the disk may have filled or come back without a measurement
         return {
             "uptime_s": time.monotonic() - self._started_at,
             "results": {"total": stats["counts"]["results"], "per_minute": stats["results_per_minute"]},
@@ -480,9 +528,14 @@ class Station:
         """One line for `systemctl status`: mode, model, backend and what is degraded."""
         c = self.config
         mode = f"continuous every {c.mode.interval_s:g} s" if c.mode.kind == "continuous" else "triggered"
-        text = f"{mode}; model {self._manifest.name} {self._manifest.version} on {self._predictor.backend.name}"
+        backend = self._predictor.backend
+        text = f"{mode}; model {self._manifest.name} {self._manifest.version} on {backend.name}"
+        if backend.fallback_reason:
+            text += f" (not the NPU: {backend.fallback_reason})"
         if self._faults:
             text += "; DEGRADED: " + "; ".join(f"{k}: {v}" for k, v in self._faults.items())
+        if self.outbox is not None and self.outbox.fault is not None:
+            text += f"; STORAGE FAULT: {self.outbox.fault} ({self.outbox.stats().held} result(s) held in memory)"
         return text
 
 

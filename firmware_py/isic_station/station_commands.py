@@ -48,6 +48,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "about a failure. Exit code 0 when all pass, 69 otherwise. Stop the service first: it holds "
                     "the serial port.")
     doctor.add_argument("--config", required=True, type=Path, metavar="FILE", help="station config (TOML)")
+    doctor.add_argument("--npu", action="store_true",
+                        help="instead: run both graphs on the NPU and on ONNX Runtime with the same inputs and "
+                             "compare them within an fp16 tolerance, one line per graph")
     doctor.set_defaults(handler=_doctor)
 
     calibrate = subparsers.add_parser(
@@ -96,7 +99,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from isic_station.doctor import doctor
 
-    return doctor(_configured(args.config))
+    return doctor(_configured(args.config), npu=args.npu)
 
 
 def _calibrate(args: argparse.Namespace) -> int:

@@ -1,9 +1,12 @@
 """Compile the shipped ONNX graphs to Ascend .om files with ATC (CANN's model converter).
 
-The flags follow ../shared/notes/ascend.md: `--framework=5` (ONNX), `--input_shape` with the
-ONNX input names and the manifest's static shapes, `--soc_version` (Ascend310 for the Atlas 200 DK,
-Ascend310B1/B4 for the Atlas 200I DK A2), `--precision_mode`, and `--input_format=ND` because the
-bimodal graph mixes a 2-D spectrum with a 4-D image (NCHW would be applied to every input).
+The flags follow CANN's ATC parameter pages (hiascend.com "atlasatcparam_16_*", CANN 7.0-8.5):
+`--framework=5` (ONNX), `--input_shape` with the ONNX input names and the manifest's static shapes,
+`--soc_version` (Ascend310 for the Atlas 200 DK, Ascend310B1/B4 for the Atlas 200I DK A2),
+`--precision_mode`, `--output_type=FP32` (the graph outputs stay float32 whatever the precision
+mode does inside), and `--input_format=ND` because the bimodal graph mixes a 2-D spectrum with a
+4-D image (NCHW would be applied to every input). `--output` takes the name without `.om`; ATC
+writes `<name>.om` or `<name>_<os>_<arch>.om` (the --output page), so `--record` looks for both.
 On the board itself ATC gets TE_PARALLEL_COMPILER=1 MAX_COMPILE_CORE_NUMBER=1 to fit in memory.
 ATC only exists on a CANN host; elsewhere `AtcUnavailable` says so in one line.
 """
@@ -15,7 +18,7 @@ import platform
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from isic_station.errors import EX_UNAVAILABLE, ModelError, StationError
 from isic_station.manifest import GraphSpec, Manifest
@@ -23,7 +26,11 @@ from isic_station.manifest import GraphSpec, Manifest
 log = logging.getLogger(__name__)
 
 SOC_VERSIONS = ("Ascend310", "Ascend310B1", "Ascend310B4")
-PRECISION_MODES = ("must_keep_origin_dtype", "allow_fp32_to_fp16", "allow_mix_precision", "force_fp16")
+PRECISION_MODES = ("allow_fp32_to_fp16", "allow_mix_precision", "force_fp16", "must_keep_origin_dtype")
+# must_keep_origin_dtype keeps float32 everywhere, and the Ascend 310's cube unit (MatMul, the
+# transformer's every projection) computes float16 only: ATC refuses such a graph for it
+# (--precision_mode page: an operator without a float32 implementation fails the build).
+FP16_ONLY_SOCS = ("Ascend310",)
 # ATC compiles with one process and one core on the board's 4-8 GB.
 BOARD_ENV = {"TE_PARALLEL_COMPILER": "1", "MAX_COMPILE_CORE_NUMBER": "1"}
 
@@ -53,6 +60,9 @@ def atc_command(
         raise ModelError(f"unknown --soc-version {soc_version!r}; expected one of {', '.join(SOC_VERSIONS)}")
     if precision_mode not in PRECISION_MODES:
         raise ModelError(f"unknown --precision-mode {precision_mode!r}; expected one of {', '.join(PRECISION_MODES)}")
+    if precision_mode == "must_keep_origin_dtype" and soc_version in FP16_ONLY_SOCS:
+        raise ModelError(f"--precision-mode must_keep_origin_dtype cannot build for {soc_version}: its MatMul "
+                         "computes float16 only; use allow_fp32_to_fp16 (the default) or allow_mix_precision")
     shapes = ";".join(f"{t.name}:{','.join(str(d) for d in t.shape)}" for t in graph.inputs)
     return [
         atc,
@@ -63,8 +73,21 @@ def atc_command(
         f"--input_shape={shapes}",
         "--input_format=ND",
         f"--precision_mode={precision_mode}",
+        "--output_type=FP32",
         "--log=error",
     ]
+
+
+def written_om(out_dir: Path, stem: str) -> Path:
+    """The .om ATC wrote for `stem`: `<stem>.om`, or `<stem>_<os>_<arch>.om` on releases that add them."""
+    found = [out_dir / f"{stem}.om"] if (out_dir / f"{stem}.om").is_file() else []
+    found += sorted(p for p in out_dir.glob(f"{stem}_*.om")
+                    if p.is_file() and p.name.count("_") - stem.count("_") >= 2)
+    if len(found) != 1:
+        what = "none" if not found else ", ".join(p.name for p in found)
+        raise AtcFailed(f"ATC finished but the .om to record for {stem} is ambiguous or missing in {out_dir} "
+                        f"(found {what}; expected {stem}.om or {stem}_<os>_<arch>.om)")
+    return found[0]
 
 
 def atc_environment(on_board: bool) -> Dict[str, str]:
@@ -73,6 +96,29 @@ def atc_environment(on_board: bool) -> Dict[str, str]:
     if on_board:
         env.update(BOARD_ENV)
     return env
+
+
+def installed_copy(path: Path) -> bool:
+    """True when `path` lies in an installed package (site-packages / dist-packages), not a checkout."""
+    return any(part in ("site-packages", "dist-packages") for part in path.resolve().parts)
+
+
+def check_recordable(manifest_path: Path) -> None:
+    """ModelError unless `--record` may write `manifest_path` (a checkout's manifest, not the installed one)."""
+    if installed_copy(manifest_path):
+        raise ModelError(
+            f"--record would write {manifest_path}, the installed package's copy, which the next install "
+            "overwrites: run build-om from the repository checkout (its models_om/isic_model/shipped/manifest.json "
+            "is found from the working folder) or pass --manifest with the checkout's manifest")
+
+
+def checkout_manifest(start: Path) -> Optional[Path]:
+    """models_om/isic_model/shipped/manifest.json of the checkout holding `start`, if any."""
+    for folder in (start.resolve(), *start.resolve().parents):
+        candidate = folder / "models_om" / "isic_model" / "shipped" / "manifest.json"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def running_on_board() -> bool:
@@ -91,8 +137,11 @@ def build_om(
 ) -> List[List[str]]:
     """Run ATC on every graph of the manifest for every SoC; returns the commands run (or to run).
 
-    With `record` and a single SoC, the manifest's graphs get their `om` file names.
+    With `record` and a single SoC, the manifest's graphs get the names of the .om files ATC wrote;
+    a manifest inside an installed package is refused (the next install would overwrite it).
     """
+    if record:
+        check_recordable(manifest.path)
     commands = [atc_command(g, soc, out_dir, precision_mode) for soc in soc_versions for g in manifest.graphs.values()]
     if dry_run:
         return commands
@@ -115,7 +164,7 @@ def build_om(
             raise ModelError("--record needs exactly one --soc-version (the manifest names one .om per graph)")
         doc = json.loads(manifest.path.read_text(encoding="utf-8"))
         for key, graph in manifest.graphs.items():
-            om = out_dir / (om_stem(graph, soc_versions[0]) + ".om")
+            om = written_om(out_dir, om_stem(graph, soc_versions[0]))
             doc["graphs"][key]["om"] = os.path.relpath(om, manifest.path.parent)
         manifest.path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return commands

@@ -40,6 +40,7 @@ COVERAGE = 0.95
 UNKNOWN_QUANTILE = 0.99  # share of known fabrics left unflagged on the calibration half
 PCA_COMPONENTS = 15  # principal components of the known spectra (chosen on seeds 2001 / 1101: README)
 MIN_FLAGGED = 30  # flagged (measurement, fibre) pairs needed to calibrate a flag's widening
+MIN_BAND_PAIRS = 20  # (measurement, fibre) pairs a band of the predicted fraction needs for its own factor
 MIN_BLEND_GROUPS = 8  # composition groups of a blend class needed for its own systematic error
 NOISY_FACTOR = 3.0  # spectra noisier than this many times the median get their own temperature
 MIN_NOISY = 50  # noisy measurements needed to fit that temperature
@@ -96,6 +97,13 @@ def _features(rows: Mapping[str, np.ndarray], temperature: float, noisy_temperat
     return feats, conf
 
 
+def _factor(ratios: np.ndarray, fallback: float = 1.0) -> float:
+    """The conformal quantile of `ratios`, or `fallback` with fewer than MIN_BAND_PAIRS of them (floored above 0)."""
+    if ratios.size < MIN_BAND_PAIRS:
+        return fallback
+    return round(max(conformal_quantile(ratios), 1e-3), 4)
+
+
 def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibres: Sequence[str],
              classes: Sequence[str], path: str) -> Dict[str, Any]:
     """One path's `uncertainty.paths.<path>` object (temperature, scale model, quantiles, widening)."""
@@ -129,13 +137,11 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
     quantile = {f: round(conformal_quantile(scores[:, j][cal_present[:, j]]), 5) for j, f in enumerate(fibres)}
     q_all = np.array([quantile[f] for f in fibres])
     bands = fraction_band(cal["pred"])
-    band_factor = [round(conformal_quantile((scores / q_all)[cal_present & (bands == b)]), 4)
-                   if (cal_present & (bands == b)).any() else 1.0 for b in range(len(BAND_EDGES) + 1)]
-    absent = bands == 0
-    absent_factor = round(conformal_quantile((scores / q_all)[absent]), 4) if absent.any() else band_factor[0]
+    band_factor = [_factor((scores / q_all)[cal_present & (bands == b)]) for b in range(len(BAND_EDGES) + 1)]
+    absent_factor = _factor((scores / q_all)[bands == 0], fallback=band_factor[0])
     q_all = q_all * np.asarray(band_factor)[bands]
     # What each preset of the calibration data would need on its own (pooled over fibres): recorded, not applied.
-    condition = {name: round(conformal_quantile((scores / q_all)[cal_present & (cal["preset"] == name)[:, None]]), 4)
+    condition = {name: _factor((scores / q_all)[cal_present & (cal["preset"] == name)[:, None]])
                  for name in sorted(set(cal["preset"].tolist()))}
     widening: Dict[str, float] = {}
     flag_sets = [set(text.split()) for text in cal["flags"]]

@@ -84,7 +84,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
         description="Run CANN's `atc` on every graph of the manifest for each --soc-version (Ascend310: Atlas "
         "200 DK; Ascend310B1/Ascend310B4: Atlas 200I DK A2). On the board (aarch64) ATC is limited to one core.",
     )
-    build.add_argument("--manifest", type=Path, default=SHIPPED_MANIFEST, help="manifest.json (default: shipped)")
+    build.add_argument("--manifest", type=Path, default=None,
+                       help="manifest.json (default: the checkout's shipped manifest when run inside the repository, "
+                            "else the installed one; --record refuses the installed one)")
     build.add_argument("--soc-version", action="append", default=None, help="repeatable; default Ascend310")
     build.add_argument(
         "--precision-mode", default="allow_fp32_to_fp16", help="ATC --precision_mode (default: %(default)s)"
@@ -98,7 +100,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
         default="auto",
         help="set TE_PARALLEL_COMPILER=1 MAX_COMPILE_CORE_NUMBER=1 (auto: on aarch64)",
     )
-    build.add_argument("--record", action="store_true", help="write the .om names into the manifest (one SoC)")
+    build.add_argument("--record", action="store_true",
+                       help="write the names of the .om files ATC wrote into the manifest (one SoC)")
     build.add_argument("--dry-run", action="store_true", help="print the ATC commands without running them")
     build.set_defaults(handler=_build_om)
 
@@ -123,10 +126,10 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _build_om(args: argparse.Namespace) -> int:
-    from isic_model.atc import build_om, running_on_board
+    from isic_model.atc import build_om, checkout_manifest, running_on_board, written_om
     from isic_station.manifest import load_manifest
 
-    manifest = load_manifest(args.manifest)
+    manifest = load_manifest(args.manifest or checkout_manifest(Path.cwd()) or SHIPPED_MANIFEST)
     on_board = running_on_board() if args.on_board == "auto" else args.on_board == "yes"
     out_dir = args.out_dir or manifest.path.parent
     commands = build_om(
@@ -139,5 +142,6 @@ def _build_om(args: argparse.Namespace) -> int:
         record=args.record,
     )
     for cmd in commands:
-        print(json.dumps(cmd) if args.dry_run else "built " + cmd[3][len("--output=") :] + ".om")
+        output = Path(cmd[3][len("--output=") :])
+        print(json.dumps(cmd) if args.dry_run else f"built {written_om(output.parent, output.name)}")
     return 0

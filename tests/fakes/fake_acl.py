@@ -7,13 +7,44 @@ pointers as ints), and runs the model by mapping `acl.mdl.load_from_file("x.om")
 buffers), pointers are real addresses and copies are real `memmove`s, so a wrong size or a
 wrong pointer gives wrong numbers here just as on the board.
 
-What the real runtime would punish is checked and answered with a non-zero ACL code (and kept
-in `violations`): calls out of order (before `init`, no current context in the calling thread,
-context before device), copies larger than the destination or of the wrong kind for the run
-mode, dataset buffers whose sizes do not match the model's, execute outside the model's context
-or concurrently on one model, teardown in the wrong order (device memory freed under a live data
-buffer, a context destroyed with live resources, finalize with anything alive). `leaks()` lists
-every resource still alive, for the tests to check after teardown.
+Each behaviour and the documentation it follows (hiascend.com pages by their file names, CANN
+5.0.4-8.5; Huawei's samples, Ascend/samples python/common/acllite):
+- Call order (init -> set_device -> create_context -> create_stream; load, execute and unload in
+  the model's context; teardown buffers/datasets -> unload -> desc -> free -> stream -> context ->
+  reset_device -> finalize): acllite_resource.py / acllite_model.py, the pyACL "interface call
+  flow" pages. Out-of-order calls are refused and kept in `violations`.
+- acl.init: with `one_init_per_process=True` (CANN 5.x, the default: the strictest) a second
+  acl.init in the process, even after acl.finalize, returns 100002 ACL_ERROR_REPEAT_INITIALIZE
+  ("repeated initialisation or repeated load", aclError table aclpythondevg_01_0911). With False
+  it behaves as the reference-counted runtime of CANN 8.5 (aclFinalizeReference, aclcppdevg_03_1974;
+  CANN runtime unit tests UTEST_ACL_Common.duplicate_aclinit / finalize3): acl.init while
+  initialised returns 100002 and still counts, acl.init after acl.finalize succeeds.
+- acl.finalize without a live acl.init returns 100037 ACL_ERROR_REPEAT_FINALIZE (same tests).
+- acl.rt.memcpy: the kind argument is not checked. aclrtMemcpy (aclcppdevg_03_0081 CANN 6.0.1,
+  _0102 CANN 7.0, the 5.0.4 page _0068) calls it a reserved parameter: the runtime works the
+  direction out from the two addresses and fails only when it cannot copy between them. The fake
+  refuses a copy larger than dst_max and addresses it does not know; `memcpy_kinds` records the
+  kinds passed, for tests that check the samples' convention.
+- acl.create_data_buffer returns the aclDataBuffer's address as an int; aclCreateDataBuffer's
+  NULL on failure is 0 in Python (never None). data=0 with size 0 is an empty buffer
+  (create_data_buffer page aclpythondevg_01_0016, CANN 8.0.RC3).
+- acl.util.bytes_to_ptr raises ValueError ("needs an byte as argument") for anything but bytes
+  (CANN runtime source python/pyACL/util/bytes_convert.cpp); numpy_to_ptr needs a C-contiguous
+  array.
+- Return codes are CANN's names and meanings: 100000 INVALID_PARAM, 100001 UNINITIALIZE, 100002
+  REPEAT_INITIALIZE, 100011 INVALID_MODEL_ID (aclError table), 107000 RT_PARAM_INVALID, 107002
+  RT_CONTEXT_NULL (runtime codes of the same table), 145002 GE_EXEC_MODEL_PATH_INVALID (a path
+  that is no file) and 145006 GE_EXEC_MODEL_DATA_SIZE_INVALID (an .om whose model data is empty),
+  145000 GE_PARAM_INVALID for execute with datasets that do not fit the model
+  (include/external/acl/error_codes/ge_error_codes.h). Where the documentation names no code
+  (teardown with live resources, concurrent execute on one model) the fake returns 500000
+  ACL_ERROR_INTERNAL_ERROR, the code unknown errors map to (aclError rule 5).
+
+What the fake checks beyond that, as the real runtime would fail or corrupt memory: copies into
+memory it did not allocate, dataset buffers whose sizes do not match the model's, execute outside
+the model's context or concurrently on one model, device memory freed under a live data buffer,
+a context destroyed with live resources, finalize with anything alive. `leaks()` lists every
+resource still alive, for the tests to check after teardown.
 
 It is stricter than CANN in one place: `set_device` does not make an implicit default context
 current, so code must create (and in other threads set) its own context, as the samples do.
@@ -40,24 +71,14 @@ ACL_SUCCESS = 0
 ACL_ERROR_INVALID_PARAM = 100000
 ACL_ERROR_UNINITIALIZE = 100001
 ACL_ERROR_REPEAT_INITIALIZE = 100002
-ACL_ERROR_INVALID_FILE = 100003
 ACL_ERROR_INVALID_MODEL_ID = 100011
 ACL_ERROR_REPEAT_FINALIZE = 100037
 ACL_ERROR_RT_PARAM_INVALID = 107000
 ACL_ERROR_RT_CONTEXT_NULL = 107002
+ACL_ERROR_GE_PARAM_INVALID = 145000
+ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID = 145002
 ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID = 145006
 ACL_ERROR_INTERNAL_ERROR = 500000
-
-# The copy kind each (source, destination) memory pair needs when the program runs on a host
-# with a PCIe card (ACL_HOST). On the board (ACL_DEVICE) the program's memory is device memory
-# and the samples copy device-to-device whatever the source.
-_HOST_MODE_KINDS = {
-    ("host", "host"): ACL_MEMCPY_HOST_TO_HOST,
-    ("host", "device"): ACL_MEMCPY_HOST_TO_DEVICE,
-    ("device", "host"): ACL_MEMCPY_DEVICE_TO_HOST,
-    ("device", "device"): ACL_MEMCPY_DEVICE_TO_DEVICE,
-}
-_KIND_NAMES = {0: "HOST_TO_HOST", 1: "HOST_TO_DEVICE", 2: "DEVICE_TO_HOST", 3: "DEVICE_TO_DEVICE"}
 # Host pointers handed out by bytes_to_ptr/numpy_to_ptr that the fake still recognises.
 _HOST_POINTERS_KEPT = 256
 
@@ -101,19 +122,25 @@ class FakeAcl(types.ModuleType):
     `run_mode`: 0 ACL_DEVICE (the Atlas 200 DK) or 1 ACL_HOST (a PCIe card). `output_dtype`:
     "float32", or "float16" as an .om compiled with fp16 outputs gives them. `bytes_bridge`: False
     models an older pyACL without `acl.util.bytes_to_ptr` (only `numpy_to_ptr`).
+    `one_init_per_process`: True as CANN 5.x (acl.init once per process), False as CANN 8.5 (counted).
     """
 
-    def __init__(self, run_mode: int = ACL_DEVICE, output_dtype: str = "float32", bytes_bridge: bool = True) -> None:
+    def __init__(self, run_mode: int = ACL_DEVICE, output_dtype: str = "float32", bytes_bridge: bool = True,
+                 one_init_per_process: bool = True) -> None:
         super().__init__("acl", __doc__)
+        self.__file__ = __file__  # real pyACL is an extension module with a file (acl.so); this one is here
         self.run_mode = run_mode
         self.output_dtype = np.dtype(output_dtype)
+        self.one_init_per_process = one_init_per_process
         self.violations: List[str] = []
         self.calls: List[str] = []
+        self.memcpy_kinds: List[int] = []
         self._failures: Dict[str, int] = {}
         self._lock = threading.RLock()
         self._thread = threading.local()
         self._next_handle = 0x1000
         self._initialised = False
+        self._ever_initialised = False
         self._devices: Dict[int, int] = {}  # device -> set_device calls not yet reset (CANN counts them)
         self._contexts: Dict[int, int] = {}  # context -> device
         self._streams: Dict[int, int] = {}  # stream -> context
@@ -215,9 +242,13 @@ class FakeAcl(types.ModuleType):
         code = self._enter("acl.init")
         if code:
             return code
-        if self._initialised:
-            return self._punish(ACL_ERROR_REPEAT_INITIALIZE, "acl.init called twice")
-        self._initialised = True
+        if self.one_init_per_process and self._ever_initialised:
+            again = "while initialised" if self._initialised else "after acl.finalize"
+            return self._punish(ACL_ERROR_REPEAT_INITIALIZE,
+                                f"acl.init called again {again} (CANN 5.x: once per process)")
+        if self._initialised:  # CANN 8.5 counts it (acl.finalize clears the count) and reports a repeat
+            return ACL_ERROR_REPEAT_INITIALIZE
+        self._initialised = self._ever_initialised = True
         return ACL_SUCCESS
 
     def _finalize(self) -> int:
@@ -365,6 +396,7 @@ class FakeAcl(types.ModuleType):
         code = self._enter("acl.rt.memcpy") or self._needs_context("acl.rt.memcpy")
         if code:
             return code
+        self.memcpy_kinds.append(kind)  # reserved parameter: recorded, not checked (module docstring)
         if count > dst_max:
             return self._punish(ACL_ERROR_INVALID_PARAM, f"acl.rt.memcpy count {count} > dst_max {dst_max}")
         target, source = self._region(dst, dst_max), self._region(src, count)
@@ -374,21 +406,13 @@ class FakeAcl(types.ModuleType):
         if source is None:
             return self._punish(ACL_ERROR_RT_PARAM_INVALID,
                                 f"acl.rt.memcpy source {src:#x}+{count} is not memory the fake knows")
-        wanted = _HOST_MODE_KINDS[(source.side, target.side)]
-        if self.run_mode == ACL_DEVICE:
-            wanted = ACL_MEMCPY_DEVICE_TO_DEVICE
-        if kind != wanted:
-            mode = "ACL_DEVICE" if self.run_mode == ACL_DEVICE else "ACL_HOST"
-            return self._punish(ACL_ERROR_INVALID_PARAM,
-                                f"acl.rt.memcpy kind {_KIND_NAMES.get(kind, kind)} from {source.side} to "
-                                f"{target.side} memory in run mode {mode}; expected {_KIND_NAMES[wanted]}")
         ctypes.memmove(dst, src, count)
         return ACL_SUCCESS
 
     # ----- acl.util -------------------------------------------------------------------------
     def _bytes_to_ptr(self, data: bytes) -> int:
         if not isinstance(data, bytes):
-            raise TypeError(f"acl.util.bytes_to_ptr takes bytes, got {type(data).__name__}")
+            raise ValueError("needs an byte as argument")  # pyACL's own message (bytes_convert.cpp)
         ptr = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
         self._borrowed.append(_Region(ptr, len(data), "host", data))
         return ptr
@@ -404,12 +428,15 @@ class FakeAcl(types.ModuleType):
         return ctypes.string_at(ptr, size)
 
     # ----- data buffers and datasets ----------------------------------------------------------
-    def _create_data_buffer(self, ptr: int, size: int) -> Optional[int]:
+    def _create_data_buffer(self, ptr: int, size: int) -> int:
         self._enter("acl.create_data_buffer")
+        if ptr == 0 and size != 0:
+            self._punish(ACL_ERROR_INVALID_PARAM, f"acl.create_data_buffer(0, {size}): an empty buffer needs size 0")
+            return 0
         region = self._regions.get(ptr)
-        if region is None or not region.holds(ptr, size):
+        if ptr != 0 and (region is None or not region.holds(ptr, size)):
             self._punish(ACL_ERROR_INVALID_PARAM, f"acl.create_data_buffer({ptr!r}, {size}) outside allocated memory")
-            return None
+            return 0
         buffer = self._handle()
         self._buffers[buffer] = (ptr, size)
         return buffer
@@ -465,8 +492,10 @@ class FakeAcl(types.ModuleType):
             return None, code
         om_path = Path(path)
         onnx_path = om_path.with_suffix(".onnx")
-        if om_path.suffix != ".om" or not om_path.is_file() or not onnx_path.is_file():
-            return None, ACL_ERROR_INVALID_FILE
+        if not om_path.is_file():
+            return None, ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID
+        if om_path.stat().st_size == 0 or not onnx_path.is_file():
+            return None, ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -584,7 +613,7 @@ class FakeAcl(types.ModuleType):
             problem = (self._dataset_problem(inputs, "input", in_sizes, exact=True)
                        or self._dataset_problem(outputs, "output", out_sizes, exact=False))
             if problem:
-                return self._punish(ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID, problem)
+                return self._punish(ACL_ERROR_GE_PARAM_INVALID, problem)
             if model.running:
                 return self._punish(ACL_ERROR_INTERNAL_ERROR,
                                     f"acl.mdl.execute on model {model_id} while another execute on it runs")

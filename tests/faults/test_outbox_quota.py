@@ -1,5 +1,6 @@
-"""A long broker outage fills the outbox's disk quota: the oldest results are dropped, counted, logged and
-reported in health, and everything newer still arrives, in order, once the broker is back.
+"""A long broker outage fills the outbox's disk quota: the oldest results are dropped, counted, logged,
+reported in health and by one storage_fault alarm (alarms themselves are never dropped), and everything
+newer still arrives, in order, once the broker is back.
 
 The quota is set tiny (`outbox.quota_mb = 0.02`, about 25 results) so "long" takes seconds.
 """
@@ -23,7 +24,7 @@ def test_quota_full_drops_the_oldest_counts_and_reports_it(make_bench, persisten
     broker = persistent_broker
     bench = make_bench(broker, kind="quota", interval_s=0.2, extra_config="\n[outbox]\nquota_mb = 0.02\n")
     outbox = OutboxFile(bench.outbox_path)
-    rec = recorder_for(broker, bench, topics=("result", "health"))
+    rec = recorder_for(broker, bench, topics=("result", "health", "alarm"))
     try:
         broker.stop()
         bench.start_station()
@@ -41,6 +42,9 @@ def test_quota_full_drops_the_oldest_counts_and_reports_it(make_bench, persisten
             f"expected exactly the {taken - dropped} newest of {taken} results after dropping {dropped}")
         assert_in_order_duplicates_only_as_replays(docs)
         assert "outbox quota" in bench.log_tail(chars=10**6) and "dropped" in bench.log_tail(chars=10**6)
+        quota_alarms = [a for a in rec.payloads(f"{bench.topic_base}/alarm")
+                        if a and a["kind"] == "storage_fault" and "quota" in a["message"]]
+        assert len(quota_alarms) == 1 and quota_alarms[0]["details"]["dropped"] >= 1, "one alarm per episode"
         last = health_docs(rec, bench)[-1]["outbox"]
         assert 10 <= last["dropped_total"] <= dropped and last["quota_bytes"] == int(0.02 * 1024 * 1024)
     finally:

@@ -112,6 +112,7 @@ def test_cannot_start_says_why_in_one_line_with_the_right_exit_code(tmp_path: Pa
                           timeout=60)
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
+    assert "finishing measurements" not in proc.stderr, "nothing was measured: no 'stopping' line"
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("isic-station: error: ") and names in last, proc.stderr
     assert len(last) < 1000, "the error line should be readable"

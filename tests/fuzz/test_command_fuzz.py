@@ -96,3 +96,28 @@ def test_nan_tokens_and_deep_nesting_are_refused(raw: bytes) -> None:
     answer = ROUTER.handle("set_lot", raw)
     assert answer["status"] == "error", answer
     assert_good_response(answer)
+
+
+RAN = []
+COUNTING = CommandRouter({name: (lambda p, n=name: RAN.append(n) or {}) for name in COMMAND_NAMES},
+                         max_payload_bytes=4096)
+sized = st.tuples(st.integers(0, 20_000), st.sampled_from(["x", "\n", "\x1b[31m", "é", "\x00"])).map(
+    lambda t: json.dumps({"sample_id": t[1] * t[0], "transaction": 7}).encode())
+
+
+@FUZZ
+@given(name=st.one_of(st.sampled_from(COMMAND_NAMES), st.text(max_size=12)), raw=st.one_of(payloads, sized),
+       retained=st.booleans())
+def test_retained_or_oversized_payloads_never_run_and_answers_stay_short(name: str, raw: bytes,
+                                                                         retained: bool) -> None:
+    RAN.clear()
+    answer = COUNTING.handle(name, raw, retained=retained)
+    if retained and not raw:
+        assert answer is None and RAN == [], "an empty retained payload (a user clearing the topic) is ignored"
+        return
+    assert answer is not None
+    assert_good_response(answer)
+    if retained or len(raw) > COUNTING.max_payload_bytes:
+        assert answer["status"] == "error" and RAN == [], answer
+    assert answer["error"] is None or (len(answer["error"]) <= 500 and not any(
+        ord(c) < 32 or 0x7f <= ord(c) <= 0x9f for c in answer["error"])), answer["error"]

@@ -257,3 +257,56 @@ def test_retained_commands_are_not_run(mqtt_broker, names, make_link, recorder_f
     answers = rec.wait_count(link.topics.response("measure"), 2)
     assert answers[1] == {"status": "ok", "data": {"sequence": 1}, "error": None, "transaction": 2}
     assert calls == [{}], "only the live command ran"
+
+
+def test_a_command_retained_while_the_station_is_connected_is_refused_not_run(
+        mqtt_broker, names, make_link, recorder_factory, clear_retained):
+    """MQTT 3.1.1 would deliver it live with the retain flag cleared; retain-as-published keeps it."""
+    calls = []
+    link, _ = make_link(commands=CommandRouter({"calibrate": lambda p: calls.append(p) or {"reference": "dark"}}))
+    assert link.wait_connected(5.0)
+    rec = recorder_factory(*mqtt_broker, [f"{names['base']}/cmd/+/response"])
+    command = link.topics.command("calibrate")
+    clear_retained.append(command)
+    publish_once(*mqtt_broker, command, b'{"reference": "dark", "transaction": "r1"}', retain=True)
+    (refused,) = rec.wait_count(link.topics.response("calibrate"), 1)
+    assert refused["status"] == "error" and "retain" in refused["error"] and refused["transaction"] == "r1"
+    # Clearing it (empty retained payload) is neither run nor answered; a live command still runs.
+    publish_once(*mqtt_broker, command, b"", retain=True)
+    publish_once(*mqtt_broker, command, b'{"reference": "white", "transaction": "live"}')
+    answers = rec.wait_count(link.topics.response("calibrate"), 2)
+    assert [a["transaction"] for a in answers] == ["r1", "live"] and answers[1]["status"] == "ok"
+    time.sleep(0.3)
+    assert rec.count(link.topics.response("calibrate")) == 2, "the empty retained payload got no answer"
+    assert calls == [{"reference": "white"}], "only the live command ran"
+
+
+def test_oversized_commands_are_refused_unread_with_a_short_answer(mqtt_broker, names, make_link,
+                                                                   recorder_factory):
+    calls = []
+    link, _ = make_link(commands=CommandRouter({"measure": lambda p: calls.append(p) or {"sequence": 1}}))
+    assert link.wait_connected(5.0)
+    rec = recorder_factory(*mqtt_broker, [f"{names['base']}/cmd/+/response"])
+    command, answers = link.topics.command("measure"), link.topics.response("measure")
+    big = json.dumps({"sample_id": "S" * 100_000, "transaction": "big"}).encode()
+    publish_once(*mqtt_broker, command, big)
+    (refused,) = rec.wait_count(answers, 1)
+    assert refused["status"] == "error" and "over this station's limit of 65536 bytes" in refused["error"]
+    assert len(refused["error"]) < 200 and "SSSS" not in refused["error"]
+    # 10 MB never reaches the station: its CONNECT announced a 1 MiB Maximum Packet Size, the broker drops it.
+    publish_once(*mqtt_broker, command, json.dumps({"sample_id": "S" * 10_000_000}).encode())
+    publish_once(*mqtt_broker, command, b'{"sample_id": "ok", "transaction": "after"}')
+    replies = rec.wait_count(answers, 2)
+    assert [r["transaction"] for r in replies] == [None, "after"] and replies[1]["status"] == "ok"
+    assert calls == [{"sample_id": "ok"}]
+    assert max(len(m[1]) for m in rec.messages) < 1000, "no reply echoes the payload"
+
+
+@pytest.mark.parametrize("host", ["broker.plant.example", "10.0.0.5", "::2"])
+def test_a_password_in_plain_text_to_another_machine_is_refused(host):
+    with pytest.raises(ConfigError, match="allow_plaintext_password"):
+        MqttSettings(host=host, username="station", password="secret")
+    # explicit consent, TLS, or a broker on this machine are all fine
+    MqttSettings(host=host, username="station", password="secret", allow_plaintext_password=True)
+    for local in ("127.0.0.1", "localhost", "::1", "127.0.1.1"):
+        MqttSettings(host=local, username="station", password="secret")

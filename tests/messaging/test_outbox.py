@@ -93,7 +93,8 @@ def test_stats_depth_and_oldest_age(outbox):
     outbox.add("t/result", {"n": 1})
     stats = outbox.stats()
     assert stats.depth == 1 and 0 <= stats.oldest_age_s < 5
-    assert set(stats.to_dict()) == {"depth", "oldest_age_s", "bytes", "quota_bytes", "dropped_total"}
+    assert set(stats.to_dict()) == {"depth", "oldest_age_s", "bytes", "quota_bytes", "dropped_total", "held",
+                                    "storage_fault"}
 
 
 def test_qos0_and_oversized_entries_are_refused(outbox):

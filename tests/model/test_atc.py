@@ -7,22 +7,42 @@ first on PATH) records its arguments and environment and writes the .om file ATC
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from isic_model.atc import AtcUnavailable, atc_command, build_om
+from isic_model.atc import AtcFailed, AtcUnavailable, atc_command, build_om
 from isic_model.cli import main
 from isic_model.export import export_model
 from isic_model.net import ISiCNet, NetConfig
+from isic_station.errors import ModelError
 from isic_station.manifest import load_manifest
 
 FAKE_ATC = """#!/bin/sh
 # FAKE atc for tests: records argv and the board variables, writes the --output .om
+# (with ATC_SUFFIX, e.g. _linux_aarch64, as releases that add the OS and architecture do).
 echo "$@ TE=${TE_PARALLEL_COMPILER:-unset} CORES=${MAX_COMPILE_CORE_NUMBER:-unset}" >> "$ATC_LOG"
-for a in "$@"; do case "$a" in --output=*) touch "${a#--output=}.om";; esac; done
+for a in "$@"; do case "$a" in --output=*) touch "${a#--output=}${ATC_SUFFIX:-}.om";; esac; done
 """
+
+
+def _fake_atc_on_path(tmp_path, monkeypatch, suffix: str = "") -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "atc").write_text(FAKE_ATC)
+    (bindir / "atc").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("ATC_LOG", str(tmp_path / "atc.log"))
+    monkeypatch.setenv("ATC_SUFFIX", suffix)
+
+
+def _copy_model(source: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for f in source.parent.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    return folder / "manifest.json"
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +82,7 @@ def test_command_has_the_flags_ascend_needs(manifest_path):
     assert "--framework=5" in cmd and "--soc_version=Ascend310B4" in cmd and "--input_format=ND" in cmd
     assert "--input_shape=spectrum:3,24;image:3,1,16,16" in cmd
     assert "--precision_mode=allow_fp32_to_fp16" in cmd
+    assert "--output_type=FP32" in cmd  # the outputs stay float32 whatever happens inside
     assert f"--output={manifest_path.parent / 'isicnet_Ascend310B4'}" in cmd
 
 
@@ -115,17 +136,56 @@ def test_fake_atc_gets_every_graph_and_soc_and_board_limits(manifest_path, tmp_p
     ]
 
 
-def test_record_writes_om_names_the_station_reads(manifest_path, tmp_path, monkeypatch):
+def test_must_keep_origin_dtype_is_refused_for_the_fp16_only_ascend310(manifest_path):
+    graph = load_manifest(manifest_path).graphs["bimodal"]
+    with pytest.raises(ModelError, match="must_keep_origin_dtype cannot build for Ascend310: its MatMul"):
+        atc_command(graph, "Ascend310", manifest_path.parent, "must_keep_origin_dtype")
+    assert main(["build-om", "--manifest", str(manifest_path), "--precision-mode", "must_keep_origin_dtype",
+                 "--dry-run"]) == 78
+
+
+def test_record_finds_the_os_and_arch_suffix_atc_may_add(manifest_path, tmp_path, monkeypatch):
+    _fake_atc_on_path(tmp_path, monkeypatch, suffix="_linux_aarch64")
+    copy = _copy_model(manifest_path, tmp_path / "m")
+    build_om(load_manifest(copy), ["Ascend310"], copy.parent, "allow_fp32_to_fp16", False, record=True)
+    assert load_manifest(copy).graphs["bimodal"].om_path == copy.parent / "isicnet_Ascend310_linux_aarch64.om"
+
+
+def test_record_without_the_om_atc_should_have_written_fails(manifest_path, tmp_path, monkeypatch):
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    (bindir / "atc").write_text(FAKE_ATC)
+    (bindir / "atc").write_text("#!/bin/sh\nexit 0\n")  # succeeds and writes nothing
     (bindir / "atc").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("ATC_LOG", str(tmp_path / "atc.log"))
+    copy = _copy_model(manifest_path, tmp_path / "m")
+    before = copy.read_bytes()
+    expected = r"found none; expected isicnet_Ascend310.om or isicnet_Ascend310_<os>_<arch>.om"
+    with pytest.raises(AtcFailed, match=expected):
+        build_om(load_manifest(copy), ["Ascend310"], copy.parent, "allow_fp32_to_fp16", False, record=True)
+    assert copy.read_bytes() == before
+
+
+def test_record_refuses_the_installed_package_manifest(manifest_path, tmp_path, monkeypatch):
+    _fake_atc_on_path(tmp_path, monkeypatch)
+    installed = _copy_model(manifest_path, tmp_path / "venv/lib/python3.9/site-packages/isic_model/shipped")
+    assert main(["build-om", "--manifest", str(installed), "--record"]) == 78
+    assert not (tmp_path / "atc.log").exists()  # refused before ATC ran
+
+
+def test_record_from_a_checkout_writes_the_checkouts_manifest(manifest_path, tmp_path, monkeypatch):
+    _fake_atc_on_path(tmp_path, monkeypatch)
+    checkout = tmp_path / "checkout"
+    manifest = _copy_model(manifest_path, checkout / "models_om/isic_model/shipped")
+    (checkout / "systemd").mkdir()
+    monkeypatch.chdir(checkout / "systemd")  # any folder of the checkout
+    assert main(["build-om", "--record"]) == 0
+    assert load_manifest(manifest).graphs["signal_only"].om_path == manifest.parent / "isicnet_signal_Ascend310.om"
+
+
+def test_record_writes_om_names_the_station_reads(manifest_path, tmp_path, monkeypatch):
+    _fake_atc_on_path(tmp_path, monkeypatch)
     copy = tmp_path / "m"
-    copy.mkdir()
-    for f in manifest_path.parent.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
+    _copy_model(manifest_path, copy)
     build_om(load_manifest(copy / "manifest.json"), ["Ascend310"], copy, "allow_fp32_to_fp16", False, record=True)
     manifest = load_manifest(copy / "manifest.json")
     assert manifest.graphs["bimodal"].om_path == copy / "isicnet_Ascend310.om"

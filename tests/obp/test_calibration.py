@@ -93,10 +93,11 @@ def test_references_survive_a_restart_and_file_is_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["references.json"]  # no temporary left behind
 
 
-def test_corrupt_file_and_unwritable_dir_are_state_dir_errors(tmp_path):
+def test_corrupt_file_is_moved_aside_and_unwritable_dir_is_a_state_dir_error(tmp_path):
     (tmp_path / "references.json").write_text("{not json")
-    with pytest.raises(StateDirError, match="references.json"):
-        CalibrationStore(tmp_path)
+    store = CalibrationStore(tmp_path)
+    assert store.references == {} and "moved aside" in store.problem
+    assert [p.name.startswith("references.json.bad-") for p in tmp_path.iterdir()] == [True]
     blocker = tmp_path / "file"
     blocker.write_text("")
     store = CalibrationStore(blocker / "calibration")

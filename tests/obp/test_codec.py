@@ -20,6 +20,8 @@ SAMPLE_PAYLOADS = {
     MessageType.GET_INTEGRATION_TIME: (b"", codec.pack_reply(MessageType.GET_INTEGRATION_TIME, 85_000_000)),
     MessageType.SET_INTEGRATION_TIME: (codec.pack_request(MessageType.SET_INTEGRATION_TIME, 10), b""),
     MessageType.SET_TRIGGER_MODE: (codec.pack_request(MessageType.SET_TRIGGER_MODE, 3), b""),
+    MessageType.GET_SCANS_TO_AVERAGE: (b"", codec.pack_reply(MessageType.GET_SCANS_TO_AVERAGE, 16)),
+    MessageType.SET_SCANS_TO_AVERAGE: (codec.pack_request(MessageType.SET_SCANS_TO_AVERAGE, 16), b""),
     MessageType.GET_WAVELENGTH_COEFFICIENT_COUNT: (
         b"", codec.pack_reply(MessageType.GET_WAVELENGTH_COEFFICIENT_COUNT, 4)),
     MessageType.GET_WAVELENGTH_COEFFICIENT: (
@@ -124,3 +126,6 @@ def test_payload_layouts():
     with pytest.raises(codec.PayloadLengthMismatch, match="carries 3 payload bytes, expected 4"):
         codec.unpack_request(MessageType.SET_INTEGRATION_TIME, b"\x00\x00\x00")
     assert codec.unpack_request(MessageType.GET_RAW_SPECTRUM, b"") == ()
+    # scans to average: an unsigned short both ways (libseabreeze's OBPSetScansToAverageExchange)
+    assert codec.pack_request(MessageType.SET_SCANS_TO_AVERAGE, 16) == b"\x10\x00"
+    assert codec.unpack_reply(MessageType.GET_SCANS_TO_AVERAGE, b"\x00\x01") == (256,)

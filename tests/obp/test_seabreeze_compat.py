@@ -9,6 +9,7 @@ import struct
 import warnings
 from typing import List
 
+import numpy as np
 import pytest
 from seabreeze.pyseabreeze.exceptions import SeaBreezeError
 from seabreeze.pyseabreeze.protocol import _OBP, OBPProtocol
@@ -198,3 +199,46 @@ def test_seabreeze_as_host_talks_to_our_emulated_instrument(tmp_path):
         spectrum = host.query(0x00101100)
     assert len(spectrum) == 2 * device.instrument.n_pixels
     assert max(struct.unpack(f"<{device.instrument.n_pixels}H", spectrum)) > 10000
+
+
+def test_scans_to_average_request_is_libseabreezes_unsigned_short(seabreeze):
+    """libseabreeze's OBPSetScansToAverageExchange sends the count as an unsigned short; pyseabreeze's
+    OBPProtocol does not list the message (its spectrum-processing feature is unimplemented), so its
+    generic encoder is the reference for the frame, and its `msgs` table must agree should it add it."""
+    for kind in (MessageType.GET_SCANS_TO_AVERAGE, MessageType.SET_SCANS_TO_AVERAGE):
+        if kind in OBPProtocol.msgs:
+            assert OBPProtocol.msgs[kind] == ("<H" if kind == MessageType.SET_SCANS_TO_AVERAGE else "")
+    payload = struct.pack("<H", 16)
+    theirs = seabreeze._construct_outgoing_message(0x00120010, payload, request_ack=True, regarding=5)
+    ours = Frame(MessageType.SET_SCANS_TO_AVERAGE, codec.pack_request(MessageType.SET_SCANS_TO_AVERAGE, 16),
+                 flags=Flag.ACK_REQUESTED, regarding=5, checksum_type=codec.CHECKSUM_NONE)
+    assert encode_frame(ours) == theirs
+
+
+@pytest.mark.parametrize("averaging", [True, False], ids=["firmware averages", "firmware without averaging"])
+def test_seabreeze_sets_scans_to_average_on_our_emulated_instrument(tmp_path, averaging):
+    """seabreeze's frames for scans to average: the emulator ACKs and averages, or NACKs as old firmware."""
+    from isic_drivers.emulators.spectrometer import EmulatedSpectrometer, instrument_for
+    from isic_drivers.lab.stage import SampleStage
+
+    stage = SampleStage(tmp_path / "stage.json")
+    stage.put_reference("white")
+    device = EmulatedSpectrometer(stage, instrument_for(None, None, None), averaging=averaging)
+    wire = EmulatorWire(device)
+    host = OBPProtocol(wire)
+    host.transport.write(host._construct_outgoing_message(0x00120010, struct.pack("<H", 16), request_ack=True))
+    if not averaging:
+        with pytest.raises(SeaBreezeError, match="Unknown message type"):
+            host.receive()
+        assert device.scans_to_average == 1
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert host.receive() == b""  # the ACK
+        host.transport.write(host._construct_outgoing_message(0x00120000, b""))
+        assert struct.unpack("<H", host.receive()) == (16,)
+    assert device.scans_to_average == 16
+    spectra = [np.frombuffer(host.query(0x00101100), "<u2").astype(float) for _ in range(2)]
+    device.scans_to_average = 1
+    singles = [np.frombuffer(host.query(0x00101100), "<u2").astype(float) for _ in range(2)]
+    assert 2.5 < np.std(singles[0] - singles[1]) / np.std(spectra[0] - spectra[1]) < 6.5  # sqrt(16) = 4

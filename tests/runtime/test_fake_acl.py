@@ -8,10 +8,15 @@ import pytest
 from fakes.fake_acl import (
     ACL_DEVICE,
     ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID,
+    ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID,
+    ACL_ERROR_GE_PARAM_INVALID,
     ACL_ERROR_INTERNAL_ERROR,
     ACL_ERROR_INVALID_MODEL_ID,
     ACL_ERROR_INVALID_PARAM,
+    ACL_ERROR_REPEAT_FINALIZE,
+    ACL_ERROR_REPEAT_INITIALIZE,
     ACL_ERROR_RT_CONTEXT_NULL,
+    ACL_ERROR_RT_PARAM_INVALID,
     ACL_ERROR_UNINITIALIZE,
     ACL_HOST,
     ACL_MEMCPY_DEVICE_TO_DEVICE,
@@ -70,21 +75,66 @@ def test_memcpy_larger_than_the_destination_is_refused():
     assert "count 32 > dst_max 16" in fake.violations[-1]
 
 
-@pytest.mark.parametrize("run_mode, kind, wrong", [
-    (ACL_DEVICE, ACL_MEMCPY_HOST_TO_DEVICE, True),
-    (ACL_DEVICE, ACL_MEMCPY_DEVICE_TO_DEVICE, False),
-    (ACL_HOST, ACL_MEMCPY_DEVICE_TO_DEVICE, True),
-    (ACL_HOST, ACL_MEMCPY_HOST_TO_DEVICE, False),
-])
-def test_copy_kind_must_suit_the_run_mode(run_mode, kind, wrong):
+@pytest.mark.parametrize("run_mode", [ACL_DEVICE, ACL_HOST])
+@pytest.mark.parametrize("kind", [ACL_MEMCPY_HOST_TO_DEVICE, ACL_MEMCPY_DEVICE_TO_DEVICE])
+def test_copy_kind_is_ignored_as_cann_documents_it(run_mode, kind):
+    """aclrtMemcpy's kind is a reserved parameter: the addresses decide, any kind copies."""
     fake = FakeAcl(run_mode=run_mode)
     bring_up(fake)
     dst, _ = fake.rt.malloc(16, 2)
     data = np.arange(4, dtype=np.float32).tobytes()
-    ret = fake.rt.memcpy(dst, 16, fake.util.bytes_to_ptr(data), 16, kind)
-    assert (ret == ACL_ERROR_INVALID_PARAM) is wrong
-    if not wrong:
-        assert fake.util.ptr_to_bytes(dst, 16) == data
+    assert fake.rt.memcpy(dst, 16, fake.util.bytes_to_ptr(data), 16, kind) == 0
+    assert fake.util.ptr_to_bytes(dst, 16) == data
+    assert fake.memcpy_kinds == [kind] and fake.violations == []
+
+
+def test_memcpy_from_unknown_memory_is_refused():
+    fake = FakeAcl()
+    bring_up(fake)
+    dst, _ = fake.rt.malloc(16, 2)
+    assert fake.rt.memcpy(dst, 16, 0x10, 16, ACL_MEMCPY_DEVICE_TO_DEVICE) == ACL_ERROR_RT_PARAM_INVALID
+    assert "source 0x10+16 is not memory the fake knows" in fake.violations[-1]
+
+
+def test_create_data_buffer_returns_0_on_failure_and_allows_an_empty_buffer():
+    fake = FakeAcl()
+    bring_up(fake)
+    assert fake.create_data_buffer(0x1234, 16) == 0  # not memory from acl.rt.malloc
+    assert fake.create_data_buffer(0, 16) == 0  # an empty buffer must have size 0
+    assert fake.create_data_buffer(0, 0) != 0
+
+
+def test_bytes_to_ptr_takes_bytes_only_and_raises_valueerror():
+    fake = FakeAcl()
+    with pytest.raises(ValueError, match="needs an byte as argument"):
+        fake.util.bytes_to_ptr(bytearray(4))
+
+
+def test_cann5_allows_one_init_per_process_even_after_finalize():
+    fake = FakeAcl()
+    assert fake.init() == 0
+    assert fake.init() == ACL_ERROR_REPEAT_INITIALIZE
+    assert fake.finalize() == 0
+    assert fake.init() == ACL_ERROR_REPEAT_INITIALIZE
+    assert "after acl.finalize" in fake.violations[-1]
+
+
+def test_cann85_counts_init_calls_and_allows_init_after_finalize():
+    fake = FakeAcl(one_init_per_process=False)
+    assert fake.init() == 0
+    assert fake.init() == ACL_ERROR_REPEAT_INITIALIZE  # reported, and counted
+    assert fake.finalize() == 0 and fake.leaks() == []
+    assert fake.finalize() == ACL_ERROR_REPEAT_FINALIZE
+    assert fake.init() == 0
+
+
+def test_load_of_a_missing_or_empty_om_returns_the_graph_engine_codes(tiny_manifest, tmp_path):
+    fake = FakeAcl()
+    bring_up(fake)
+    assert fake.mdl.load_from_file(str(tmp_path / "absent.om")) == (None, ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID)
+    om = tiny_manifest.graphs["signal_only"].om_path
+    om.write_bytes(b"")
+    assert fake.mdl.load_from_file(str(om)) == (None, ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID)
 
 
 def test_dataset_buffer_of_the_wrong_size_is_refused_at_execute(tiny_manifest):
@@ -94,7 +144,7 @@ def test_dataset_buffer_of_the_wrong_size_is_refused_at_execute(tiny_manifest):
     short = fake.mdl.create_dataset()
     ptr, _ = fake.rt.malloc(64, 2)
     fake.mdl.add_dataset_buffer(short, fake.create_data_buffer(ptr, 64))  # the input needs 32 * 4 = 128 bytes
-    assert fake.mdl.execute(model_id, short, outputs) == ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID
+    assert fake.mdl.execute(model_id, short, outputs) == ACL_ERROR_GE_PARAM_INVALID
     assert "input 0 buffer holds 64 bytes, the model's input needs 128" in fake.violations[-1]
 
 

@@ -13,17 +13,25 @@ import threading
 import numpy as np
 import pytest
 
-from fakes.fake_acl import ACL_DEVICE, ACL_HOST, FakeAcl
-from isic_station.errors import EX_UNAVAILABLE, ConfigError, ModelError
+from fakes.fake_acl import (
+    ACL_DEVICE,
+    ACL_HOST,
+    ACL_MEMCPY_DEVICE_TO_DEVICE,
+    ACL_MEMCPY_DEVICE_TO_HOST,
+    ACL_MEMCPY_HOST_TO_DEVICE,
+    FakeAcl,
+)
+from isic_station.errors import EX_UNAVAILABLE, BackendUnavailable, ConfigError, ModelError
 from isic_station.inference import create_backend
-from isic_station.inference.acl_backend import AclBackend, AclError
+from isic_station.inference.acl_backend import AclBackend, AclError, finalize_pyacl
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
 from isic_station.manifest import load_manifest
 
 BRING_UP = ["acl.init", "acl.rt.set_device", "acl.rt.create_context", "acl.rt.create_stream", "acl.rt.get_run_mode"]
 MODEL_TEARDOWN = ["acl.destroy_data_buffer", "acl.mdl.destroy_dataset", "acl.mdl.unload", "acl.mdl.destroy_desc",
                   "acl.rt.free"]
-DEVICE_TEARDOWN = ["acl.rt.destroy_stream", "acl.rt.destroy_context", "acl.rt.reset_device", "acl.finalize"]
+# acl.finalize is not part of a backend's teardown: it runs once, at process exit (finalize_pyacl).
+DEVICE_TEARDOWN = ["acl.rt.destroy_stream", "acl.rt.destroy_context", "acl.rt.reset_device"]
 
 
 def install(monkeypatch, **kwargs) -> FakeAcl:
@@ -34,9 +42,11 @@ def install(monkeypatch, **kwargs) -> FakeAcl:
 
 @pytest.fixture(params=[ACL_DEVICE, ACL_HOST], ids=["ACL_DEVICE", "ACL_HOST"])
 def fake_acl(request, monkeypatch):
-    """The FAKE acl in one run mode; after the test nothing may be misused or left alive."""
+    """The FAKE acl in one run mode; after the test (and the process-exit finalize) nothing may be misused
+    or left alive."""
     fake = install(monkeypatch, run_mode=request.param)
     yield fake
+    finalize_pyacl()
     assert fake.violations == []
     assert fake.leaks() == []
 
@@ -83,6 +93,7 @@ def test_float16_outputs_are_converted_to_float32(tiny_manifest, monkeypatch, by
     inputs = _bimodal_inputs(1)
     expected, got = reference.run("bimodal", inputs), npu.run("bimodal", inputs)
     npu.close()
+    finalize_pyacl()
     for name in ("composition", "blend_logits"):
         assert got[name].dtype == np.float32
         np.testing.assert_allclose(got[name], expected[name], rtol=2e-3, atol=2e-3)
@@ -97,6 +108,7 @@ def test_numpy_to_ptr_is_used_when_bytes_to_ptr_is_missing(tiny_manifest, monkey
     np.testing.assert_allclose(npu.run("bimodal", inputs)["composition"],
                                reference.run("bimodal", inputs)["composition"], atol=1e-5)
     npu.close()
+    finalize_pyacl()
     assert fake.violations == [] and fake.leaks() == []
 
 
@@ -191,7 +203,7 @@ def test_a_failing_teardown_step_is_raised_after_the_rest_is_released(tiny_manif
     # Everything else went: only the model whose unload failed is left (and what it pins).
     assert [leak for leak in fake.leaks() if "model id" in leak] == [
         f"model id 1 ({tiny_manifest.graphs['bimodal'].om_path}) not unloaded"]
-    assert "acl.finalize" in fake.calls
+    assert "acl.rt.reset_device" in fake.calls
 
 
 def test_missing_om_is_a_model_error_before_any_acl_call(tiny_manifest, fake_acl):
@@ -261,9 +273,55 @@ def test_a_reload_holds_two_backends_and_pyacl_is_initialised_once(tiny_manifest
     new.load()
     old.close()
     assert new.run("bimodal", _bimodal_inputs(0))["composition"].shape == (4, 3)
-    assert "acl.finalize" not in fake_acl.calls
     new.close()
+    assert "acl.finalize" not in fake_acl.calls
+    finalize_pyacl()
     assert (fake_acl.calls.count("acl.init"), fake_acl.calls.count("acl.finalize")) == (1, 1)
+
+
+def test_load_after_the_last_close_does_not_init_again(tiny_manifest, fake_acl):
+    """CANN 5.x allows one acl.init per process (the fake's default): close-then-load must still work."""
+    for _ in range(2):
+        npu = AclBackend(tiny_manifest)
+        npu.load()
+        assert npu.run("signal_only", {"spectrum": np.zeros((1, 32), np.float32)})["composition"].shape == (1, 3)
+        npu.close()
+    assert fake_acl.calls.count("acl.init") == 1
+
+
+def test_load_after_finalize_is_refused_with_a_clear_reason(tiny_manifest, fake_acl):
+    npu = AclBackend(tiny_manifest)
+    npu.load()
+    npu.close()
+    finalize_pyacl()
+    with pytest.raises(BackendUnavailable, match="already finalised in this process.*restart the station"):
+        AclBackend(tiny_manifest).load()
+    assert fake_acl.calls.count("acl.init") == 1
+
+
+def test_a_data_buffer_of_0_is_a_failure(tiny_manifest, fake_acl, monkeypatch):
+    """pyACL returns 0 (not None) when aclCreateDataBuffer fails."""
+    monkeypatch.setattr(fake_acl, "create_data_buffer", lambda ptr, size: 0)
+    with pytest.raises(BackendUnavailable, match="acl.create_data_buffer gave no buffer"):
+        AclBackend(tiny_manifest).load()
+
+
+def test_copies_pass_the_samples_kinds_for_the_run_mode(tiny_manifest, fake_acl):
+    npu = AclBackend(tiny_manifest)
+    npu.load()
+    npu.run("signal_only", {"spectrum": np.zeros((1, 32), np.float32)})  # 1 input, 2 outputs
+    npu.close()
+    if fake_acl.run_mode == ACL_HOST:
+        assert fake_acl.memcpy_kinds == [ACL_MEMCPY_HOST_TO_DEVICE] + [ACL_MEMCPY_DEVICE_TO_HOST] * 2
+    else:
+        assert fake_acl.memcpy_kinds == [ACL_MEMCPY_DEVICE_TO_DEVICE] * 3
+
+
+def test_a_damaged_om_names_the_code_and_what_it_means(tiny_manifest, fake_acl):
+    tiny_manifest.graphs["bimodal"].om_path.write_bytes(b"")
+    with pytest.raises(AclError, match=r"load_from_file failed with ACL error 145006 \(invalid model data size: "
+                                       r"the .om is damaged or truncated"):
+        AclBackend(tiny_manifest).load()
 
 
 @pytest.mark.parametrize("device_id", [-1, "0", True])

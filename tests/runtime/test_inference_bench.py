@@ -8,6 +8,7 @@ import pytest
 from fakes.fake_acl import FakeAcl
 from isic_station.bench.model import lab_settings
 from isic_station.cli import main
+from isic_station.inference.acl_backend import finalize_pyacl
 from isic_station.manifest import load_manifest
 
 TIMINGS = ("preprocess_ms", "infer_ms", "total_ms")
@@ -36,6 +37,7 @@ def test_bench_runs_on_the_acl_backend(tiny_manifest_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "acl", fake)
     result = _bench_json(capsys, "--manifest", str(tiny_manifest_path), "--backend", "acl")
     assert result["backend"] == "acl"
+    finalize_pyacl()  # what the process does at exit
     assert fake.violations == [] and fake.leaks() == []
 
 

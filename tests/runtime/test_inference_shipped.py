@@ -15,7 +15,7 @@ from fakes.fake_acl import ACL_DEVICE, ACL_HOST, FakeAcl
 from fakes.tiny_isicnet import OM_PLACEHOLDER
 from isic_drivers.lab import draw_sample, simulate_measurement
 from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
-from isic_station.inference.acl_backend import AclBackend
+from isic_station.inference.acl_backend import AclBackend, finalize_pyacl
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
 from isic_station.inference.predictor import Predictor
 from isic_station.manifest import load_manifest
@@ -68,4 +68,5 @@ def test_shipped_model_gives_the_same_outputs_on_both_backends(shipped_with_om, 
     finally:
         npu.close()
         reference.close()
+    finalize_pyacl()  # what the process does at exit
     assert fake.violations == [] and fake.leaks() == []

@@ -294,6 +294,7 @@ port = {free_port()}
         assert f"FAIL {name}" in out, (name, out)
     assert "no-such-tty" in out and "dialout" in out and "manifest" in out and "-> " in out
     assert "OK   camera" in out and "signal-only" in out
+    assert not (tmp_path / "state").exists(), "doctor creates nothing"
 
 
 def test_an_uncalibrated_station_asks_for_calibration_and_calibrates_over_mqtt(tmp_path: Path) -> None:

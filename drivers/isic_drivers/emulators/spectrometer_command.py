@@ -22,7 +22,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         help="an OBP spectrometer on a pseudo-terminal measuring the virtual lab's sample stage",
         description="Open a pseudo-terminal, print its path as the first line on stdout, and answer the "
                     "Ocean Binary Protocol there as an InGaAs instrument (900-1700 nm, 256 pixels, 16-bit by "
-                    "default) measuring what lies on the virtual lab's sample stage, until SIGTERM or Ctrl-C.",
+                    "default) measuring what lies on the virtual lab's sample stage, until SIGTERM or Ctrl-C. "
+                    "It takes the time a real one takes: integration time x scans to average, then the reply "
+                    "at the baud rate's pace (unless --no-pace).",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--stage", metavar="FILE",
@@ -38,7 +40,13 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                         dest="wavelength_range", help="linear wavelength axis (default 900 1700, slightly curved)")
     parser.add_argument("--serial", default=None, metavar="SN", help="serial number the instrument reports")
     parser.add_argument("--baud", type=int, default=115200, metavar="B",
-                        help="baud rate the instrument reports (a pty has no baud clock)")
+                        help="baud rate the instrument reports and paces its replies at (default 115200)")
+    parser.add_argument("--no-pace", dest="pace", action="store_false",
+                        help="answer at once instead of at the line's rate (8N1, 10 bits per byte) after "
+                             "integrating (integration time x scans to average): for tests that need raw speed")
+    parser.add_argument("--no-averaging", dest="averaging", action="store_false",
+                        help="firmware without on-instrument averaging: NACK scans-to-average (error 2), so "
+                             "the station co-adds single scans itself")
     parser.add_argument("--fault", action="append", default=[], metavar="NAME=RATE",
                         help="fault probability per request; NAME is garbage, checksum, drop, delay, nack or "
                              "reopen; repeat for several (e.g. --fault garbage=0.05 --fault drop=0.02)")
@@ -82,19 +90,21 @@ def run(args: Any) -> int:
         stage = SampleStage.production_line(0 if args.seed is None else args.seed, args.dwell, args.preset)
     stage.current()  # a bad stage file or preset fails now, with its message, not on the first request
     device = EmulatedSpectrometer(stage, instrument, faults, seed=args.noise_seed, baud=args.baud,
-                                  lamp_drift_per_h=args.lamp_drift, delay_s=args.delay_s,
+                                  lamp_drift_per_h=args.lamp_drift, delay_s=args.delay_s, averaging=args.averaging,
                                   overrides=parse_overrides(args.overrides))
     try:
         line = PseudoTerminal(args.link)
     except OSError as exc:
         where = f" linked as {args.link}" if args.link else ""
         raise ConfigError(f"cannot open a pseudo-terminal{where}: {exc}") from exc
-    server = Server(device, line, reopen_s=args.reopen_s)
+    server = Server(device, line, reopen_s=args.reopen_s, pace=args.pace)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop())
     print(line.path, flush=True)
-    log.info("emulated spectrometer %s (%d px, %.0f-%.0f nm) on %s", instrument.serial, instrument.n_pixels,
-             instrument.wavelengths_nm[0], instrument.wavelengths_nm[-1], line.path)
+    log.info("emulated spectrometer %s (%d px, %.0f-%.0f nm) on %s, %s, %s", instrument.serial,
+             instrument.n_pixels, instrument.wavelengths_nm[0], instrument.wavelengths_nm[-1], line.path,
+             f"paced at {args.baud} baud 8N1" if args.pace else "unpaced (no line clock)",
+             "on-instrument averaging" if args.averaging else "no on-instrument averaging")
     try:
         server.serve()
     finally:

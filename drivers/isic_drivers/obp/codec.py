@@ -53,7 +53,15 @@ class Flag(enum.IntFlag):
 
 
 class MessageType(enum.IntEnum):
-    """The OBP message types this station uses (codes from seabreeze and libseabreeze OBPMessageTypes.h)."""
+    """The OBP message types this station uses (codes from seabreeze and libseabreeze OBPMessageTypes.h).
+
+    Scans to average: libseabreeze's OBPMessageTypes.h (python-seabreeze, src/libseabreeze/include/vendors/
+    OceanOptics/protocols/obp/constants/OBPMessageTypes.h, "Spectrum filtering and averaging":
+    OBP_GET_SCANS_TO_AVERAGE 0x00120000, OBP_SET_SCANS_TO_AVERAGE 0x00120010), payload an unsigned short
+    both ways (OBPSetScansToAverageExchange.cpp, OBPSpectrumProcessingProtocol.cpp); the STS and Spark
+    offer it. pyseabreeze's own OBPProtocol does not list these two (its spectrum-processing feature is
+    not implemented), so their bytes are checked against its generic frame encoder.
+    """
 
     GET_SERIAL_NUMBER = 0x00000100
     GET_SERIAL_NUMBER_LENGTH = 0x00000101
@@ -64,6 +72,8 @@ class MessageType(enum.IntEnum):
     GET_INTEGRATION_TIME = 0x00110000
     SET_INTEGRATION_TIME = 0x00110010
     SET_TRIGGER_MODE = 0x00110110
+    GET_SCANS_TO_AVERAGE = 0x00120000
+    SET_SCANS_TO_AVERAGE = 0x00120010
     GET_WAVELENGTH_COEFFICIENT_COUNT = 0x00180100
     GET_WAVELENGTH_COEFFICIENT = 0x00180101
 
@@ -74,12 +84,14 @@ REQUEST_LAYOUT: Dict[int, struct.Struct] = {
     MessageType.SET_BAUD_RATE: struct.Struct("<L"),
     MessageType.SET_INTEGRATION_TIME: struct.Struct("<L"),
     MessageType.SET_TRIGGER_MODE: struct.Struct("<B"),
+    MessageType.SET_SCANS_TO_AVERAGE: struct.Struct("<H"),
     MessageType.GET_WAVELENGTH_COEFFICIENT: struct.Struct("<B"),
 }
 REPLY_LAYOUT: Dict[int, struct.Struct] = {
     MessageType.GET_SERIAL_NUMBER_LENGTH: struct.Struct("<B"),
     MessageType.GET_BAUD_RATE: struct.Struct("<L"),
     MessageType.GET_INTEGRATION_TIME: struct.Struct("<L"),
+    MessageType.GET_SCANS_TO_AVERAGE: struct.Struct("<H"),
     MessageType.GET_WAVELENGTH_COEFFICIENT_COUNT: struct.Struct("<B"),
     MessageType.GET_WAVELENGTH_COEFFICIENT: struct.Struct("<f"),
 }

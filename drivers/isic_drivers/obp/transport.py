@@ -20,6 +20,14 @@ from isic_station.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# RS-232 as libseabreeze drives it: 8N1, i.e. one start, eight data and one stop bit per byte.
+LINE_BITS_PER_BYTE = 10
+
+
+def line_seconds(byte_count: int, baud: int) -> float:
+    """How long `byte_count` bytes take on an 8N1 line at `baud`."""
+    return byte_count * LINE_BITS_PER_BYTE / float(baud)
+
 
 class ReplyTimeout(ObpError):
     """No valid frame arrived before the deadline."""

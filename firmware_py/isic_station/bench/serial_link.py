@@ -7,6 +7,12 @@ kernel copies them), so the figure is the reader's own throughput; it is then ex
 of each line's capacity, baud/10 bytes/s for 8N1 (one start, eight data, one stop bit). Above 1 means
 the reader keeps up with that line with room to spare.
 
+Link: the driver asks the emulated instrument (paced at each baud rate: the line's real clock, see
+`isic_drivers.emulators.spectrometer`) for spectra back to back for `--seconds`, at the shortest
+integration time. `spectra_per_s` is what the link really delivers; `line_spectra_per_s` is the
+8N1 limit for one request and its reply (64 + 576 bytes), and `line_efficiency` their ratio (1 =
+the link runs at the line's speed; the rest is turnaround in the driver and the emulator).
+
 Resynchronisation: the scanner is fed garbage (random bytes, a truncated frame, a frame with a bad
 checksum, a header whose length field claims a much longer frame) followed by valid frames, byte by
 byte after the garbage. `extra_bytes` is how many bytes beyond the valid frame's own length had to
@@ -22,9 +28,8 @@ import os
 import statistics
 import threading
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
-LINE_BITS_PER_BYTE = 10  # 8N1
 DEFAULT_BAUDS = (115200, 921600)
 RESYNC_TRIALS = 50
 PIXELS = 256
@@ -35,8 +40,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     parser = subparsers.add_parser(
         "serial", help="OBP reader throughput vs. line capacity, and resync time after garbage",
         description="Frames per second the OBP reader sustains over a pty pair, as a multiple of each baud "
-                    "rate's 8N1 capacity (a pty has no baud clock), and the bytes and time it needs to find the "
-                    "next valid frame after garbage.")
+                    "rate's 8N1 capacity (a pty has no baud clock); spectra per second the driver gets from the "
+                    "emulated instrument paced at each baud rate (the link's real capacity); and the bytes and time "
+                    "it needs to find the next valid frame after garbage.")
     parser.add_argument("--baud", type=int, nargs="+", default=list(DEFAULT_BAUDS), metavar="B",
                         help="line speeds to compare with (default 115200 921600)")
     parser.add_argument("--seconds", type=float, default=3.0, metavar="S",
@@ -52,12 +58,22 @@ def _spectrum_frame(regarding: int) -> bytes:
     return encode_frame(Frame(MessageType.GET_RAW_SPECTRUM, payload, flags=Flag.RESPONSE, regarding=regarding))
 
 
+def _count_for(seconds: float, step: Callable[[], Any]) -> Tuple[int, float]:
+    """Call `step` back to back for `seconds`: (calls, seconds they took)."""
+    count = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        step()
+        count += 1
+    return count, time.perf_counter() - started
+
+
 def measure_throughput(baud: int, seconds: float) -> Dict[str, float]:
     """Frames and bytes per second a SerialTransport reads from a pty the writer keeps full."""
     import select
 
     from isic_drivers.emulators.pseudo_terminal import PseudoTerminal
-    from isic_drivers.obp.transport import SerialTransport
+    from isic_drivers.obp.transport import LINE_BITS_PER_BYTE, SerialTransport
 
     frame = _spectrum_frame(1)
     block = frame * 64
@@ -77,16 +93,11 @@ def measure_throughput(baud: int, seconds: float) -> Dict[str, float]:
 
     os.set_blocking(line.master_fd, False)
     writer = threading.Thread(target=pour, daemon=True)
-    frames = 0
     try:
         with SerialTransport(line.path, baud, read_timeout_s=2.0) as transport:
             transport.open()
             writer.start()
-            started = time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                transport.read_frame()
-                frames += 1
-            elapsed = time.perf_counter() - started
+            frames, elapsed = _count_for(seconds, transport.read_frame)
     finally:
         stop.set()
         if writer.is_alive():
@@ -101,6 +112,48 @@ def measure_throughput(baud: int, seconds: float) -> Dict[str, float]:
         "line_bytes_per_s": line_bytes_per_s,
         "line_frames_per_s": line_bytes_per_s / len(frame),
         "capacity_multiple": bytes_per_s / line_bytes_per_s,
+    }
+
+
+def measure_link(baud: int, seconds: float) -> Dict[str, float]:
+    """Spectra per second the driver reads from the emulated instrument paced at `baud`, vs the line's limit."""
+    import tempfile
+    from pathlib import Path
+
+    from isic_drivers.emulators.pseudo_terminal import PseudoTerminal
+    from isic_drivers.emulators.spectrometer import EmulatedSpectrometer, Server, instrument_for
+    from isic_drivers.lab.stage import SampleStage
+    from isic_drivers.obp.codec import MIN_FRAME_SIZE
+    from isic_drivers.obp.spectrometer import ObpSpectrometer
+    from isic_drivers.obp.transport import SerialTransport, line_seconds
+
+    instrument = instrument_for(PIXELS, None, None)
+    with tempfile.TemporaryDirectory(prefix="isic-bench-serial-") as folder:
+        stage = SampleStage(Path(folder) / "stage.json")
+        stage.put_reference("white")
+        device = EmulatedSpectrometer(stage, instrument, baud=baud)
+        line = PseudoTerminal()
+        server = Server(device, line, pace=True)
+        serving = threading.Thread(target=server.serve, daemon=True)
+        serving.start()
+        try:
+            with SerialTransport(line.path, baud, read_timeout_s=2.0) as transport:
+                spectrometer = ObpSpectrometer(transport)
+                spectrometer.set_integration_time_us(instrument.min_integration_us)
+                spectrometer.raw_spectrum()
+                spectra, elapsed = _count_for(seconds, spectrometer.raw_spectrum)
+        finally:
+            server.stop()
+            serving.join(timeout=2)
+            line.remove()
+    exchange_bytes = MIN_FRAME_SIZE + MIN_FRAME_SIZE + 2 * PIXELS
+    line_rate = 1.0 / (line_seconds(exchange_bytes, baud) + instrument.min_integration_us / 1e6)
+    return {
+        "baud": baud,
+        "spectra_per_s": spectra / elapsed,
+        "line_spectra_per_s": line_rate,
+        "line_efficiency": spectra / elapsed / line_rate,
+        "exchange_bytes": exchange_bytes,
     }
 
 
@@ -127,6 +180,7 @@ def _garbage_kinds() -> Dict[str, bytes]:
 def measure_resync(bauds: List[int]) -> List[Dict[str, Any]]:
     """Per garbage kind: extra bytes and reader time from the garbage's end to the next valid frame."""
     from isic_drivers.obp.scanner import FrameScanner
+    from isic_drivers.obp.transport import line_seconds
 
     valid = _spectrum_frame(3)
     following = _spectrum_frame(4) * 16
@@ -159,7 +213,7 @@ def measure_resync(bauds: List[int]) -> List[Dict[str, Any]]:
             "extra_bytes": extra_bytes,
             "found_valid_frame": min(extra) >= 0,
             "cpu_us": statistics.median(cpu_us),
-            "line_us": {str(b): max(extra_bytes, 0) * LINE_BITS_PER_BYTE / b * 1e6 for b in bauds},
+            "line_us": {str(b): line_seconds(max(extra_bytes, 0), b) * 1e6 for b in bauds},
         })
     return results
 
@@ -172,10 +226,11 @@ def run(args: Any) -> int:
         raise ConfigError("--seconds and every --baud must be > 0")
     frame_bytes = len(_spectrum_frame(0))
     throughput = [measure_throughput(baud, args.seconds) for baud in args.baud]
+    link = [measure_link(baud, args.seconds) for baud in args.baud]
     resync = measure_resync(args.baud)
     if args.json:
         print(json.dumps({"frame_bytes": frame_bytes, "seconds": args.seconds, "throughput": throughput,
-                          "resync": resync}))
+                          "link": link, "resync": resync}))
         return 0
     print(f"OBP reader over a pty pair, {frame_bytes}-byte frames ({PIXELS}-pixel uint16 spectrum), "
           f"{args.seconds:g} s per baud. A pty has no baud clock: the figures are the reader's own "
@@ -184,6 +239,11 @@ def run(args: Any) -> int:
         print(f"  {row['baud']:>7} baud: line carries {row['line_frames_per_s']:.1f} frames/s; reader sustained "
               f"{row['reader_frames_per_s']:.0f} frames/s ({row['reader_bytes_per_s'] / 1e6:.2f} MB/s) = "
               f"{row['capacity_multiple']:.1f} x the line's capacity")
+    print(f"Link to the emulated instrument paced at each baud rate (8N1), spectra back to back "
+          f"({link[0]['exchange_bytes']} bytes per request and reply, shortest integration):")
+    for row in link:
+        print(f"  {row['baud']:>7} baud: {row['spectra_per_s']:.1f} spectra/s of the line's "
+              f"{row['line_spectra_per_s']:.1f} ({100.0 * row['line_efficiency']:.0f} %)")
     print(f"Resync after garbage (median of {RESYNC_TRIALS}): extra bytes beyond the valid frame before it was "
           "recognised, reader time with the bytes present, and the extra bytes' time on each line:")
     for row in resync:

@@ -4,13 +4,15 @@ Follows the calling convention and the bring-up/teardown order of Huawei's pyACL
 (acllite_resource.py / acllite_model.py; summarised in ../shared/notes/ascend.md):
 acl.init -> set_device -> create_context -> create_stream -> get_run_mode, then per graph
 load_from_file -> create_desc/get_desc -> device buffers and datasets, allocated once and reused
-for every measurement. Teardown runs the reverse order and is also run when loading fails half way.
+for every measurement. Teardown runs the reverse order and is also run when loading fails half way;
+acl.init runs once per process and acl.finalize once at its exit (`_ProcessInit`).
 
 pyACL reports failures as integer return codes, never exceptions; every non-zero code becomes an
 AclError naming the call and the code. `acl` is imported in `load()` only: it exists only on a
 CANN installation, and the station must import everywhere else.
 """
 
+import atexit
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -34,13 +36,19 @@ ACL_MEMCPY_DEVICE_TO_DEVICE = 3
 ACL_FLOAT, ACL_FLOAT16 = 0, 1
 OUTPUT_DTYPES = {ACL_FLOAT: np.dtype(np.float32), ACL_FLOAT16: np.dtype(np.float16)}
 
-# What the codes seen most often mean, appended to the error message.
+# What the codes seen most often mean, appended to the error message. Names and meanings from the
+# pyACL aclError table (e.g. CANN 8.0.RC3 aclpythondevg_01_0911, hiascend.com) and CANN's
+# include/external/acl/error_codes/ge_error_codes.h (145xxx, the graph engine's codes).
 ACL_ERROR_HINTS = {
     100000: "invalid parameter",
     100001: "pyACL not initialised",
-    100002: "pyACL initialised twice in this process",
+    100002: "repeated initialisation or repeated load",
+    100003: "invalid file: the .om is missing or unreadable",
     107002: "no pyACL context current in this thread",
-    145006: "input size does not match the model",
+    145000: "graph engine: invalid parameter",
+    145002: "graph engine: invalid model path",
+    # ACL_ERROR_GE_EXEC_MODEL_DATA_SIZE_INVALID: the model data read from the .om has an invalid size.
+    145006: "invalid model data size: the .om is damaged or truncated; copy or compile it again",
     500002: "graph engine failure (the .om does not suit this CANN/NPU)",
 }
 
@@ -90,36 +98,57 @@ def acl_importable() -> bool:
 
 
 class _ProcessInit:
-    """acl.init / acl.finalize, which CANN allows once per process, shared by every AclBackend.
+    """acl.init once per process, acl.finalize once at its exit, shared by every AclBackend.
 
-    A model reload briefly holds two backends (the new one loads before the old one closes), so
-    the first backend to load initialises pyACL and the last to close finalises it.
+    CANN 5.x allows a single acl.init per process: a second one, even after acl.finalize, fails
+    with 100002 (ACL_ERROR_REPEAT_INITIALIZE, "repeated initialisation"). CANN 8.5 counts acl.init
+    calls (acl.finalize_reference decrements, acl.finalize clears the count; pyACL page
+    aclpythondevg_01_1134). Both are served by initialising on the first load and finalising only
+    when the process exits: a model reload, or doctor running several checks, never re-initialises.
+    The pyACL acl.finalize page (aclpythondevg_01_0005) asks for an explicit finalize before the
+    process exits and not from a destructor: hence an atexit handler, not __del__.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._module: Any = None
-        self._users = 0
+        self._initialised = False
+        self._finalised = False
+        self._atexit_registered = False
 
     def acquire(self, acl: Any) -> None:
         with self._lock:
             if self._module is not acl:
                 # A different `acl` module object has nothing initialised (tests install a new fake each).
-                self._module, self._users = acl, 0
-            if self._users == 0:
-                check_ret("acl.init", acl.init())
-            self._users += 1
-
-    def release(self, acl: Any, failures: List[AclError]) -> None:
-        with self._lock:
-            if self._module is not acl or self._users == 0:
+                self._module, self._initialised, self._finalised = acl, False, False
+            if self._initialised:
                 return
-            self._users -= 1
-            if self._users == 0:
-                _record("acl.finalize", acl.finalize(), failures)
+            if self._finalised:
+                raise BackendUnavailable("pyACL was already finalised in this process and CANN allows one "
+                                         "acl.init per process: restart the station to use the NPU again")
+            check_ret("acl.init", acl.init())
+            self._initialised = True
+            if not self._atexit_registered:
+                atexit.register(finalize_pyacl)
+                self._atexit_registered = True
+
+    def finalize(self) -> None:
+        """acl.finalize if pyACL was initialised; a failure is logged (the process is ending)."""
+        with self._lock:
+            if self._module is None or not self._initialised:
+                return
+            self._initialised, self._finalised = False, True
+            ret = self._module.finalize()
+        if ret != 0:
+            log.warning("%s", AclError("acl.finalize", ret))
 
 
 _PROCESS_INIT = _ProcessInit()
+
+
+def finalize_pyacl() -> None:
+    """Finalise pyACL for this process (run at exit; call it directly only when the NPU is done for good)."""
+    _PROCESS_INIT.finalize()
 
 
 def _host_input(acl: Any, array: np.ndarray, bytes_bridge: bool) -> Tuple[Any, int]:
@@ -208,7 +237,9 @@ class _AclModel:
         check_ret("acl.rt.malloc", ret)
         self.device_ptrs.append(ptr)
         buffer = acl.create_data_buffer(ptr, size)
-        if buffer is None:
+        # pyACL returns the aclDataBuffer's address as an int; aclCreateDataBuffer's NULL on failure
+        # arrives as 0 (pyACL page "create_data_buffer", aclpythondevg_01_0015/0016).
+        if not buffer:
             raise BackendUnavailable(f"pyACL acl.create_data_buffer gave no buffer for {size} bytes at {ptr:#x}")
         self.data_buffers.append(buffer)
         _, ret = acl.mdl.add_dataset_buffer(dataset, buffer)
@@ -219,7 +250,8 @@ class _AclModel:
                 bytes_bridge: bool) -> Dict[str, np.ndarray]:
         """Copy `arrays` into the input buffers, execute, copy the outputs back as float32."""
         for tensor, array in zip(self.inputs, arrays):
-            # `held` owns the bytes `src` points at; it lives until the (synchronous) copy returns.
+            # `held` owns the bytes `src` points at; it lives until the (synchronous) copy returns
+            # (bytes_to_ptr page, aclpythondevg_01_0055: the input must outlive the pointer).
             held, src = _host_input(acl, array, bytes_bridge)
             check_ret("acl.rt.memcpy", acl.rt.memcpy(tensor.ptr, tensor.size, src, array.nbytes, copy_in))
         check_ret("acl.mdl.execute", acl.mdl.execute(self.model_id, self.input_dataset, self.output_dataset))
@@ -265,7 +297,6 @@ class AclBackend(Backend):
         self.device_id = whole_number_option(self.options, "device_id", 0, minimum=0)
         self.run_mode: Optional[int] = None
         self._acl: Any = None
-        self._holds_init = False
         self._device_set = False
         self._context: Any = None
         self._stream: Any = None
@@ -282,7 +313,7 @@ class AclBackend(Backend):
             if graph.om_path is None or not graph.om_path.is_file():
                 raise ModelError(
                     f"graph '{graph.key}' has no compiled .om ({graph.om_path or 'none named in the manifest'}): "
-                    "compile it with ATC (`isic-model atc`) or use inference backend 'onnxruntime'"
+                    "compile it with ATC (`isic-model build-om --record`) or use inference backend 'onnxruntime'"
                 )
         with self._lock:
             self._acl = acl
@@ -301,7 +332,6 @@ class AclBackend(Backend):
     def _bring_up(self) -> None:
         acl = self._acl
         _PROCESS_INIT.acquire(acl)
-        self._holds_init = True
         check_ret("acl.rt.set_device", acl.rt.set_device(self.device_id))
         self._device_set = True
         context, ret = acl.rt.create_context(self.device_id)
@@ -315,6 +345,9 @@ class AclBackend(Backend):
         if run_mode not in (ACL_DEVICE, ACL_HOST):
             raise BackendUnavailable(f"pyACL reports run mode {run_mode}; expected 0 (ACL_DEVICE) or 1 (ACL_HOST)")
         self.run_mode = run_mode
+        # aclrtMemcpy's kind is a reserved parameter in CANN 5.0.4/6.0.1/7.0: the runtime works the
+        # direction out from the two addresses (aclcppdevg_03_0081 / _0102). The kinds the samples
+        # pass for each run mode are passed anyway, for CANN releases that read them.
         if run_mode == ACL_HOST:
             self._copy_in, self._copy_out = ACL_MEMCPY_HOST_TO_DEVICE, ACL_MEMCPY_DEVICE_TO_HOST
         else:
@@ -349,10 +382,9 @@ class AclBackend(Backend):
             _record("acl.rt.destroy_context", acl.rt.destroy_context(self._context), failures)
         if self._device_set:
             _record("acl.rt.reset_device", acl.rt.reset_device(self.device_id), failures)
-        if self._holds_init:
-            _PROCESS_INIT.release(acl, failures)
+        # acl.finalize is not called here: pyACL stays initialised until the process exits (_ProcessInit).
         self._acl, self._stream, self._context = None, None, None
-        self._device_set = self._holds_init = False
+        self._device_set = False
         return failures
 
     def close(self) -> None:

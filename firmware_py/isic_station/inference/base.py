@@ -36,6 +36,8 @@ class Backend(abc.ABC):
 
     #: The registry key (`acl`, `onnxruntime`) and the name results and benchmarks report.
     kind = ""
+    #: Set by the registry when `auto` ran this backend instead of the NPU: why (for STATUS= and logs).
+    fallback_reason: Optional[str] = None
 
     def __init__(self, manifest: Manifest, options: Optional[Mapping[str, Any]] = None) -> None:
         self.manifest = manifest

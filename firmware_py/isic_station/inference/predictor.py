@@ -54,18 +54,21 @@ class Predictor:
         wavelengths_nm: np.ndarray,
         frames_bgr: Optional[Sequence[np.ndarray]],
         camera_um_per_px: float,
+        image_batch: Optional[np.ndarray] = None,
         flags: Iterable[str] = (),
     ) -> Prediction:
         """The fused result for one measurement; no frames (None or empty) means signal-only.
 
-        `flags` are the measurement's quality flags (they widen a calibrated interval).
+        `image_batch`, when given, is these frames' image input already built (`ImageBatchBuilder`, while
+        they arrived). `flags` are the measurement's quality flags (they widen a calibrated interval).
         `timings_ms` holds `preprocess_ms` (spectrum and image preprocessing) and `infer_ms`.
         """
         start = time.perf_counter()
         spectrum = preprocess_spectrum(reflectance, wavelengths_nm, self.manifest.spectrum)
         tiles = None
         if frames_bgr is not None and len(frames_bgr) > 0:
-            tiles = build_image_batch(frames_bgr, camera_um_per_px, self.manifest.image)
+            tiles = image_batch if image_batch is not None else build_image_batch(
+                frames_bgr, camera_um_per_px, self.manifest.image)
         preprocessed = time.perf_counter()
         outputs = self.infer(spectrum, tiles)
         done = time.perf_counter()
