@@ -27,7 +27,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from isic_common.errors import DeviceError, StationError
 from isic_station.config import _toml_value
@@ -168,8 +168,11 @@ class DemoBench:
     def __init__(self, workdir: Path, station_id: str = "demo-01", mode: str = "continuous",
                  interval_s: float = 1.0, model: Optional[Path] = None, extra_config: str = "",
                  log_level: str = "INFO", camera: bool = True, broker: Optional[Tuple[str, int]] = None,
-                 settings: Optional[Mapping[str, Mapping[str, Any]]] = None, pace: bool = True) -> None:
+                 settings: Optional[Mapping[str, Mapping[str, Any]]] = None, pace: bool = True,
+                 emulator_args: Sequence[str] = ()) -> None:
+        """`emulator_args` go to `isic-station emulate spectrometer` too (e.g. `--set wavelength_shift_nm=3`)."""
         self.workdir = Path(workdir)
+        self.emulator_args = list(emulator_args)
         self.station_id = station_id
         self.mode = mode
         self.interval_s = interval_s
@@ -228,8 +231,9 @@ class DemoBench:
         self.pty_path = first.strip()
 
     def emulator_options(self) -> List[str]:
-        """The emulator's line options: the config's baud rate, paced unless `pace` is False."""
-        return ["--baud", str(self.spectrometer["baud"])] + ([] if self.pace else ["--no-pace"])
+        """The emulator's line options: the config's baud rate, paced unless `pace` is False, then `emulator_args`."""
+        return (["--baud", str(self.spectrometer["baud"])] + ([] if self.pace else ["--no-pace"])
+                + self.emulator_args)
 
     def write_config(self) -> Path:
         """The station's TOML config for this bench (the model, when given, replaces the shipped one)."""

@@ -161,6 +161,7 @@ class StationTopics:
         self.state = f"{self.base}/state"
         self.health = f"{self.base}/health"
         self.alarm = f"{self.base}/alarm"
+        self.lot = f"{self.base}/lot"
         self.command_filter = f"{self.base}/cmd/+"
 
     def command(self, name: str) -> str:

@@ -11,6 +11,9 @@ COMMAND_MODULES = (
     "isic_model.model_commands",
     "isic_model.lab_commands",
     "isic_model.counting_limit",
+    "isic_model.calibrate_uncertainty",
+    "isic_model.lot_simulation",
+    "isic_model.wavelength_figures",
 )
 
 

@@ -65,15 +65,21 @@ class _Runner:
         self.predictor = Predictor(self.manifest, create_backend("onnxruntime", self.manifest, {"threads": 2}))
         self.compositions: List[np.ndarray] = []
         self.blends: List[str] = []
+        self.predictions: List[Any] = []
 
     def add(self, measurement: Any, with_frames: bool) -> None:
         frames = measurement.frames if with_frames else None
         p = self.predictor.predict(measurement.reflectance, measurement.wavelengths_nm, frames, measurement.um_per_px)
         self.compositions.append(np.array([p.composition[f] for f in self.manifest.fibres]))
         self.blends.append(p.blend)
+        self.predictions.append(p)
 
     def figures(self, truth: np.ndarray, labels: Sequence[str]) -> Dict[str, Any]:
-        return method_figures(np.stack(self.compositions), self.blends, truth, labels, self.manifest.fibres)
+        from isic_model.uncertainty_figures import interval_figures
+
+        figures = method_figures(np.stack(self.compositions), self.blends, truth, labels, self.manifest.fibres)
+        figures.update(interval_figures(self.predictions, truth, labels, self.manifest.fibres))
+        return figures
 
     def close(self) -> None:
         self.predictor.backend.close()
@@ -130,6 +136,7 @@ def run_evaluation(
     baselines: bool = True,
     ablation: bool = True,
     progress: bool = True,
+    unknown_fibres: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """The evaluation figures (the object `evaluate --json` prints)."""
     from tqdm import tqdm
@@ -186,6 +193,11 @@ def run_evaluation(
     if baselines:
         result["baselines"] = _baselines(manifest, np.stack(reflectances), axis, truth, labels, settings)
         result["mae_ratio_to_pls"] = round(result["mae"] / max(result["baselines"]["pls"]["mae"], 1e-9), 3)
+    if unknown_fibres:
+        from isic_model.uncertainty_figures import unknown_fibre_figures
+
+        result["unknown_fibre"] = unknown_fibre_figures(manifest_path, seed, samples, preset, unknown_fibres,
+                                                        main.predictions, progress)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -266,6 +278,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
         ablation=not args.no_ablation,
         progress=not args.json,
+        unknown_fibres=[f for f in getattr(args, "unknown_fibres", "").split(",") if f],
     )
     if args.json:
         print(json.dumps(result))

@@ -32,7 +32,7 @@ def _options(config):
 def _status_line(config, manifest, backend) -> str:
     """Station.status_line on the parts it reads (a whole station needs devices and a broker)."""
     station = SimpleNamespace(config=config, _manifest=manifest, _predictor=SimpleNamespace(backend=backend),
-                              _faults={})
+                              _faults={}, outbox=None)
     return Station.status_line(station)
 
 
