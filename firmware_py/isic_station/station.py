@@ -23,13 +23,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from isic_common.errors import DeviceError, ModelError, StationError
+from isic_common.percentile import percentile
 from isic_station import __version__
 from isic_station.acquisition import Acquirer, Measurement
 from isic_station.commands import CommandError, CommandRouter
 from isic_station.config import Config, mqtt_password
-from isic_station.errors import DeviceError, ModelError, StationError
 from isic_station.outbox import Outbox
-from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, PipelineStats, percentile
+from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, PipelineStats
 from isic_station.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
 from isic_station.spec_check import InvalidLotSpec, LotSpec, LotSummary, check_composition

@@ -6,7 +6,7 @@ Heavy imports (OpenCV, ONNX Runtime, paho) stay inside the handlers so `--help` 
 import argparse
 from pathlib import Path
 
-from isic_station.errors import ConfigError
+from isic_common.errors import ConfigError
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:

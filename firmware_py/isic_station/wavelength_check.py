@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from isic_station.errors import StationError
+from isic_common.errors import StationError
 
 FILE_NAME = "wavelength.json"
 DRIFT_LIMIT_NM = 0.5  # a check finding more than this since the previous one flags wavelength_drift

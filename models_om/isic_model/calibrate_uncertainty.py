@@ -29,9 +29,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibration_data import Records, collect, mixture_text, presets_arg, training_presets
-from isic_station.errors import ModelError
 from isic_station.manifest import load_manifest
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ def fitted_offset(shift_nm: float, settings: Any, seed: int) -> float:
     from isic_drivers.lab.sample import Nuisance
     from isic_drivers.lab.stage import ReferenceTile
     from isic_drivers.lab.wavelength_standard import CERTIFIED_BANDS_NM
-    from isic_station.calibration import reflectance_from_counts
+    from isic_drivers.reflectance import reflectance_from_counts
     from isic_station.wavelength_check import fit_offset
 
     instrument = InstrumentModel()

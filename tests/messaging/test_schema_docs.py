@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from isic_common.errors import StationError
 from isic_station.commands import COMMAND_NAMES
-from isic_station.errors import StationError
 from isic_station.mqtt_link import StationTopics
 from isic_station.schema_docs import BEGIN, END, PAYLOAD_SCHEMAS, render, update_readme
 from isic_station.schemas import load_schema

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from fakes.fake_acl import FakeAcl
+from isic_common.errors import BackendUnavailable
 from isic_station.config import load_config
-from isic_station.errors import BackendUnavailable
 from isic_station.inference import create_backend
 from isic_station.inference.acl_backend import AclBackend, finalize_pyacl
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend

@@ -40,6 +40,7 @@ from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from isic_common.errors import ConfigError
 from isic_drivers.emulators.pseudo_terminal import PseudoTerminal
 from isic_drivers.lab.instrument import InstrumentModel
 from isic_drivers.lab.measurement import scan_counts
@@ -58,7 +59,6 @@ from isic_drivers.obp.codec import (
 )
 from isic_drivers.obp.scanner import FrameScanner
 from isic_drivers.obp.transport import LINE_BITS_PER_BYTE, line_seconds
-from isic_station.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

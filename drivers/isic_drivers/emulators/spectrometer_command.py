@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any
 
-from isic_station.errors import ConfigError
+from isic_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from isic_drivers.lab.sample import Nuisance, Sample, blend_label, composition_v
 from isic_drivers.lab.spectra import reflectance
 from isic_drivers.lab.stage import ReferenceTile
 from isic_drivers.lab.wavelength_standard import wavelength_standard_reflectance
-from isic_station.calibration import reflectance_from_counts
+from isic_drivers.reflectance import reflectance_from_counts
 
 
 @dataclass

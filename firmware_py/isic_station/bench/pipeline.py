@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from isic_station.errors import ConfigError, DeviceError, ModelError, StationError
+from isic_common.errors import ConfigError, DeviceError, ModelError, StationError
 
 # An interval this short makes every continuous-mode tick due at once: acquisition runs back to back.
 BACK_TO_BACK_INTERVAL_S = 0.001

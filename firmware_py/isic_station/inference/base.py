@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from isic_station.errors import ConfigError, ModelError
+from isic_common.errors import ConfigError, ModelError
 from isic_station.manifest import GraphSpec, Manifest
 
 GRAPH_BIMODAL = "bimodal"

@@ -17,7 +17,7 @@ from typing import Any, List, Mapping, Sequence, Tuple
 import cv2
 import numpy as np
 
-from isic_station.errors import ConfigError, ModelError
+from isic_common.errors import ConfigError, ModelError
 
 log = logging.getLogger(__name__)
 
