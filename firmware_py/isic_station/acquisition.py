@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 
-from isic_station.errors import DeviceError, StationError
+from isic_common.errors import DeviceError, StationError
 from isic_station.pipeline import MeasureJob, MeasurementRefused
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import secrets
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from isic_station.errors import ConfigError
+from isic_common.errors import ConfigError
 from isic_station.ha_discovery import BIRTH_TOPIC_SUFFIX, DEFAULT_DISCOVERY_PREFIX, node_id
 
 ROLES = ("station", "viewer", "operator", "technician")

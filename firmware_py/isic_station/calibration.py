@@ -37,8 +37,9 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from isic_common.errors import DeviceError, StateDirError
+from isic_drivers.reflectance import reflectance_from_counts
 from isic_station.atomic_file import write_json
-from isic_station.errors import DeviceError, StateDirError
 
 log = logging.getLogger(__name__)
 
@@ -322,12 +323,3 @@ def _layout_problem(references: Dict[str, Reference]) -> Optional[str]:
         if reference.kind != kind or not np.all(np.isfinite(reference.counts)):
             return f"{kind} reference is malformed"
     return None
-
-
-def reflectance_from_counts(raw: np.ndarray, dark: np.ndarray, white: np.ndarray) -> np.ndarray:
-    """R = (S - D) / (W - D); pixels whose white is not above the dark give R = 0.
-
-    The one place the formula lives: the store above and the virtual lab's simulated station both call it.
-    """
-    span = np.asarray(white, dtype=np.float64) - dark
-    return np.divide(np.asarray(raw, dtype=np.float64) - dark, span, out=np.zeros_like(span), where=span > 0)

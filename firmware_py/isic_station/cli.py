@@ -3,8 +3,8 @@
 import sys
 from typing import List, Optional
 
+from isic_common.command_line import build_parser, run
 from isic_station import __version__
-from isic_station.command_line import build_parser, run
 
 # One module per concern; each registers its own sub-commands.
 COMMAND_MODULES = (

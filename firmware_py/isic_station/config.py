@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from isic_station.errors import ConfigError
+from isic_common.errors import ConfigError
 from isic_station.schemas import load_schema, validation_errors
 
 if sys.version_info >= (3, 11):

@@ -1,7 +1,7 @@
 """`isic-station demo`: the whole station on simulated devices, watched live over MQTT.
 
 What it starts, all in a temporary folder (or `--keep DIR`):
-- a broker: the local Mosquitto when 127.0.0.1:1883 answers, else `mosquitto -p <free port>`;
+- a broker: the local Mosquitto when 127.0.0.1:1883 answers, else a `mosquitto` of its own on a free port;
 - the emulated OBP spectrometer (`isic-station emulate spectrometer`, its own process on a
   pseudo-terminal) looking at a stage file, and the virtual microscope looking at the same file;
 - the station itself, `isic-station run --config <generated config>`, exactly as systemd runs it.
@@ -27,10 +27,10 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from isic_common.errors import DeviceError, StationError
 from isic_station.config import _toml_value
-from isic_station.errors import DeviceError, StationError
 
 LOCAL_BROKER = ("127.0.0.1", 1883)
 STARTUP_TIMEOUT_S = 60.0
@@ -60,13 +60,60 @@ def station_command() -> List[str]:
     return [sys.executable, "-m", "isic_station.cli"]
 
 
+def mosquitto_binary() -> Optional[str]:
+    """The `mosquitto` executable (PATH, else Debian's /usr/sbin), None when it is not installed."""
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+
+
+class MosquittoProcess:
+    """A Mosquitto of our own on a free port of 127.0.0.1, which `start()` again after `stop()` reuses.
+
+    `config_lines` follow the `listener` line of its `mosquitto.conf` in `workdir` (default: anonymous,
+    nothing persisted); `config` can be rewritten between a stop and a start. Its output goes to
+    `workdir/mosquitto.log`. The demo's broker when none answers, and the tests' private brokers.
+    """
+
+    def __init__(self, workdir: Path, config_lines: str = "allow_anonymous true\npersistence false\n") -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text(f"listener {self.port} {self.host}\n{config_lines}", encoding="utf-8")
+        self.log = workdir / "mosquitto.log"
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def address(self) -> Tuple[str, int]:
+        return self.host, self.port
+
+    def start(self, timeout_s: float = 10.0) -> "MosquittoProcess":
+        """Start the broker (again, on the same port) and wait until it accepts connections; DeviceError if not."""
+        if self.process is not None and self.process.poll() is None:
+            return self
+        binary = mosquitto_binary()
+        if binary is None:
+            raise DeviceError("no `mosquitto` to start a broker with: install it "
+                              "(`make system-deps` or `apt-get install mosquitto`)")
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([binary, "-c", str(self.config)], stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout_s
+        while not port_answers(self.host, self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise DeviceError(f"mosquitto did not start on port {self.port}; see {self.log}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL after `timeout_s`) and wait for the process to end."""
+        stop_process(self.process, timeout_s)
+
+
 class Broker:
     """The local Mosquitto if one answers on 127.0.0.1:1883 (or the broker at `address`, whether it
-    answers or not), else one started here on a free port."""
+    answers or not), else one started here on a free port (a `MosquittoProcess`)."""
 
     def __init__(self, workdir: Path, address: Optional[Tuple[str, int]] = None) -> None:
         self.workdir = workdir
-        self.process: Optional[subprocess.Popen] = None
+        self.own: Optional[MosquittoProcess] = None
         self.fixed = address is not None
         self.host, self.port = address or LOCAL_BROKER
 
@@ -74,20 +121,17 @@ class Broker:
         """Use or start a broker; DeviceError when neither works."""
         if self.fixed or port_answers(*LOCAL_BROKER):
             return self
-        binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto")
-                                               else None)
-        if binary is None:
+        if mosquitto_binary() is None:
             raise DeviceError("no MQTT broker on 127.0.0.1:1883 and no `mosquitto` to start one: "
                               "install it (`make system-deps` or `apt-get install mosquitto`)")
-        self.port = free_port()
-        with open(self.workdir / "mosquitto.log", "ab") as log:
-            self.process = subprocess.Popen([binary, "-p", str(self.port)], stdout=log, stderr=log)
-        deadline = time.monotonic() + 10.0
-        while not port_answers(self.host, self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise DeviceError(f"mosquitto did not start on port {self.port}; see {self.workdir / 'mosquitto.log'}")
-            time.sleep(0.05)
+        self.own = MosquittoProcess(self.workdir).start()
+        self.host, self.port = self.own.address
         return self
+
+    @property
+    def process(self) -> Optional[subprocess.Popen]:
+        """The broker process started here, None when the broker is someone else's (or stopped)."""
+        return self.own.process if self.own is not None else None
 
     @property
     def started_here(self) -> bool:
@@ -95,8 +139,9 @@ class Broker:
 
     def stop(self) -> None:
         """Stop the broker if this object started it."""
-        stop_process(self.process)
-        self.process = None
+        if self.own is not None:
+            self.own.stop()
+        self.own = None
 
 
 def stop_process(process: Optional[subprocess.Popen], timeout_s: float = 10.0) -> Optional[int]:
@@ -123,8 +168,11 @@ class DemoBench:
     def __init__(self, workdir: Path, station_id: str = "demo-01", mode: str = "continuous",
                  interval_s: float = 1.0, model: Optional[Path] = None, extra_config: str = "",
                  log_level: str = "INFO", camera: bool = True, broker: Optional[Tuple[str, int]] = None,
-                 settings: Optional[Mapping[str, Mapping[str, Any]]] = None, pace: bool = True) -> None:
+                 settings: Optional[Mapping[str, Mapping[str, Any]]] = None, pace: bool = True,
+                 emulator_args: Sequence[str] = ()) -> None:
+        """`emulator_args` go to `isic-station emulate spectrometer` too (e.g. `--set wavelength_shift_nm=3`)."""
         self.workdir = Path(workdir)
+        self.emulator_args = list(emulator_args)
         self.station_id = station_id
         self.mode = mode
         self.interval_s = interval_s
@@ -183,8 +231,9 @@ class DemoBench:
         self.pty_path = first.strip()
 
     def emulator_options(self) -> List[str]:
-        """The emulator's line options: the config's baud rate, paced unless `pace` is False."""
-        return ["--baud", str(self.spectrometer["baud"])] + ([] if self.pace else ["--no-pace"])
+        """The emulator's line options: the config's baud rate, paced unless `pace` is False, then `emulator_args`."""
+        return (["--baud", str(self.spectrometer["baud"])] + ([] if self.pace else ["--no-pace"])
+                + self.emulator_args)
 
     def write_config(self) -> Path:
         """The station's TOML config for this bench (the model, when given, replaces the shipped one)."""

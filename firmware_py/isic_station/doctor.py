@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
+from isic_common.errors import EX_UNAVAILABLE, StationError
 from isic_station.config import Config
-from isic_station.errors import EX_UNAVAILABLE, StationError
 
 
 @dataclass(frozen=True)

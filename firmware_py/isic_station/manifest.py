@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from isic_station.errors import ModelError
+from isic_common.errors import ModelError
 from isic_station.schemas import validation_errors
 
 

@@ -47,10 +47,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from isic_common.backoff import Backoff
+from isic_common.errors import ConfigError
 from isic_station import __version__
-from isic_station.backoff import Backoff
 from isic_station.commands import CommandRouter, response
-from isic_station.errors import ConfigError
 from isic_station.ha_discovery import (
     BIRTH_TOPIC_SUFFIX,
     DEFAULT_DISCOVERY_PREFIX,
@@ -161,6 +161,7 @@ class StationTopics:
         self.state = f"{self.base}/state"
         self.health = f"{self.base}/health"
         self.alarm = f"{self.base}/alarm"
+        self.lot = f"{self.base}/lot"
         self.command_filter = f"{self.base}/cmd/+"
 
     def command(self, name: str) -> str:

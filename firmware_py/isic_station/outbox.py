@@ -47,8 +47,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Mapping, Optional, Set, Tuple, Union
 
+from isic_common.errors import ConfigError, StateDirError
 from isic_station.atomic_file import write_json
-from isic_station.errors import ConfigError, StateDirError
 
 log = logging.getLogger(__name__)
 

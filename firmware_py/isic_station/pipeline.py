@@ -31,7 +31,6 @@ all stop the pings, and systemd restarts the station (which reopens the devices)
 """
 
 import logging
-import math
 import queue
 import threading
 import time
@@ -39,6 +38,8 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional
+
+from isic_common.percentile import percentile
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +73,6 @@ class CalibrateJob:
 
     reference: str
     done: "Future[Any]" = field(default_factory=Future)
-
-
-def percentile(values: List[float], q: float) -> Optional[float]:
-    """The q-th percentile (0..100, nearest rank) of `values`, None when empty."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = math.ceil(q / 100.0 * len(ordered))
-    return ordered[max(0, min(len(ordered), rank) - 1)]
 
 
 class PipelineStats:

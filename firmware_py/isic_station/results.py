@@ -25,6 +25,8 @@ RESULT_FLAGS = (
     "empty_field",
     "signal_only",
     "out_of_spec",
+    "unknown_fibre",
+    "refer_to_lab",
 )
 
 
@@ -52,19 +54,25 @@ def build_result(
     lot_id: Optional[str] = None,
     spec: Optional[Mapping[str, Any]] = None,
     measured_at: Optional[datetime] = None,
+    interval_95: Optional[Mapping[str, Any]] = None,
+    unknown_fibre_score: Optional[float] = None,
 ) -> Dict[str, Any]:
-    """A result document (schema `result`); `out_of_spec` is added to the flags when `spec` says so.
+    """A result document (schema `result`); `out_of_spec` is added to the flags when `spec`'s verdict
+    is fail, `refer_to_lab` when it is undetermined (or when `unknown_fibre` is among the flags).
 
     `model` is {name, version, sha256, manifest_sha256?}; `timings_ms` is {acquire, preprocess, infer, total};
-    `spec` is what `spec_check.check_composition` returned, or None when no lot is set.
+    `spec` is what `spec_check.check_composition` returned, or None when no lot is set;
+    `interval_95` {fibre: [low, high]} and `unknown_fibre_score` come from the calibration (None without).
     """
     flag_set = set(flags)
     unknown = sorted(flag_set - set(RESULT_FLAGS))
     if unknown:
         raise ValueError(f"unknown result flag(s) {unknown}; known: {list(RESULT_FLAGS)}")
+    if spec is not None and spec["verdict"] == "fail":
+        flag_set.add("out_of_spec")
+    if "unknown_fibre" in flag_set or (spec is not None and spec["refer_to_lab"]):
+        flag_set.add("refer_to_lab")
     flag_list = [f for f in RESULT_FLAGS if f in flag_set]  # in a stable order
-    if spec is not None and not spec["in_spec"] and "out_of_spec" not in flag_list:
-        flag_list.append("out_of_spec")
     return {
         "schema_version": SCHEMA_VERSION,
         "message_id": str(uuid.uuid4()),
@@ -77,6 +85,8 @@ def build_result(
         "blend": blend,
         "confidence": float(confidence),
         "uncertainty": {k: float(v) for k, v in uncertainty.items()},
+        "interval_95": None if interval_95 is None else {k: [float(v[0]), float(v[1])] for k, v in interval_95.items()},
+        "unknown_fibre_score": None if unknown_fibre_score is None else float(unknown_fibre_score),
         "flags": flag_list,
         "model": {"name": model["name"], "version": model["version"], "sha256": model["sha256"],
                   **({"manifest_sha256": model["manifest_sha256"]} if "manifest_sha256" in model else {})},
@@ -105,11 +115,11 @@ def build_alarm(
 
 
 def out_of_spec_alarm(result: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
-    """The alarm for a result whose lot check failed, or None when it passed or no lot is set."""
+    """The alarm for a result whose lot check failed (verdict fail), or None otherwise or when no lot is set."""
     spec = result.get("spec")
-    if spec is None or spec["in_spec"]:
+    if spec is None or spec["verdict"] != "fail":
         return None
-    worst = max(spec["out_of_spec_fibres"], key=lambda f: abs(spec["deviation_pp"][f]))
+    worst = max(spec["out_of_spec_fibres"] or list(spec["deviation_pp"]), key=lambda f: abs(spec["deviation_pp"][f]))
     return build_alarm(
         station=result["station"],
         kind="out_of_spec",
@@ -125,6 +135,32 @@ def out_of_spec_alarm(result: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
             "lot_id": result["lot_id"],
             "spec": spec,
         },
+    )
+
+
+def refer_to_lab_alarm(result: Mapping[str, Any], uncalibrated_flags: Iterable[str] = ()) -> Optional[Dict[str, Any]]:
+    """The alarm for a result the lab must decide (flag `refer_to_lab`), naming why; None otherwise."""
+    if "refer_to_lab" not in result["flags"]:
+        return None
+    reasons = []
+    spec = result.get("spec")
+    if spec is not None and spec["refer_to_lab"]:
+        straddling = ", ".join(f"{f} {spec['deviation_pp'][f]:+.1f} pp" for f in spec.get("straddling_fibres", ()))
+        reasons.append(f"lot {spec['lot_id']}: interval straddles the ±{spec['tolerance_pp']:g} pp tolerance "
+                       f"({straddling})")
+    if "unknown_fibre" in result["flags"]:
+        reasons.append(f"likely holds a fibre the model does not know (score {result.get('unknown_fibre_score')})")
+    untrusted = sorted(set(uncalibrated_flags))
+    if untrusted:
+        reasons.append("quality flag(s) the uncertainty calibration never saw: " + ", ".join(untrusted))
+    return build_alarm(
+        station=result["station"],
+        kind="refer_to_lab",
+        severity="warning",
+        message=f"sample {result['sample_id']}: refer to the lab: " + "; ".join(reasons),
+        details={"sequence": result["sequence"], "result_message_id": result["message_id"],
+                 "sample_id": result["sample_id"], "lot_id": result["lot_id"], "reasons": reasons,
+                 "spec": spec},
     )
 
 

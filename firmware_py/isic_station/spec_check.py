@@ -7,16 +7,34 @@ the label does not declare counts as declared 0 %, so a foreign fibre above the 
 A declaration whose fractions do not sum to 1 (within 1e-6) is rejected, not normalised: a label
 of 0.6 + 0.3 is a typo, and silently scaling it to 0.667 + 0.333 would check the lot against a
 composition nobody declared.
+
+Decision rule (ILAC-G8 style, on the calibrated 95 % intervals): a result or a lot is `pass` when
+every fibre's whole interval lies within declared +- tolerance, `fail` when some fibre's interval
+lies wholly outside it, and `undetermined` when an interval straddles a limit; undetermined means
+`refer_to_lab`. Without intervals (an uncalibrated model) the point estimate decides (`rule`
+says which). A lot is judged on all its results since `set_lot` (`LotSummary`): the mean per fibre
+and the 95 % interval of the mean, sqrt((1.96 systematic)^2 + (t(n-1) sd)^2 / n), where
+`systematic` is the part of the error averaging does not remove (from the calibration data) and
+sd the spread between the lot's results.
 """
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from isic_station.schemas import validation_errors
 
 DEFAULT_TOLERANCE_PP = 5.0
+Z95 = 1.959963984540054
 SUM_TOLERANCE = 1e-6
+VERDICTS = ("pass", "fail", "undetermined")
+RULE_INTERVAL = "interval_95"
+RULE_POINT = "point_estimate"
+# Two-sided 95 % Student t quantiles for 1..30 degrees of freedom (numpy has no t distribution);
+# beyond 30 the normal 1.96 is within 4 %.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
 
 
 class InvalidLotSpec(ValueError):
@@ -59,20 +77,152 @@ class LotSpec:
         return {"lot_id": self.lot_id, "composition": dict(self.composition), "tolerance_pp": self.tolerance_pp}
 
 
-def check_composition(spec: LotSpec, measured: Mapping[str, float]) -> Dict[str, Any]:
-    """The result's `spec` object: per-fibre deviation (measured - declared, pp) and whether all are in tolerance.
+def judge(spec: LotSpec, intervals: Mapping[str, Sequence[float]]) -> Dict[str, Any]:
+    """The decision rule on intervals {fibre: [low, high]} (fractions): verdict and the fibres that decide it.
 
-    Fibres missing from either side count as 0 there.
+    Returns {verdict, failing_fibres (interval wholly outside), straddling_fibres (across a limit)}.
+    """
+    tol = spec.tolerance_pp / 100.0
+    failing: List[str] = []
+    straddling: List[str] = []
+    for f in sorted(set(spec.composition) | set(intervals)):
+        low, high = (float(v) for v in intervals.get(f, (0.0, 0.0)))
+        declared = spec.composition.get(f, 0.0)
+        # a limit met exactly is inside (as the point check); 1e-9 absorbs float rounding of declared +- tol
+        lo_limit, hi_limit = declared - tol - 1e-9, declared + tol + 1e-9
+        if high < lo_limit or low > hi_limit:
+            failing.append(f)
+        elif low < lo_limit or high > hi_limit:
+            straddling.append(f)
+    verdict = "fail" if failing else "undetermined" if straddling else "pass"
+    return {"verdict": verdict, "failing_fibres": failing, "straddling_fibres": straddling}
+
+
+def check_composition(spec: LotSpec, measured: Mapping[str, float],
+                      intervals: Optional[Mapping[str, Sequence[float]]] = None) -> Dict[str, Any]:
+    """The result's `spec` object: per-fibre deviation (measured - declared, pp), the point check
+    (`in_spec`) and the decision rule's `verdict` / `refer_to_lab` on the result's 95 % intervals.
+
+    Fibres missing from either side count as 0 there. Without `intervals` the point estimate decides.
     """
     fibres = sorted(set(spec.composition) | set(measured))
     deviation = {
         f: round(100.0 * (float(measured.get(f, 0.0)) - spec.composition.get(f, 0.0)), 3) for f in fibres
     }
     out: List[str] = [f for f in fibres if abs(deviation[f]) > spec.tolerance_pp]
+    if intervals is None:
+        points = {f: (float(measured.get(f, 0.0)),) * 2 for f in fibres}
+        decision, rule = judge(spec, points), RULE_POINT
+    else:
+        decision, rule = judge(spec, intervals), RULE_INTERVAL
     return {
         "lot_id": spec.lot_id,
         "tolerance_pp": spec.tolerance_pp,
         "in_spec": not out,
         "deviation_pp": deviation,
         "out_of_spec_fibres": out,
+        "verdict": decision["verdict"],
+        "refer_to_lab": decision["verdict"] == "undetermined",
+        "straddling_fibres": decision["straddling_fibres"],
+        "rule": rule,
     }
+
+
+def t975(dof: int) -> float:
+    """Two-sided 95 % Student t quantile for `dof` >= 1 degrees of freedom."""
+    return T975[dof - 1] if dof <= len(T975) else 1.96
+
+
+class LotSummary:
+    """The running judgement of a lot since `set_lot`: n, mean, sd and the 95 % interval of the mean per fibre.
+
+    `add(composition, systematic, interval=None, unknown_fibre=False)` per result: `systematic` is
+    the calibration's per-fibre systematic standard deviation on the result's path (the largest seen
+    in the lot is used; {} for an uncalibrated model), `interval` the result's own 95 % interval
+    (the lot's interval while n = 1). Not thread-safe: the inference thread owns it.
+    """
+
+    def __init__(self, spec: LotSpec, since: str) -> None:
+        self.spec = spec
+        self.since = since
+        self.n = 0
+        self._sum: Dict[str, float] = {}
+        self._sum_sq: Dict[str, float] = {}
+        self._systematic: Dict[str, float] = {}
+        self._first_interval: Optional[Dict[str, Sequence[float]]] = None
+        self.verdicts = {v: 0 for v in VERDICTS}
+        self.unknown_fibre_results = 0
+        self.calibrated = True
+
+    def add(self, composition: Mapping[str, float], systematic: Mapping[str, float],
+            interval: Optional[Mapping[str, Sequence[float]]] = None, verdict: Optional[str] = None,
+            unknown_fibre: bool = False) -> None:
+        """Count one result of the lot (its composition, the systematic part, its own verdict)."""
+        self.n += 1
+        for f, v in composition.items():
+            self._sum[f] = self._sum.get(f, 0.0) + float(v)
+            self._sum_sq[f] = self._sum_sq.get(f, 0.0) + float(v) ** 2
+        for f, v in systematic.items():
+            self._systematic[f] = max(self._systematic.get(f, 0.0), float(v))
+        if interval is None:
+            self.calibrated = False
+        if self.n == 1:
+            self._first_interval = interval
+        if verdict in self.verdicts:
+            self.verdicts[verdict] += 1
+        self.unknown_fibre_results += int(bool(unknown_fibre))
+
+    def interval_of_mean(self) -> Dict[str, List[float]]:
+        """{fibre: [low, high]} 95 % interval of the lot's mean: sqrt((1.96 systematic)^2 + (t(n-1) sd)^2 / n)."""
+        if self.n == 1 and self._first_interval is not None:
+            return {f: [float(v[0]), float(v[1])] for f, v in self._first_interval.items()}
+        out = {}
+        for f, total in self._sum.items():
+            mean = total / self.n
+            if self.n > 1:
+                var = max(0.0, (self._sum_sq[f] - self.n * mean * mean) / (self.n - 1))
+                half = math.sqrt((Z95 * self._systematic.get(f, 0.0)) ** 2 + t975(self.n - 1) ** 2 * var / self.n)
+            else:
+                half = 0.0
+            out[f] = [round(max(0.0, mean - half), 4), round(min(1.0, mean + half), 4)]
+        return out
+
+    def to_dict(self, station: str, updated_at: str) -> Dict[str, Any]:
+        """The lot document (schema `lot`), retained on `<prefix>/<station>/lot`."""
+        mean = {f: round(total / self.n, 4) for f, total in self._sum.items()} if self.n else {}
+        sd = {f: round(math.sqrt(max(0.0, (self._sum_sq[f] - self.n * (self._sum[f] / self.n) ** 2)
+                                     / (self.n - 1))), 4) for f in self._sum} if self.n > 1 else {}
+        interval = self.interval_of_mean() if self.n else {}
+        decision = judge(self.spec, interval) if self.n else {"verdict": "undetermined", "failing_fibres": [],
+                                                              "straddling_fibres": []}
+        reasons = []
+        if self.n == 0:
+            reasons.append("no results yet")
+        elif decision["verdict"] == "undetermined":
+            reasons.append("interval of the mean straddles the tolerance for "
+                           + ", ".join(decision["straddling_fibres"]))
+        if self.unknown_fibre_results:
+            reasons.append(f"{self.unknown_fibre_results} result(s) likely hold a fibre the model does not know")
+        return {
+            "schema_version": 1,
+            "station": station,
+            "lot_id": self.spec.lot_id,
+            "declared": dict(self.spec.composition),
+            "tolerance_pp": self.spec.tolerance_pp,
+            "since": self.since,
+            "updated_at": updated_at,
+            "n": self.n,
+            "mean": mean,
+            "sd": sd,
+            "systematic": {f: round(v, 4) for f, v in sorted(self._systematic.items())},
+            "interval_95": interval,
+            "verdict": decision["verdict"],
+            "failing_fibres": decision["failing_fibres"],
+            "straddling_fibres": decision["straddling_fibres"],
+            "refer_to_lab": decision["verdict"] == "undetermined" or self.unknown_fibre_results > 0,
+            "reasons": reasons,
+            "results": dict(self.verdicts),
+            "unknown_fibre_results": self.unknown_fibre_results,
+            "rule": RULE_INTERVAL if self.calibrated else RULE_POINT,
+            "replayed": False,
+        }

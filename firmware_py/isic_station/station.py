@@ -1,7 +1,8 @@
 """The station daemon: builds every part from the config, wires them together and answers commands.
 
     spectrometer + camera -> Acquirer -> Pipeline (acquisition, inference threads) -> result
-    result -> MqttLink.publish_result (durable Outbox first, then MQTT) ; out-of-spec -> alarm
+    result -> MqttLink.publish_result (durable Outbox first, then MQTT) ; out-of-spec / refer-to-lab -> alarm
+    lot results -> LotSummary -> retained <prefix>/<station>/lot (through the Outbox)
     MQTT cmd/<name> -> CommandRouter -> the handlers here ; health <- Station.health_source()
 
 Start-up order is what systemd's READY=1 promises: outbox (state directory writable), model and
@@ -22,16 +23,18 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from isic_common.errors import DeviceError, ModelError, StationError
+from isic_common.percentile import percentile
 from isic_station import __version__
 from isic_station.acquisition import Acquirer, Measurement
 from isic_station.commands import CommandError, CommandRouter
 from isic_station.config import Config, mqtt_password
-from isic_station.errors import DeviceError, ModelError, StationError
 from isic_station.outbox import Outbox
-from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, PipelineStats, percentile
-from isic_station.results import build_alarm, build_result, out_of_spec_alarm
+from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, PipelineStats
+from isic_station.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
-from isic_station.spec_check import InvalidLotSpec, LotSpec, check_composition
+from isic_station.spec_check import InvalidLotSpec, LotSpec, LotSummary, check_composition
+from isic_station.wavelength_check import WavelengthStore, fit_offset
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,7 @@ class Station:
         self.time_to_result = TimeToResult()
         self._started_at = time.monotonic()
         self._lot: Optional[LotSpec] = None
+        self._lot_summary: Optional[LotSummary] = None
         self._lot_id: Optional[str] = config.station.lot or None
         self._model_lock = threading.Lock()
         self._predictor: Any = None
@@ -150,6 +154,7 @@ class Station:
         self.pipeline: Optional[Pipeline] = None
         self.acquirer: Optional[Acquirer] = None
         self.calibration: Any = None
+        self.wavelength: Any = None  # WavelengthStore: the axis offset from the last wavelength check
         self._transport: Any = None
         self._camera: Any = None
         self._faults: Dict[str, str] = {}  # device -> fault message, while an alarm is standing
@@ -267,6 +272,7 @@ class Station:
         self._transport = SerialTransport(c.spectrometer.port, c.spectrometer.baud,
                                           read_timeout_s=c.spectrometer.timeout_s)
         self.calibration = CalibrationStore(c.calibration.dir, max_age_s=c.calibration.max_age_h * 3600.0)
+        self.wavelength = WavelengthStore(c.calibration.dir)
         if c.camera.source and camera:
             self._camera = CameraSource(c.camera.source, c.camera.width, c.camera.height, c.camera.fps,
                                         c.camera.um_per_px)
@@ -356,24 +362,51 @@ class Station:
     # ----- calibration (runs on the acquisition thread) ---------------------------------------
     def _take_reference(self, job: CalibrateJob) -> Dict[str, Any]:
         assert self.acquirer is not None
+        if job.reference == "wavelength":
+            return self._check_wavelength()
         reference = self.acquirer.take_reference(job.reference)
         return {"reference": reference.kind, "scans": reference.scans, "integration_us": reference.integration_us,
                 "serial": reference.serial, "peak_counts": round(max(reference.counts), 1),
                 "file": str(self.calibration.path)}
+
+    def _check_wavelength(self) -> Dict[str, Any]:
+        """Measure the wavelength reference tile, fit and keep the axis offset; alarm when it drifted."""
+        from isic_drivers.lab.wavelength_standard import CERTIFIED_BANDS_NM
+
+        m = self.acquirer.measure(MeasureJob(origin="command", sample_id="wavelength-reference"))
+        fit = fit_offset(m.reflectance, m.wavelengths_nm, CERTIFIED_BANDS_NM, serial=self.acquirer.serial_number)
+        answer = self.wavelength.save(fit)
+        log.info("wavelength check: axis offset %+.2f nm (drift %+.2f nm since the previous check)",
+                 answer["offset_nm"], answer["drift_nm"])
+        if answer["flags"] and self.link is not None:
+            self.link.publish_alarm(build_alarm(
+                station=self.config.station.id, kind="device_fault", severity="warning",
+                message=(f"spectrometer: wavelength axis moved {answer['drift_nm']:+.2f} nm since the previous "
+                         f"check (limit {answer['drift_limit_nm']} nm); corrected from now on, earlier results "
+                         "were measured on the moved axis"),
+                details={"device": "spectrometer", "wavelength_drift": answer}))
+        return answer
 
     # ----- inference thread ---------------------------------------------------------------------
     def _process(self, m: Measurement) -> Dict[str, Any]:
         """Measurement -> prediction -> spec check -> result in the outbox (-> MQTT); the measure answer."""
         with self._model_lock:
             predictor, manifest = self._predictor, self._manifest
-            prediction = predictor.predict(m.reflectance, m.wavelengths_nm, m.frames or None,
+            axis = self.wavelength.corrected_axis(m.wavelengths_nm) if self.wavelength else m.wavelengths_nm
+            prediction = predictor.predict(m.reflectance, axis, m.frames or None,
                                            self.config.camera.um_per_px,
-                                           m.image_batch if m.image_params is manifest.image else None)
+                                           m.image_batch if m.image_params is manifest.image else None,
+                                           flags=m.flags)
         flags = set(m.flags)
         if prediction.signal_only:
             flags.add("signal_only")
+        if prediction.unknown_fibre:
+            flags.add("unknown_fibre")
+        if prediction.uncalibrated_flags:
+            flags.add("refer_to_lab")
         lot = self._lot
-        spec = check_composition(lot, prediction.composition) if lot is not None and lot.lot_id == m.lot_id else None
+        spec = (check_composition(lot, prediction.composition, prediction.decision_interval_95)
+                if lot is not None and lot.lot_id == m.lot_id else None)
         total_ms = (time.monotonic() - m.requested_at) * 1000.0
         doc = build_result(
             station=m.station, sequence=self.outbox.next_sequence(), composition=prediction.composition,
@@ -383,18 +416,34 @@ class Station:
             timings_ms={"acquire": m.acquire_ms, "preprocess": prediction.timings_ms.get("preprocess_ms", 0.0),
                         "infer": prediction.timings_ms.get("infer_ms", 0.0), "total": total_ms},
             sample_id=m.sample_id, lot_id=m.lot_id, spec=spec, measured_at=m.measured_at,
+            interval_95=prediction.interval_95, unknown_fibre_score=prediction.unknown_fibre_score,
         )
+        if spec is not None:
+            self._count_in_lot(doc, predictor, prediction)
         row = self.link.publish_result(doc)
         self.time_to_result.published(row, m.requested_at, m.acquire_ms)
-        alarm = out_of_spec_alarm(doc)
-        if alarm is not None:
-            log.warning("%s", alarm["message"])
-            self.link.publish_alarm(alarm)
+        for alarm in (out_of_spec_alarm(doc), refer_to_lab_alarm(doc, prediction.uncalibrated_flags)):
+            if alarm is not None:
+                log.warning("%s", alarm["message"])
+                self.link.publish_alarm(alarm)
         self.report_storage()
         log.debug("result %d: %s %s (%.0f ms)", doc["sequence"], doc["blend"], doc["flags"], total_ms)
         return {"sequence": doc["sequence"], "message_id": doc["message_id"], "sample_id": doc["sample_id"],
                 "sample_id_source": m.sample_id_source, "composition": doc["composition"], "blend": doc["blend"],
                 "flags": doc["flags"]}
+
+    def _count_in_lot(self, doc: Dict[str, Any], predictor: Any, prediction: Any) -> None:
+        """Add a lot result to the running summary and store it, retained, for the lot topic (before the
+        result itself, so the result's publication sends both)."""
+        summary = self._lot_summary
+        if summary is None or summary.spec.lot_id != doc["lot_id"]:
+            return
+        calibration = predictor.calibration
+        path = "signal_only" if prediction.signal_only else "bimodal"
+        summary.add(doc["composition"], calibration.systematic(path, doc["blend"]) if calibration is not None else {},
+                    prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"])
+        self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()),
+                        qos=1, retain=True)
 
     # ----- commands (the router's worker thread) -----------------------------------------------
     def _until_running(self) -> Pipeline:
@@ -430,6 +479,7 @@ class Station:
             spec = LotSpec.from_dict(payload, known_fibres=self._manifest.fibres)
         except InvalidLotSpec as exc:
             raise CommandError(str(exc)) from None
+        self._lot_summary = LotSummary(spec, utc_iso())
         self._lot, self._lot_id = spec, spec.lot_id
         log.info("lot %s: declared %s, tolerance %g pp", spec.lot_id, spec.composition, spec.tolerance_pp)
         return spec.to_dict()
@@ -528,5 +578,9 @@ def calibrate_once(config: Config, reference: str) -> str:
         saved = station._take_reference(CalibrateJob(reference))
     finally:
         station._transport.close()
+    if reference == "wavelength":
+        return (f"wavelength axis offset {saved['offset_nm']:+.2f} nm from {len(saved['bands_nm'])} bands "
+                f"(scatter {saved['scatter_nm']:.2f} nm; drift {saved['drift_nm']:+.2f} nm since the previous check"
+                + (", WAVELENGTH DRIFT" if saved["flags"] else "") + f") saved to {saved['file']}")
     return (f"{reference} reference saved to {saved['file']}: {saved['scans']} scans at {saved['integration_us']} us, "
             f"peak {saved['peak_counts']:.0f} counts, instrument {saved['serial']}")

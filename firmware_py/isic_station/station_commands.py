@@ -6,7 +6,7 @@ Heavy imports (OpenCV, ONNX Runtime, paho) stay inside the handlers so `--help` 
 import argparse
 from pathlib import Path
 
-from isic_station.errors import ConfigError
+from isic_common.errors import ConfigError
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -58,7 +58,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
         description="Take a dark reference (probe covered or lamp off) or a white reference (the white "
                     "reflectance tile under the probe) and store it in calibration.dir. Stop the service first; "
                     "while it runs, send the calibrate command over MQTT instead.")
-    calibrate.add_argument("reference", choices=("dark", "white"), help="which reference to take")
+    calibrate.add_argument("reference", choices=("dark", "white", "wavelength"),
+                           help="which reference to take (wavelength: the wavelength reference tile, fits the axis)")
     calibrate.add_argument("--config", required=True, type=Path, metavar="FILE", help="station config (TOML)")
     calibrate.set_defaults(handler=_calibrate)
 

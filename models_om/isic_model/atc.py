@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from isic_station.errors import EX_UNAVAILABLE, ModelError, StationError
+from isic_common.errors import EX_UNAVAILABLE, ModelError, StationError
 from isic_station.manifest import GraphSpec, Manifest
 
 log = logging.getLogger(__name__)

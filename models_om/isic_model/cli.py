@@ -3,14 +3,17 @@
 import sys
 from typing import List, Optional
 
+from isic_common.command_line import build_parser, run
 from isic_model import __version__
-from isic_station.command_line import build_parser, run
 
 # One module per concern; each registers its own sub-commands.
 COMMAND_MODULES = (
     "isic_model.model_commands",
     "isic_model.lab_commands",
     "isic_model.counting_limit",
+    "isic_model.calibrate_uncertainty",
+    "isic_model.lot_simulation",
+    "isic_model.wavelength_figures",
 )
 
 

@@ -25,6 +25,8 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from isic_model.scoring import composition_figures
+
 log = logging.getLogger(__name__)
 
 PRIOR_DRAWS = 4000
@@ -104,8 +106,6 @@ class CountingOracle:
 
     def figures(self, truth: np.ndarray, labels: Sequence[str]) -> Dict[str, Any]:
         """The `evaluate` composition figures, the fibres in view and the share of samples with a type unseen."""
-        from isic_model.evaluate import composition_figures
-
         return dict(
             composition_figures(np.array(self.predictions), truth, labels, self.fibres),
             fibres_in_view={"p10": float(np.percentile(self.in_view, 10)),
@@ -163,7 +163,7 @@ def _model_input_share(manifest: Mapping[str, Any], settings: Any) -> float:
 
 
 def _counting_limit_command(args: argparse.Namespace) -> int:
-    from isic_station.errors import ConfigError
+    from isic_common.errors import ConfigError
     from isic_station.manifest import load_manifest
 
     path = args.model / "manifest.json" if args.model.is_dir() else args.model

@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 Presets = Union[str, Mapping[str, float]]
 
 
+def draw_preset(rng: np.random.Generator, preset: Presets) -> str:
+    """`preset` itself, or one name of a mixture drawn with its weights."""
+    if isinstance(preset, str):
+        return preset
+    names = sorted(preset)
+    weights = np.array([float(preset[name]) for name in names])
+    return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+
+
 @dataclass(frozen=True)
 class StationSettings:
     """How the station measures (choices of the station, not of the fabric): co-adding, frames, scale.
@@ -67,11 +76,7 @@ class StationSettings:
         from isic_drivers.lab.measurement import simulate_measurement
         from isic_drivers.lab.sample import draw_sample
 
-        if not isinstance(preset, str):
-            names = sorted(preset)
-            weights = np.array([float(preset[name]) for name in names])
-            preset = names[int(rng.choice(len(names), p=weights / weights.sum()))]
-        sample = draw_sample(rng, preset, dict(overrides or {}), fibres=list(fibres))
+        sample = draw_sample(rng, draw_preset(rng, preset), dict(overrides or {}), fibres=list(fibres))
         decorate = None
         if self.label:
             from isic_drivers.emulators.microscope import label_decorator

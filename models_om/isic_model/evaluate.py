@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from isic_model.data import StationSettings, generate_spectra
+from isic_model.scoring import composition_figures
 from isic_station.bench.scoring import figures_line, pooled_figures, score_result
 
 log = logging.getLogger(__name__)
@@ -51,28 +52,6 @@ ABLATION_NAMES = {
     "isica": "+ image + RG + ISiCA",
     "full": "+ image + RG + ISiCA + REC",
 }
-
-
-def composition_figures(
-    pred: np.ndarray, truth: np.ndarray, labels: Sequence[str], fibres: Sequence[str]
-) -> Dict[str, Any]:
-    """mae, mae_all_fibres, mae_per_fibre, mae_per_blend for predicted vs true fractions [N, F]."""
-    err = np.abs(pred - truth)
-    present = truth > 0
-    per_sample = (err * present).sum(axis=1) / present.sum(axis=1)
-    per_fibre = {f: round(float(err[present[:, j], j].mean()), 4) for j, f in enumerate(fibres) if present[:, j].any()}
-    label_array = np.asarray(labels)
-    per_blend = {
-        b: round(float(per_sample[label_array == b].mean()), 4)
-        for b in sorted(set(labels), key=lambda s: (s.count("/"), s))
-        if b.count("/") == 1
-    }
-    return {
-        "mae": round(float(per_sample.mean()), 4),
-        "mae_all_fibres": round(float(err.mean()), 4),
-        "mae_per_fibre": per_fibre,
-        "mae_per_blend": per_blend,
-    }
 
 
 def method_figures(
@@ -95,15 +74,21 @@ class _Runner:
         self.predictor = Predictor(self.manifest, create_backend("onnxruntime", self.manifest, {"threads": 2}))
         self.compositions: List[np.ndarray] = []
         self.blends: List[str] = []
+        self.predictions: List[Any] = []
 
     def add(self, measurement: Any, with_frames: bool) -> None:
         frames = measurement.frames if with_frames else None
         p = self.predictor.predict(measurement.reflectance, measurement.wavelengths_nm, frames, measurement.um_per_px)
         self.compositions.append(np.array([p.composition[f] for f in self.manifest.fibres]))
         self.blends.append(p.blend)
+        self.predictions.append(p)
 
     def figures(self, truth: np.ndarray, labels: Sequence[str]) -> Dict[str, Any]:
-        return method_figures(np.stack(self.compositions), self.blends, truth, labels, self.manifest.fibres)
+        from isic_model.uncertainty_figures import interval_figures
+
+        figures = method_figures(np.stack(self.compositions), self.blends, truth, labels, self.manifest.fibres)
+        figures.update(interval_figures(self.predictions, truth, labels, self.manifest.fibres))
+        return figures
 
     def close(self) -> None:
         self.predictor.backend.close()
@@ -183,6 +168,7 @@ def run_evaluation(
     progress: bool = True,
     settings: Optional[StationSettings] = None,
     scores: Optional[List[Dict[str, Any]]] = None,
+    unknown_fibres: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """The evaluation figures (the object `evaluate --json` prints) with `settings` (default: training's).
 
@@ -255,6 +241,11 @@ def run_evaluation(
         result["baselines"] = _baselines(manifest, np.stack(reflectances), axis, truth, labels,
                                          training_settings(manifest))
         result["mae_ratio_to_pls"] = round(result["mae"] / max(result["baselines"]["pls"]["mae"], 1e-9), 3)
+    if unknown_fibres:
+        from isic_model.uncertainty_figures import unknown_fibre_figures
+
+        result["unknown_fibre"] = unknown_fibre_figures(manifest_path, seed, samples, preset, unknown_fibres,
+                                                        main.predictions, progress)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
@@ -356,7 +347,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     manifest = load_manifest(path)
     settings = training_settings(manifest) if args.training_settings else station_settings(args.config)
     options = dict(preset=args.preset, overrides=parse_overrides(args.overrides), baselines=not args.no_baselines,
-                   ablation=not args.no_ablation, progress=not args.json, settings=settings)
+                   ablation=not args.no_ablation, progress=not args.json, settings=settings,
+                   unknown_fibres=[f for f in getattr(args, "unknown_fibres", "").split(",") if f])
     if args.seeds:
         result = run_seeds(args.model, args.seeds, args.samples, **options)
         text = format_pooled(result, manifest.fibres)

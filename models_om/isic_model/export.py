@@ -15,8 +15,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from isic_common.errors import ModelError
 from isic_model.net import BimodalGraph, ISiCNet, NetConfig, SignalOnlyGraph
-from isic_station.errors import ModelError
 from isic_station.manifest import file_sha256
 
 log = logging.getLogger(__name__)

@@ -68,6 +68,7 @@ def _dataset(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from isic_common.errors import ConfigError
     from isic_drivers.lab import (
         LAB_VERSION,
         InstrumentModel,
@@ -77,7 +78,6 @@ def _dataset(args: argparse.Namespace) -> int:
     )
     from isic_drivers.lab.fibres import resolve_fibres
     from isic_drivers.lab.sample import NUISANCE_KEYS, parse_overrides
-    from isic_station.errors import ConfigError
 
     if args.samples < 1 or args.frames < 0 or args.shard_size < 1:
         raise ConfigError("--samples and --shard-size must be >= 1 and --frames >= 0")

@@ -70,6 +70,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip PLS/SVM (faster)")
     evaluate.add_argument("--no-ablation", action="store_true", help="skip the ablation models")
+    evaluate.add_argument(
+        "--unknown-fibres", default="", metavar="F1,F2",
+        help="also measure fabrics holding one of these lab fibres the model does not know (e.g. "
+        "wool,silk,acrylic,elastane): adds `unknown_fibre` {flagged_unknown, flagged_known} to the JSON",
+    )
     evaluate.set_defaults(handler=_evaluate)
 
     export = sub.add_parser(

@@ -18,8 +18,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from isic_common.errors import ConfigError
 from isic_model.data import LabSet, StationSettings, generate
-from isic_station.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

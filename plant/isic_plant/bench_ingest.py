@@ -29,45 +29,37 @@ import paho.mqtt.client as paho
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
+from isic_common.errors import StationError
 from isic_plant import audit, db
 from isic_plant.errors import PlantError
 from isic_plant.simulated import SimulatedStation
-from isic_station.demo import free_port, port_answers
+from isic_station.demo import MosquittoProcess
 from isic_station.mqtt_link import MqttSettings
 
 PREFIX = "bench"
 STATION_LINK = MqttSettings()
 
 
-class BenchBroker:
+class BenchBroker(MosquittoProcess):
     """Mosquitto on a free port with persistence (sessions and queued messages survive a restart) and
     no cap on a session's queue (a killed collector's share waits for it)."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        (workdir / "mosquitto.conf").write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {workdir}/\nmax_queued_messages 0\nmax_inflight_messages 0\n"
-            # run as root, mosquitto drops to its own user and could not write the persistence file here
-            f"user {getpass.getuser()}\n", encoding="utf-8")
-        self.process: Optional[subprocess.Popen] = None
+        super().__init__(workdir, f"allow_anonymous true\npersistence true\npersistence_location {workdir}/\n"
+                                  "max_queued_messages 0\nmax_inflight_messages 0\n"
+                                  # run as root, mosquitto drops to its own user and could not write the
+                                  # persistence file here
+                                  f"user {getpass.getuser()}\n")
 
-    def start(self) -> None:
-        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        with open(self.workdir / "mosquitto.log", "ab") as log:
-            self.process = subprocess.Popen([binary, "-c", str(self.workdir / "mosquitto.conf")], stdout=log,
-                                            stderr=log)
-        deadline = time.monotonic() + 10.0
-        while not port_answers("127.0.0.1", self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise PlantError(f"mosquitto did not start on port {self.port}; see {self.workdir / 'mosquitto.log'}")
-            time.sleep(0.05)
+    def start(self, timeout_s: float = 10.0) -> "BenchBroker":
+        try:
+            super().start(timeout_s)
+        except StationError as exc:
+            raise PlantError(str(exc)) from exc
+        return self
 
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()  # a clean stop writes the persistence file
-            self.process.wait(20)
+    def stop(self, timeout_s: float = 20.0) -> None:
+        super().stop(timeout_s)  # a clean stop (SIGTERM) writes the persistence file
 
 
 class Station(SimulatedStation):

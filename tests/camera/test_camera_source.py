@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
+from isic_common.errors import DeviceError
 from isic_drivers.camera import CameraSource, source_kind
-from isic_station.errors import DeviceError
 
 SIZE = (160, 120)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from isic_station.errors import ConfigError, ModelError
+from isic_common.errors import ConfigError, ModelError
 from isic_station.preprocess.image import (
     FIBRE_TILE_MIN_COVERAGE,
     build_image_batch,

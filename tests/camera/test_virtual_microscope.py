@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from isic_common.errors import ConfigError, DeviceError
 from isic_drivers.camera import CameraSource
 from isic_drivers.emulators.microscope import VirtualMicroscope
 from isic_drivers.lab import Sample, SampleStage
-from isic_station.errors import ConfigError, DeviceError
 
 
 def test_frames_show_the_sample_on_the_stage_and_follow_a_change(tmp_path, labelled_stage):

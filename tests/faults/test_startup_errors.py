@@ -14,8 +14,8 @@ from typing import Callable, Dict, Tuple
 
 import pytest
 
+from isic_common.errors import EX_CONFIG, EX_IOERR
 from isic_station.demo import station_command
-from isic_station.errors import EX_CONFIG, EX_IOERR
 
 pytestmark = pytest.mark.timeout(60)  # each wait inside is bounded too; this bounds the whole test
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from isic_station.backoff import Backoff
+from isic_common.backoff import Backoff
 
 
 def test_delays_double_up_to_the_cap_and_reset():

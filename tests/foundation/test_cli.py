@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from isic_common.command_line import build_parser, run
+from isic_common.errors import ConfigError
 from isic_station import cli as station_cli
-from isic_station.command_line import build_parser, run
-from isic_station.errors import ConfigError
 
 
 def _subcommand_paths(parser: argparse.ArgumentParser, prefix=()):

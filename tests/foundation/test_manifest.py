@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from isic_station.errors import EX_CONFIG, ModelError
+from isic_common.errors import EX_CONFIG, ModelError
 from isic_station.manifest import load_manifest, verify_graph_file
 
 

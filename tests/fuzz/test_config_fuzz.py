@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from isic_common.errors import ConfigError
 from isic_station.config import Config, config_from_document, load_config, tomllib
-from isic_station.errors import ConfigError
 from isic_station.schemas import load_schema
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"

@@ -13,7 +13,7 @@ from isic_drivers.lab import (
 )
 from isic_drivers.lab.instrument import saturating_integration_us
 from isic_drivers.lab.spectra import reflectance
-from isic_station.calibration import reflectance_from_counts
+from isic_drivers.reflectance import reflectance_from_counts
 
 
 def test_counts_clip_at_the_adc_maximum() -> None:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from isic_station.bench.mqtt import measure
+from isic_station.demo import free_port
 
 
 def test_measure_delivers_everything_and_reports_percentiles(mqtt_broker, tmp_path):
@@ -24,8 +25,6 @@ def test_command_prints_one_json_object(mqtt_broker):
 
 
 def test_no_broker_is_one_clear_error(tmp_path):
-    from conftest import free_port  # the shared conftest's helper
-
     port = free_port()
     out = subprocess.run([sys.executable, "-m", "isic_station.cli", "bench", "mqtt", "--port", str(port)],
                          capture_output=True, text=True, timeout=60)

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from isic_station.demo import free_port
 from isic_station.mqtt_link import MqttLink
 from isic_station.outbox import MIN_QUOTA_BYTES, Outbox
 from isic_station.schemas import validation_errors
@@ -226,8 +227,6 @@ def test_full_quota_during_an_outage_drops_the_oldest_and_health_reports_it(pers
 
 
 def test_no_broker_never_blocks_publish_or_stop(names, outbox):
-    from conftest import free_port  # the shared conftest's helper
-
     link = MqttLink(fast_settings("127.0.0.1", free_port(), names), outbox)
     started = time.monotonic()
     link.start()

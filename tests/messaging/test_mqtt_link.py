@@ -5,8 +5,8 @@ import time
 
 import pytest
 
+from isic_common.errors import ConfigError, StateDirError
 from isic_station.commands import CommandRouter
-from isic_station.errors import ConfigError, StateDirError
 from isic_station.ha_discovery import node_id
 from isic_station.mqtt_link import MqttLink, MqttSettings
 from isic_station.outbox import Outbox

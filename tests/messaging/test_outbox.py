@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from isic_station.errors import ConfigError, StateDirError
+from isic_common.errors import ConfigError, StateDirError
 from isic_station.outbox import MIN_QUOTA_BYTES, Outbox
 
 

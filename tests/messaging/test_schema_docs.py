@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from isic_common.errors import StationError
 from isic_station.commands import COMMAND_NAMES
-from isic_station.errors import StationError
 from isic_station.mqtt_link import StationTopics
 from isic_station.schema_docs import BEGIN, END, PAYLOAD_SCHEMAS, render, update_readme
 from isic_station.schemas import load_schema
@@ -41,7 +41,8 @@ def test_missing_markers_are_a_clear_error():
 def test_documented_topics_are_the_ones_the_link_uses():
     topics = StationTopics("<prefix>", "<station>")
     used = {"status": topics.status, "result": topics.result, "health": topics.health, "alarm": topics.alarm,
-            "command_request": topics.command("<name>"), "command_response": topics.response("<name>")}
+            "lot": topics.lot, "command_request": topics.command("<name>"),
+            "command_response": topics.response("<name>")}
     for name in PAYLOAD_SCHEMAS:
         assert load_schema(name)["x-mqtt"]["topic"] == used[name]
     assert load_schema("result")["x-mqtt"]["also"] == topics.state

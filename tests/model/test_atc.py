@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from isic_common.errors import ModelError
 from isic_model.atc import AtcFailed, AtcUnavailable, atc_command, build_om
 from isic_model.cli import main
 from isic_model.export import export_model
 from isic_model.net import ISiCNet, NetConfig
-from isic_station.errors import ModelError
 from isic_station.manifest import load_manifest
 
 FAKE_ATC = """#!/bin/sh

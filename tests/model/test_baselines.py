@@ -3,7 +3,7 @@
 import numpy as np
 
 from isic_model.baselines import baseline_spectrum_params, fit_baselines
-from isic_model.evaluate import composition_figures
+from isic_model.scoring import composition_figures
 
 
 def _mixtures(rng, pure, n):

@@ -67,4 +67,6 @@ def test_evaluate_on_the_heldout_seed_reproduces_the_recorded_run(manifest):
     )
     assert result["accuracy"] == check["accuracy"]
     assert result["mae"] == pytest.approx(check["mae"], abs=2e-4)
-    assert json.dumps(result["signal_only"], sort_keys=True) == json.dumps(check["signal_only"], sort_keys=True)
+    # the recorded figures (the uncertainty figures came later, with the calibration)
+    recorded = {k: result["signal_only"][k] for k in check["signal_only"]}
+    assert json.dumps(recorded, sort_keys=True) == json.dumps(check["signal_only"], sort_keys=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.signal import savgol_filter
 
-from isic_station.errors import ModelError
+from isic_common.errors import ModelError
 from isic_station.preprocess import spectrum as spectrum_module
 from isic_station.preprocess.spectrum import preprocess_spectra, preprocess_spectrum, savgol_matrix
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from isic_common.errors import ConfigError
 from isic_model.cli import main
 from isic_model.train import ABLATION_FLAGS, load_config, spectrum_params
-from isic_station.errors import ConfigError
 from isic_station.manifest import load_manifest
 
 TINY = """

@@ -5,9 +5,9 @@ import struct
 
 import pytest
 
+from isic_common.errors import DeviceError
 from isic_drivers.obp import codec
 from isic_drivers.obp.codec import Flag, Frame, MessageType, decode_frame, encode_frame
-from isic_station.errors import DeviceError
 
 # A representative request and reply payload per message type (spectra take the payload path).
 SAMPLE_PAYLOADS = {

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import pytest
 
 from fakes.fake_acl import FakeAcl
+from isic_common.errors import BackendUnavailable
 from isic_station.config import load_config
-from isic_station.errors import BackendUnavailable
 from isic_station.inference import create_backend
 from isic_station.inference.acl_backend import AclBackend, finalize_pyacl
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
@@ -32,7 +32,7 @@ def _options(config):
 def _status_line(config, manifest, backend) -> str:
     """Station.status_line on the parts it reads (a whole station needs devices and a broker)."""
     station = SimpleNamespace(config=config, _manifest=manifest, _predictor=SimpleNamespace(backend=backend),
-                              _faults={})
+                              _faults={}, outbox=None)
     return Station.status_line(station)
 
 

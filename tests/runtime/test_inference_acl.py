@@ -21,7 +21,7 @@ from fakes.fake_acl import (
     ACL_MEMCPY_HOST_TO_DEVICE,
     FakeAcl,
 )
-from isic_station.errors import EX_UNAVAILABLE, BackendUnavailable, ConfigError, ModelError
+from isic_common.errors import EX_UNAVAILABLE, BackendUnavailable, ConfigError, ModelError
 from isic_station.inference import create_backend
 from isic_station.inference.acl_backend import AclBackend, AclError, finalize_pyacl
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fakes.tiny_isicnet import model_weights
-from isic_station.errors import EX_CONFIG, BackendUnavailable, ConfigError, ModelError
+from isic_common.errors import EX_CONFIG, BackendUnavailable, ConfigError, ModelError
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
 from isic_station.manifest import load_manifest
 

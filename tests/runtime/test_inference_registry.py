@@ -2,7 +2,7 @@
 
 import pytest
 
-from isic_station.errors import EX_UNAVAILABLE, BackendUnavailable, ConfigError
+from isic_common.errors import EX_UNAVAILABLE, BackendUnavailable, ConfigError
 from isic_station.inference import create_backend, resolve_kind
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
 

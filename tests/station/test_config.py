@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from isic_common.errors import ConfigError
 from isic_station import config as cfg
-from isic_station.errors import ConfigError
 from isic_station.schemas import load_schema
 
 REPO = Path(__file__).resolve().parents[2]

@@ -80,7 +80,8 @@ def decode(raw: bytes) -> Any:
         return raw
 
 
-SCHEMA_OF = {"result": "result", "state": "result", "health": "health", "status": "status", "alarm": "alarm"}
+SCHEMA_OF = {"result": "result", "state": "result", "health": "health", "status": "status", "alarm": "alarm",
+             "lot": "lot"}
 
 
 def schema_for(base: str, topic: str) -> Optional[str]:
@@ -181,6 +182,11 @@ def test_out_of_spec_lot_raises_an_alarm(bench: DemoBench, watch: Watch) -> None
     _, alarm = watch.wait_for(lambda t, d: t.endswith("/alarm") and d.get("details", {}).get("sequence") == sequence)
     assert validation_errors(alarm, "alarm") == []
     assert alarm["kind"] == "out_of_spec" and lot_id in alarm["message"]
+    # the running lot summary, retained on the lot topic (the tiny model has no calibration: point estimates)
+    _, lot = watch.wait_for(lambda t, d: t.endswith("/lot") and isinstance(d, dict) and d.get("lot_id") == lot_id)
+    assert validation_errors(lot, "lot") == []
+    assert lot["n"] == 1 and lot["verdict"] == "fail" and lot["rule"] == "point_estimate"
+    assert result["spec"]["verdict"] == "fail" and result["interval_95"] is None
 
 
 def test_calibrate_status_and_reload_commands(bench: DemoBench, watch: Watch) -> None:
@@ -188,6 +194,10 @@ def test_calibrate_status_and_reload_commands(bench: DemoBench, watch: Watch) ->
     answer = watch.command(bench, "calibrate", {"reference": "white", "transaction": "white"})
     assert answer["status"] == "ok", answer
     assert answer["data"]["reference"] == "white" and answer["data"]["peak_counts"] > 1000
+    bench.stage.put_reference("wavelength")  # the emulator's axis is not shifted here
+    answer = watch.command(bench, "calibrate", {"reference": "wavelength", "transaction": "wl"})
+    assert answer["status"] == "ok", answer
+    assert abs(answer["data"]["offset_nm"]) < 0.3 and len(answer["data"]["bands_nm"]) >= 5
     status = watch.command(bench, "status", {"transaction": "st"})
     assert status["status"] == "ok"
     data = status["data"]

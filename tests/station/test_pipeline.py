@@ -6,14 +6,7 @@ from typing import Any, List
 
 import pytest
 
-from isic_station.pipeline import CalibrateJob, MeasureJob, MeasurementRefused, Pipeline, PipelineBusy, percentile
-
-
-def test_percentile_nearest_rank() -> None:
-    assert percentile([], 50) is None
-    assert percentile([5.0], 99) == 5.0
-    values = [float(v) for v in range(1, 101)]
-    assert percentile(values, 50) == 50.0 and percentile(values, 99) == 99.0
+from isic_station.pipeline import CalibrateJob, MeasureJob, MeasurementRefused, Pipeline, PipelineBusy
 
 
 def test_triggered_jobs_get_answers_and_calibration_runs_on_acquisition_thread() -> None:

@@ -15,7 +15,7 @@ from typing import Dict, List
 
 import pytest
 
-from isic_station.errors import EX_CONFIG
+from isic_common.errors import EX_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "isic-station.service"

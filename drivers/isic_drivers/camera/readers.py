@@ -14,7 +14,7 @@ from typing import List, Optional, Union
 import cv2
 import numpy as np
 
-from isic_station.errors import DeviceError
+from isic_common.errors import DeviceError
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
+from isic_common.backoff import Backoff
+from isic_common.errors import DeviceError
 from isic_drivers.camera.readers import CaptureReader, EndOfStream, FolderReader, FrameReader
 from isic_drivers.camera.stats import CameraStats, StatsRecorder
-from isic_station.backoff import Backoff
-from isic_station.errors import DeviceError
 
 log = logging.getLogger(__name__)
 

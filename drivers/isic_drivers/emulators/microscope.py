@@ -28,8 +28,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import cv2
 import numpy as np
 
+from isic_common.errors import ConfigError, DeviceError
 from isic_drivers.camera.readers import FrameReader
-from isic_station.errors import ConfigError, DeviceError
 
 log = logging.getLogger(__name__)
 

@@ -36,10 +36,11 @@ import os
 import select
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from isic_common.errors import ConfigError
 from isic_drivers.emulators.pseudo_terminal import PseudoTerminal
 from isic_drivers.lab.instrument import InstrumentModel
 from isic_drivers.lab.measurement import scan_counts
@@ -58,7 +59,6 @@ from isic_drivers.obp.codec import (
 )
 from isic_drivers.obp.scanner import FrameScanner
 from isic_drivers.obp.transport import LINE_BITS_PER_BYTE, line_seconds
-from isic_station.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,11 @@ class EmulatedSpectrometer:
 
     def __init__(self, stage: SampleStage, instrument: InstrumentModel, faults: FaultRates = FaultRates(),
                  seed: int = 0, baud: int = 115200, lamp_drift_per_h: float = 0.0, delay_s: float = 1.5,
-                 clock: Callable[[], float] = time.monotonic, averaging: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, averaging: bool = True,
+                 overrides: Optional[Mapping[str, float]] = None) -> None:
+        """`overrides` pins Nuisance fields (e.g. wavelength_shift_nm) for every scan, reference tiles included."""
         self.stage = stage
+        self.overrides = dict(overrides or {})
         self.instrument = instrument
         self.faults = faults
         self.baud = baud
@@ -156,7 +159,8 @@ class EmulatedSpectrometer:
         """One raw scan of what is on the stage now, with the aged lamp."""
         target = self.stage.current()
         base = target.nuisance if isinstance(target, Sample) else Nuisance()
-        state = dataclasses.replace(base, lamp_intensity=base.lamp_intensity * self.lamp_factor())
+        state = dataclasses.replace(base, **self.overrides)
+        state = dataclasses.replace(state, lamp_intensity=state.lamp_intensity * self.lamp_factor())
         return scan_counts(self.instrument, target, self.integration_us, self._rng, state)
 
     def averaged_scan(self) -> np.ndarray:

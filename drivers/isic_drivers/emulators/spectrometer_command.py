@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any
 
-from isic_station.errors import ConfigError
+from isic_common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--link", default=None, metavar="PATH",
                         help="stable symlink re-pointed to each new pty (printed instead of the pty path)")
     parser.add_argument("--noise-seed", type=int, default=0, help="seed of detector noise and fault draws")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="K=V",
+                        help="pin an instrument nuisance parameter for everything measured, reference tiles "
+                             "included (repeatable), e.g. --set wavelength_shift_nm=3 (the axis moved 3 nm)")
     parser.set_defaults(handler=run)
 
 
@@ -72,6 +75,7 @@ def run(args: Any) -> int:
         Server,
         instrument_for,
     )
+    from isic_drivers.lab.sample import parse_overrides
     from isic_drivers.lab.stage import SampleStage
 
     if args.baud not in BAUD_RATES:
@@ -86,7 +90,8 @@ def run(args: Any) -> int:
         stage = SampleStage.production_line(0 if args.seed is None else args.seed, args.dwell, args.preset)
     stage.current()  # a bad stage file or preset fails now, with its message, not on the first request
     device = EmulatedSpectrometer(stage, instrument, faults, seed=args.noise_seed, baud=args.baud,
-                                  lamp_drift_per_h=args.lamp_drift, delay_s=args.delay_s, averaging=args.averaging)
+                                  lamp_drift_per_h=args.lamp_drift, delay_s=args.delay_s, averaging=args.averaging,
+                                  overrides=parse_overrides(args.overrides))
     try:
         line = PseudoTerminal(args.link)
     except OSError as exc:

@@ -1,7 +1,7 @@
 """The virtual textile lab: fabric samples -> NIR reflectance, raw spectrometer counts, microscope frames.
 
 No textile NIR data set or hardware can be reached from our machines, so the model is trained and
-every figure is measured through this physics simulator (band tables in ../shared/notes/nir-textiles.md).
+every figure is measured through this physics simulator (band tables in docs/notes/nir-textiles.md).
 The fibre set (`fibres.json`) and the nuisance presets (`presets.json`) are data.
 """
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from isic_station.errors import ConfigError
+from isic_common.errors import ConfigError
 
 DEFAULT_FIBRES_PATH = Path(__file__).resolve().parent / "fibres.json"
 

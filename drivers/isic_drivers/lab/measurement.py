@@ -17,7 +17,8 @@ from isic_drivers.lab.microscope import DrawnFibre, FrameDecorator, render_frame
 from isic_drivers.lab.sample import Nuisance, Sample, blend_label, composition_vector
 from isic_drivers.lab.spectra import reflectance
 from isic_drivers.lab.stage import ReferenceTile
-from isic_station.calibration import reflectance_from_counts
+from isic_drivers.lab.wavelength_standard import wavelength_standard_reflectance
+from isic_drivers.reflectance import reflectance_from_counts
 
 
 @dataclass
@@ -63,6 +64,9 @@ def scan_counts(instrument: InstrumentModel, target: Union[Sample, ReferenceTile
         state = nuisance or Nuisance()
         if target.kind == "white":
             return white_counts(instrument, integration_us, rng, state)
+        if target.kind == "wavelength":
+            tile = wavelength_standard_reflectance(instrument.true_axis(state))
+            return raw_counts(instrument, tile, integration_us, rng, state)
         return dark_counts(instrument, integration_us, rng, state)
     state = nuisance or target.nuisance
     r = reflectance(target, instrument.true_axis(state), rng, fibres)

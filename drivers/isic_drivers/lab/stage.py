@@ -25,12 +25,13 @@ from isic_drivers.lab.sample import Sample, draw_sample
 
 log = logging.getLogger(__name__)
 
-REFERENCE_KINDS = ("white", "dark")
+REFERENCE_KINDS = ("white", "dark", "wavelength")
 
 
 @dataclass(frozen=True)
 class ReferenceTile:
-    """A calibration target under the probe: the white tile or the dark (light-trap) tile."""
+    """A calibration target under the probe: the white tile, the dark (light-trap) tile, or the
+    wavelength reference tile (`wavelength_standard`)."""
 
     kind: str
 

@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple, Type, Union
 
-from isic_station.errors import DeviceError
+from isic_common.errors import DeviceError
 
 START_BYTES = 0xC0C1
 START_ON_WIRE = b"\xc1\xc0"

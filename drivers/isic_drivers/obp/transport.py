@@ -13,10 +13,10 @@ from typing import Any, Dict, Optional
 
 import serial
 
+from isic_common.backoff import Backoff
+from isic_common.errors import ConfigError
 from isic_drivers.obp.codec import DEFAULT_MAX_PAYLOAD, Frame, ObpError, encode_frame
 from isic_drivers.obp.scanner import FrameScanner
-from isic_station.backoff import Backoff
-from isic_station.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

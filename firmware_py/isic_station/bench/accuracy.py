@@ -31,9 +31,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from isic_common.errors import ConfigError, DeviceError, StationError
 from isic_station.bench.model import positive_int
 from isic_station.bench.scoring import figures_line, pooled_figures, score_result
-from isic_station.errors import ConfigError, DeviceError, StationError
 
 DEFAULT_LINE_SEED = 7001           # never used in training (seed 1) nor for the shipped figures (1001)
 TILE_LOG = re.compile(r"image tiles at (?P<model>[\d.]+) um/px from (?P<camera>[\d.]+) um/px: .* "

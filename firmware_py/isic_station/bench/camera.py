@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
-from isic_station.errors import ModelError, StationError
+from isic_common.errors import ModelError, StationError
 
 LABEL_FRAMES = 20
 

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from isic_station.errors import ModelError
+from isic_common.errors import ModelError
+from isic_common.percentile import percentile
 from isic_station.inference.registry import KINDS
 from isic_station.manifest import Manifest, load_manifest
 
@@ -80,8 +81,7 @@ def lab_settings(manifest: Manifest) -> Dict[str, Any]:
 
 
 def _percentiles(values_ms: List[float]) -> Dict[str, float]:
-    p50, p99 = np.percentile(np.asarray(values_ms), [50, 99])
-    return {"p50": round(float(p50), 4), "p99": round(float(p99), 4)}
+    return {"p50": round(float(percentile(values_ms, 50)), 4), "p99": round(float(percentile(values_ms, 99)), 4)}
 
 
 def run_model_bench(args: argparse.Namespace) -> int:

@@ -13,13 +13,13 @@ eMMC costs far more than on tmpfs) and a real MqttLink to the broker at `--host:
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import threading
 import time
 from typing import Any, Dict, List
 
-from isic_station.errors import StationError
+from isic_common.errors import StationError
+from isic_common.percentile import percentile
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -41,9 +41,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def _percentiles(values: List[float]) -> Dict[str, float]:
-    ordered = sorted(values)
-    cut = statistics.quantiles(ordered, n=100, method="inclusive")
-    return {"p50": round(statistics.median(ordered), 3), "p99": round(cut[98], 3), "max": round(ordered[-1], 3)}
+    return {"p50": round(float(percentile(values, 50)), 3), "p99": round(float(percentile(values, 99)), 3),
+            "max": round(max(values), 3)}
 
 
 def measure(host: str, port: int, count: int, rate: float, state_dir: str) -> Dict[str, Any]:
@@ -104,7 +103,7 @@ def measure(host: str, port: int, count: int, rate: float, state_dir: str) -> Di
         "left_in_outbox": depth,
         "wall_s": round(wall_s, 3),
         "store_ms": _percentiles(store_ms),
-        "delivered_ms": _percentiles(delivered_ms) if len(delivered_ms) >= 2 else None,
+        "delivered_ms": _percentiles(delivered_ms) if delivered_ms else None,
     }
 
 

@@ -12,7 +12,7 @@ The emulated instrument keeps the line's real clock (its replies paced at the co
 after integrating), and the virtual microscope delivers frames at the configured fps, so acquisition
 can be held against what the devices allow. `--settings FILE` takes the measurement settings from a TOML
 file's [spectrometer] (baud, timeout_s, integration_us, coadd) and [camera] (width, height, fps,
-um_per_px, frames_per_measurement) tables — `config/production-settings.toml` holds the production ones
+um_per_px, frames_per_measurement) tables — `config/settings/production-settings.toml` holds the production ones
 (16 scans, 16 frames), and a station's own config file works too (its ports and sources are not used).
 
 Figures (over `--seconds` after a short warm-up; `--json` prints them as one object with the keys
@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from isic_station.errors import ConfigError, DeviceError, ModelError, StationError
+from isic_common.errors import ConfigError, DeviceError, ModelError, StationError
 
 # An interval this short makes every continuous-mode tick due at once: acquisition runs back to back.
 BACK_TO_BACK_INTERVAL_S = 0.001
@@ -72,7 +72,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                         help="model manifest to run (default: the shipped model)")
     parser.add_argument("--settings", type=Path, metavar="TOML",
                         help="measurement settings from this file's [spectrometer] and [camera] tables, e.g. "
-                             "config/production-settings.toml (16 scans, 16 frames) or a station's config "
+                             "config/settings/production-settings.toml (16 scans, 16 frames) or a station's config "
                              "(default: the demo's: 4 scans, 3 frames)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(handler=run)

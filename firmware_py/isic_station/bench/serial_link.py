@@ -220,7 +220,7 @@ def measure_resync(bauds: List[int]) -> List[Dict[str, Any]]:
 
 def run(args: Any) -> int:
     """Measure and print the figures."""
-    from isic_station.errors import ConfigError
+    from isic_common.errors import ConfigError
 
     if args.seconds <= 0 or any(b <= 0 for b in args.baud):
         raise ConfigError("--seconds and every --baud must be > 0")

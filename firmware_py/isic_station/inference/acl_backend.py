@@ -1,7 +1,7 @@
 """The NPU backend: the manifest's ATC-compiled .om graphs on the Ascend 310 through pyACL.
 
 Follows the calling convention and the bring-up/teardown order of Huawei's pyACL samples
-(acllite_resource.py / acllite_model.py; summarised in ../shared/notes/ascend.md):
+(acllite_resource.py / acllite_model.py; summarised in docs/notes/ascend.md):
 acl.init -> set_device -> create_context -> create_stream -> get_run_mode, then per graph
 load_from_file -> create_desc/get_desc -> device buffers and datasets, allocated once and reused
 for every measurement. Teardown runs the reverse order and is also run when loading fails half way;
@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from isic_station.errors import BackendUnavailable, ModelError
+from isic_common.errors import BackendUnavailable, ModelError
 from isic_station.inference.base import Backend, whole_number_option
 from isic_station.manifest import GraphSpec, Manifest
 

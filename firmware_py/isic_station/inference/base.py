@@ -8,11 +8,11 @@ tests check one backend against the other array for array.
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from isic_station.errors import ConfigError, ModelError
+from isic_common.errors import ConfigError, ModelError
 from isic_station.manifest import GraphSpec, Manifest
 
 GRAPH_BIMODAL = "bimodal"
@@ -102,9 +102,12 @@ class Backend(abc.ABC):
 class Prediction:
     """One measurement's fused result: what the station publishes about the fabric.
 
-    `composition` and `uncertainty` are keyed by fibre (fractions summing to 1; spread over the
-    image tiles, 0 when signal-only); `blend_probabilities` by blend class; `confidence` is the
-    probability of `blend`. `timings_ms` has `preprocess_ms` and `infer_ms`.
+    `composition` and `uncertainty` are keyed by fibre (fractions summing to 1; the calibrated
+    standard uncertainty when the manifest has an `uncertainty` calibration, else the spread over
+    the image tiles, 0 when signal-only); `blend_probabilities` by blend class; `confidence` is the
+    probability of `blend` (temperature-scaled when calibrated). `timings_ms` has `preprocess_ms`
+    and `infer_ms`. With a calibration, `interval_95` {fibre: [low, high]}, `unknown_fibre` and its
+    score, and the quality flags the calibration never saw (`uncalibrated_flags`) are set too.
     """
 
     composition: Dict[str, float]
@@ -115,6 +118,11 @@ class Prediction:
     signal_only: bool
     backend: str
     timings_ms: Dict[str, float] = field(default_factory=dict)
+    interval_95: Optional[Dict[str, List[float]]] = None
+    decision_interval_95: Optional[Dict[str, List[float]]] = None  # what the spec check judges (uncertainty.py)
+    unknown_fibre: bool = False
+    unknown_fibre_score: Optional[float] = None
+    uncalibrated_flags: Tuple[str, ...] = ()
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain JSON-ready dict (for payloads and `--json` output)."""
@@ -127,4 +135,7 @@ class Prediction:
             "signal_only": self.signal_only,
             "backend": self.backend,
             "timings_ms": dict(self.timings_ms),
+            "interval_95": None if self.interval_95 is None else {k: list(v) for k, v in self.interval_95.items()},
+            "unknown_fibre": self.unknown_fibre,
+            "unknown_fibre_score": self.unknown_fibre_score,
         }

@@ -10,7 +10,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
-from isic_station.errors import BackendUnavailable, ModelError
+from isic_common.errors import BackendUnavailable, ModelError
 from isic_station.inference.base import Backend, whole_number_option
 from isic_station.manifest import GraphSpec, Manifest, verify_graph_file
 

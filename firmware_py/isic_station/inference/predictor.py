@@ -3,12 +3,16 @@
 The bimodal graph sees the same spectrum beside each of the B image tiles and answers per tile;
 the station reports the mean over tiles and their spread as the uncertainty. Without usable
 frames the signal-only graph answers alone (uncertainty 0, `signal_only` set), so a failed camera
-degrades the result instead of stopping the station.
+degrades the result instead of stopping the station. When the manifest carries an `uncertainty`
+calibration (`isic-model calibrate-uncertainty`), `predict` applies it (`uncertainty.py`): the
+calibrated standard uncertainty and 95 % interval per fibre, the recalibrated confidence and the
+unknown-fibre check replace the raw tile spread and blend probability.
 """
 
+import dataclasses
 import logging
 import time
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -16,6 +20,7 @@ from isic_station.inference.base import GRAPH_BIMODAL, GRAPH_SIGNAL_ONLY, Backen
 from isic_station.manifest import Manifest
 from isic_station.preprocess.image import NoUsableTiles, build_image_input, tile_evidence
 from isic_station.preprocess.spectrum import preprocess_spectrum
+from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration, spectrum_quality
 
 # Tensor names fixed by the manifest contract (ARCHITECTURE.md, "Model manifest").
 INPUT_SPECTRUM = "spectrum"
@@ -40,9 +45,11 @@ def _milliseconds(start: float, end: float) -> float:
 class Predictor:
     """Joins the manifest's preprocessing, a loaded backend and the fusion over tiles."""
 
-    def __init__(self, manifest: Manifest, backend: Backend) -> None:
+    def __init__(self, manifest: Manifest, backend: Backend, calibrated: bool = True) -> None:
+        """`calibrated=False` ignores the manifest's uncertainty calibration (raw answers, to calibrate on)."""
         self.manifest = manifest
         self.backend = backend
+        self.calibration = UncertaintyCalibration.from_manifest(manifest) if calibrated else None
 
     def predict(
         self,
@@ -51,11 +58,13 @@ class Predictor:
         frames_bgr: Optional[Sequence[np.ndarray]],
         camera_um_per_px: float,
         image_batch: Optional[np.ndarray] = None,
+        flags: Iterable[str] = (),
     ) -> Prediction:
         """The fused result for one measurement; no frames (None or empty) means signal-only.
 
         `image_batch`, when given, is these frames' image input already built (`ImageBatchBuilder`, while
-        they arrived). `timings_ms` holds `preprocess_ms` (spectrum and image preprocessing) and `infer_ms`.
+        they arrived). `flags` are the measurement's quality flags (they widen a calibrated interval).
+        `timings_ms` holds `preprocess_ms` (spectrum and image preprocessing) and `infer_ms`.
         """
         start = time.perf_counter()
         spectrum = preprocess_spectrum(reflectance, wavelengths_nm, self.manifest.spectrum)
@@ -76,7 +85,17 @@ class Predictor:
         outputs = self.infer(spectrum, tiles)
         done = time.perf_counter()
         timings = {"preprocess_ms": _milliseconds(start, preprocessed), "infer_ms": _milliseconds(preprocessed, done)}
-        return self.fuse(outputs, signal_only=tiles is None, timings_ms=timings)
+        fused = self.fuse(outputs, signal_only=tiles is None, timings_ms=timings)
+        if self.calibration is None:
+            return fused
+        c = self.calibration.apply(PATH_SIGNAL_ONLY if fused.signal_only else PATH_BIMODAL, fused.composition,
+                                   fused.uncertainty, fused.blend_probabilities, spectrum,
+                                   spectrum_quality(reflectance), flags)
+        return dataclasses.replace(fused, uncertainty=c.uncertainty, interval_95=c.interval_95,
+                                   decision_interval_95=c.decision_interval_95,
+                                   confidence=c.confidence, blend_probabilities=c.blend_probabilities,
+                                   unknown_fibre=c.unknown_fibre, unknown_fibre_score=c.unknown_fibre_score,
+                                   uncalibrated_flags=c.uncalibrated_flags)
 
     def predict_preprocessed(self, spectrum: np.ndarray, tiles: Optional[np.ndarray]) -> Prediction:
         """The fused result from already preprocessed inputs (evaluation builds them itself).

@@ -8,7 +8,7 @@ runtime becomes BackendUnavailable when that backend is created.
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
-from isic_station.errors import BackendUnavailable, ConfigError
+from isic_common.errors import BackendUnavailable, ConfigError
 from isic_station.inference.acl_backend import AclBackend, acl_importable
 from isic_station.inference.base import Backend
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend

@@ -26,7 +26,7 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from isic_station.errors import ConfigError, ModelError
+from isic_common.errors import ConfigError, ModelError
 from isic_station.sample_label import label_mask
 
 log = logging.getLogger(__name__)

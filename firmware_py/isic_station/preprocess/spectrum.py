@@ -16,7 +16,7 @@ from typing import Any, Dict, Sequence, Tuple
 
 import numpy as np
 
-from isic_station.errors import ModelError
+from isic_common.errors import ModelError
 
 # Half a grid step of tolerance when checking that the model grid lies inside the instrument axis.
 _EDGE_TOLERANCE_STEPS = 0.5

@@ -1,4 +1,4 @@
-"""The station's own error types, each with the process exit code a technician and systemd see.
+"""The error types of every package here, each with the process exit code a technician and systemd see.
 
 Every failure that reaches the command line is one of these, so the CLI prints one clear line
 instead of a traceback, and systemd can tell a configuration error (no restart) from a crash.

@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Iterable, List, Optional
 
-from isic_station.errors import StationError
+from isic_common.errors import StationError
 
 
 def build_parser(

@@ -1,0 +1,257 @@
+"""Calibrated uncertainty: per-fibre 95 % intervals, a recalibrated blend confidence, unknown fibres.
+
+The spread of the model's answers over image tiles is far smaller than its real error, so the
+station does not report it as the uncertainty. `isic-model calibrate-uncertainty` measures the
+real error on held-out station-like lab data and writes the manifest's `uncertainty` object;
+this module applies it (numpy only, on the board):
+
+- Intervals: locally weighted split conformal prediction, separately for the bimodal and the
+  signal-only path. A scale s = exp(offset[fibre] + weights . features) follows what makes an
+  answer harder (fraction near 0.5, tile spread, spectral noise, low blend confidence, an
+  atypical or dark spectrum); the
+  interval is prediction +- quantile[fibre] * band_factor[band] * s * widening, clipped to [0, 1].
+  `quantile` is the conformal quantile of |error| / s over the calibration data (fibres present),
+  which gives the 95 % coverage guarantee per fibre for data like the calibration data;
+  `band_factor` then corrects it per band of the predicted fraction (the conformal quantile of
+  |error| / (s quantile) within the band, Mondrian style: minor and major parts of a blend err
+  more than the scale model expects, pure fibres less). A quality
+  flag seen in the calibration data widens the interval by its measured factor, a flag it never
+  saw cannot be calibrated: `refer_to_lab`.
+  The standard uncertainty is the 95 % half-width over k = 1.96.
+- Confidence: temperature scaling of the fused blend probabilities, p_i ** (1/T) renormalised
+  (T fitted by log-likelihood on the calibration data), with its own T for noisy spectra (noise
+  above `noise_split`: weak lamp, noisy detector), where the model is overconfident.
+- Unknown fibres: the preprocessed spectrum's residual outside the principal subspace of the
+  known fibres' calibration spectra (Q statistic, as SIMCA), over what known fabrics leave at
+  this noise level (c0 + c1 noise^2); above the
+  threshold (a high quantile over known fabrics) the sample likely holds a fibre the model does
+  not know.
+- Lots: `systematic[fibre]` is the standard deviation of the error a lot's mean keeps (the model's
+  bias at one composition, measured over groups of fresh pieces of one composition), per blend
+  class where the calibration data had enough groups of it (`systematic_per_blend`), else overall.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+Z95 = 1.959963984540054  # coverage factor of a 95 % two-sided normal interval
+PATH_BIMODAL = "bimodal"
+PATH_SIGNAL_ONLY = "signal_only"
+FEATURES = ("balance", "tile_spread", "spectral_noise", "blend_doubt", "atypicality", "darkness")
+# Bands of the predicted fraction with their own conformal factor (minor and major parts of a blend
+# err differently from pure fibres): band i holds predictions in [BAND_EDGES[i-1], BAND_EDGES[i]).
+BAND_EDGES = (0.01, 0.05, 0.35, 0.65, 0.95)
+# Flags that say something about this measurement's quality (the others say what the station did).
+QUALITY_FLAGS = ("saturation", "low_signal", "stale_reference", "missing_reference", "white_drift",
+                 "blurred_image", "missing_image", "exposure", "empty_field")
+
+
+class SpectrumQuality(NamedTuple):
+    """What the measured spectrum says about how hard it is: its noise and its reflectance level."""
+
+    noise: float  # robust sd of the absorbance noise
+    level: float  # median reflectance (dark dyes and thin fabric over a dark backing are low)
+
+
+def spectrum_quality(reflectance: np.ndarray) -> SpectrumQuality:
+    """Noise (MAD of the absorbance's second difference / sqrt(6)) and median reflectance of a spectrum.
+
+    The second difference removes the smooth bands and keeps the detector noise (white noise of
+    sd sigma gives second differences of sd sigma * sqrt(6)).
+    """
+    refl = np.asarray(reflectance, dtype=np.float64)
+    absorbance = -np.log10(np.clip(refl, 1e-3, None))
+    d2 = np.diff(absorbance, 2)
+    noise = float(1.4826 * np.median(np.abs(d2 - np.median(d2))) / math.sqrt(6.0))
+    return SpectrumQuality(noise, float(np.median(refl)))
+
+
+def scale_features(pred: np.ndarray, spread: np.ndarray, confidence: float, noise: float,
+                   atypicality: float, level: float) -> np.ndarray:
+    """[F, len(FEATURES)] per fibre of one measurement (logs, so the scale model is multiplicative).
+
+    `atypicality` is the unknown-fibre score: a spectrum unlike the calibration spectra is harder;
+    `level` the median reflectance (darkness = -log level).
+    """
+    pred = np.clip(np.asarray(pred, dtype=np.float64), 0.0, 1.0)
+    n = pred.shape[0]
+    return np.stack([
+        np.log(np.sqrt(pred * (1.0 - pred)) + 0.01),
+        np.log(np.asarray(spread, dtype=np.float64) + 0.002),
+        np.full(n, math.log(max(float(noise), 0.0) + 1e-4)),
+        np.full(n, 1.0 - float(confidence)),
+        np.full(n, math.log(max(float(atypicality), 0.0) + 0.1)),
+        np.full(n, -math.log(min(max(float(level), 1e-3), 1.0))),
+    ], axis=1)
+
+
+def fraction_band(pred: np.ndarray) -> np.ndarray:
+    """Index of each predicted fraction's band (0 .. len(BAND_EDGES))."""
+    return np.searchsorted(np.asarray(BAND_EDGES), np.asarray(pred, dtype=np.float64), side="right")
+
+
+def temper(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature-scaled probabilities: p ** (1/T), renormalised (rows of [..., K])."""
+    logp = np.log(np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, None)) / float(temperature)
+    logp -= logp.max(axis=-1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(axis=-1, keepdims=True)
+
+
+def spectrum_residual(spectrum: np.ndarray, mean: np.ndarray, components: np.ndarray) -> float:
+    """Mean squared residual of the preprocessed spectrum outside the known fibres' principal subspace."""
+    centred = np.asarray(spectrum, dtype=np.float64) - mean
+    residual = centred - components.T @ (components @ centred)
+    return float(np.mean(residual ** 2))
+
+
+def unknown_fibre_score(spectrum: np.ndarray, noise: float, mean: np.ndarray, components: np.ndarray,
+                        noise_model: Sequence[float]) -> float:
+    """The residual over what known fabrics leave at this noise level (c0 + c1 noise^2, fitted on them)."""
+    expected = float(noise_model[0]) + float(noise_model[1]) * float(noise) ** 2
+    return spectrum_residual(spectrum, mean, components) / max(expected, 1e-12)
+
+
+@dataclass(frozen=True)
+class PathCalibration:
+    """One path's interval model and temperature (the manifest's `uncertainty.paths.<path>`)."""
+
+    offset: np.ndarray  # [F]
+    weights: np.ndarray  # [len(FEATURES)]
+    quantile: np.ndarray  # [F] conformal quantile of |error| / scale
+    band_factor: np.ndarray  # [len(BAND_EDGES) + 1] conformal factor per predicted-fraction band
+    absent_factor: float  # band 0's factor over every fibre predicted there, present or not (decisions)
+    widening: Dict[str, float]  # quality flag -> factor >= 1 (flags measured in the calibration data)
+    temperature: float
+    noisy_temperature: float  # T for spectra noisier than noise_split
+    noise_split: float
+    systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
+    systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F], where the calibration had enough groups
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], fibres: Sequence[str]) -> "PathCalibration":
+        return cls(
+            offset=np.array([doc["offset"][f] for f in fibres], dtype=np.float64),
+            weights=np.array([doc["weights"][k] for k in FEATURES], dtype=np.float64),
+            quantile=np.array([doc["quantile"][f] for f in fibres], dtype=np.float64),
+            band_factor=np.asarray(doc["band_factor"], dtype=np.float64),
+            absent_factor=float(doc.get("absent_factor", doc["band_factor"][0])),
+            widening={str(k): float(v) for k, v in doc.get("widening", {}).items()},
+            temperature=float(doc["temperature"]),
+            noisy_temperature=float(doc.get("noisy_temperature", doc["temperature"])),
+            noise_split=float(doc.get("noise_split", math.inf)),
+            systematic=np.array([doc["systematic"][f] for f in fibres], dtype=np.float64),
+            systematic_per_blend={b: np.array([v[f] for f in fibres], dtype=np.float64)
+                                  for b, v in doc.get("systematic_per_blend", {}).items()},
+        )
+
+    def temperature_for(self, noise: float) -> float:
+        """The temperature for a spectrum of this noise level."""
+        return self.noisy_temperature if noise > self.noise_split else self.temperature
+
+    def scale(self, pred: np.ndarray, spread: np.ndarray, confidence: float, quality: SpectrumQuality,
+              atypicality: float) -> np.ndarray:
+        """[F] the scale s of each fibre's error for this measurement."""
+        feats = scale_features(pred, spread, confidence, quality.noise, atypicality, quality.level)
+        return np.exp(self.offset + feats @ self.weights)
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """What calibration adds to one prediction."""
+
+    uncertainty: Dict[str, float]  # standard uncertainty per fibre (half-width / 1.96)
+    interval_95: Dict[str, List[float]]  # fibre -> [low, high]
+    decision_interval_95: Dict[str, List[float]]  # what the spec check judges (see `interval`)
+    confidence: float
+    blend_probabilities: Dict[str, float]
+    unknown_fibre: bool
+    unknown_fibre_score: float
+    uncalibrated_flags: Tuple[str, ...]  # quality flags the calibration never saw: refer to the lab
+
+
+class UncertaintyCalibration:
+    """The manifest's `uncertainty` object, ready to apply to one measurement at a time."""
+
+    def __init__(self, doc: Mapping[str, Any], fibres: Sequence[str], blend_classes: Sequence[str]) -> None:
+        self.doc = doc
+        self.fibres = tuple(fibres)
+        self.blend_classes = tuple(blend_classes)
+        self.paths = {name: PathCalibration.from_dict(doc["paths"][name], self.fibres)
+                      for name in (PATH_BIMODAL, PATH_SIGNAL_ONLY)}
+        unknown = doc["unknown_fibre"]
+        self.pca_mean = np.asarray(unknown["mean"], dtype=np.float64)
+        self.pca_components = np.asarray(unknown["components"], dtype=np.float64)
+        self.noise_model = [float(v) for v in unknown["noise_model"]]
+        self.unknown_threshold = float(unknown["threshold"])
+
+    @classmethod
+    def from_manifest(cls, manifest: Any) -> Optional["UncertaintyCalibration"]:
+        """The manifest's calibration, or None when the model was never calibrated."""
+        doc = manifest.raw.get("uncertainty")
+        return None if doc is None else cls(doc, manifest.fibres, manifest.blend_classes)
+
+    def unknown_score(self, spectrum: np.ndarray, noise: float) -> float:
+        """The unknown-fibre score of one preprocessed spectrum (flagged above `unknown_threshold`)."""
+        return unknown_fibre_score(spectrum, noise, self.pca_mean, self.pca_components, self.noise_model)
+
+    def interval(self, path: str, pred: np.ndarray, spread: np.ndarray, confidence: float,
+                 quality: SpectrumQuality, atypicality: float,
+                 flags: Iterable[str] = ()) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Tuple[str, ...]]:
+        """(half-width [F], interval [F, 2], decision interval [F, 2], uncalibrated quality flags) on `path`.
+
+        The interval covers 95 % of the fibres present. A fibre predicted absent (band 0) is usually
+        absent, and its interval must still reach the few present ones the model missed; the spec
+        check asks instead how far an undeclared fibre may be from 0, over all fibres predicted absent:
+        the decision interval uses `absent_factor` there (elsewhere it is the interval).
+        """
+        cal = self.paths[path]
+        raised = [f for f in flags if f in QUALITY_FLAGS]
+        # missing_image is what sends a measurement down the signal-only path: calibrated there as such.
+        if path == PATH_SIGNAL_ONLY:
+            raised = [f for f in raised if f != "missing_image"]
+        widening = max([cal.widening[f] for f in raised if f in cal.widening] + [1.0])
+        pred = np.asarray(pred, dtype=np.float64)
+        bands = fraction_band(pred)
+        unit = cal.quantile * cal.scale(pred, spread, confidence, quality, atypicality) * widening
+        half = unit * cal.band_factor[bands]
+        decision_half = np.where(bands == 0, unit * cal.absent_factor, half)
+
+        def bounds(h: np.ndarray) -> np.ndarray:
+            return np.stack([np.clip(pred - h, 0.0, 1.0), np.clip(pred + h, 0.0, 1.0)], axis=1)
+
+        return half, bounds(half), bounds(decision_half), tuple(sorted(f for f in raised if f not in cal.widening))
+
+    def apply(self, path: str, composition: Mapping[str, float], spread: Mapping[str, float],
+              blend_probabilities: Mapping[str, float], spectrum: np.ndarray, quality: SpectrumQuality,
+              flags: Iterable[str] = ()) -> Calibrated:
+        """Calibrated uncertainty, interval, confidence and the unknown-fibre check for one prediction."""
+        pred = np.array([composition[f] for f in self.fibres])
+        probs = temper(np.array([blend_probabilities[c] for c in self.blend_classes]),
+                       self.paths[path].temperature_for(quality.noise))
+        score = self.unknown_score(spectrum, quality.noise)
+        half, bounds, decision, uncalibrated = self.interval(
+            path, pred, np.array([spread[f] for f in self.fibres]), float(np.max(probs)), quality, score, flags)
+
+        def per_fibre(b: np.ndarray) -> Dict[str, List[float]]:
+            return {f: [round(float(lo), 4), round(float(hi), 4)] for f, (lo, hi) in zip(self.fibres, b)}
+
+        return Calibrated(
+            uncertainty={f: float(h / Z95) for f, h in zip(self.fibres, half)},
+            interval_95=per_fibre(bounds),
+            decision_interval_95=per_fibre(decision),
+            confidence=float(np.max(probs)),
+            blend_probabilities={c: float(p) for c, p in zip(self.blend_classes, probs)},
+            unknown_fibre=score > self.unknown_threshold,
+            unknown_fibre_score=round(score, 4),
+            uncalibrated_flags=uncalibrated,
+        )
+
+    def systematic(self, path: str, blend: Optional[str] = None) -> Dict[str, float]:
+        """Per fibre, the standard deviation of the error a lot's mean keeps on `path` for results of `blend`."""
+        cal = self.paths[path]
+        values = cal.systematic_per_blend.get(blend, cal.systematic) if blend is not None else cal.systematic
+        return {f: float(v) for f, v in zip(self.fibres, values)}

@@ -1,0 +1,56 @@
+"""How honest the uncertainty is: interval coverage, interval width, calibration error, unknown-fibre rates.
+
+Shared by `isic-model evaluate`, `isic-model calibrate-uncertainty` and the station bench (numpy
+only, so it runs on the board). Coverage and width are taken over the fibres a sample contains
+(a fibre that is absent and predicted absent is easy to cover and would flatter the figure).
+"""
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+
+def coverage_95(truth: np.ndarray, intervals: np.ndarray) -> Optional[float]:
+    """Share of true fractions inside their interval, over the fibres present ([N, F] and [N, F, 2])."""
+    truth, intervals = np.asarray(truth, dtype=np.float64), np.asarray(intervals, dtype=np.float64)
+    present = truth > 0
+    if not present.any():
+        return None
+    inside = (intervals[..., 0] <= truth + 1e-9) & (truth - 1e-9 <= intervals[..., 1])
+    return round(float(inside[present].mean()), 4)
+
+
+def median_interval_width(truth: np.ndarray, intervals: np.ndarray) -> Optional[float]:
+    """Median width (high - low, as a fraction) of the intervals of the fibres present."""
+    present = np.asarray(truth) > 0
+    if not present.any():
+        return None
+    widths = np.asarray(intervals, dtype=np.float64)[..., 1] - np.asarray(intervals, dtype=np.float64)[..., 0]
+    return round(float(np.median(widths[present])), 4)
+
+
+def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], bins: int = 10) -> Optional[float]:
+    """ECE: the share-weighted mean |accuracy - mean confidence| over equal-width confidence bins."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    hit = np.asarray(correct, dtype=np.float64)
+    if conf.size == 0:
+        return None
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            total += mask.mean() * abs(hit[mask].mean() - conf[mask].mean())
+    return round(float(total), 4)
+
+
+def unknown_fibre_rates(flags_unknown: Sequence[bool], flags_known: Sequence[bool]) -> Dict[str, Optional[float]]:
+    """{flagged_unknown: share of samples holding an unknown fibre that were flagged, flagged_known:
+    share of ordinary samples flagged, n_unknown, n_known}."""
+    unknown, known = np.asarray(flags_unknown, dtype=bool), np.asarray(flags_known, dtype=bool)
+    return {
+        "flagged_unknown": round(float(unknown.mean()), 4) if unknown.size else None,
+        "flagged_known": round(float(known.mean()), 4) if known.size else None,
+        "n_unknown": int(unknown.size),
+        "n_known": int(known.size),
+    }

@@ -1,0 +1,451 @@
+"""`isic-model calibrate-uncertainty`: fit the manifest's `uncertainty` object on held-out station-like data.
+
+What is fitted (applied at the station by `isic_station.uncertainty`, see its docstring):
+1. Temperature of the blend probabilities per path (log-likelihood on the fitting half), one for
+   spectra up to NOISY_FACTOR x the median noise and one for noisier ones.
+2. The interval scale model per path: least squares of log |error| on the features (fitting half).
+3. Split conformal quantiles of |error| / scale per path and fibre (calibration half, fibres
+   present): the ceil((n+1) 0.95)-th smallest score, which guarantees >= 95 % coverage for data
+   like the calibration data; quality flags seen often enough get a widening factor (the same
+   quantile over flagged measurements / the overall one).
+4. The unknown-fibre check: principal subspace of the known fibres' spectra (fitting half) and a
+   threshold at a high quantile of the score over the calibration half.
+5. The systematic error per fibre a lot's mean keeps: from groups of fresh pieces of one
+   composition, mean squared group-mean error minus the within-group variance over repeats;
+   overall and per blend class (with at least MIN_BLEND_GROUPS groups).
+
+The halves are split by composition group, so no composition is in both. Then the result is
+checked on other seeds (each held-out preset, and fabrics with unknown fibres) and the figures are
+written beside the fit: data seeds, method, quantiles, temperature, held-out coverage and width.
+"""
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from isic_common.errors import ModelError
+from isic_model import SHIPPED_MANIFEST
+from isic_model.calibration_data import Records, collect, mixture_text, presets_arg, training_presets
+from isic_station.manifest import load_manifest
+
+log = logging.getLogger(__name__)
+
+COVERAGE = 0.95
+UNKNOWN_QUANTILE = 0.99  # share of known fabrics left unflagged on the calibration half
+PCA_COMPONENTS = 15  # principal components of the known spectra (chosen on seeds 2001 / 1101: README)
+MIN_FLAGGED = 30  # flagged (measurement, fibre) pairs needed to calibrate a flag's widening
+MIN_BAND_PAIRS = 20  # (measurement, fibre) pairs a band of the predicted fraction needs for its own factor
+MIN_BLEND_GROUPS = 8  # composition groups of a blend class needed for its own systematic error
+NOISY_FACTOR = 3.0  # spectra noisier than this many times the median get their own temperature
+MIN_NOISY = 50  # noisy measurements needed to fit that temperature
+DEFAULT_UNKNOWN = ("wool", "silk", "acrylic", "elastane")
+HELDOUT_PRESETS = ("default", "humid", "dark_dyes", "low_snr", "thin")
+
+
+def conformal_quantile(scores: np.ndarray, coverage: float = COVERAGE) -> float:
+    """The ceil((n+1) coverage)-th smallest score (the split-conformal quantile; the largest when n is small)."""
+    ordered = np.sort(np.asarray(scores, dtype=np.float64))
+    k = min(int(math.ceil((ordered.size + 1) * coverage)), ordered.size)
+    return float(ordered[k - 1])
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The T minimising the negative log-likelihood of p ** (1/T) (grid in log T, then refined)."""
+    from isic_station.uncertainty import temper
+
+    def nll(t: float) -> float:
+        p = temper(probabilities, t)[np.arange(len(labels)), labels]
+        return float(-np.mean(np.log(np.clip(p, 1e-12, None))))
+
+    grid = np.exp(np.linspace(math.log(0.2), math.log(10.0), 61))
+    best = float(grid[int(np.argmin([nll(t) for t in grid]))])
+    fine = best * np.exp(np.linspace(-0.06, 0.06, 25))
+    return round(float(fine[int(np.argmin([nll(t) for t in fine]))]), 4)
+
+
+def _path_rows(records: Records, path: str, atypicality: np.ndarray) -> Dict[str, np.ndarray]:
+    """The measurements and answers of `path`: bimodal = the station's answer where frames passed."""
+    from isic_station.uncertainty import PATH_BIMODAL
+
+    if path == PATH_BIMODAL:
+        keep = ~records.station_signal_only
+        r = records.subset(keep)
+        return {"pred": r.station_pred, "spread": r.station_spread, "prob": r.station_prob, "truth": r.truth,
+                "noise": r.noise, "flags": r.flags, "labels": r.labels, "group": r.group,
+                "atypicality": atypicality[keep], "preset": r.preset, "level": r.level}
+    return {"pred": records.signal_pred, "spread": np.zeros_like(records.signal_spread), "prob": records.signal_prob,
+            "truth": records.truth, "noise": records.noise, "flags": records.flags, "labels": records.labels,
+            "group": records.group, "atypicality": atypicality, "preset": records.preset,
+            "level": records.level}
+
+
+def _features(rows: Mapping[str, np.ndarray], temperature: float, noisy_temperature: float,
+              noise_split: float) -> Tuple[np.ndarray, np.ndarray]:
+    """([N, F, D] scale features, [N] tempered confidence, each row at its noise band's temperature)."""
+    from isic_station.uncertainty import scale_features, temper
+
+    noisy = (rows["noise"] > noise_split)[:, None]
+    conf = np.where(noisy, temper(rows["prob"], noisy_temperature), temper(rows["prob"], temperature)).max(axis=1)
+    feats = np.stack([scale_features(p, s, c, n, a, lv) for p, s, c, n, a, lv in zip(
+        rows["pred"], rows["spread"], conf, rows["noise"], rows["atypicality"], rows["level"])])
+    return feats, conf
+
+
+def _factor(ratios: np.ndarray, fallback: float = 1.0) -> float:
+    """The conformal quantile of `ratios`, or `fallback` with fewer than MIN_BAND_PAIRS of them (floored above 0)."""
+    if ratios.size < MIN_BAND_PAIRS:
+        return fallback
+    return round(max(conformal_quantile(ratios), 1e-3), 4)
+
+
+def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibres: Sequence[str],
+             classes: Sequence[str], path: str) -> Dict[str, Any]:
+    """One path's `uncertainty.paths.<path>` object (temperature, scale model, quantiles, widening)."""
+    from isic_station.uncertainty import BAND_EDGES, FEATURES, PATH_SIGNAL_ONLY, QUALITY_FLAGS, fraction_band
+
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[b] for b in fit["labels"]])
+    temperature = fit_temperature(fit["prob"], labels)
+    noise_split = NOISY_FACTOR * float(np.median(fit["noise"]))
+    noisy = fit["noise"] > noise_split
+    noisy_temperature = (fit_temperature(fit["prob"][noisy], labels[noisy]) if noisy.sum() >= MIN_NOISY
+                         else temperature)
+    if noisy.sum() >= MIN_NOISY:
+        temperature = fit_temperature(fit["prob"][~noisy], labels[~noisy])
+    feats, _ = _features(fit, temperature, noisy_temperature, noise_split)
+    present = fit["truth"] > 0
+    n_fibres = len(fibres)
+    # log|e| = offset[f] + w . x  over the (measurement, fibre) pairs with the fibre present
+    design = np.concatenate([np.broadcast_to(np.eye(n_fibres), feats.shape[:2] + (n_fibres,)), feats], axis=2)
+    target = np.log(np.abs(fit["pred"] - fit["truth"]) + 0.002)
+    columns = list(range(n_fibres)) + [n_fibres + j for j, k in enumerate(FEATURES)
+                                       if not (path == PATH_SIGNAL_ONLY and k == "tile_spread")]
+    coef = np.zeros(design.shape[2])
+    coef[columns], *_ = np.linalg.lstsq(design[present][:, columns], target[present], rcond=None)
+    offset, weights = coef[:n_fibres], coef[n_fibres:]
+
+    cal_feats, _ = _features(cal, temperature, noisy_temperature, noise_split)
+    scale = np.exp(offset + cal_feats @ weights)
+    scores = np.abs(cal["pred"] - cal["truth"]) / scale
+    cal_present = cal["truth"] > 0
+    quantile = {f: round(conformal_quantile(scores[:, j][cal_present[:, j]]), 5) for j, f in enumerate(fibres)}
+    q_all = np.array([quantile[f] for f in fibres])
+    bands = fraction_band(cal["pred"])
+    band_factor = [_factor((scores / q_all)[cal_present & (bands == b)]) for b in range(len(BAND_EDGES) + 1)]
+    absent_factor = _factor((scores / q_all)[bands == 0], fallback=band_factor[0])
+    q_all = q_all * np.asarray(band_factor)[bands]
+    # What each preset of the calibration data would need on its own (pooled over fibres): recorded, not applied.
+    condition = {name: _factor((scores / q_all)[cal_present & (cal["preset"] == name)[:, None]])
+                 for name in sorted(set(cal["preset"].tolist()))}
+    widening: Dict[str, float] = {}
+    flag_sets = [set(text.split()) for text in cal["flags"]]
+    for flag in QUALITY_FLAGS:
+        rows = np.array([flag in s for s in flag_sets])
+        if path == PATH_SIGNAL_ONLY and flag == "missing_image":
+            continue
+        mask = cal_present & rows[:, None]
+        if mask.sum() >= MIN_FLAGGED:
+            widening[flag] = round(max(1.0, conformal_quantile((scores / q_all)[mask])), 4)
+    return {
+        "temperature": temperature,
+        "noisy_temperature": noisy_temperature,
+        "noise_split": round(noise_split, 8),
+        "offset": {f: round(float(v), 5) for f, v in zip(fibres, offset)},
+        "weights": {k: round(float(v), 5) for k, v in zip(FEATURES, weights)},
+        "quantile": quantile,
+        "band_factor": band_factor,
+        "absent_factor": absent_factor,
+        "widening": widening,
+        "condition_factors": condition,
+        "pairs": {"fit": int(present.sum()), "calibration": int(cal_present.sum())},
+    }
+
+
+def systematic_error(rows: Mapping[str, np.ndarray], fibres: Sequence[str]) -> Dict[str, float]:
+    """Per fibre, the RMS error of a group's mean that more repeats would not remove."""
+    err = rows["pred"] - rows["truth"]
+    out = {}
+    for j, f in enumerate(fibres):
+        means, within = [], []
+        for g in np.unique(rows["group"]):
+            mask = (rows["group"] == g) & (rows["truth"][:, j] > 0)
+            if mask.sum() >= 2:
+                means.append(err[mask, j].mean())
+                within.append(err[mask, j].var(ddof=1) / mask.sum())
+        out[f] = round(math.sqrt(max(float(np.mean(np.square(means)) - np.mean(within)), 0.0)), 5) if means else 0.0
+    return out
+
+
+def fit_unknown(fit: Records, cal: Records) -> Dict[str, Any]:
+    """Principal subspace of the known spectra, the residual's noise model and the threshold
+    (the manifest's `unknown_fibre`)."""
+    from isic_station.uncertainty import spectrum_residual, unknown_fibre_score
+
+    mean = fit.spectrum.mean(axis=0)
+    _, sv, vt = np.linalg.svd(fit.spectrum - mean, full_matrices=False)
+    components = vt[:PCA_COMPONENTS]
+    residual = np.array([spectrum_residual(x, mean, components) for x in fit.spectrum])
+    design = np.stack([np.ones(len(fit)), fit.noise ** 2], axis=1)
+    noise_model = np.maximum(np.linalg.lstsq(design, residual, rcond=None)[0], 1e-12)
+    scores = np.array([unknown_fibre_score(x, n, mean, components, noise_model)
+                       for x, n in zip(cal.spectrum, cal.noise)])
+    return {
+        "method": f"Q statistic: mean squared residual of the preprocessed spectrum outside the first "
+        f"{PCA_COMPONENTS} principal components of the known fibres' spectra, over c0 + c1 noise^2 (least squares "
+        f"on them); threshold the {100 * UNKNOWN_QUANTILE:g} % conformal quantile over the calibration half",
+        "components_kept": PCA_COMPONENTS,
+        "noise_model": [float(v) for v in noise_model],
+        "threshold": round(conformal_quantile(scores, UNKNOWN_QUANTILE), 5),
+        "mean": [round(float(v), 6) for v in mean],
+        "components": [[round(float(v), 6) for v in row] for row in components],
+    }
+
+
+def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[str]) -> Dict[str, Any]:
+    """The manifest's `uncertainty` object (without the data description) from calibration records."""
+    from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, unknown_fibre_score
+
+    groups = np.unique(records.group)
+    rng = np.random.default_rng(0)
+    fit_groups = set(rng.choice(groups, size=len(groups) // 2, replace=False).tolist())
+    in_fit = np.array([g in fit_groups for g in records.group])
+    fit, cal = records.subset(in_fit), records.subset(~in_fit)
+    unknown = fit_unknown(fit, cal)
+    mean, components = np.asarray(unknown["mean"]), np.asarray(unknown["components"])
+    atypicality = np.array([unknown_fibre_score(x, n, mean, components, unknown["noise_model"])
+                            for x, n in zip(records.spectrum, records.noise)])
+    paths = {}
+    for path in (PATH_BIMODAL, PATH_SIGNAL_ONLY):
+        doc = fit_path(_path_rows(fit, path, atypicality[in_fit]), _path_rows(cal, path, atypicality[~in_fit]),
+                       fibres, classes, path)
+        rows = _path_rows(records, path, atypicality)
+        doc["systematic"] = systematic_error(rows, fibres)
+        doc["systematic_per_blend"] = {}
+        for blend in sorted(set(rows["labels"].tolist())):
+            of_blend = rows["labels"] == blend
+            if len(np.unique(rows["group"][of_blend])) >= MIN_BLEND_GROUPS:
+                doc["systematic_per_blend"][blend] = systematic_error({k: v[of_blend] for k, v in rows.items()},
+                                                                      fibres)
+        paths[path] = doc
+    return {"paths": paths, "unknown_fibre": unknown}
+
+
+def apply_records(calibration: Any, records: Records, signal_only: bool = False) -> Dict[str, np.ndarray]:
+    """The station's answer for each record as `isic_station.uncertainty` calibrates it (with
+    `signal_only`, the signal-only path's answer instead, as if the camera had failed).
+
+    {intervals [N, F, 2], confidence [N], correct [N], unknown [N] bool, signal_only [N]}.
+    """
+    from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, SpectrumQuality
+
+    fibres, classes = calibration.fibres, calibration.blend_classes
+    pred, spread, prob = ((records.signal_pred, records.signal_spread, records.signal_prob) if signal_only
+                          else (records.station_pred, records.station_spread, records.station_prob))
+    out: Dict[str, List[Any]] = {"intervals": [], "decision": [], "confidence": [], "correct": [], "unknown": []}
+    for i in range(len(records)):
+        path = PATH_SIGNAL_ONLY if signal_only or records.station_signal_only[i] else PATH_BIMODAL
+        c = calibration.apply(path, dict(zip(fibres, pred[i])), dict(zip(fibres, spread[i])),
+                              dict(zip(classes, prob[i])), records.spectrum[i],
+                              SpectrumQuality(records.noise[i], records.level[i]), records.flags[i].split())
+        out["intervals"].append([c.interval_95[f] for f in fibres])
+        out["decision"].append([c.decision_interval_95[f] for f in fibres])
+        out["confidence"].append(c.confidence)
+        out["correct"].append(classes[int(np.argmax(prob[i]))] == records.labels[i])
+        out["unknown"].append(c.unknown_fibre)
+    arrays = {k: np.asarray(v) for k, v in out.items()}
+    arrays["signal_only"] = np.asarray(records.station_signal_only)
+    return arrays
+
+
+def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
+    """coverage_95, median interval width, ECE and the unknown-fibre flag rate on known fabrics."""
+    from isic_station.uncertainty_metrics import coverage_95, expected_calibration_error, median_interval_width
+
+    a = apply_records(calibration, records)
+    raw_conf = records.station_prob.max(axis=1)
+    figures = {
+        "samples": len(records),
+        "coverage_95": coverage_95(records.truth, a["intervals"]),
+        "median_interval_width": median_interval_width(records.truth, a["intervals"]),
+        "ece": expected_calibration_error(a["confidence"], a["correct"]),
+        "ece_uncalibrated": expected_calibration_error(raw_conf, a["correct"]),
+        "flagged_known": round(float(a["unknown"].mean()), 4),
+        "signal_only_share": round(float(a["signal_only"].mean()), 4),
+    }
+    s = apply_records(calibration, records, signal_only=True)
+    figures["signal_only"] = {
+        "coverage_95": coverage_95(records.truth, s["intervals"]),
+        "median_interval_width": median_interval_width(records.truth, s["intervals"]),
+        "ece": expected_calibration_error(s["confidence"], s["correct"]),
+    }
+    return figures
+
+
+def _uncalibrated_copy(manifest_path: Path) -> Path:
+    """The manifest without its `uncertainty` object, beside it (so its graph files resolve): the model is
+    answered uncalibrated anyway, and an earlier calibration in an older layout must not stop a new
+    one. The manifest itself keeps its calibration until the new one replaces it."""
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"model manifest not found: {manifest_path}") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model manifest {manifest_path} cannot be read: {exc}") from None
+    if isinstance(raw, dict):
+        raw.pop("uncertainty", None)
+    copy = manifest_path.with_name(".uncalibrated-" + manifest_path.name)
+    copy.write_text(json.dumps(raw), encoding="utf-8")
+    return copy
+
+
+def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
+              heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
+              cache_dir: Optional[Path], progress: bool = True) -> Dict[str, Any]:
+    """Collect, fit, check on held-out seeds, and write `uncertainty` into the manifest. Returns it."""
+    from isic_station.uncertainty import UncertaintyCalibration
+
+    manifest_path = Path(manifest_path)
+    if manifest_path.is_dir():
+        manifest_path = manifest_path / "manifest.json"
+    source = _uncalibrated_copy(manifest_path)
+    try:
+        doc = _calibrate(source, seed, groups, repeats, preset, heldout_seed, heldout_samples, heldout_presets,
+                         unknown, cache_dir, progress)
+    finally:
+        source.unlink()
+    raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    raw["uncertainty"] = doc
+    check = manifest_path.with_name(".check-" + manifest_path.name)
+    check.write_text(json.dumps(raw), encoding="utf-8")
+    try:
+        UncertaintyCalibration.from_manifest(load_manifest(check))  # schema and runtime accept it first
+    finally:
+        check.unlink()
+    _write_json(manifest_path, raw)
+    return doc
+
+
+def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
+               heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
+               cache_dir: Optional[Path], progress: bool) -> Dict[str, Any]:
+    from isic_station.uncertainty import UncertaintyCalibration
+
+    manifest = load_manifest(manifest_path)
+    fibres, classes = list(manifest.fibres), list(manifest.blend_classes)
+    start = time.perf_counter()
+    records = collect(manifest_path, seed, groups, preset, repeats, cache_dir=cache_dir, progress=progress)
+    doc = fit_calibration(records, fibres, classes)
+    doc["method"] = (
+        "locally weighted split conformal per path and fibre (coverage 0.95, fibres present), quality-flag "
+        "widening, temperature scaling of the blend probabilities, Q-statistic unknown-fibre check, systematic "
+        "lot error from repeated compositions; see isic_station/uncertainty.py"
+    )
+    doc["coverage"] = COVERAGE
+    doc["data"] = {
+        "seed": seed, "groups": groups, "repeats": repeats, "measurements": len(records),
+        "preset": mixture_text(preset), "split": "half the composition groups fit, half calibrate (rng 0)",
+        "station": manifest.raw.get("training", {}).get("station", {}),
+        "graphs": {k: g.sha256 for k, g in manifest.graphs.items()},
+    }
+    calibration = UncertaintyCalibration(doc, fibres, classes)
+    heldout: Dict[str, Any] = {"seed": heldout_seed, "samples": heldout_samples, "presets": {}}
+    for name in heldout_presets:
+        rec = collect(manifest_path, heldout_seed, heldout_samples, name, cache_dir=cache_dir, progress=progress)
+        heldout["presets"][name] = heldout_figures(calibration, rec)
+    if unknown:
+        rec = collect(manifest_path, heldout_seed + 100, heldout_samples, "default", unknown=unknown,
+                      cache_dir=cache_dir, progress=progress)
+        flags = apply_records(calibration, rec)["unknown"]
+        known = heldout["presets"].get("default", {}).get("flagged_known")
+        heldout["unknown_fibre"] = {"fibres": list(unknown), "seed": heldout_seed + 100,
+                                    "flagged_unknown": round(float(flags.mean()), 4), "flagged_known": known}
+    doc["heldout"] = heldout
+    doc["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    doc["seconds"] = round(time.perf_counter() - start, 1)
+    return doc
+
+
+def summary_lines(doc: Mapping[str, Any]) -> List[str]:
+    """The figures a person reads after calibrating."""
+    lines = []
+    for path, p in doc["paths"].items():
+        lines.append(f"{path}: temperature {p['temperature']:.3f} (noisy spectra {p['noisy_temperature']:.3f}); "
+                     "quantile "
+                     + ", ".join(f"{f} {q:.2f}" for f, q in p["quantile"].items())
+                     + f"; widening {p['widening'] or 'none'}; systematic (pp) "
+                     + ", ".join(f"{f} {100 * v:.1f}" for f, v in p["systematic"].items()))
+    h = doc["heldout"]
+    for name, fig in h["presets"].items():
+        lines.append(f"held-out seed {h['seed']} preset {name:<9}: coverage_95 {fig['coverage_95']:.3f}, median "
+                     f"width {fig['median_interval_width']:.3f}, ECE {fig['ece']:.3f} (uncalibrated "
+                     f"{fig['ece_uncalibrated']:.3f}), unknown flag on known fabrics {fig['flagged_known']:.3f}; "
+                     f"signal-only: coverage_95 {fig['signal_only']['coverage_95']:.3f}, median width "
+                     f"{fig['signal_only']['median_interval_width']:.3f}, ECE {fig['signal_only']['ece']:.3f}")
+    if "unknown_fibre" in h:
+        u = h["unknown_fibre"]
+        lines.append(f"unknown fibres {','.join(u['fibres'])} (seed {u['seed']}): flagged_unknown "
+                     f"{u['flagged_unknown']:.3f}, flagged_known {u['flagged_known']}")
+    return lines
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    """Add `calibrate-uncertainty` to the `isic-model` parser."""
+    p = sub.add_parser(
+        "calibrate-uncertainty",
+        help="calibrate the 95 %% intervals, blend confidence and unknown-fibre check into a model's manifest",
+        description="Simulate held-out station-like measurements (the training preset mixture, groups of fresh "
+        "pieces of one composition), answer them with the model uncalibrated, fit the interval, temperature, "
+        "unknown-fibre and lot-systematic calibration, check it on held-out seeds per preset, and write it into "
+        "the manifest's `uncertainty` object with its data and method. Run it again after every new model.",
+    )
+    p.add_argument("--model", type=Path, default=SHIPPED_MANIFEST, help="manifest.json or its folder (rewritten)")
+    p.add_argument("--seed", type=int, default=2001, help="lab seed of the calibration data (default: %(default)s)")
+    p.add_argument("--groups", type=int, default=600,
+                   help="compositions in the calibration data (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=4,
+                   help="fresh pieces measured per composition (default: %(default)s)")
+    p.add_argument("--preset", type=presets_arg, default=None,
+                   help="preset or mixture, e.g. default=0.4,humid=0.15 (default: the model's training mixture)")
+    p.add_argument("--heldout-seed", type=int, default=1001, help="seed of the check (default: %(default)s)")
+    p.add_argument("--heldout-samples", type=int, default=400, help="measurements per held-out preset")
+    p.add_argument("--heldout-presets", default=",".join(HELDOUT_PRESETS), help="comma-separated presets")
+    p.add_argument("--unknown-fibres", default=",".join(DEFAULT_UNKNOWN),
+                   help="lab fibres the model does not know, for the unknown-fibre check ('' to skip)")
+    p.add_argument("--cache", type=Path, default=Path("out/cache"), help="record cache folder (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the written `uncertainty` object (without arrays)")
+    p.set_defaults(handler=_command)
+
+
+def _command(args: argparse.Namespace) -> int:
+    path = args.model / "manifest.json" if args.model.is_dir() else args.model
+    if args.preset is not None:
+        preset = args.preset
+    else:
+        source = _uncalibrated_copy(path)
+        try:
+            preset = training_presets(load_manifest(source).raw)
+        finally:
+            source.unlink()
+    doc = calibrate(path, args.seed, args.groups, args.repeats, preset, args.heldout_seed, args.heldout_samples,
+                    [p for p in args.heldout_presets.split(",") if p],
+                    [f for f in args.unknown_fibres.split(",") if f], args.cache, progress=not args.json)
+    if args.json:
+        arrays = ("mean", "components")
+        shown = dict(doc, unknown_fibre={k: v for k, v in doc["unknown_fibre"].items() if k not in arrays})
+        print(json.dumps(shown))
+    else:
+        print(f"calibration written into {path} ({doc['data']['measurements']} measurements, {doc['seconds']} s)")
+        print("\n".join(summary_lines(doc)))
+    return 0

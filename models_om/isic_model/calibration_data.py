@@ -1,0 +1,198 @@
+"""Station-like held-out measurements with the model's raw answers: the data uncertainty is calibrated on.
+
+Each measurement is simulated as the station takes it (the manifest's station settings), gated as
+the station gates it (`acquisition.spectrum_flags`, the quality gate on every frame; a measurement
+with no frame left is signal-only, as at the station) and answered by the station's own Predictor
+without calibration, once on the station's path (bimodal, or signal-only without frames) and once
+signal-only. Samples come in groups of `repeats` fresh pieces of fabric (new nuisance, new frames)
+of one composition: the spread within a group is what averaging over a lot removes, the rest is
+the systematic error a lot's mean keeps. With `unknown` fibres, every sample holds one of them
+(20-80 %) beside 1-2 known fibres: the fabrics the unknown-fibre check must flag.
+
+Sample g of a run is drawn from the generator seeded (seed, g), so runs are reproducible and a
+short run is the head of a long one. Collected records are cached as .npz keyed by all of that.
+"""
+
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from isic_model.data import Presets, StationSettings, cache_key, draw_preset
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_SHARE = (0.2, 0.8)  # fraction range of the unknown fibre in an unknown-fibre sample
+
+
+@dataclass
+class Records:
+    """Per measurement: truth, the raw answers of both paths and the quality figures.
+
+    `truth` [N, F] over the model's fibres (an unknown fibre's share is in `unknown_share` [N]);
+    `group` [N] composition group; `preset` [N] names; `flags` [N] space-joined quality flags;
+    `station_signal_only` [N] bool (no frame passed the gate). For path p in (station, signal):
+    `p_pred` [N, F], `p_spread` [N, F] (std over tiles), `p_prob` [N, K] fused blend probabilities.
+    `spectrum` [N, S] the preprocessed model input; `noise`, `level` [N] from `uncertainty.spectrum_quality`.
+    """
+
+    truth: np.ndarray
+    unknown_share: np.ndarray
+    group: np.ndarray
+    preset: np.ndarray
+    flags: np.ndarray
+    station_signal_only: np.ndarray
+    station_pred: np.ndarray
+    station_spread: np.ndarray
+    station_prob: np.ndarray
+    signal_pred: np.ndarray
+    signal_spread: np.ndarray
+    signal_prob: np.ndarray
+    labels: np.ndarray
+    spectrum: np.ndarray
+    noise: np.ndarray
+    level: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.truth.shape[0])
+
+    def subset(self, rows: np.ndarray) -> "Records":
+        """The records of `rows` (an index or boolean array)."""
+        return Records(**{k: v[rows] for k, v in asdict(self).items()})
+
+    @staticmethod
+    def concat(parts: Sequence["Records"]) -> "Records":
+        """One set from several (groups renumbered so they stay distinct)."""
+        offset, groups = 0, []
+        for part in parts:
+            groups.append(part.group + offset)
+            offset += int(part.group.max()) + 1 if len(part) else 0
+        fields = {k: np.concatenate([getattr(p, k) for p in parts]) for k in asdict(parts[0])}
+        fields["group"] = np.concatenate(groups)
+        return Records(**fields)
+
+
+def _draw(rng: np.random.Generator, preset: Presets, fibres: Sequence[str], unknown: Sequence[str]) -> Any:
+    """A sample (known fibres only, or one unknown fibre beside 1-2 known ones) and its preset name."""
+    from isic_drivers.lab.sample import Sample, draw_nuisance, draw_sample
+
+    preset = draw_preset(rng, preset)
+    if not unknown:
+        return draw_sample(rng, preset, fibres=list(fibres)), preset
+    stranger = str(unknown[int(rng.integers(len(unknown)))])
+    share = float(rng.uniform(*UNKNOWN_SHARE))
+    known = rng.choice(len(fibres), size=int(rng.integers(1, 3)), replace=False)
+    parts = rng.dirichlet(np.ones(len(known))) * (1.0 - share)
+    composition = {stranger: share}
+    composition.update({fibres[int(j)]: float(p) for j, p in zip(known, parts)})
+    return Sample(composition, draw_nuisance(rng, preset)), preset
+
+
+def collect(
+    manifest_path: Path,
+    seed: int,
+    groups: int,
+    preset: Presets = "default",
+    repeats: int = 1,
+    unknown: Sequence[str] = (),
+    cache_dir: Optional[Path] = None,
+    progress: bool = True,
+) -> Records:
+    """`groups` x `repeats` measurements with seed `seed`, answered by the uncalibrated model."""
+    from isic_station.manifest import load_manifest
+
+    manifest = load_manifest(manifest_path)
+    settings = StationSettings(**manifest.raw.get("training", {}).get("station", {}))
+    key = cache_key(kind="uncertainty-records", seed=seed, groups=groups, repeats=repeats, preset=preset,
+                    unknown=list(unknown), settings=asdict(settings), model=manifest.graphs["bimodal"].sha256,
+                    signal=manifest.graphs["signal_only"].sha256, version=3)
+    path = cache_dir / f"records-{key}.npz" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        log.info("records seed=%d from cache %s", seed, path)
+        with np.load(path) as data:
+            return Records(**{name: data[name] for name in data.files})
+    records = _simulate(manifest, settings, seed, groups, preset, repeats, unknown, progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **asdict(records))
+        tmp.replace(path)
+    return records
+
+
+def _simulate(manifest: Any, settings: StationSettings, seed: int, groups: int, preset: Presets, repeats: int,
+              unknown: Sequence[str], progress: bool) -> Records:
+    from tqdm import tqdm
+
+    from isic_drivers.lab.measurement import simulate_measurement
+    from isic_drivers.lab.sample import Sample, blend_label, draw_nuisance
+    from isic_station.acquisition import GATE_FLAGS, spectrum_flags
+    from isic_station.inference import create_backend
+    from isic_station.inference.predictor import Predictor
+    from isic_station.preprocess.spectrum import preprocess_spectrum
+    from isic_station.quality_gate import assess
+    from isic_station.uncertainty import spectrum_quality
+
+    fibres = list(manifest.fibres)
+    lab_fibres = fibres + [f for f in unknown if f not in fibres]
+    predictor = Predictor(manifest, create_backend("onnxruntime", manifest, {"threads": 2}), calibrated=False)
+    rows: Dict[str, List[Any]] = {k: [] for k in Records.__dataclass_fields__}
+    try:
+        for g in tqdm(range(groups), desc=f"calibration seed {seed}", unit="sample", disable=not progress,
+                      file=sys.stderr):
+            rng = np.random.default_rng([seed, g])
+            base, preset_name = _draw(rng, preset, fibres, unknown)
+            for _ in range(repeats):
+                sample = Sample(dict(base.composition), draw_nuisance(rng, preset_name))
+                m = simulate_measurement(sample, rng, integration_us=settings.integration_us, coadd=settings.coadd,
+                                         n_frames=settings.n_frames, frame_size=settings.frame_px,
+                                         um_per_px=settings.camera_um_per_px, fibres=lab_fibres)
+                flags = spectrum_flags(m.raw_counts, m.dark_counts, float((m.white_counts - m.dark_counts).max()),
+                                       0.05)
+                passed = []
+                for frame in m.frames:
+                    quality = assess(frame)
+                    flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
+                    if quality.passed:
+                        passed.append(frame)
+                station = predictor.predict(m.reflectance, m.wavelengths_nm, passed or None, settings.camera_um_per_px)
+                signal = predictor.predict(m.reflectance, m.wavelengths_nm, None, settings.camera_um_per_px)
+                rows["truth"].append([sample.composition.get(f, 0.0) for f in fibres])
+                rows["unknown_share"].append(sum(v for k, v in sample.composition.items() if k not in fibres))
+                rows["group"].append(g)
+                rows["preset"].append(preset_name)
+                rows["flags"].append(" ".join(sorted(flags | ({"missing_image"} if not passed else set()))))
+                rows["station_signal_only"].append(station.signal_only)
+                for name, p in (("station", station), ("signal", signal)):
+                    rows[f"{name}_pred"].append([p.composition[f] for f in fibres])
+                    rows[f"{name}_spread"].append([p.uncertainty[f] for f in fibres])
+                    rows[f"{name}_prob"].append([p.blend_probabilities[c] for c in manifest.blend_classes])
+                known = {k: v for k, v in sample.composition.items() if k in fibres}
+                rows["labels"].append(blend_label(known) if not unknown else "")
+                rows["spectrum"].append(preprocess_spectrum(m.reflectance, m.wavelengths_nm, manifest.spectrum))
+                quality = spectrum_quality(m.reflectance)
+                rows["noise"].append(quality.noise)
+                rows["level"].append(quality.level)
+    finally:
+        predictor.backend.close()
+    return Records(**{k: np.asarray(v) for k, v in rows.items()})
+
+
+def presets_arg(text: str) -> Presets:
+    """'default' or 'default=0.4,humid=0.15,...' (a mixture, as train.toml's preset table)."""
+    if "=" not in text:
+        return text
+    return {k.strip(): float(v) for k, v in (item.split("=", 1) for item in text.split(","))}
+
+
+def mixture_text(preset: Presets) -> str:
+    """A preset or mixture as the text `presets_arg` reads back."""
+    return preset if isinstance(preset, str) else ",".join(f"{k}={v:g}" for k, v in sorted(preset.items()))
+
+
+def training_presets(manifest_raw: Mapping[str, Any]) -> Presets:
+    """The preset (mixture) the model was trained on: the station's range of conditions."""
+    return manifest_raw.get("training", {}).get("preset", "default")

@@ -1,0 +1,115 @@
+"""`isic-model simulate-lots`: how often the station's lot rule passes, fails or refers simulated lots.
+
+A lot is `--size` measurements of fresh pieces of one fabric (one composition, new nuisance and
+frames each), drawn from the virtual lab with `--seed` and answered by the calibrated model as the
+station answers them. Each lot is judged twice by the station's own `LotSummary`: declared as what
+it truly is (should pass) and declared `--offset-pp` off on its main fibre (should fail), at each
+`--tolerance`. Prints the shares of pass / fail / undetermined lots.
+"""
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+import numpy as np
+
+from isic_model import SHIPPED_MANIFEST
+
+
+def offset_declaration(truth: Sequence[float], fibres: Sequence[str], offset: float) -> Dict[str, float]:
+    """The true composition with `offset` moved from its largest fibre to its second (or the next fibre)."""
+    truth = np.asarray(truth, dtype=np.float64)
+    order = np.argsort(-truth)
+    main = int(order[0])
+    other = int(order[1]) if truth[order[1]] > 0 else (main + 1) % len(fibres)
+    declared = truth.copy()
+    moved = min(offset, declared[main])
+    declared[main] -= moved
+    declared[other] += moved
+    return {f: float(v) for f, v in zip(fibres, declared) if v > 0}
+
+
+def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: str, tolerances: Sequence[float],
+                  offset_pp: float, cache_dir: Any = None, progress: bool = True) -> Dict[str, Any]:
+    """{tolerance: {true: {pass, fail, undetermined}, offset: {...}}} shares over `lots` lots."""
+    from isic_common.errors import ModelError
+    from isic_model.calibrate_uncertainty import apply_records
+    from isic_model.calibration_data import collect
+    from isic_station.manifest import load_manifest
+    from isic_station.spec_check import VERDICTS, LotSpec, LotSummary, judge
+    from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration
+
+    manifest = load_manifest(manifest_path)
+    calibration = UncertaintyCalibration.from_manifest(manifest)
+    if calibration is None:
+        raise ModelError(f"{manifest_path} has no uncertainty calibration: run `isic-model calibrate-uncertainty`")
+    fibres = list(manifest.fibres)
+    records = collect(manifest_path, seed, lots, preset, repeats=size, cache_dir=cache_dir, progress=progress)
+    answers = apply_records(calibration, records)
+    out: Dict[str, Any] = {"seed": seed, "lots": lots, "size": size, "preset": preset, "offset_pp": offset_pp,
+                           "tolerance_pp": {}}
+    for tol in tolerances:
+        counts = {"true": dict.fromkeys(VERDICTS, 0), "offset": dict.fromkeys(VERDICTS, 0)}
+        results = {"true": dict.fromkeys(VERDICTS, 0), "offset": dict.fromkeys(VERDICTS, 0)}
+        for g in range(lots):
+            rows = np.flatnonzero(records.group == g)
+            truth = records.truth[rows[0]]
+            declarations = {
+                "true": {f: float(v) for f, v in zip(fibres, truth) if v > 0},
+                "offset": offset_declaration(truth, fibres, offset_pp / 100.0),
+            }
+            for case, declared in declarations.items():
+                summary = LotSummary(LotSpec(f"lot-{g}", declared, tol), since="")
+                for i in rows:
+                    path = PATH_SIGNAL_ONLY if records.station_signal_only[i] else PATH_BIMODAL
+                    blend = manifest.blend_classes[int(np.argmax(records.station_prob[i]))]
+                    decision = dict(zip(fibres, answers["decision"][i].tolist()))
+                    results[case][judge(summary.spec, decision)["verdict"]] += 1
+                    summary.add(dict(zip(fibres, records.station_pred[i])), calibration.systematic(path, blend),
+                                decision)
+                counts[case][summary.to_dict("sim", "")["verdict"]] += 1
+        out["tolerance_pp"][f"{tol:g}"] = {case: {v: round(n / lots, 3) for v, n in c.items()}
+                                          for case, c in counts.items()}
+        out["tolerance_pp"][f"{tol:g}"]["results"] = {
+            case: {v: round(n / (lots * size), 3) for v, n in c.items()} for case, c in results.items()}
+    return out
+
+
+def register(sub: "argparse._SubParsersAction") -> None:
+    """Add `simulate-lots` to the `isic-model` parser."""
+    p = sub.add_parser(
+        "simulate-lots",
+        help="shares of simulated lots the station's lot rule passes, fails or refers to the lab",
+        description="Simulate --lots lots of --size fresh pieces of one fabric each, answer them with the "
+        "calibrated model, and judge each with the station's LotSummary declared as it truly is and declared "
+        "--offset-pp off, at each --tolerance.",
+    )
+    p.add_argument("--model", type=Path, default=SHIPPED_MANIFEST, help="manifest.json or its folder")
+    p.add_argument("--seed", type=int, default=3001, help="lab seed (default: %(default)s)")
+    p.add_argument("--lots", type=int, default=40, help="number of lots (default: %(default)s)")
+    p.add_argument("--size", type=int, default=20, help="measurements per lot (default: %(default)s)")
+    p.add_argument("--preset", default="default", help="lab preset (default: %(default)s)")
+    p.add_argument("--tolerance", default="3,5", help="tolerances in pp, comma-separated (default: %(default)s)")
+    p.add_argument("--offset-pp", type=float, default=8.0, help="how far off the wrong declaration is")
+    p.add_argument("--cache", type=Path, default=Path("out/cache"), help="record cache folder (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_command)
+
+
+def _command(args: argparse.Namespace) -> int:
+    path = args.model / "manifest.json" if args.model.is_dir() else args.model
+    result = simulate_lots(path, args.seed, args.lots, args.size, args.preset,
+                           [float(t) for t in args.tolerance.split(",") if t], args.offset_pp, args.cache,
+                           progress=not args.json)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.lots} lots x {args.size} measurements, seed {args.seed}, preset {args.preset}")
+    for tol, cases in result["tolerance_pp"].items():
+        for case in ("true", "offset"):
+            what = "declared as it is" if case == "true" else f"declared {args.offset_pp:g} pp off"
+            lots = ", ".join(f"{v} {100 * s:.1f} %" for v, s in cases[case].items())
+            single = ", ".join(f"{v} {100 * s:.1f} %" for v, s in cases["results"][case].items())
+            print(f"tolerance {tol} pp, {what:<20}: lots {lots}; single results {single}")
+    return 0

@@ -1,0 +1,117 @@
+"""The decision rule on calibrated intervals, per result and per lot (spec_check), and its documents."""
+
+import pytest
+
+from isic_station.results import build_result, out_of_spec_alarm, refer_to_lab_alarm
+from isic_station.schemas import validation_errors
+from isic_station.spec_check import LotSpec, LotSummary, check_composition, judge
+
+from .mqtt_helpers import sample_result
+
+SPEC = LotSpec("L1", {"cotton": 0.6, "polyester": 0.4}, tolerance_pp=5.0)
+
+
+def result_with(spec, flags=(), interval=None):
+    doc = sample_result("st1", 3)
+    return build_result(station="st1", sequence=3, composition=doc["composition"], blend=doc["blend"],
+                        confidence=0.9, uncertainty=doc["uncertainty"], flags=flags, model=doc["model"],
+                        backend="onnxruntime", timings_ms=doc["timings_ms"], sample_id="S-3", lot_id="L1",
+                        spec=spec, interval_95=interval, unknown_fibre_score=1.5 if interval else None)
+
+
+@pytest.mark.parametrize("intervals, verdict, straddling", [
+    ({"cotton": [0.57, 0.64], "polyester": [0.36, 0.43]}, "pass", []),
+    ({"cotton": [0.66, 0.70], "polyester": [0.30, 0.34]}, "fail", []),
+    ({"cotton": [0.53, 0.67], "polyester": [0.33, 0.47]}, "undetermined", ["cotton", "polyester"]),
+    ({"cotton": [0.58, 0.62], "polyester": [0.36, 0.40], "nylon": [0.0, 0.06]}, "undetermined", ["nylon"]),
+    ({"cotton": [0.55, 0.65], "polyester": [0.35, 0.45]}, "pass", []),  # exactly at the limits
+])
+def test_result_verdict_follows_the_whole_interval(intervals, verdict, straddling):
+    decision = judge(SPEC, intervals)
+    assert decision["verdict"] == verdict and decision["straddling_fibres"] == straddling
+
+
+def test_a_straddling_result_is_undetermined_and_referred_to_the_lab():
+    interval = {"cotton": [0.52, 0.66], "polyester": [0.34, 0.48]}
+    spec = check_composition(SPEC, {"cotton": 0.59, "polyester": 0.41}, interval)
+    assert spec["in_spec"] and spec["verdict"] == "undetermined" and spec["refer_to_lab"]
+    assert spec["rule"] == "interval_95"
+    doc = result_with(spec, interval=interval)
+    assert validation_errors(doc, "result") == []
+    assert "refer_to_lab" in doc["flags"] and "out_of_spec" not in doc["flags"]
+    assert out_of_spec_alarm(doc) is None
+    alarm = refer_to_lab_alarm(doc)
+    assert validation_errors(alarm, "alarm") == []
+    assert alarm["kind"] == "refer_to_lab" and "straddles" in alarm["message"] and "cotton" in alarm["message"]
+
+
+def test_a_failing_interval_flags_out_of_spec_and_alarms():
+    interval = {"cotton": [0.70, 0.78], "polyester": [0.22, 0.30]}
+    spec = check_composition(SPEC, {"cotton": 0.74, "polyester": 0.26}, interval)
+    doc = result_with(spec, interval=interval)
+    assert spec["verdict"] == "fail" and "out_of_spec" in doc["flags"] and "refer_to_lab" not in doc["flags"]
+    assert out_of_spec_alarm(doc)["kind"] == "out_of_spec" and refer_to_lab_alarm(doc) is None
+
+
+def test_without_intervals_the_point_estimate_decides():
+    spec = check_composition(SPEC, {"cotton": 0.63, "polyester": 0.37})
+    assert spec["rule"] == "point_estimate" and spec["verdict"] == "pass" and not spec["refer_to_lab"]
+    assert check_composition(SPEC, {"cotton": 0.7, "polyester": 0.3})["verdict"] == "fail"
+
+
+def test_unknown_fibre_and_uncalibrated_flags_refer_to_the_lab_with_the_reason():
+    doc = result_with(None, flags=["unknown_fibre"], interval={"cotton": [0.5, 0.7], "polyester": [0.3, 0.5]})
+    assert "refer_to_lab" in doc["flags"] and validation_errors(doc, "result") == []
+    alarm = refer_to_lab_alarm(doc, uncalibrated_flags=["stale_reference"])
+    assert "does not know" in alarm["message"] and "stale_reference" in alarm["message"]
+
+
+def lot_of(values, spec, systematic=0.01, interval_half=0.05):
+    summary = LotSummary(spec, since="2026-12-01T10:00:00.000Z")
+    for cotton in values:
+        composition = {"cotton": cotton, "polyester": 1.0 - cotton}
+        interval = {f: [max(0.0, v - interval_half), min(1.0, v + interval_half)] for f, v in composition.items()}
+        verdict = judge(spec, interval)["verdict"]
+        summary.add(composition, {"cotton": systematic, "polyester": systematic}, interval, verdict)
+    return summary.to_dict("st1", "2026-12-01T10:05:00.000Z")
+
+
+def test_a_lot_matching_its_declaration_passes_and_the_document_validates():
+    doc = lot_of([0.59, 0.61, 0.60, 0.62, 0.58] * 4, SPEC)
+    assert validation_errors(doc, "lot") == []
+    assert doc["n"] == 20 and doc["mean"]["cotton"] == pytest.approx(0.6, abs=1e-4)
+    assert doc["verdict"] == "pass" and not doc["refer_to_lab"] and doc["reasons"] == []
+    # the interval of the mean keeps the systematic part: never narrower than t * systematic
+    low, high = doc["interval_95"]["cotton"]
+    assert high - low >= 2 * 1.96 * 0.01 - 1e-4
+
+
+def test_a_straddling_lot_is_undetermined():
+    # mean 0.645: 4.5 pp off, inside 5 pp, but the interval of the mean crosses 0.65
+    doc = lot_of([0.63, 0.66, 0.64, 0.65] * 5, SPEC)
+    assert doc["mean"]["cotton"] == pytest.approx(0.645, abs=1e-4)
+    low, high = doc["interval_95"]["cotton"]
+    assert low < 0.65 < high
+    assert doc["verdict"] == "undetermined" and doc["refer_to_lab"] and "cotton" in doc["straddling_fibres"]
+    assert "straddles" in doc["reasons"][0] and validation_errors(doc, "lot") == []
+
+
+def test_a_lot_far_off_fails():
+    doc = lot_of([0.70, 0.71, 0.69, 0.70] * 5, SPEC)
+    assert doc["verdict"] == "fail" and doc["failing_fibres"] == ["cotton", "polyester"]
+
+
+def test_a_lot_of_one_uses_the_result_interval_and_an_empty_lot_is_undetermined():
+    assert lot_of([0.6], SPEC, interval_half=0.08)["interval_95"]["cotton"] == [pytest.approx(0.52),
+                                                                                 pytest.approx(0.68)]
+    empty = LotSummary(SPEC, since="2026-12-01T10:00:00.000Z").to_dict("st1", "2026-12-01T10:00:00.000Z")
+    assert empty["n"] == 0 and empty["verdict"] == "undetermined" and validation_errors(empty, "lot") == []
+
+
+def test_a_lot_with_an_unknown_fibre_result_is_referred():
+    summary = LotSummary(SPEC, since="2026-12-01T10:00:00.000Z")
+    for _ in range(3):
+        summary.add({"cotton": 0.6, "polyester": 0.4}, {}, {"cotton": [0.58, 0.62], "polyester": [0.38, 0.42]},
+                    "pass", unknown_fibre=True)
+    doc = summary.to_dict("st1", "2026-12-01T10:00:00.000Z")
+    assert doc["verdict"] == "pass" and doc["refer_to_lab"] and doc["unknown_fibre_results"] == 3

@@ -1,0 +1,134 @@
+"""Uncertainty calibration: the command writes a valid manifest section the station applies; intervals,
+temperature, unknown fibres and the metrics, on the shipped model and the virtual lab (ONNX Runtime)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
+from isic_model.calibrate_uncertainty import conformal_quantile
+from isic_model.cli import main
+from isic_model.data import StationSettings
+from isic_station.inference import create_backend
+from isic_station.inference.predictor import Predictor
+from isic_station.manifest import load_manifest
+from isic_station.uncertainty import temper
+from isic_station.uncertainty_metrics import (
+    coverage_95,
+    expected_calibration_error,
+    median_interval_width,
+    unknown_fibre_rates,
+)
+
+
+@pytest.fixture(scope="module")
+def calibrated_copy(tmp_path_factory):
+    """The shipped graphs with a small calibration written by the command (a few hundred measurements)."""
+    folder = tmp_path_factory.mktemp("calibrated")
+    for name in ("isicnet.onnx", "isicnet_signal.onnx", "manifest.json"):
+        shutil.copy(SHIPPED_DIR / name, folder / name)
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw.pop("uncertainty", None)
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    rc = main(["calibrate-uncertainty", "--model", str(folder), "--seed", "77", "--groups", "24", "--repeats", "2",
+               "--heldout-seed", "78", "--heldout-samples", "8", "--heldout-presets", "default,low_snr",
+               "--unknown-fibres", "wool", "--cache", str(folder / "cache"), "--json"])
+    assert rc == 0
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []  # no working copies left
+    return folder / "manifest.json"
+
+
+def predictor_for(path):
+    manifest = load_manifest(path)
+    return Predictor(manifest, create_backend("onnxruntime", manifest, {"threads": 1}))
+
+
+def measure(composition, seed, preset="default"):
+    from isic_drivers.lab.measurement import simulate_measurement
+    from isic_drivers.lab.sample import Sample, draw_nuisance
+
+    rng = np.random.default_rng(seed)
+    settings = StationSettings(**load_manifest(SHIPPED_MANIFEST).raw["training"]["station"])
+    fibres = ["cotton", "linen", "viscose", "polyester", "nylon"] + [f for f in composition if f == "wool"]
+    return simulate_measurement(Sample(composition, draw_nuisance(rng, preset)), rng, coadd=settings.coadd,
+                                n_frames=settings.n_frames, frame_size=settings.frame_px,
+                                um_per_px=settings.camera_um_per_px, fibres=fibres)
+
+
+def test_the_command_records_data_method_and_heldout_figures(calibrated_copy):
+    doc = load_manifest(calibrated_copy).raw["uncertainty"]
+    assert doc["data"]["seed"] == 77 and doc["data"]["measurements"] == 48 and doc["data"]["repeats"] == 2
+    assert "conformal" in doc["method"] and doc["coverage"] == 0.95
+    for path in ("bimodal", "signal_only"):
+        p = doc["paths"][path]
+        assert p["temperature"] > 0 and set(p["quantile"]) == {"cotton", "linen", "viscose", "polyester", "nylon"}
+    heldout = doc["heldout"]["presets"]
+    assert set(heldout) == {"default", "low_snr"} and 0.0 <= heldout["default"]["coverage_95"] <= 1.0
+    assert doc["heldout"]["unknown_fibre"]["fibres"] == ["wool"]
+
+
+def test_the_station_reports_calibrated_intervals_and_confidence(calibrated_copy):
+    calibrated, raw = predictor_for(calibrated_copy), Predictor(load_manifest(calibrated_copy),
+                                                                create_backend("onnxruntime",
+                                                                               load_manifest(calibrated_copy),
+                                                                               {"threads": 1}), calibrated=False)
+    m = measure({"cotton": 0.6, "polyester": 0.4}, 5)
+    p = calibrated.predict(m.reflectance, m.wavelengths_nm, m.frames, m.um_per_px)
+    r = raw.predict(m.reflectance, m.wavelengths_nm, m.frames, m.um_per_px)
+    assert p.composition == r.composition and p.blend == r.blend and r.interval_95 is None
+    for fibre, (low, high) in p.interval_95.items():
+        assert 0.0 <= low <= p.composition[fibre] <= high <= 1.0
+        # the calibrated standard uncertainty is the 95 % half-width over 1.96, far above the tile spread
+        assert p.uncertainty[fibre] >= r.uncertainty[fibre]
+    assert p.uncertainty["cotton"] > 0.005
+    # what the spec check judges: the same interval for fibres present, never wider for those predicted absent
+    for fibre, (low, high) in p.decision_interval_95.items():
+        assert p.interval_95[fibre][0] <= low <= high <= p.interval_95[fibre][1]
+        if p.composition[fibre] >= 0.01:
+            assert [low, high] == p.interval_95[fibre]
+    # signal-only has its own calibration (wider: no image)
+    s = calibrated.predict(m.reflectance, m.wavelengths_nm, None, m.um_per_px)
+    assert s.signal_only and s.interval_95["cotton"][1] - s.interval_95["cotton"][0] > 0.0
+    # an uncalibrated quality flag is reported, not silently ignored
+    flagged = calibrated.predict(m.reflectance, m.wavelengths_nm, m.frames, m.um_per_px, flags={"stale_reference"})
+    assert flagged.uncalibrated_flags == ("stale_reference",)
+
+
+def test_a_wool_cotton_sample_is_flagged_and_a_known_blend_is_not():
+    """On the shipped model's own calibration (README figures)."""
+    predictor = predictor_for(SHIPPED_MANIFEST)
+    assert predictor.calibration is not None, "the shipped manifest carries no uncertainty calibration"
+    wool = measure({"wool": 0.5, "cotton": 0.5}, 11)
+    known = measure({"cotton": 0.5, "polyester": 0.5}, 11)
+    p_wool = predictor.predict(wool.reflectance, wool.wavelengths_nm, wool.frames, wool.um_per_px)
+    p_known = predictor.predict(known.reflectance, known.wavelengths_nm, known.frames, known.um_per_px)
+    assert p_wool.unknown_fibre and not p_known.unknown_fibre
+    assert p_wool.unknown_fibre_score > predictor.calibration.unknown_threshold > p_known.unknown_fibre_score
+
+
+def test_conformal_quantile_is_the_finite_sample_rank():
+    scores = np.arange(1, 20)  # n = 19: ceil(20 * 0.95) = 19th smallest
+    assert conformal_quantile(scores) == 19
+    assert conformal_quantile(np.arange(1, 100)) == 95  # ceil(100 * 0.95) = 95
+    assert conformal_quantile(np.array([3.0])) == 3.0
+
+
+def test_temperature_keeps_the_winner_and_softens():
+    p = np.array([0.7, 0.2, 0.1])
+    assert np.allclose(temper(p, 1.0), p)
+    soft = temper(p, 2.0)
+    assert soft.argmax() == 0 and soft[0] < 0.7 and soft.sum() == pytest.approx(1.0)
+
+
+def test_metrics_on_known_values():
+    truth = np.array([[0.6, 0.4, 0.0], [1.0, 0.0, 0.0]])
+    intervals = np.array([[[0.5, 0.7], [0.45, 0.5], [0.0, 0.1]], [[0.9, 1.0], [0.0, 0.05], [0.0, 0.0]]])
+    assert coverage_95(truth, intervals) == pytest.approx(2 / 3, abs=1e-4)  # polyester 0.4 is outside
+    assert median_interval_width(truth, intervals) == pytest.approx(0.1)
+    # half the answers at 0.9 right, half at 0.6 right: |0.5-0.9| and |1-0.6| in two bins
+    assert expected_calibration_error([0.9, 0.9, 0.6, 0.6], [True, False, True, True]) == pytest.approx(0.4)
+    assert expected_calibration_error([0.75] * 4, [True, True, True, False]) == pytest.approx(0.0)
+    rates = unknown_fibre_rates([True, True, False, True], [False] * 9 + [True])
+    assert rates["flagged_unknown"] == 0.75 and rates["flagged_known"] == 0.1
