@@ -79,7 +79,7 @@ def check_camera(config: Config) -> CheckResult:
             frame = source.read()
         if frame is None:
             raise OSError(f"camera {cam.source} gave no frame")
-        quality = assess(frame.image, quality_thresholds(config))
+        quality = assess(frame.image, quality_thresholds(config), cam.um_per_px)
         height, width = frame.image.shape[:2]
         verdict = "passes the quality gate" if quality.passed else f"fails the gate: {', '.join(quality.reasons)}"
         return f"{cam.source}: {width}x{height} frame, focus {quality.focus:.0f}, {verdict}"
@@ -103,6 +103,32 @@ def check_model(config: Config) -> CheckResult:
 
     return _guard("model", "reinstall the package (its shipped model), or point model.manifest at a manifest "
                   "written by `isic-model export` with its .onnx/.om files beside it", probe)
+
+
+def check_scale(config: Config) -> CheckResult:
+    """The camera's configured µm/px lies in the range the model's manifest accepts."""
+
+    def probe() -> str:
+        from isic_station.manifest import load_manifest
+        from isic_station.preprocess.image import scale_problem
+        from isic_station.station import manifest_path
+
+        if not config.camera.source:
+            return "no camera: the image path is not used"
+        try:
+            image = load_manifest(manifest_path(config)).image
+        except StationError as exc:
+            raise OSError(f"not tried: it needs the model first ({exc})") from None
+        problem = scale_problem(config.camera.um_per_px, image)
+        if problem:
+            raise ValueError(problem)
+        accepted = image.get("camera_um_per_px_range")
+        where = f" (accepted {accepted[0]:g}-{accepted[1]:g})" if accepted else ""
+        return (f"camera.um_per_px = {config.camera.um_per_px:g}{where}, resampled to the model's "
+                f"{float(image['um_per_px']):g} µm/px")
+
+    return _guard("scale", "measure the microscope's scale with a stage micrometer and set camera.um_per_px "
+                  "to it; if it is right, the objective does not suit this model", probe)
 
 
 def check_backend(config: Config) -> CheckResult:
@@ -274,7 +300,8 @@ def check_npu(config: Config, seed: int = 0) -> List[CheckResult]:
 def run_checks(config: Config, only: Optional[List[str]] = None) -> List[CheckResult]:
     """Every check (or those named in `only`), in the order a technician would go through them."""
     checks = {
-        "spectrometer": check_serial, "camera": check_camera, "model": check_model, "backend": check_backend,
+        "spectrometer": check_serial, "camera": check_camera, "model": check_model, "scale": check_scale,
+        "backend": check_backend,
         "broker": check_broker, "state": check_state,
     }
     return [check(config) for name, check in checks.items() if only is None or name in only]

@@ -16,16 +16,19 @@ do not change with a camera's resolution above it:
 - clipped_high / clipped_low: fraction of pixels at the sensor's ends (exposure);
 - coverage: fraction of pixels that are fibre (`preprocess.image.fibre_mask`, the same notion
   the tile choice uses), too little means an empty field.
+A printed sample label (`sample_label.label_mask`) is left out of every figure: it is sharp and
+high-contrast whatever the focus on the fabric, so it made blurred frames pass and counted as fibre.
 """
 
 import threading
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import cv2
 import numpy as np
 
 from isic_station.preprocess.image import fibre_mask, to_grey
+from isic_station.sample_label import label_mask
 
 WORKING_WIDTH_PX = 640
 # Fewer bare-glass pixels than this: too few to estimate the noise floor of the focus figure.
@@ -82,30 +85,35 @@ def working_grey(frame: np.ndarray) -> np.ndarray:
     return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
 
 
-def focus_figure(grey: np.ndarray, fibre: np.ndarray) -> float:
+def focus_figure(grey: np.ndarray, fibre: np.ndarray, excluded: Optional[np.ndarray] = None) -> float:
     """Variance of the Laplacian of Gaussian around the fibres minus its variance on the bare glass.
 
     The Gaussian (FOCUS_SIGMA_PX) and the glass's share remove what a plain variance of the
     Laplacian counts as sharpness: camera noise and the ringing JPEG leaves at fibre edges, which
-    made MJPG-decoded blurred frames score three times higher than before encoding.
+    made MJPG-decoded blurred frames score three times higher than before encoding. `excluded`
+    pixels (a label) count as neither.
     """
     mask = fibre.astype(np.uint8)
     near = cv2.dilate(mask, np.ones((7, 7), np.uint8)).astype(bool)
     glass = ~cv2.dilate(mask, np.ones((15, 15), np.uint8)).astype(bool)
+    if excluded is not None:
+        near &= ~excluded
+        glass &= ~excluded
     laplacian = cv2.Laplacian(cv2.GaussianBlur(grey, (0, 0), FOCUS_SIGMA_PX), cv2.CV_32F, ksize=3)
     noise = float(laplacian[glass].var()) if np.count_nonzero(glass) >= MIN_GLASS_PX else 0.0
     return max(0.0, float(laplacian[near].var()) - noise)
 
 
-def assess(frame: np.ndarray, thresholds: GateThresholds = GateThresholds()) -> FrameQuality:
-    """The figures of one BGR (or grey) uint8 frame and whether it passes `thresholds`."""
+def assess(frame: np.ndarray, thresholds: GateThresholds = GateThresholds(), um_per_px: float = 1.0) -> FrameQuality:
+    """The figures of one BGR (or grey) uint8 frame at `um_per_px` and whether it passes `thresholds`."""
     grey = working_grey(frame)
-    pixels = float(grey.size)
-    clipped_high = float(np.count_nonzero(grey >= thresholds.clip_high_level)) / pixels
-    clipped_low = float(np.count_nonzero(grey <= thresholds.clip_low_level)) / pixels
-    mask = fibre_mask(grey)
+    label = label_mask(grey, um_per_px * frame.shape[1] / grey.shape[1])
+    pixels = float(max(1, grey.size - np.count_nonzero(label)))
+    clipped_high = float(np.count_nonzero((grey >= thresholds.clip_high_level) & ~label)) / pixels
+    clipped_low = float(np.count_nonzero((grey <= thresholds.clip_low_level) & ~label)) / pixels
+    mask = fibre_mask(grey) & ~label
     coverage = float(np.count_nonzero(mask)) / pixels
-    focus = focus_figure(grey, mask) if coverage > 0 else 0.0
+    focus = focus_figure(grey, mask, label) if coverage > 0 else 0.0
     reasons = []
     if coverage < thresholds.min_coverage:
         reasons.append(REASON_EMPTY)     # nothing to focus on: focus says nothing, so no "blurred"
@@ -122,15 +130,16 @@ def assess(frame: np.ndarray, thresholds: GateThresholds = GateThresholds()) -> 
 class QualityGate:
     """`assess` with counters: frames assessed, passed, and failed by reason (thread-safe to read)."""
 
-    def __init__(self, thresholds: GateThresholds = GateThresholds()) -> None:
+    def __init__(self, thresholds: GateThresholds = GateThresholds(), um_per_px: float = 1.0) -> None:
         self.thresholds = thresholds
+        self.um_per_px = um_per_px
         self._lock = threading.Lock()
         self._counts: Dict[str, int] = {"assessed": 0, "passed": 0}
         self._counts.update({reason: 0 for reason in REASONS})
 
     def assess(self, frame: np.ndarray) -> FrameQuality:
         """Assess one frame and count the outcome."""
-        quality = assess(frame, self.thresholds)
+        quality = assess(frame, self.thresholds, self.um_per_px)
         with self._lock:
             self._counts["assessed"] += 1
             self._counts["passed"] += int(quality.passed)

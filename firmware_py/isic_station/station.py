@@ -253,6 +253,12 @@ class Station:
         if old is not None:
             old.backend.close()
         log.info("model %s %s on %s", manifest.name, manifest.version, backend.name)
+        if self.config.camera.source:
+            from isic_station.preprocess.image import scale_problem
+
+            problem = scale_problem(self.config.camera.um_per_px, manifest.image)
+            if problem:
+                log.warning("%s", problem)
 
     def _open_devices(self, camera: bool = True) -> None:
         from isic_drivers.camera import CameraSource
@@ -271,7 +277,7 @@ class Station:
             self._camera = CameraSource(c.camera.source, c.camera.width, c.camera.height, c.camera.fps,
                                         c.camera.um_per_px)
         self.acquirer = Acquirer(
-            ObpSpectrometer(self._transport), self._camera, QualityGate(quality_thresholds(c)),
+            ObpSpectrometer(self._transport), self._camera, QualityGate(quality_thresholds(c), c.camera.um_per_px),
             SampleLabelReader() if self._camera is not None else None,
             calibration=self.calibration, integration_us=c.spectrometer.integration_us, context=self._context,
             coadd=c.spectrometer.coadd, frames_per_measurement=c.camera.frames_per_measurement,

@@ -38,13 +38,27 @@ def draw_preset(rng: np.random.Generator, preset: Presets) -> str:
 
 @dataclass(frozen=True)
 class StationSettings:
-    """How the station measures (choices of the station, not of the fabric): co-adding, frames, scale."""
+    """How the station measures (choices of the station, not of the fabric): co-adding, frames, scale.
+
+    `frame_height` None: square frames; `label`: each frame shows the sample's printed QR label, as
+    the virtual microscope draws it on the demo bench.
+    """
 
     coadd: int = 16
     n_frames: int = 4
     frame_px: int = 256
     camera_um_per_px: float = 1.6
     integration_us: Optional[int] = None  # None: the instrument's default
+    frame_height: Optional[int] = None
+    label: bool = False
+
+    @classmethod
+    def of_station(cls, config: Any) -> "StationSettings":
+        """The settings a station with this `isic_station.config.Config` measures with (label on)."""
+        return cls(coadd=config.spectrometer.coadd, n_frames=config.camera.frames_per_measurement,
+                   frame_px=config.camera.width, frame_height=config.camera.height,
+                   camera_um_per_px=config.camera.um_per_px, integration_us=config.spectrometer.integration_us,
+                   label=True)
 
     def measure(
         self,
@@ -63,6 +77,11 @@ class StationSettings:
         from isic_drivers.lab.sample import draw_sample
 
         sample = draw_sample(rng, draw_preset(rng, preset), dict(overrides or {}), fibres=list(fibres))
+        decorate = None
+        if self.label:
+            from isic_drivers.emulators.microscope import label_decorator
+
+            decorate = label_decorator(f"L-{int(rng.integers(0, 10**6)):06d}")
         return simulate_measurement(
             sample,
             rng,
@@ -72,6 +91,8 @@ class StationSettings:
             frame_size=self.frame_px,
             um_per_px=self.camera_um_per_px,
             fibres=list(fibres),
+            frame_height=self.frame_height,
+            decorate=decorate,
         )
 
 

@@ -13,6 +13,13 @@ Composition MAE is taken over the fibres a sample contains: |predicted - true| a
 `mae_per_fibre[f]` is over the samples that contain f, `mae_per_blend[b]` over the samples of
 blend b (every binary blend; the seed's table shows four of them).
 
+Measurements are taken with the station's settings by default (`station_settings`: the demo
+bench's config, i.e. the camera's frame size and µm/px, its frames per measurement and co-adding,
+and the sample's QR label in every frame, exactly what `isic-station bench accuracy` measures);
+`--config` takes a station's own config, `--training-settings` the settings training used.
+`--seeds A,B,C` pools the seeds' results: accuracy and MAE with 95 % confidence intervals
+(`isic_station.bench.scoring`, the scoring `bench accuracy` uses), each seed's figures beside.
+
 `counting_limit` puts the model beside a perfect fibre counter of the very same frames: the
 composition estimated from the true number of fibres of each type in them (see `counting_limit.py`),
 the floor an image reader cannot beat with these frames, whatever its network.
@@ -23,6 +30,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -30,6 +38,7 @@ import numpy as np
 
 from isic_model.data import StationSettings, generate_spectra
 from isic_model.scoring import composition_figures
+from isic_station.bench.scoring import figures_line, pooled_figures, score_result
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +136,27 @@ def _baselines(
     }
 
 
+def training_settings(manifest: Any) -> StationSettings:
+    """The station settings training used (the manifest's `training.station`)."""
+    return StationSettings(**manifest.raw.get("training", {}).get("station", {}))
+
+
+def station_settings(config_path: Optional[Path] = None) -> StationSettings:
+    """The settings a station measures with: its config at `config_path`, else the demo bench's config."""
+    from isic_station.config import load_config
+
+    if config_path is not None:
+        return StationSettings.of_station(load_config(config_path))
+    import tempfile
+
+    from isic_station.demo import DemoBench
+
+    with tempfile.TemporaryDirectory(prefix="isic-eval-") as folder:
+        bench = DemoBench(Path(folder))
+        bench.pty_path = "/dev/null"      # only the config is used: no devices are started
+        return StationSettings.of_station(load_config(bench.write_config()))
+
+
 def run_evaluation(
     manifest_path: Path,
     seed: int,
@@ -136,9 +166,14 @@ def run_evaluation(
     baselines: bool = True,
     ablation: bool = True,
     progress: bool = True,
+    settings: Optional[StationSettings] = None,
+    scores: Optional[List[Dict[str, Any]]] = None,
     unknown_fibres: Sequence[str] = (),
 ) -> Dict[str, Any]:
-    """The evaluation figures (the object `evaluate --json` prints)."""
+    """The evaluation figures (the object `evaluate --json` prints) with `settings` (default: training's).
+
+    `scores`, when given, receives one `score_result` per measurement of the bimodal model.
+    """
     from tqdm import tqdm
 
     manifest_path = Path(manifest_path)
@@ -148,7 +183,7 @@ def run_evaluation(
     signal = _Runner(manifest_path)
     manifest = main.manifest
     fibres = list(manifest.fibres)
-    settings = StationSettings(**manifest.raw.get("training", {}).get("station", {}))
+    settings = settings or training_settings(manifest)
     variants: Dict[str, _Runner] = {}
     if ablation:
         for name in ABLATION_ORDER[:-1]:
@@ -177,12 +212,23 @@ def run_evaluation(
         for runner in [main, signal, *variants.values()]:
             runner.close()
     truth = np.stack(truths)
+    run_scores = [
+        score_result(dict(zip(fibres, comp)), blend, dict(zip(fibres, true)), label)
+        for comp, blend, true, label in zip(main.compositions, main.blends, truth, labels)
+    ]
+    if scores is not None:
+        scores.extend(run_scores)
+    pooled = pooled_figures(run_scores)
     result: Dict[str, Any] = {
         "model": f"{manifest.name} {manifest.version}",
         "preset": preset,
         "seed": seed,
         "samples": samples,
         "overrides": dict(overrides or {}),
+        "settings": asdict(settings),
+        "n": pooled["n"],
+        "accuracy_ci95": pooled["accuracy_ci95"],
+        "mae_ci95": pooled["mae_ci95"],
     }
     result.update(main.figures(truth, labels))
     result["signal_only"] = signal.figures(truth, labels)
@@ -191,7 +237,9 @@ def run_evaluation(
         result["ablation"] = {name: runner.figures(truth, labels) for name, runner in variants.items()}
         result["ablation"]["full"] = main.figures(truth, labels)
     if baselines:
-        result["baselines"] = _baselines(manifest, np.stack(reflectances), axis, truth, labels, settings)
+        # fitted on training-seed spectra as training measured them, whatever the evaluation's settings
+        result["baselines"] = _baselines(manifest, np.stack(reflectances), axis, truth, labels,
+                                         training_settings(manifest))
         result["mae_ratio_to_pls"] = round(result["mae"] / max(result["baselines"]["pls"]["mae"], 1e-9), 3)
     if unknown_fibres:
         from isic_model.uncertainty_figures import unknown_fibre_figures
@@ -200,6 +248,30 @@ def run_evaluation(
                                                         main.predictions, progress)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def run_seeds(manifest_path: Path, seeds: Sequence[int], samples: int, **options: Any) -> Dict[str, Any]:
+    """`run_evaluation` on each seed, pooled: n, accuracy, MAE (with 95 % CIs) and MAE per blend over
+    every seed's results, then each seed's own figures under `per_seed`."""
+    scores: List[Dict[str, Any]] = []
+    per_seed = [run_evaluation(manifest_path, seed, samples, scores=scores, **options) for seed in seeds]
+    first = per_seed[0]
+    result: Dict[str, Any] = {key: first[key] for key in ("model", "preset", "overrides", "settings")}
+    result.update(seeds=list(seeds), samples_per_seed=samples, **pooled_figures(scores))
+    result["per_seed"] = per_seed
+    result["seconds"] = round(sum(r["seconds"] for r in per_seed), 1)
+    return result
+
+
+def format_pooled(result: Mapping[str, Any], fibres: Sequence[str]) -> str:
+    """The pooled figures over seeds, then each seed's table."""
+    lines = [f"{result['model']}: preset {result['preset']}, seeds {','.join(map(str, result['seeds']))}, "
+             f"{result['samples_per_seed']} measurements each, station settings {result['settings']}",
+             "pooled ISiC-Net (bimodal): " + figures_line(result),
+             "per seed: " + "; ".join(f"{r['seed']}: {100 * r['accuracy']:.1f} % / MAE {r['mae']:.4f}"
+                                      for r in result["per_seed"]), ""]
+    lines += [format_table(r, fibres) + "\n" for r in result["per_seed"]]
+    return "\n".join(lines)
 
 
 def _cell(value: Optional[float], width: int, scale: float = 1.0, digits: int = 3) -> str:
@@ -219,7 +291,8 @@ def format_table(result: Mapping[str, Any], fibres: Sequence[str]) -> str:
     head += [f"{b:>15}" for b in SEED_BLENDS]
     lines = [
         f"{result['model']}: preset {result['preset']}, seed {result['seed']}, {result['samples']} measurements"
-        + (f", overrides {result['overrides']}" if result["overrides"] else ""),
+        + (f", overrides {result['overrides']}" if result["overrides"] else "")
+        + (f"; ISiC-Net {figures_line(result)}" if "accuracy_ci95" in result else ""),
         " ".join(head),
         _row("ISiC-Net (bimodal)", result, fibres),
         _row("ISiC-Net signal-only path", result["signal_only"], fibres),
@@ -268,23 +341,19 @@ def record_metrics(manifest_path: Path, cfg: Mapping[str, Any], classes: Sequenc
 def evaluate_command(args: argparse.Namespace) -> int:
     """Handler of `isic-model evaluate`."""
     from isic_drivers.lab.sample import parse_overrides
+    from isic_station.manifest import load_manifest
 
-    result = run_evaluation(
-        args.model,
-        args.seed,
-        args.samples,
-        args.preset,
-        parse_overrides(args.overrides),
-        baselines=not args.no_baselines,
-        ablation=not args.no_ablation,
-        progress=not args.json,
-        unknown_fibres=[f for f in getattr(args, "unknown_fibres", "").split(",") if f],
-    )
-    if args.json:
-        print(json.dumps(result))
+    path = args.model / "manifest.json" if args.model.is_dir() else args.model
+    manifest = load_manifest(path)
+    settings = training_settings(manifest) if args.training_settings else station_settings(args.config)
+    options = dict(preset=args.preset, overrides=parse_overrides(args.overrides), baselines=not args.no_baselines,
+                   ablation=not args.no_ablation, progress=not args.json, settings=settings,
+                   unknown_fibres=[f for f in getattr(args, "unknown_fibres", "").split(",") if f])
+    if args.seeds:
+        result = run_seeds(args.model, args.seeds, args.samples, **options)
+        text = format_pooled(result, manifest.fibres)
     else:
-        from isic_station.manifest import load_manifest
-
-        path = args.model / "manifest.json" if args.model.is_dir() else args.model
-        print(format_table(result, load_manifest(path).fibres))
+        result = run_evaluation(args.model, args.seed, args.samples, **options)
+        text = format_table(result, manifest.fibres)
+    print(json.dumps(result) if args.json else text)
     return 0

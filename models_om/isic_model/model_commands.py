@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from isic_model import SHIPPED_MANIFEST
+from isic_station.bench.accuracy import seed_list
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "train.toml"
 
@@ -47,7 +48,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
         "models beside the manifest, and the PLS / PLS-DA / SVM baselines fitted on the training seed.",
     )
     evaluate.add_argument("--model", type=Path, default=SHIPPED_MANIFEST, help="manifest.json or its folder")
-    evaluate.add_argument("--seed", type=int, required=True, help="lab seed of the evaluation samples")
+    seeds = evaluate.add_mutually_exclusive_group(required=True)
+    seeds.add_argument("--seed", type=int, help="lab seed of the evaluation samples (= a line seed of the demo bench)")
+    seeds.add_argument("--seeds", type=seed_list, metavar="A,B,C",
+                       help="several seeds: figures pooled over all their samples, with 95 %% confidence intervals")
     evaluate.add_argument("--samples", type=int, required=True, help="number of measurements")
     evaluate.add_argument("--preset", default="default", help="lab nuisance preset (default: %(default)s)")
     evaluate.add_argument(
@@ -58,6 +62,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
         metavar="K=V",
         help="pin a nuisance parameter (repeatable), e.g. --set humidity=0.9",
     )
+    evaluate.add_argument("--config", type=Path, default=None,
+                          help="measure with this station config's camera and spectrometer settings "
+                               "(default: the demo bench's, as `isic-station bench accuracy` runs it)")
+    evaluate.add_argument("--training-settings", action="store_true",
+                          help="measure with the settings training used instead (the manifest's training.station)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     evaluate.add_argument("--no-baselines", action="store_true", help="skip PLS/SVM (faster)")
     evaluate.add_argument("--no-ablation", action="store_true", help="skip the ablation models")

@@ -72,7 +72,7 @@ def spectrum_params(cfg: Dict[str, Any]) -> Dict[str, Any]:
 def image_params(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """The manifest's `image` object before normalisation (mean 0, std 1)."""
     sec = _section(cfg, "image")
-    return {
+    params = {
         "tile_px": int(sec["tile_px"]),
         "um_per_px": float(sec["um_per_px"]),
         "channels": int(sec["channels"]),
@@ -80,6 +80,9 @@ def image_params(cfg: Dict[str, Any]) -> Dict[str, Any]:
         "mean": 0.0,
         "std": 1.0,
     }
+    if "camera_um_per_px_range" in sec:
+        params["camera_um_per_px_range"] = [float(v) for v in sec["camera_um_per_px_range"]]
+    return params
 
 
 def station_settings(cfg: Dict[str, Any]) -> StationSettings:

@@ -13,6 +13,8 @@ from isic_station.preprocess.image import (
 )
 
 PARAMS = {"tile_px": 32, "um_per_px": 1.0, "channels": 1, "tiles_per_measurement": 4, "mean": 0.5, "std": 0.25}
+# At 2 µm/px a 20 px square stands in for a fibre (40 µm); at 1 µm/px it is as short as dust.
+COARSE = dict(PARAMS, um_per_px=2.0)
 
 
 def blank(height: int = 96, width: int = 128, level: int = 200) -> np.ndarray:
@@ -52,7 +54,7 @@ def test_values_are_scaled_to_unit_range_then_normalised_with_manifest_mean_and_
 def test_the_tiles_with_most_fibre_are_chosen_across_frames():
     first = with_fibre(blank(), top=40, left=70, size=20)      # inside tile (32, 64)
     second = with_fibre(blank(), top=0, left=0, size=30)       # inside tile (0, 0), more fibre
-    info = build_image_input([first, second], 1.0, dict(PARAMS, tiles_per_measurement=2))
+    info = build_image_input([first, second], 2.0, dict(COARSE, tiles_per_measurement=2))
     assert info.origins == ((1, 0, 0), (0, 32, 64))
     assert info.scores[0] > info.scores[1] > FIBRE_TILE_MIN_COVERAGE
     assert info.fibre_tiles == 2
@@ -84,9 +86,9 @@ def test_the_same_frames_always_give_the_same_batch():
 
 
 def test_frames_are_rescaled_from_the_camera_scale_to_the_model_scale():
-    # camera 0.5 µm/px, model 1.0 µm/px: the 256x192 frame becomes 128x96, i.e. 4x3 tiles of 32.
+    # camera 1.0 µm/px, model 2.0 µm/px: the 256x192 frame becomes 128x96, i.e. 4x3 tiles of 32.
     frame = with_fibre(blank(192, 256), top=140, left=200, size=40)   # model px (70..90, 100..120)
-    info = build_image_input([frame], 0.5, dict(PARAMS, tiles_per_measurement=1))
+    info = build_image_input([frame], 1.0, dict(COARSE, tiles_per_measurement=1))
     assert info.tiles_available == 12
     assert info.origins == ((0, 64, 96),)
     assert rescale_frame(frame, 0.5, 1.0).shape == (96, 128, 3)
@@ -96,7 +98,7 @@ def test_frames_are_rescaled_from_the_camera_scale_to_the_model_scale():
 
 def test_too_few_tiles_repeats_the_best_ones_and_says_so():
     frame = with_fibre(blank(64, 64), top=0, left=40, size=20)   # 2x2 tiles; fibre in (0, 32)
-    info = build_image_input([frame], 1.0, dict(PARAMS, tiles_per_measurement=6))
+    info = build_image_input([frame], 2.0, dict(COARSE, tiles_per_measurement=6))
     assert info.tiles_available == 4
     assert info.repeated == 2
     assert info.origins[0] == (0, 0, 32)

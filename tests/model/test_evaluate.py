@@ -65,3 +65,28 @@ def test_same_seed_same_figures_and_table_output(tiny_model, capsys):
 def test_unknown_override_is_a_config_error(tiny_model, capsys):
     rc = main(["evaluate", "--model", str(tiny_model), "--seed", "5", "--samples", "1", "--set", "gravity=2"])
     assert rc == 78 and "gravity" in capsys.readouterr().err
+
+
+def test_several_seeds_are_pooled_with_intervals_and_station_settings_by_default(tiny_model, capsys):
+    args = ["evaluate", "--model", str(tiny_model), "--seeds", "5,6", "--samples", "2", "--no-baselines",
+            "--no-ablation", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["seeds"] == [5, 6] and result["n"] == 4 and len(result["per_seed"]) == 2
+    lo, hi = result["accuracy_ci95"]
+    assert 0.0 <= lo <= result["accuracy"] <= hi <= 1.0
+    assert result["mae_ci95"][0] <= result["mae"] <= result["mae_ci95"][1]
+    # the demo bench's camera and spectrometer, the sample's label in every frame
+    settings = result["settings"]
+    assert (settings["frame_px"], settings["frame_height"], settings["camera_um_per_px"]) == (640, 480, 1.0)
+    assert settings["n_frames"] == 3 and settings["coadd"] == 4 and settings["label"] is True
+    # the first seed pooled alone is the single-seed run
+    assert main(args[:3] + ["--seed", "5"] + args[5:]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert single["accuracy"] == result["per_seed"][0]["accuracy"] and single["n"] == 2
+
+
+def test_seeds_must_be_numbers(tiny_model, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--model", str(tiny_model), "--seeds", "a,b", "--samples", "1"])
+    assert "comma-separated whole numbers" in capsys.readouterr().err

@@ -267,9 +267,9 @@ def test_zzz_doctor_passes_on_the_bench(bench: DemoBench) -> None:
                           text=True, timeout=120)
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in ("spectrometer", "camera", "model", "backend", "broker", "state"):
+    for name in ("spectrometer", "camera", "model", "scale", "backend", "broker", "state"):
         assert any(line.startswith("OK") and name in line for line in lines), (name, proc.stdout)
-    assert "sha256 ok" in proc.stdout and "6 of 6 checks passed" in proc.stdout
+    assert "sha256 ok" in proc.stdout and "7 of 7 checks passed" in proc.stdout
 
 
 def test_doctor_says_what_is_wrong(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from isic_drivers.lab.fibres import FibreSet, load_fibres, resolve_fibres
 from isic_drivers.lab.instrument import InstrumentModel, dark_counts, raw_counts, white_counts
-from isic_drivers.lab.microscope import DrawnFibre, render_frame
+from isic_drivers.lab.microscope import DrawnFibre, FrameDecorator, render_frame
 from isic_drivers.lab.sample import Nuisance, Sample, blend_label, composition_vector
 from isic_drivers.lab.spectra import reflectance
 from isic_drivers.lab.stage import ReferenceTile
@@ -76,11 +76,14 @@ def scan_counts(instrument: InstrumentModel, target: Union[Sample, ReferenceTile
 def simulate_measurement(sample: Sample, rng: np.random.Generator, instrument: Optional[InstrumentModel] = None,
                          integration_us: Optional[int] = None, coadd: int = 8, n_frames: int = 4,
                          frame_size: int = 256, um_per_px: float = 0.8,
-                         fibres: Optional[FibreSet] = None) -> Measurement:
+                         fibres: Optional[FibreSet] = None, frame_height: Optional[int] = None,
+                         decorate: Optional[FrameDecorator] = None) -> Measurement:
     """What the station sees for one measurement of `sample` (deterministic for the rng's seed).
 
-    `fibres` is the set composition vectors are expressed in (default: the station's five); the
-    physics looks fibres up in the full loaded set.
+    Frames are `frame_size` wide and `frame_height` (default: `frame_size`) high; `decorate` draws
+    on each (e.g. the sample's printed label, as the virtual microscope does). `fibres` is the set
+    composition vectors are expressed in (default: the station's five); the physics looks fibres up
+    in the full loaded set.
     """
     instrument = instrument or InstrumentModel()
     integration_us = int(integration_us or instrument.default_integration_us)
@@ -99,7 +102,8 @@ def simulate_measurement(sample: Sample, rng: np.random.Generator, instrument: O
     raw = mean_of(lambda: raw_counts(instrument, reflectance(sample, axis, rng, physics), integration_us, rng, nu))
     frames, counts, drawn = [], [], []
     for _ in range(n_frames):
-        frame, truth = render_frame(sample, rng, frame_size, frame_size, um_per_px, physics)
+        frame, truth = render_frame(sample, rng, frame_size, frame_height or frame_size, um_per_px, physics,
+                                    decorate=decorate)
         frames.append(frame)
         counts.append(truth.counts)
         drawn.append(truth.fibres)

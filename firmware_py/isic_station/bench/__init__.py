@@ -13,6 +13,7 @@ BENCH_MODULES = (
     "isic_station.bench.mqtt",
     "isic_station.bench.camera",
     "isic_station.bench.pipeline",
+    "isic_station.bench.accuracy",
 )
 
 

@@ -25,7 +25,8 @@ WARMUP_PREDICTIONS = 5
 SEED = 20261121
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -45,11 +46,11 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     )
     parser.add_argument("--backend", choices=KINDS, default="auto",
                         help="inference backend (default: auto = acl when pyACL and the .om files are there)")
-    parser.add_argument("--threads", type=_positive_int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="ONNX Runtime intra-op threads (default: 1)")
     parser.add_argument("--manifest", type=Path, default=None,
                         help="model manifest.json (default: the shipped model)")
-    parser.add_argument("--repeats", type=_positive_int, default=200,
+    parser.add_argument("--repeats", type=positive_int, default=200,
                         help="measurements timed (default: 200)")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object: {"backend", "preprocess_ms", "infer_ms", "total_ms"}, '

@@ -10,6 +10,7 @@ unknown-fibre check replace the raw tile spread and blend probability.
 """
 
 import dataclasses
+import logging
 import time
 from typing import Dict, Iterable, Mapping, Optional, Sequence
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from isic_station.inference.base import GRAPH_BIMODAL, GRAPH_SIGNAL_ONLY, Backend, Prediction
 from isic_station.manifest import Manifest
-from isic_station.preprocess.image import build_image_batch
+from isic_station.preprocess.image import NoUsableTiles, build_image_input, tile_evidence
 from isic_station.preprocess.spectrum import preprocess_spectrum
 from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration, spectrum_quality
 
@@ -26,6 +27,8 @@ INPUT_SPECTRUM = "spectrum"
 INPUT_IMAGE = "image"
 OUTPUT_COMPOSITION = "composition"
 OUTPUT_BLEND_LOGITS = "blend_logits"
+
+log = logging.getLogger(__name__)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -67,8 +70,17 @@ class Predictor:
         spectrum = preprocess_spectrum(reflectance, wavelengths_nm, self.manifest.spectrum)
         tiles = None
         if frames_bgr is not None and len(frames_bgr) > 0:
-            tiles = image_batch if image_batch is not None else build_image_batch(
-                frames_bgr, camera_um_per_px, self.manifest.image)
+            if image_batch is not None:
+                tiles = image_batch
+            else:
+                try:
+                    image = build_image_input(frames_bgr, camera_um_per_px, self.manifest.image)
+                except NoUsableTiles as exc:
+                    log.warning("no image input: %s; measuring signal-only", exc)
+                else:
+                    tiles = image.batch
+                    if log.isEnabledFor(logging.DEBUG):   # the evidence `bench accuracy` checks label tiles against
+                        log.debug("%s", tile_evidence(image, camera_um_per_px, self.manifest.image))
         preprocessed = time.perf_counter()
         outputs = self.infer(spectrum, tiles)
         done = time.perf_counter()

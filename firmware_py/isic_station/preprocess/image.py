@@ -4,20 +4,30 @@ Training and both inference backends build their image input with `build_image_b
 feeds the model exactly what it was trained on. Every number (tile size, µm per pixel, channels,
 tiles per measurement, mean, std) comes from the manifest's `image` object; nothing is repeated here.
 
-Steps: convert to the manifest's channels (1 = grey, 3 = BGR in OpenCV's order), rescale each frame
-from the camera's µm/px to the model's, cut non-overlapping tiles, score each tile's fibre content,
-keep the best-scoring tiles across all frames, scale to [0, 1] and normalise (x - mean) / std.
+Steps: rescale each frame from the camera's µm/px to the model's, find the pixels that are not
+fabric (`frame_masks`), convert to the manifest's channels (1 = grey, 3 = BGR in OpenCV's order),
+cut non-overlapping tiles, score each tile's fibre content over its valid pixels, keep the
+best-scoring usable tiles across all frames, scale to [0, 1] and normalise (x - mean) / std.
 Frames that failed the quality gate are never passed in (the caller's job).
+
+Masks (the partial-convolution idea, ../shared/seeds: invalid pixels are left out, not read as content):
+- a printed sample label with its quiet zone (`sample_label.label_mask`) blocks: a tile touching it
+  is never used, whatever its score (the model reads a QR code's squares as cotton);
+- dust specks (fibre-like blobs too short to be a fibre) and glare (clipped blobs, where fibres
+  cannot be seen) are ignored: they count neither as fibre nor as glass in a tile's score, are
+  painted with the local background in the tiles the model gets, and a tile that is mostly
+  ignored pixels is not used.
 """
 
 import logging
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from isic_common.errors import ConfigError, ModelError
+from isic_station.sample_label import label_mask
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +41,20 @@ BACKGROUND_WINDOW_PX = 72
 BACKGROUND_SHRINK = 8
 # A tile "bears fibre" when at least this fraction of its pixels is fibre.
 FIBRE_TILE_MIN_COVERAGE = 0.02
+# Dust and debris: fibre-mask blobs no longer than this. Fibres are hundreds of µm long and cross
+# the frame; the lab's dust is 1-8 µm specks and 5-25 µm fibrils.
+DUST_MAX_UM = 30.0
+# Glare: clipped pixels (grey at or above this) in blobs at least this wide; what lies under them
+# cannot be seen. Single clipped pixels are noise on a bright lamp spot.
+GLARE_LEVEL = 254
+GLARE_MIN_UM = 10.0
+# A tile with a larger share of ignored (dust, glare) pixels than this is not used.
+MAX_IGNORED_FRACTION = 0.5
+PAINT_TINT_STEP = 4
+
+
+class NoUsableTiles(ValueError):
+    """Every tile of every frame touches a label or is mostly dust/glare: no image input to give."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +96,9 @@ class ImageInput:
 
     `batch` is float32 [B, C, P, P]; `scores[i]` is the fibre coverage (0..1) of the tile in row i,
     `origins[i]` = (frame index, top, left) in the rescaled frame. When fewer tiles exist than B,
-    the best ones are repeated and `repeated` says how many rows are repeats.
+    the best ones are repeated and `repeated` says how many rows are repeats. `tiles_masked` tiles
+    were left out for touching a label or being mostly dust/glare; `label_px` and `ignored_px`
+    count the masked pixels over all frames (at the model's scale).
     """
 
     batch: np.ndarray
@@ -80,6 +106,9 @@ class ImageInput:
     origins: Tuple[Tuple[int, int, int], ...]
     tiles_available: int
     repeated: int
+    tiles_masked: int = 0
+    label_px: int = 0
+    ignored_px: int = 0
 
     @property
     def fibre_tiles(self) -> int:
@@ -94,30 +123,87 @@ def to_grey(frame: np.ndarray) -> np.ndarray:
 
 
 def background_level(grey: np.ndarray) -> np.ndarray:
-    """The empty-slide grey level around each pixel (uint8, same shape), uneven illumination included.
+    """The empty-slide level around each pixel (uint8, same shape, grey or BGR), uneven illumination included.
 
     A median over windows of about BACKGROUND_WINDOW_PX pixels, computed on a 1/8 size copy and
     smoothly enlarged (about a millisecond at 640x480): fibres cover a minority of such a window,
     so the median is the glass, whether fibres are darker (bright field) or brighter (dark field).
     Frames too small for the window fall back to the whole-frame median.
     """
-    height, width = grey.shape
+    height, width = grey.shape[:2]
     small_size = (width // BACKGROUND_SHRINK, height // BACKGROUND_SHRINK)
     kernel = BACKGROUND_WINDOW_PX // BACKGROUND_SHRINK | 1
     if min(small_size) < kernel:
-        return np.full_like(grey, int(np.median(grey)))
+        levels = np.median(grey.reshape(height * width, -1), axis=0)
+        return np.broadcast_to(levels.astype(np.uint8).reshape(grey.shape[2:]), grey.shape).copy()
     small = cv2.resize(grey, small_size, interpolation=cv2.INTER_AREA)
     return cv2.resize(cv2.medianBlur(small, kernel), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def fibre_mask(grey: np.ndarray) -> np.ndarray:
+def fibre_mask(grey: np.ndarray, background: Optional[np.ndarray] = None) -> np.ndarray:
     """Boolean mask of the pixels that stand out from the local background (fibre, not glass).
 
-    Hand-written because it is a few OpenCV calls; a learned segmenter would be heavier than the
-    whole gate and would need its own training data.
+    `background` is `background_level(grey)` when the caller has it already. Hand-written because
+    it is a few OpenCV calls; a learned segmenter would be heavier than the whole gate and would
+    need its own training data.
     """
     smooth = cv2.GaussianBlur(grey, (5, 5), 0)
-    return cv2.absdiff(smooth, background_level(grey)) > FIBRE_CONTRAST_GREY
+    return cv2.absdiff(smooth, background_level(grey) if background is None else background) > FIBRE_CONTRAST_GREY
+
+
+def paint_glass(image: np.ndarray, where: np.ndarray, background: np.ndarray, glass: np.ndarray) -> np.ndarray:
+    """A copy of `image` with the pixels `where` set to the glass around them.
+
+    `background` is the grey background level; colour frames get it in the glass's own tint (the
+    lamp's colour is the same over the frame), measured on the `glass` pixels.
+    """
+    out = image.copy()
+    if image.ndim == 2:
+        out[where] = background[where]
+        return out
+    step = PAINT_TINT_STEP   # every 4th pixel each way is plenty for one mean colour
+    samples = image[::step, ::step][glass[::step, ::step]]
+    colour = (samples if len(samples) else image.reshape(-1, image.shape[2])).mean(axis=0)
+    tint = colour / max(1.0, float(colour @ np.array([0.114, 0.587, 0.299])))   # BGR over its grey (BT.601)
+    out[where] = np.clip(background[where][:, None] * tint[None, :], 0, 255).astype(np.uint8)
+    return out
+
+
+@dataclass(frozen=True)
+class FrameMasks:
+    """The pixels of one frame (at the model's scale) that are not fabric: `label` blocks tiles,
+    `ignored` (dust, glare) is left out of scores and painted over."""
+
+    label: np.ndarray
+    ignored: np.ndarray
+
+
+def dust_mask(fibre: np.ndarray, um_per_px: float) -> np.ndarray:
+    """The blobs of a fibre mask too short to be fibres (dust specks, debris fibrils)."""
+    _count, labels, stats, _centres = cv2.connectedComponentsWithStats(fibre.view(np.uint8), connectivity=8,
+                                                                        ltype=cv2.CV_16U)
+    dust = np.zeros(fibre.shape, dtype=bool)
+    longest = np.maximum(stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT]) * um_per_px
+    for index in np.flatnonzero(longest < DUST_MAX_UM) + 1:   # few and small: set them box by box
+        x, y, w, h = stats[index, :4]
+        dust[y:y + h, x:x + w] |= labels[y:y + h, x:x + w] == index
+    return dust
+
+
+def glare_mask(grey: np.ndarray, um_per_px: float) -> np.ndarray:
+    """Clipped blobs at least GLARE_MIN_UM wide (a clipped pixel alone is noise)."""
+    clipped = (grey >= GLARE_LEVEL).astype(np.uint8)
+    if not clipped.any():
+        return np.zeros(grey.shape, dtype=bool)
+    size = max(2, int(round(GLARE_MIN_UM / um_per_px)))
+    return cv2.morphologyEx(clipped, cv2.MORPH_OPEN, np.ones((size, size), np.uint8)).astype(bool)
+
+
+def frame_masks(grey: np.ndarray, fibre: np.ndarray, um_per_px: float) -> FrameMasks:
+    """Label, dust and glare masks of a grey frame at `um_per_px`, given its `fibre_mask`."""
+    label = label_mask(grey, um_per_px)
+    return FrameMasks(label=label, ignored=(dust_mask(fibre & ~label, um_per_px) | glare_mask(grey, um_per_px))
+                      & ~label)
 
 
 def rescale_frame(frame: np.ndarray, camera_um_per_px: float, model_um_per_px: float) -> np.ndarray:
@@ -129,6 +215,23 @@ def rescale_frame(frame: np.ndarray, camera_um_per_px: float, model_um_per_px: f
     size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
     interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
     return cv2.resize(frame, size, interpolation=interpolation)
+
+
+def scale_problem(camera_um_per_px: float, params: Mapping[str, Any]) -> Optional[str]:
+    """Why the camera's scale does not suit the model (naming the config key), or None when it does.
+
+    The manifest's `image.camera_um_per_px_range` is the range the station resamples from; a
+    manifest without one accepts any scale.
+    """
+    accepted = params.get("camera_um_per_px_range")
+    if not accepted:
+        return None
+    low, high = float(accepted[0]), float(accepted[1])
+    if low <= camera_um_per_px <= high:
+        return None
+    return (f"camera.um_per_px = {camera_um_per_px:g} is outside the {low:g}-{high:g} µm/px the model accepts "
+            f"(it resamples frames to {float(params['um_per_px']):g} µm/px): set camera.um_per_px to the "
+            "microscope's real scale, or change the objective so it falls in the range")
 
 
 def _to_channels(frame: np.ndarray, channels: int) -> np.ndarray:
@@ -153,14 +256,16 @@ def build_image_input(
 
     Ties in the score are broken by frame order, then tile position (row-major), so the same frames
     always give the same batch. ConfigError when a frame at the model's scale is smaller than a tile
-    (the camera's resolution or µm/px does not suit the model).
+    (the camera's resolution or µm/px does not suit the model); NoUsableTiles when masks leave none.
     """
     spec = ImageParams.from_manifest(params)
     if not frames_bgr:
         raise ValueError("build_image_input needs at least one frame")
     tiles: List[np.ndarray] = []
     scores: List[np.ndarray] = []
+    usable: List[np.ndarray] = []
     origins: List[Tuple[int, int, int]] = []
+    label_px = ignored_px = 0
     p = spec.tile_px
     for index, frame in enumerate(frames_bgr):
         scaled = rescale_frame(frame, camera_um_per_px, spec.um_per_px)
@@ -171,17 +276,34 @@ def build_image_input(
                 f"{scaled.shape[1]}x{scaled.shape[0]} px at the model's {spec.um_per_px} µm/px, smaller "
                 f"than one {p} px tile: raise the camera resolution or check camera um_per_px"
             )
-        coverage = _tile_grid(fibre_mask(to_grey(scaled)), p).mean(axis=(1, 2))
-        tiles.append(_tile_grid(_to_channels(scaled, spec.channels), p))
-        scores.append(coverage)
+        grey = to_grey(scaled)
+        background = background_level(grey)
+        fibre = fibre_mask(grey, background)
+        masks = frame_masks(grey, fibre, spec.um_per_px)
+        ignored_share = _tile_grid(masks.ignored, p).mean(axis=(1, 2))
+        valid_px = np.float32(p * p) * (1.0 - ignored_share)
+        fibre_px = _tile_grid(fibre & ~masks.ignored, p).sum(axis=(1, 2))
+        scores.append(np.divide(fibre_px, valid_px, out=np.zeros_like(valid_px), where=valid_px > 0))
+        usable.append(~_tile_grid(masks.label, p).any(axis=(1, 2)) & (ignored_share <= MAX_IGNORED_FRACTION))
+        label_px += int(np.count_nonzero(masks.label))
+        ignored_px += int(np.count_nonzero(masks.ignored))
+        image = _to_channels(scaled, spec.channels)
+        if masks.ignored.any():   # painted with the glass around them: the model sees no dust or glare
+            image = paint_glass(image, masks.ignored, background, ~(fibre | masks.ignored | masks.label))
+        tiles.append(_tile_grid(image, p))
         origins.extend((index, r * p, c * p) for r in range(rows) for c in range(cols))
     all_scores = np.concatenate(scores)
+    all_usable = np.concatenate(usable)
     # lexsort is stable: equal scores keep frame order, then row-major tile order.
     order = np.lexsort((-all_scores,))
+    order = order[all_usable[order]]
     wanted = spec.tiles_per_measurement
     available = len(order)
+    if available == 0:
+        raise NoUsableTiles(f"all {len(all_scores)} tiles of {len(frames_bgr)} frame(s) touch a sample label "
+                            "or are mostly dust/glare")
     if available < wanted:
-        log.info("only %d tiles in %d frame(s) for %d model rows: repeating the best ones",
+        log.debug("only %d usable tiles in %d frame(s) for %d model rows: repeating the best ones",
                  available, len(frames_bgr), wanted)
     chosen = order[np.arange(wanted) % available]
     starts = np.cumsum([0] + [len(t) for t in tiles])
@@ -195,7 +317,17 @@ def build_image_input(
         origins=tuple(origins[i] for i in chosen),
         tiles_available=available,
         repeated=max(0, wanted - available),
+        tiles_masked=int(np.count_nonzero(~all_usable)),
+        label_px=label_px,
+        ignored_px=ignored_px,
     )
+
+
+def tile_evidence(image: ImageInput, camera_um_per_px: float, params: Mapping[str, Any]) -> str:
+    """One log line saying which tiles went to the model and what was masked (`bench accuracy` parses it)."""
+    return (f"image tiles at {float(params['um_per_px']):g} um/px from {camera_um_per_px:g} um/px: "
+            f"{image.tiles_masked} masked, label {image.label_px} px, ignored {image.ignored_px} px, origins "
+            + " ".join(f"{f}:{top}:{left}" for f, top, left in image.origins))
 
 
 def build_image_batch(

@@ -6,14 +6,19 @@ goes through `build_image_input` on its own, which keeps its best B tiles (B = t
 already normalised; the batch is then the best B of those, in the same order. That is exactly
 `build_image_batch` of all the frames (a test checks it): a tile among the best B overall is among its
 own frame's best B, and the sort is stable with ties broken by frame order, then tile position, in
-both. The tiles themselves are still cut, scored and normalised by `preprocess.image` alone.
+both. The tiles themselves are still cut, scored and normalised by `preprocess.image` alone, masks
+(label, dust, glare) included: they are per frame, so the argument holds. A frame left without a
+usable tile (all label, say) adds none; `batch()` logs at DEBUG which tiles went in (`tile_evidence`).
 """
 
-from typing import Any, List, Mapping, Optional
+import logging
+from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from isic_station.preprocess.image import build_image_input
+from isic_station.preprocess.image import ImageInput, NoUsableTiles, build_image_input, tile_evidence
+
+log = logging.getLogger(__name__)
 
 
 class ImageBatchBuilder:
@@ -25,17 +30,29 @@ class ImageBatchBuilder:
         self.wanted = int(params["tiles_per_measurement"])
         self._rows: List[np.ndarray] = []
         self._scores: List[np.ndarray] = []
+        self._origins: List[Tuple[int, int, int]] = []
+        self._masked = [0, 0, 0]   # tiles masked, label px, ignored px
+        self._frames = 0
 
     def add(self, frame_bgr: np.ndarray) -> None:
-        """Cut, score and normalise this frame's tiles; keep its best B (raises as build_image_input does)."""
-        best = build_image_input([frame_bgr], self.camera_um_per_px, self.params)
+        """Cut, score and normalise this frame's tiles; keep its best B (raises as build_image_input does,
+        except that a frame without a usable tile just adds none)."""
+        index = self._frames
+        self._frames += 1
+        try:
+            best = build_image_input([frame_bgr], self.camera_um_per_px, self.params)
+        except NoUsableTiles:
+            return
         distinct = len(best.scores) - best.repeated
         self._rows.append(best.batch[:distinct])
         self._scores.append(best.scores[:distinct])
+        self._origins.extend((index, top, left) for _f, top, left in best.origins[:distinct])
+        for i, count in enumerate((best.tiles_masked, best.label_px, best.ignored_px)):
+            self._masked[i] += count
 
     @property
     def frames(self) -> int:
-        return len(self._rows)
+        return self._frames
 
     def batch(self) -> Optional[np.ndarray]:
         """float32 [B, C, P, P] over the frames added (None without any): the best B tiles, the best
@@ -45,4 +62,9 @@ class ImageBatchBuilder:
         rows, scores = np.concatenate(self._rows), np.concatenate(self._scores)
         order = np.lexsort((-scores,))  # stable: frame order, then the frame's own (position) order
         chosen = order[np.arange(self.wanted) % len(order)]
-        return np.ascontiguousarray(rows[chosen])
+        batch = np.ascontiguousarray(rows[chosen])
+        if log.isEnabledFor(logging.DEBUG):   # the evidence `bench accuracy` checks label tiles against
+            evidence = ImageInput(batch, scores[chosen], tuple(self._origins[i] for i in chosen), len(order),
+                                  max(0, self.wanted - len(order)), *self._masked)
+            log.debug("%s", tile_evidence(evidence, self.camera_um_per_px, self.params))
+        return batch

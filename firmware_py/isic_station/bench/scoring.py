@@ -1,0 +1,81 @@
+"""Scoring results against the truth, and pooled figures with their 95 % confidence intervals.
+
+One place for it, shared by `isic-station bench accuracy` (the real station's results) and
+`isic-model evaluate` (offline), so both count the same way. `score_result` scores one result;
+`pooled_figures` turns many into the figures the commands print. A later figure (a coverage or a
+calibration error, say) is one more key in `score_result`'s dict and one more entry in
+`pooled_figures`.
+
+Intervals: accuracy with Wilson's score interval (right near 100 %, where the normal
+approximation leaves [0, 1]); MAE with the normal approximation of the mean of per-result errors
+(hundreds of results, errors independent between samples).
+"""
+
+import math
+from typing import Any, Dict, List, Mapping, Sequence
+
+Z95 = 1.959964
+
+
+def score_result(composition: Mapping[str, float], blend: str, truth: Mapping[str, float],
+                 true_blend: str) -> Dict[str, Any]:
+    """One result against the sample that was measured.
+
+    `correct`: the blend class matches; `abs_error`: |predicted - true| averaged over the fibres
+    the sample contains (as `isic-model evaluate` counts MAE); `blend`: the true blend.
+    """
+    present = [f for f, v in truth.items() if v > 0]
+    error = sum(abs(float(composition.get(f, 0.0)) - float(truth[f])) for f in present) / len(present)
+    return {"correct": blend == true_blend, "abs_error": error, "blend": true_blend}
+
+
+def wilson_interval(successes: int, n: int) -> List[float]:
+    """95 % Wilson score interval of a proportion."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = successes / n
+    centre = (p + Z95 ** 2 / (2 * n)) / (1 + Z95 ** 2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + Z95 ** 2 / (4 * n * n)) / (1 + Z95 ** 2 / n)
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def mean_interval(values: Sequence[float]) -> List[float]:
+    """95 % normal-approximation interval of a mean."""
+    n = len(values)
+    if n < 2:
+        return [float("nan"), float("nan")]
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = Z95 * sd / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
+def pooled_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """`n`, `accuracy`, `accuracy_ci95`, `mae`, `mae_ci95` and `mae_per_blend` (binary blends) of scored results."""
+    n = len(scores)
+    if n == 0:
+        return {"n": 0, "accuracy": None, "accuracy_ci95": None, "mae": None, "mae_ci95": None, "mae_per_blend": {}}
+    correct = sum(1 for s in scores if s["correct"])
+    errors = [float(s["abs_error"]) for s in scores]
+    per_blend: Dict[str, List[float]] = {}
+    for s in scores:
+        if s["blend"].count("/") == 1:
+            per_blend.setdefault(s["blend"], []).append(float(s["abs_error"]))
+    return {
+        "n": n,
+        "accuracy": round(correct / n, 4),
+        "accuracy_ci95": [round(v, 4) for v in wilson_interval(correct, n)],
+        "mae": round(sum(errors) / n, 4),
+        "mae_ci95": [round(v, 4) for v in mean_interval(errors)],
+        "mae_per_blend": {b: round(sum(v) / len(v), 4) for b, v in sorted(per_blend.items())},
+    }
+
+
+def figures_line(figures: Mapping[str, Any]) -> str:
+    """`accuracy 95.3 % (95 % CI 93.1-96.8), MAE 0.0190 (0.0175-0.0205), n 400` for a console."""
+    if not figures["n"]:
+        return "no scored results"
+    lo, hi = figures["accuracy_ci95"]
+    mlo, mhi = figures["mae_ci95"]
+    return (f"accuracy {100 * figures['accuracy']:.1f} % (95 % CI {100 * lo:.1f}-{100 * hi:.1f}), "
+            f"MAE {figures['mae']:.4f} ({mlo:.4f}-{mhi:.4f}), n {figures['n']}")

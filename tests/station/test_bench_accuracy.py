@@ -1,0 +1,53 @@
+"""`isic-station bench accuracy`: the real station on the demo bench, scored against the line, no label tiles."""
+
+import json
+import subprocess
+
+from isic_station.bench.accuracy import apply_settings, label_tile_count, tile_origins
+from isic_station.demo import station_command
+
+
+def test_a_short_line_is_scored_and_no_label_tile_reaches_the_model(tmp_path):
+    proc = subprocess.run(station_command() + ["bench", "accuracy", "--count", "4", "--json", "--line-seed", "7401",
+                                               "--keep", str(tmp_path / "bench")],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    for key in ("accuracy", "mae", "mae_per_blend", "n", "straddled", "accuracy_ci95", "mae_ci95"):
+        assert key in result, key
+    assert result["n"] == 4 and result["straddled"] >= 0
+    assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["mae"] < 0.5
+    # the station logged the tiles of every measurement it made, and none touched the printed label
+    assert result["measurements_with_tiles"] >= 4
+    assert result["label_tiles"] == 0
+    assert result["settings"]["camera_um_per_px"] == 1.0
+    assert len(result["per_seed"][0]["sample_indices"]) == 4
+
+
+def test_label_tiles_are_found_in_the_station_log():
+    log = ("DEBUG isic_station.inference.predictor: image tiles at 2.4 um/px from 1 um/px: 4 masked, label 900 px, "
+           "ignored 0 px, origins 0:0:0 0:128:192 1:64:64\n")
+    measurements = tile_origins(log)
+    assert measurements == [(2.4, [(0, 0, 0), (0, 128, 192), (1, 64, 64)])]
+    # a 174 px label in the bottom-right corner of a 640x480 frame: only the tile at (128, 192) model px touches it
+    assert label_tile_count(measurements, (458, 298, 174), 64) == 1
+
+
+def test_set_replaces_or_adds_config_keys():
+    text = "[camera]\nsource = \"virtual:\"\nframes_per_measurement = 3\n\n[model]\nthreads = 1\n"
+    out = apply_settings(text, ["camera.frames_per_measurement=4", "camera.um_per_px=1.6", "health.interval_s=9",
+                                "model.backend=onnxruntime"])
+    assert "frames_per_measurement = 4" in out and "frames_per_measurement = 3" not in out
+    assert "um_per_px = 1.6" in out and "[health]\ninterval_s = 9" in out and 'backend = "onnxruntime"' in out
+
+
+def test_set_takes_several_keys_at_once_or_repeated():
+    import argparse
+
+    from isic_station.bench import accuracy
+
+    parser = argparse.ArgumentParser()
+    accuracy.register(parser.add_subparsers())
+    args = parser.parse_args(["accuracy", "--set", "camera.um_per_px=1.6", "camera.width=800", "--set", "a.b=1"])
+    assert args.settings == ["camera.um_per_px=1.6", "camera.width=800", "a.b=1"]
+    assert args.line_seed == [accuracy.DEFAULT_LINE_SEED] and args.count == 60
