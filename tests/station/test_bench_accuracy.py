@@ -4,6 +4,7 @@ import json
 import subprocess
 
 from isic_station.bench.accuracy import apply_settings, label_tile_count, tile_origins
+from isic_station.bench.scoring import pooled_figures, score_result
 from isic_station.demo import station_command
 
 
@@ -13,10 +14,14 @@ def test_a_short_line_is_scored_and_no_label_tile_reaches_the_model(tmp_path):
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
-    for key in ("accuracy", "mae", "mae_per_blend", "n", "straddled", "accuracy_ci95", "mae_ci95"):
+    for key in ("accuracy", "mae", "mae_per_blend", "n", "straddled", "accuracy_ci95", "mae_ci95",
+                "coverage_95", "median_interval_width", "ece"):
         assert key in result, key
     assert result["n"] == 4 and result["straddled"] >= 0
     assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["mae"] < 0.5
+    # the shipped model carries an uncertainty calibration: the station's results have intervals and confidences
+    assert 0.0 <= result["coverage_95"] <= 1.0 and 0.0 < result["median_interval_width"] < 1.0
+    assert 0.0 <= result["ece"] <= 1.0
     # the station logged the tiles of every measurement it made, and none touched the printed label
     assert result["measurements_with_tiles"] >= 4
     assert result["label_tiles"] == 0
@@ -51,3 +56,18 @@ def test_set_takes_several_keys_at_once_or_repeated():
     args = parser.parse_args(["accuracy", "--set", "camera.um_per_px=1.6", "camera.width=800", "--set", "a.b=1"])
     assert args.settings == ["camera.um_per_px=1.6", "camera.width=800", "a.b=1"]
     assert args.line_seed == [accuracy.DEFAULT_LINE_SEED] and args.count == 60
+
+
+def test_coverage_and_ece_count_the_fibres_present_and_the_published_confidence():
+    truth = {"cotton": 0.6, "polyester": 0.4, "nylon": 0.0}
+    composition = {"cotton": 0.58, "polyester": 0.42, "nylon": 0.0}
+    inside = {"cotton": [0.5, 0.7], "polyester": [0.3, 0.5], "nylon": [0.0, 0.01]}
+    missed = {"cotton": [0.61, 0.7], "polyester": [0.3, 0.5], "nylon": [0.5, 0.6]}   # nylon is absent: not counted
+    scores = [score_result(composition, "cotton/polyester", truth, "cotton/polyester", 0.9, inside),
+              score_result(composition, "cotton/linen", truth, "cotton/polyester", 0.7, missed)]
+    figures = pooled_figures(scores)
+    assert figures["coverage_95"] == 0.75       # 3 of the 4 present-fibre intervals hold the truth
+    assert figures["median_interval_width"] == 0.2
+    # bins 0.9 (1 right) and 0.7 (1 wrong): 0.5 * |1 - 0.9| + 0.5 * |0 - 0.7|
+    assert abs(figures["ece"] - 0.4) < 1e-9
+    assert "coverage_95" not in pooled_figures([score_result(composition, "x", truth, "x")])

@@ -12,21 +12,51 @@ approximation leaves [0, 1]); MAE with the normal approximation of the mean of p
 """
 
 import math
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from isic_station.uncertainty_metrics import coverage_95, expected_calibration_error, median_interval_width
 
 Z95 = 1.959964
 
 
 def score_result(composition: Mapping[str, float], blend: str, truth: Mapping[str, float],
-                 true_blend: str) -> Dict[str, Any]:
+                 true_blend: str, confidence: Optional[float] = None,
+                 interval_95: Optional[Mapping[str, Sequence[float]]] = None) -> Dict[str, Any]:
     """One result against the sample that was measured.
 
     `correct`: the blend class matches; `abs_error`: |predicted - true| averaged over the fibres
-    the sample contains (as `isic-model evaluate` counts MAE); `blend`: the true blend.
+    the sample contains (as `isic-model evaluate` counts MAE); `blend`: the true blend. With the
+    result's `confidence` and `interval_95` (as published), also `confidence` and, per fibre the
+    sample contains, `present_truth` and `present_intervals` for the coverage figures.
     """
     present = [f for f, v in truth.items() if v > 0]
     error = sum(abs(float(composition.get(f, 0.0)) - float(truth[f])) for f in present) / len(present)
-    return {"correct": blend == true_blend, "abs_error": error, "blend": true_blend}
+    score: Dict[str, Any] = {"correct": blend == true_blend, "abs_error": error, "blend": true_blend}
+    if confidence is not None:
+        score["confidence"] = float(confidence)
+    if interval_95 is not None:
+        score["present_truth"] = [float(truth[f]) for f in present]
+        score["present_intervals"] = [[float(v) for v in interval_95[f]] for f in present]
+    return score
+
+
+def uncertainty_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """`coverage_95`, `median_interval_width` and `ece` of scored results that carry intervals and
+    confidences (the definitions of `uncertainty_metrics`, as `isic-model evaluate` uses them)."""
+    figures: Dict[str, Any] = {}
+    with_intervals = [s for s in scores if "present_intervals" in s]
+    if with_intervals:
+        truth = np.array([v for s in with_intervals for v in s["present_truth"]]).reshape(-1, 1)
+        intervals = np.array([iv for s in with_intervals for iv in s["present_intervals"]]).reshape(-1, 1, 2)
+        figures.update(coverage_95=coverage_95(truth, intervals),
+                       median_interval_width=median_interval_width(truth, intervals))
+    with_confidence = [s for s in scores if "confidence" in s]
+    if with_confidence:
+        figures["ece"] = expected_calibration_error([s["confidence"] for s in with_confidence],
+                                                    [bool(s["correct"]) for s in with_confidence])
+    return figures
 
 
 def wilson_interval(successes: int, n: int) -> List[float]:
@@ -51,7 +81,8 @@ def mean_interval(values: Sequence[float]) -> List[float]:
 
 
 def pooled_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """`n`, `accuracy`, `accuracy_ci95`, `mae`, `mae_ci95` and `mae_per_blend` (binary blends) of scored results."""
+    """`n`, `accuracy`, `accuracy_ci95`, `mae`, `mae_ci95` and `mae_per_blend` (binary blends) of scored
+    results, and the `uncertainty_figures` of those that carry intervals and confidences."""
     n = len(scores)
     if n == 0:
         return {"n": 0, "accuracy": None, "accuracy_ci95": None, "mae": None, "mae_ci95": None, "mae_per_blend": {}}
@@ -68,6 +99,7 @@ def pooled_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "mae": round(sum(errors) / n, 4),
         "mae_ci95": [round(v, 4) for v in mean_interval(errors)],
         "mae_per_blend": {b: round(sum(v) / len(v), 4) for b, v in sorted(per_blend.items())},
+        **uncertainty_figures(scores),
     }
 
 
@@ -77,5 +109,10 @@ def figures_line(figures: Mapping[str, Any]) -> str:
         return "no scored results"
     lo, hi = figures["accuracy_ci95"]
     mlo, mhi = figures["mae_ci95"]
-    return (f"accuracy {100 * figures['accuracy']:.1f} % (95 % CI {100 * lo:.1f}-{100 * hi:.1f}), "
+    line = (f"accuracy {100 * figures['accuracy']:.1f} % (95 % CI {100 * lo:.1f}-{100 * hi:.1f}), "
             f"MAE {figures['mae']:.4f} ({mlo:.4f}-{mhi:.4f}), n {figures['n']}")
+    if figures.get("coverage_95") is not None:
+        line += f", coverage_95 {figures['coverage_95']:.3f} (median width {figures['median_interval_width']:.3f})"
+    if figures.get("ece") is not None:
+        line += f", ECE {figures['ece']:.3f}"
+    return line
