@@ -42,3 +42,12 @@ def private_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def systemd_analyze() -> str:
+    """The real systemd-analyze, for the offline unit checks of the station's and the plant's units."""
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.skip("systemd-analyze is not installed (`make system-deps` installs the systemd package)")
+    return path

@@ -2,7 +2,6 @@
 and `security` scores an exposure of at most 2.0 (on a copy whose ExecStart is this venv's isic-plant)."""
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +10,6 @@ import pytest
 
 UNITS = sorted((Path(__file__).resolve().parents[2] / "plant" / "systemd").glob("*.service"))
 INSTALLED_EXEC = "/opt/isic-plant/venv/bin/isic-plant"
-
-
-@pytest.fixture(scope="module")
-def systemd_analyze() -> str:
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        pytest.skip("systemd-analyze is not installed (`make system-deps` installs the systemd package)")
-    return path
 
 
 def _stand_in(tmp_path: Path, unit: Path) -> Path:

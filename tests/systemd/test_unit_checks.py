@@ -6,7 +6,6 @@ checks are shown to fail on a broken unit, so they cannot pass by accident.
 """
 
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -24,14 +23,6 @@ EXPOSURE_LIMIT = 2.0
 # systemd-analyze takes --threshold on its internal 0-100 scale (it prints that figure divided by 10),
 # so 20 is the exposure limit 2.0; "--threshold=2.0" is refused by systemd 252.
 THRESHOLD_ARG = f"--threshold={round(EXPOSURE_LIMIT * 10)}"
-
-
-@pytest.fixture(scope="module")
-def systemd_analyze() -> str:
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        pytest.skip("systemd-analyze is not installed (`make system-deps` installs the systemd package)")
-    return path
 
 
 def unit_settings(text: str) -> Dict[str, List[str]]:
