@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping
 
+import numpy as np
+
 from isic_common.errors import ModelError, StationError
 
 LABEL_FRAMES = 20
@@ -107,14 +109,26 @@ def _write_video(path: Path, frames: int, width: int, height: int, um_per_px: fl
 
 
 def _measure_label_reads(frames: int, width: int, height: int, um_per_px: float) -> Dict[str, Any]:
-    """Milliseconds per sample-label read on frames of the virtual microscope with a printed QR label."""
-    from isic_drivers.camera import CameraSource
+    """Milliseconds per sample-label read on frames drawn as the virtual microscope draws them, each of
+    the next sample of line 1 with its printed QR label.
+
+    One sample per frame and no clock: the virtual microscope's own line follows the wall clock, so
+    its frames would all show whichever sample is current, and whether that one label reads at a
+    small frame size (its modules shrink to fit) would decide `ids_read` by the time of day.
+    """
+    from isic_drivers.emulators.microscope import label_decorator
+    from isic_drivers.lab import render_frame
+    from isic_drivers.lab.stage import ProductionLine
     from isic_station.sample_label import SampleLabelReader
 
     reader = SampleLabelReader(every_n=1)
-    source = "virtual:?seed=1&label=1"
-    with CameraSource(source, width=width, height=height, um_per_px=um_per_px) as camera:
-        images = [f.image for f in camera.frames(limit=frames)]
+    line, rng = ProductionLine(1, 1.0), np.random.default_rng(1)
+    images = []
+    for index in range(frames):
+        sample = line.sample(index)
+        image, _truth = render_frame(sample, rng, width, height, um_per_px,
+                                     decorate=label_decorator(str(sample.sample_id)))
+        images.append(image)
     started = time.perf_counter()
     found = sum(reader.read(image) is not None for image in images)
     elapsed = time.perf_counter() - started
