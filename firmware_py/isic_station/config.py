@@ -19,6 +19,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+import jsonschema
+
 from isic_common.errors import ConfigError
 from isic_station.schemas import load_schema, validation_errors
 
@@ -231,6 +233,30 @@ def with_defaults(document: Dict[str, Any]) -> Dict[str, Any]:
             if "default" in prop:
                 values.setdefault(key, prop["default"])
     return full
+
+
+def schema_default(key: str) -> Any:
+    """The schema's default of `key` ('section.name'), for code that needs it outside a Config."""
+    prop = _schema_property(key.split("."))
+    if prop is None or "default" not in prop:
+        raise KeyError(f"the config schema has no default for {key}")
+    return prop["default"]
+
+
+def check_key(key: str, value: Any) -> None:
+    """ConfigError naming `key` ('section.name') unless `value` meets the schema's rule for it.
+
+    For values that reach a part without passing `load_config` (the link settings a bench or a test
+    builds), so the rule is still the schema's and the error names the config key.
+    """
+    prop = _schema_property(key.split("."))
+    if prop is None:
+        raise KeyError(f"the config schema has no key {key}")
+    validator = jsonschema.validators.validator_for(load_schema(SCHEMA_NAME))(prop)
+    problems = [e.message for e in validator.iter_errors(value)]
+    if problems:
+        expected = f" (expected: {prop['description']})" if prop.get("description") else ""
+        raise ConfigError(f"key {key} = {value!r} is invalid: {'; '.join(problems)}{expected}")
 
 
 def mqtt_password(mqtt: MqttSection, environ: Optional[Dict[str, str]] = None) -> Optional[str]:

@@ -51,9 +51,9 @@ from isic_common.backoff import Backoff
 from isic_common.errors import ConfigError
 from isic_station import __version__
 from isic_station.commands import CommandRouter, response
+from isic_station.config import check_key, schema_default
 from isic_station.ha_discovery import (
     BIRTH_TOPIC_SUFFIX,
-    DEFAULT_DISCOVERY_PREFIX,
     discovery_messages,
     removal_messages,
 )
@@ -90,14 +90,14 @@ class MqttSettings:
     without TLS to a broker off this machine is refused unless `allow_plaintext_password`.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 1883
-    prefix: str = "isic"
+    host: str = schema_default("mqtt.host")
+    port: int = schema_default("mqtt.port")
+    prefix: str = schema_default("station.prefix")
     station_id: str = "station-1"
     client_id: Optional[str] = None
-    keepalive_s: int = 30
+    keepalive_s: int = schema_default("mqtt.keepalive_s")
     qos: int = 1
-    tls: bool = False
+    tls: bool = schema_default("mqtt.tls")
     ca_file: Optional[str] = None
     cert_file: Optional[str] = None
     key_file: Optional[str] = None
@@ -105,28 +105,23 @@ class MqttSettings:
     password: Optional[str] = field(default=None, repr=False)
     max_inflight: int = 10
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
-    health_interval_s: float = 30.0
-    discovery: bool = True
-    ha_prefix: str = DEFAULT_DISCOVERY_PREFIX
-    allow_plaintext_password: bool = False
+    reconnect_max_s: float = schema_default("mqtt.reconnect_max_s")
+    health_interval_s: float = schema_default("health.interval_s")
+    discovery: bool = schema_default("mqtt.discovery")
+    ha_prefix: str = schema_default("mqtt.discovery_prefix")
+    allow_plaintext_password: bool = schema_default("mqtt.allow_plaintext_password")
 
     def __post_init__(self) -> None:
         def bad(key: str, value: Any, expected: str) -> ConfigError:
             return ConfigError(f"mqtt.{key} = {value!r} is invalid: expected {expected}")
 
-        if not self.host:
-            raise bad("host", self.host, "a host name or address")
-        if not 0 < self.port < 65536:
-            raise bad("port", self.port, "1..65535")
-        if not self.prefix or any(c in self.prefix for c in "#+ ") or self.prefix.strip("/") != self.prefix:
-            raise bad("prefix", self.prefix, "topic levels without '+', '#', spaces or a leading/trailing '/'")
-        if not self.station_id or any(c in self.station_id for c in "#+/ "):
-            raise bad("station_id", self.station_id, "a name without '/', '+', '#' or spaces")
+        # The schema's rules for the keys that shape the connection and the topics (settings built
+        # without load_config, by a bench or a test, meet them too).
+        for key, value in (("mqtt.host", self.host), ("mqtt.port", self.port), ("station.prefix", self.prefix),
+                           ("station.id", self.station_id), ("mqtt.keepalive_s", self.keepalive_s)):
+            check_key(key, value)
         if self.qos not in (1, 2):
             raise bad("qos", self.qos, "1 or 2 (results need an acknowledgement)")
-        if self.keepalive_s < 5:
-            raise bad("keepalive_s", self.keepalive_s, "at least 5 seconds")
         if self.max_inflight < 1:
             raise bad("max_inflight", self.max_inflight, "at least 1")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:

@@ -58,6 +58,8 @@ def test_dataclasses_match_the_schema() -> None:
         ('[station]\nid = "s1"\n[camera]\nsauce = "x"\n', ["camera", "sauce", "allowed", "source"]),
         ('[mqtt]\nhost = "h"\n', ["section [station] is missing", "station.id"]),
         ('[station]\nprefix = "p"\n', ["key station.id is missing", "Station id"]),
+        ('[station]\nid = "s1"\nprefix = "isic/"\n', ["station.prefix", "'isic/'", "no leading or trailing '/'"]),
+        ('[station]\nid = "s1"\nprefix = "a//b"\n', ["station.prefix", "'a//b'"]),
         ('[station]\nid = "s1"\n[stations]\nx = 1\n', ["unknown key stations", "top level", "station"]),
         ('[station]\nid = "s1"\n[mqtt]\npassword_env = "P"\n', ["mqtt.username"]),
         ('[station]\nid = "s1"\n[mqtt]\ncert_file = "c.pem"\ntls = true\n', ["mqtt.key_file"]),
