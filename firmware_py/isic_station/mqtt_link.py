@@ -59,6 +59,7 @@ from isic_station.ha_discovery import (
 )
 from isic_station.outbox import Outbox, encode_payload
 from isic_station.results import build_health
+from isic_station.schemas import delivery
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class MqttSettings:
     station_id: str = "station-1"
     client_id: Optional[str] = None
     keepalive_s: int = schema_default("mqtt.keepalive_s")
-    qos: int = 1
+    qos: int = delivery("result")["qos"]
     tls: bool = schema_default("mqtt.tls")
     ca_file: Optional[str] = None
     cert_file: Optional[str] = None
@@ -328,7 +329,7 @@ class MqttLink:
         self._wake()
 
     def _respond(self, name: str, answer: Dict[str, Any]) -> None:
-        self.publish(self.topics.response(name), answer, qos=1)
+        self.publish(self.topics.response(name), answer, **delivery("command_response"))
 
     # ----- owner thread ----------------------------------------------------------------------------
 
@@ -339,7 +340,7 @@ class MqttLink:
             client_id=self._client_id,
             protocol=paho.MQTTv5,
         )
-        client.will_set(self.topics.status, status_payload(s.station_id, "offline"), qos=1, retain=True)
+        client.will_set(self.topics.status, status_payload(s.station_id, "offline"), **delivery("status"))
         if s.username:
             client.username_pw_set(s.username, s.password)
         if s.tls:
@@ -491,14 +492,14 @@ class MqttLink:
         log.info("MQTT connected to %s:%d as %s%s", self.settings.host, self.settings.port, self._client_id,
                  f"; replaying {backlog} stored message(s)" if backlog else "")
         # retain-as-published: a retained command keeps its flag even when delivered live (see the docstring)
-        options = SubscribeOptions(qos=1, retainAsPublished=True)
+        options = SubscribeOptions(qos=delivery("command_request")["qos"], retainAsPublished=True)
         subscriptions = [(self.topics.command_filter, options)]
         if self.settings.discovery:
             subscriptions.append((f"{self.settings.ha_prefix}/{BIRTH_TOPIC_SUFFIX}", options))
         # Subscribe before announcing `online`: the broker handles one client's packets in order, so a
         # command sent by someone who has just seen `online` finds the subscription in place.
         self._subscribe_mid = client.subscribe(subscriptions)[1]
-        client.publish(self.topics.status, status_payload(self.settings.station_id, "online"), qos=1, retain=True)
+        client.publish(self.topics.status, status_payload(self.settings.station_id, "online"), **delivery("status"))
         if self.settings.discovery:
             self._publish_discovery()
         with self._lock:
@@ -575,7 +576,8 @@ class MqttLink:
             payload, due = self._latest_state, self._state_due
             self._state_due = False
         if due and payload is not None and self._client is not None:
-            self._client.publish(self.topics.state, payload, qos=1, retain=True)
+            # `state` is the retained copy of the latest result (the result schema's x-mqtt `also`)
+            self._client.publish(self.topics.state, payload, qos=delivery("result")["qos"], retain=True)
 
     def _publish_health(self) -> None:
         self._next_health = time.monotonic() + self.settings.health_interval_s
@@ -591,7 +593,7 @@ class MqttLink:
         except Exception:  # a broken health source must not stop results from flowing
             log.exception("health source failed; no health published this time")
             return
-        self._client.publish(self.topics.health, encode_payload(doc), qos=1, retain=True)
+        self._client.publish(self.topics.health, encode_payload(doc), **delivery("health"))
 
     def _publish_discovery(self) -> None:
         client = self._client
@@ -618,7 +620,7 @@ class MqttLink:
         client = self._client
         if client is not None and self.connected:
             info = client.publish(
-                self.topics.status, status_payload(self.settings.station_id, "offline"), qos=1, retain=True
+                self.topics.status, status_payload(self.settings.station_id, "offline"), **delivery("status")
             )
             while time.monotonic() < deadline and self._client is not None and not info.is_published():
                 self._step(max_wait=0.05)

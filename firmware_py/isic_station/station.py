@@ -32,6 +32,7 @@ from isic_station.config import Config, mqtt_password
 from isic_station.outbox import Outbox
 from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, PipelineStats
 from isic_station.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
+from isic_station.schemas import delivery
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
 from isic_station.spec_check import InvalidLotSpec, LotSpec, LotSummary, check_composition
 from isic_station.wavelength_check import WavelengthStore, fit_offset
@@ -443,8 +444,7 @@ class Station:
         path = "signal_only" if prediction.signal_only else "bimodal"
         summary.add(doc["composition"], calibration.systematic(path, doc["blend"]) if calibration is not None else {},
                     prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"])
-        self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()),
-                        qos=1, retain=True)
+        self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()), **delivery("lot"))
 
     # ----- commands (the router's worker thread) -----------------------------------------------
     def _until_running(self) -> Pipeline:
