@@ -51,7 +51,7 @@ from isic_common.backoff import Backoff
 from isic_common.errors import ConfigError
 from isic_station import __version__
 from isic_station.commands import CommandRouter, response
-from isic_station.config import check_key, schema_default
+from isic_station.config import check_key, link_consistency_error, schema_default
 from isic_station.ha_discovery import (
     BIRTH_TOPIC_SUFFIX,
     discovery_messages,
@@ -129,16 +129,14 @@ class MqttSettings:
             raise bad("reconnect_min_s", self.reconnect_min_s, f"> 0 and <= reconnect_max_s ({self.reconnect_max_s})")
         if self.health_interval_s <= 0:
             raise bad("health_interval_s", self.health_interval_s, "a positive number of seconds")
-        if bool(self.cert_file) != bool(self.key_file):
-            raise bad("cert_file", self.cert_file, f"to be given with key_file (key_file={self.key_file!r})")
+        problem = link_consistency_error(self.tls, self.ca_file, self.cert_file, self.key_file, self.username,
+                                         self.password is not None)
+        if problem:
+            raise ConfigError(problem)
         for key in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, key)
-            if path and not self.tls:
-                raise bad("tls", self.tls, f"true when {key} is set")
             if path and not Path(path).is_file():
                 raise bad(key, path, "an existing readable file")
-        if (self.password is not None) and not self.username:
-            raise ConfigError("mqtt.password is set but mqtt.username is not: set both or neither")
         if self.password and not self.tls and not is_loopback(self.host) and not self.allow_plaintext_password:
             raise ConfigError(
                 f"mqtt: a password would go in plain text to the broker {self.host}:{self.port} (mqtt.tls = false): "
