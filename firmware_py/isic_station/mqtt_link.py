@@ -157,6 +157,7 @@ class StationTopics:
         self.alarm = f"{self.base}/alarm"
         self.lot = f"{self.base}/lot"
         self.command_filter = f"{self.base}/cmd/+"
+        self.response_filter = f"{self.base}/cmd/+/response"
 
     def command(self, name: str) -> str:
         """Where command `name` is requested."""
