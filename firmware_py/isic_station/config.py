@@ -19,6 +19,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+import jsonschema
+
 from isic_common.errors import ConfigError
 from isic_station.schemas import load_schema, validation_errors
 
@@ -233,6 +235,30 @@ def with_defaults(document: Dict[str, Any]) -> Dict[str, Any]:
     return full
 
 
+def schema_default(key: str) -> Any:
+    """The schema's default of `key` ('section.name'), for code that needs it outside a Config."""
+    prop = _schema_property(key.split("."))
+    if prop is None or "default" not in prop:
+        raise KeyError(f"the config schema has no default for {key}")
+    return prop["default"]
+
+
+def check_key(key: str, value: Any) -> None:
+    """ConfigError naming `key` ('section.name') unless `value` meets the schema's rule for it.
+
+    For values that reach a part without passing `load_config` (the link settings a bench or a test
+    builds), so the rule is still the schema's and the error names the config key.
+    """
+    prop = _schema_property(key.split("."))
+    if prop is None:
+        raise KeyError(f"the config schema has no key {key}")
+    validator = jsonschema.validators.validator_for(load_schema(SCHEMA_NAME))(prop)
+    problems = [e.message for e in validator.iter_errors(value)]
+    if problems:
+        expected = f" (expected: {prop['description']})" if prop.get("description") else ""
+        raise ConfigError(f"key {key} = {value!r} is invalid: {'; '.join(problems)}{expected}")
+
+
 def mqtt_password(mqtt: MqttSection, environ: Optional[Dict[str, str]] = None) -> Optional[str]:
     """The broker password from the environment or a systemd credential; None when none is configured.
 
@@ -321,14 +347,25 @@ def _check_consistency(config: Config, where: str) -> None:
     if mqtt.password_env and mqtt.password_credential:
         raise ConfigError(f"{where}: keys mqtt.password_env ('{mqtt.password_env}') and mqtt.password_credential "
                           f"('{mqtt.password_credential}') are both set (expected: one source for the password)")
-    if (mqtt.password_env or mqtt.password_credential) and not mqtt.username:
-        raise ConfigError(f"{where}: a broker password is configured but key mqtt.username is empty "
-                          f"(expected: the user name that goes with the password)")
-    if bool(mqtt.cert_file) != bool(mqtt.key_file):
-        raise ConfigError(f"{where}: keys mqtt.cert_file and mqtt.key_file must be given together "
-                          f"(cert_file={mqtt.cert_file}, key_file={mqtt.key_file})")
-    if (mqtt.ca_file or mqtt.cert_file) and not mqtt.tls:
-        raise ConfigError(f"{where}: TLS files are set but key mqtt.tls is false (expected: tls = true)")
+    problem = link_consistency_error(mqtt.tls, mqtt.ca_file, mqtt.cert_file, mqtt.key_file, mqtt.username,
+                                     bool(mqtt.password_env or mqtt.password_credential))
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+
+
+def link_consistency_error(tls: bool, ca_file: Any, cert_file: Any, key_file: Any, username: Optional[str],
+                           password_configured: bool) -> Optional[str]:
+    """The first broken rule between the [mqtt] TLS and login keys, or None: stated once, for
+    `load_config` and for the link settings a bench or a test builds without it."""
+    if password_configured and not username:
+        return ("a broker password is configured (mqtt.password_env, mqtt.password_credential) but key "
+                "mqtt.username is empty (expected: the user name that goes with the password)")
+    if bool(cert_file) != bool(key_file):
+        return (f"keys mqtt.cert_file and mqtt.key_file must be given together "
+                f"(cert_file={cert_file}, key_file={key_file})")
+    if (ca_file or cert_file) and not tls:
+        return "TLS files are set but key mqtt.tls is false (expected: tls = true)"
+    return None
 
 
 def reference_markdown() -> str:

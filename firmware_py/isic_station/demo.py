@@ -31,6 +31,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from isic_common.errors import DeviceError, StationError
 from isic_station.config import _toml_value
+from isic_station.mqtt_link import StationTopics
+from isic_station.schemas import delivery
 
 LOCAL_BROKER = ("127.0.0.1", 1883)
 STARTUP_TIMEOUT_S = 60.0
@@ -195,8 +197,13 @@ class DemoBench:
         self.prefix = "isic"
 
     @property
+    def topics(self) -> StationTopics:
+        """The bench station's topics (the link's own names, not spelled again here)."""
+        return StationTopics(self.prefix, self.station_id)
+
+    @property
     def topic_base(self) -> str:
-        return f"{self.prefix}/{self.station_id}"
+        return self.topics.base
 
     def __enter__(self) -> "DemoBench":
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -346,8 +353,10 @@ class ResultWatcher:
 
     def request(self, base: str, name: str, payload: Dict[str, Any], timeout_s: float = 30.0) -> Dict[str, Any]:
         """Send command `name` and return its response (the watcher must subscribe to `<base>/cmd/+/response`)."""
+        topics = StationTopics(*base.rsplit("/", 1))  # a station id holds no '/'
         transaction = f"t{time.monotonic_ns()}"
-        self.client.publish(f"{base}/cmd/{name}", json.dumps(dict(payload, transaction=transaction)), qos=1)
+        self.client.publish(topics.command(name), json.dumps(dict(payload, transaction=transaction)),
+                            qos=delivery("command_request")["qos"])
         deadline = time.monotonic() + timeout_s
         held = []
         try:
@@ -356,7 +365,7 @@ class ResultWatcher:
                     topic, raw, at = self.messages.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                if topic == f"{base}/cmd/{name}/response":
+                if topic == topics.response(name):
                     doc = json.loads(raw)
                     if doc.get("transaction") == transaction:
                         return doc
@@ -445,12 +454,11 @@ def run_demo(args: argparse.Namespace) -> int:
             bench.calibrate()
             bench.put_line(args.seed, args.dwell)
             watcher = ResultWatcher(bench.broker.host, bench.broker.port,
-                                    [f"{bench.topic_base}/result", f"{bench.topic_base}/alarm",
-                                     f"{bench.topic_base}/cmd/+/response"])
+                                    [bench.topics.result, bench.topics.alarm, bench.topics.response_filter])
             try:
                 station = bench.start_station()
                 print(f"demo: station running (pid {station.pid}, log {bench.station_log}); results as they "
-                      f"arrive over MQTT on {bench.topic_base}/result (Ctrl-C to stop):", flush=True)
+                      f"arrive over MQTT on {bench.topics.result} (Ctrl-C to stop):", flush=True)
                 received = _watch(bench, watcher, args)
                 stats = _stats(bench, watcher) if args.stats and bench.station is not None else None
             finally:
@@ -488,10 +496,10 @@ def _watch(bench: DemoBench, watcher: ResultWatcher, args: argparse.Namespace) -
             except queue.Empty:
                 continue
             doc = json.loads(raw)
-            if topic.endswith("/result"):
+            if topic == bench.topics.result:
                 received += 1
                 print(result_line(doc, at, line_truth(bench.stage_path, doc["sample_id"])), flush=True)
-            elif topic.endswith("/alarm"):
+            elif topic == bench.topics.alarm:
                 print(f"ALARM  {doc['kind']}: {doc['message']}", flush=True)
     except KeyboardInterrupt:
         print("demo: stopping", flush=True)

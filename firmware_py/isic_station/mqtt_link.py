@@ -51,14 +51,15 @@ from isic_common.backoff import Backoff
 from isic_common.errors import ConfigError
 from isic_station import __version__
 from isic_station.commands import CommandRouter, response
+from isic_station.config import check_key, link_consistency_error, schema_default
 from isic_station.ha_discovery import (
     BIRTH_TOPIC_SUFFIX,
-    DEFAULT_DISCOVERY_PREFIX,
     discovery_messages,
     removal_messages,
 )
 from isic_station.outbox import Outbox, encode_payload
 from isic_station.results import build_health
+from isic_station.schemas import delivery
 
 log = logging.getLogger(__name__)
 
@@ -90,14 +91,14 @@ class MqttSettings:
     without TLS to a broker off this machine is refused unless `allow_plaintext_password`.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 1883
-    prefix: str = "isic"
+    host: str = schema_default("mqtt.host")
+    port: int = schema_default("mqtt.port")
+    prefix: str = schema_default("station.prefix")
     station_id: str = "station-1"
     client_id: Optional[str] = None
-    keepalive_s: int = 30
-    qos: int = 1
-    tls: bool = False
+    keepalive_s: int = schema_default("mqtt.keepalive_s")
+    qos: int = delivery("result")["qos"]
+    tls: bool = schema_default("mqtt.tls")
     ca_file: Optional[str] = None
     cert_file: Optional[str] = None
     key_file: Optional[str] = None
@@ -105,44 +106,37 @@ class MqttSettings:
     password: Optional[str] = field(default=None, repr=False)
     max_inflight: int = 10
     reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 30.0
-    health_interval_s: float = 30.0
-    discovery: bool = True
-    ha_prefix: str = DEFAULT_DISCOVERY_PREFIX
-    allow_plaintext_password: bool = False
+    reconnect_max_s: float = schema_default("mqtt.reconnect_max_s")
+    health_interval_s: float = schema_default("health.interval_s")
+    discovery: bool = schema_default("mqtt.discovery")
+    ha_prefix: str = schema_default("mqtt.discovery_prefix")
+    allow_plaintext_password: bool = schema_default("mqtt.allow_plaintext_password")
 
     def __post_init__(self) -> None:
         def bad(key: str, value: Any, expected: str) -> ConfigError:
             return ConfigError(f"mqtt.{key} = {value!r} is invalid: expected {expected}")
 
-        if not self.host:
-            raise bad("host", self.host, "a host name or address")
-        if not 0 < self.port < 65536:
-            raise bad("port", self.port, "1..65535")
-        if not self.prefix or any(c in self.prefix for c in "#+ ") or self.prefix.strip("/") != self.prefix:
-            raise bad("prefix", self.prefix, "topic levels without '+', '#', spaces or a leading/trailing '/'")
-        if not self.station_id or any(c in self.station_id for c in "#+/ "):
-            raise bad("station_id", self.station_id, "a name without '/', '+', '#' or spaces")
+        # The schema's rules for the keys that shape the connection and the topics (settings built
+        # without load_config, by a bench or a test, meet them too).
+        for key, value in (("mqtt.host", self.host), ("mqtt.port", self.port), ("station.prefix", self.prefix),
+                           ("station.id", self.station_id), ("mqtt.keepalive_s", self.keepalive_s)):
+            check_key(key, value)
         if self.qos not in (1, 2):
             raise bad("qos", self.qos, "1 or 2 (results need an acknowledgement)")
-        if self.keepalive_s < 5:
-            raise bad("keepalive_s", self.keepalive_s, "at least 5 seconds")
         if self.max_inflight < 1:
             raise bad("max_inflight", self.max_inflight, "at least 1")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
             raise bad("reconnect_min_s", self.reconnect_min_s, f"> 0 and <= reconnect_max_s ({self.reconnect_max_s})")
         if self.health_interval_s <= 0:
             raise bad("health_interval_s", self.health_interval_s, "a positive number of seconds")
-        if bool(self.cert_file) != bool(self.key_file):
-            raise bad("cert_file", self.cert_file, f"to be given with key_file (key_file={self.key_file!r})")
+        problem = link_consistency_error(self.tls, self.ca_file, self.cert_file, self.key_file, self.username,
+                                         self.password is not None)
+        if problem:
+            raise ConfigError(problem)
         for key in ("ca_file", "cert_file", "key_file"):
             path = getattr(self, key)
-            if path and not self.tls:
-                raise bad("tls", self.tls, f"true when {key} is set")
             if path and not Path(path).is_file():
                 raise bad(key, path, "an existing readable file")
-        if (self.password is not None) and not self.username:
-            raise ConfigError("mqtt.password is set but mqtt.username is not: set both or neither")
         if self.password and not self.tls and not is_loopback(self.host) and not self.allow_plaintext_password:
             raise ConfigError(
                 f"mqtt: a password would go in plain text to the broker {self.host}:{self.port} (mqtt.tls = false): "
@@ -163,6 +157,7 @@ class StationTopics:
         self.alarm = f"{self.base}/alarm"
         self.lot = f"{self.base}/lot"
         self.command_filter = f"{self.base}/cmd/+"
+        self.response_filter = f"{self.base}/cmd/+/response"
 
     def command(self, name: str) -> str:
         """Where command `name` is requested."""
@@ -333,7 +328,7 @@ class MqttLink:
         self._wake()
 
     def _respond(self, name: str, answer: Dict[str, Any]) -> None:
-        self.publish(self.topics.response(name), answer, qos=1)
+        self.publish(self.topics.response(name), answer, **delivery("command_response"))
 
     # ----- owner thread ----------------------------------------------------------------------------
 
@@ -344,7 +339,7 @@ class MqttLink:
             client_id=self._client_id,
             protocol=paho.MQTTv5,
         )
-        client.will_set(self.topics.status, status_payload(s.station_id, "offline"), qos=1, retain=True)
+        client.will_set(self.topics.status, status_payload(s.station_id, "offline"), **delivery("status"))
         if s.username:
             client.username_pw_set(s.username, s.password)
         if s.tls:
@@ -496,14 +491,14 @@ class MqttLink:
         log.info("MQTT connected to %s:%d as %s%s", self.settings.host, self.settings.port, self._client_id,
                  f"; replaying {backlog} stored message(s)" if backlog else "")
         # retain-as-published: a retained command keeps its flag even when delivered live (see the docstring)
-        options = SubscribeOptions(qos=1, retainAsPublished=True)
+        options = SubscribeOptions(qos=delivery("command_request")["qos"], retainAsPublished=True)
         subscriptions = [(self.topics.command_filter, options)]
         if self.settings.discovery:
             subscriptions.append((f"{self.settings.ha_prefix}/{BIRTH_TOPIC_SUFFIX}", options))
         # Subscribe before announcing `online`: the broker handles one client's packets in order, so a
         # command sent by someone who has just seen `online` finds the subscription in place.
         self._subscribe_mid = client.subscribe(subscriptions)[1]
-        client.publish(self.topics.status, status_payload(self.settings.station_id, "online"), qos=1, retain=True)
+        client.publish(self.topics.status, status_payload(self.settings.station_id, "online"), **delivery("status"))
         if self.settings.discovery:
             self._publish_discovery()
         with self._lock:
@@ -580,7 +575,8 @@ class MqttLink:
             payload, due = self._latest_state, self._state_due
             self._state_due = False
         if due and payload is not None and self._client is not None:
-            self._client.publish(self.topics.state, payload, qos=1, retain=True)
+            # `state` is the retained copy of the latest result (the result schema's x-mqtt `also`)
+            self._client.publish(self.topics.state, payload, qos=delivery("result")["qos"], retain=True)
 
     def _publish_health(self) -> None:
         self._next_health = time.monotonic() + self.settings.health_interval_s
@@ -596,7 +592,7 @@ class MqttLink:
         except Exception:  # a broken health source must not stop results from flowing
             log.exception("health source failed; no health published this time")
             return
-        self._client.publish(self.topics.health, encode_payload(doc), qos=1, retain=True)
+        self._client.publish(self.topics.health, encode_payload(doc), **delivery("health"))
 
     def _publish_discovery(self) -> None:
         client = self._client
@@ -623,7 +619,7 @@ class MqttLink:
         client = self._client
         if client is not None and self.connected:
             info = client.publish(
-                self.topics.status, status_payload(self.settings.station_id, "offline"), qos=1, retain=True
+                self.topics.status, status_payload(self.settings.station_id, "offline"), **delivery("status")
             )
             while time.monotonic() < deadline and self._client is not None and not info.is_published():
                 self._step(max_wait=0.05)

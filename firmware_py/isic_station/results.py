@@ -10,24 +10,12 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, Mapping, Optional
 
+from isic_station.schemas import load_schema
+
 SCHEMA_VERSION = 1
 
-# The quality flags a result may carry (the result schema's enum says the same).
-RESULT_FLAGS = (
-    "saturation",
-    "low_signal",
-    "stale_reference",
-    "missing_reference",
-    "white_drift",
-    "blurred_image",
-    "missing_image",
-    "exposure",
-    "empty_field",
-    "signal_only",
-    "out_of_spec",
-    "unknown_fibre",
-    "refer_to_lab",
-)
+# The quality flags a result may carry, in the order results list them: the result schema's enum.
+RESULT_FLAGS = tuple(load_schema("result")["properties"]["flags"]["items"]["enum"])
 
 
 def utc_iso(moment: Optional[datetime] = None) -> str:

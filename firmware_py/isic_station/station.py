@@ -27,11 +27,12 @@ from isic_common.errors import DeviceError, ModelError, StationError
 from isic_common.percentile import percentile
 from isic_station import __version__
 from isic_station.acquisition import Acquirer, Measurement
-from isic_station.commands import CommandError, CommandRouter
+from isic_station.commands import COMMAND_NAMES, CommandError, CommandHandler, CommandRouter
 from isic_station.config import Config, mqtt_password
 from isic_station.outbox import Outbox
 from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, PipelineStats
 from isic_station.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
+from isic_station.schemas import delivery
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
 from isic_station.spec_check import InvalidLotSpec, LotSpec, LotSummary, check_composition
 from isic_station.wavelength_check import WavelengthStore, fit_offset
@@ -162,6 +163,10 @@ class Station:
         self._running = threading.Event()  # set once the pipeline runs; commands wait for it
 
     # ----- life cycle ------------------------------------------------------------------------
+    def command_handlers(self) -> Dict[str, CommandHandler]:
+        """`cmd_<name>` for every command of the registry (`COMMAND_NAMES`): the names are written once."""
+        return {name: getattr(self, f"cmd_{name}") for name in COMMAND_NAMES}
+
     def start(self) -> None:
         """Bring every part up in the order the module docstring gives; READY=1 at the end."""
         c = self.config
@@ -172,10 +177,7 @@ class Station:
         self.watchdog.progress("model loaded")
         # The link never waits for the broker; started before the devices so a device missing at
         # start raises its alarm like any later fault (commands wait for the pipeline: see _wait).
-        router = CommandRouter({
-            "measure": self.cmd_measure, "set_lot": self.cmd_set_lot, "calibrate": self.cmd_calibrate,
-            "reload_model": self.cmd_reload_model, "status": self.cmd_status,
-        }, max_payload_bytes=c.mqtt.max_command_bytes)
+        router = CommandRouter(self.command_handlers(), max_payload_bytes=c.mqtt.max_command_bytes)
         from isic_station.mqtt_link import MqttLink
 
         self.link = MqttLink(mqtt_settings(c), self.outbox, health_source=self.health_source, commands=router,
@@ -442,8 +444,7 @@ class Station:
         path = "signal_only" if prediction.signal_only else "bimodal"
         summary.add(doc["composition"], calibration.systematic(path, doc["blend"]) if calibration is not None else {},
                     prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"])
-        self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()),
-                        qos=1, retain=True)
+        self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()), **delivery("lot"))
 
     # ----- commands (the router's worker thread) -----------------------------------------------
     def _until_running(self) -> Pipeline:

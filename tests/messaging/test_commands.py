@@ -6,8 +6,9 @@ import threading
 import pytest
 
 from isic_station.commands import COMMAND_NAMES, CommandError, CommandRouter
-from isic_station.schemas import load_schema, validation_errors
+from isic_station.schemas import SCHEMA_DIR, load_schema, validation_errors
 from isic_station.spec_check import LotSpec
+from isic_station.station import Station
 
 from .mqtt_helpers import wait_until
 
@@ -89,9 +90,18 @@ def test_unknown_handler_names_are_rejected():
         CommandRouter({"reboot": lambda p: None})
 
 
-def test_every_command_has_a_payload_schema():
+def test_the_command_schema_files_are_exactly_the_registrys_commands():
+    envelopes = {"command_request", "command_response"}
+    files = {p.name[:-len(".schema.json")] for p in SCHEMA_DIR.glob("command_*.schema.json")} - envelopes
+    assert files == {f"command_{name}" for name in COMMAND_NAMES}
     for name in COMMAND_NAMES:
         assert load_schema(f"command_{name}")["title"] == name
+
+
+def test_the_station_has_a_handler_for_every_command():
+    handlers = Station.__new__(Station).command_handlers()  # no parts needed to name the handlers
+    assert list(handlers) == list(COMMAND_NAMES)
+    assert all(callable(h) for h in handlers.values())
 
 
 def test_worker_runs_handlers_off_the_submitting_thread_and_answers_busy_when_full():

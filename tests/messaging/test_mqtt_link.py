@@ -200,8 +200,9 @@ def test_stop_flushes_and_publishes_offline(mqtt_broker, names, make_link, recor
 @pytest.mark.parametrize("overrides, key", [
     ({"port": 0}, "mqtt.port"),
     ({"qos": 0}, "mqtt.qos"),
-    ({"prefix": "a/+/b"}, "mqtt.prefix"),
-    ({"station_id": "a/b"}, "mqtt.station_id"),
+    ({"prefix": "a/+/b"}, "station.prefix"),
+    ({"prefix": "isic/"}, "station.prefix"),
+    ({"station_id": "a/b"}, "station.id"),
     ({"tls": True, "ca_file": "/nonexistent/ca.pem"}, "mqtt.ca_file"),
     ({"ca_file": "/etc/hostname"}, "mqtt.tls"),
     ({"cert_file": "/etc/hostname"}, "mqtt.cert_file"),

@@ -7,6 +7,7 @@ import pytest
 
 from isic_common.errors import ConfigError
 from isic_station import config as cfg
+from isic_station.inference.registry import BACKENDS, KINDS
 from isic_station.schemas import load_schema
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +59,8 @@ def test_dataclasses_match_the_schema() -> None:
         ('[station]\nid = "s1"\n[camera]\nsauce = "x"\n', ["camera", "sauce", "allowed", "source"]),
         ('[mqtt]\nhost = "h"\n', ["section [station] is missing", "station.id"]),
         ('[station]\nprefix = "p"\n', ["key station.id is missing", "Station id"]),
+        ('[station]\nid = "s1"\nprefix = "isic/"\n', ["station.prefix", "'isic/'", "no leading or trailing '/'"]),
+        ('[station]\nid = "s1"\nprefix = "a//b"\n', ["station.prefix", "'a//b'"]),
         ('[station]\nid = "s1"\n[stations]\nx = 1\n', ["unknown key stations", "top level", "station"]),
         ('[station]\nid = "s1"\n[mqtt]\npassword_env = "P"\n', ["mqtt.username"]),
         ('[station]\nid = "s1"\n[mqtt]\ncert_file = "c.pem"\ntls = true\n', ["mqtt.key_file"]),
@@ -111,3 +114,9 @@ def test_mqtt_settings_carry_the_link_options(tmp_path: Path) -> None:
     assert (settings.keepalive_s, settings.reconnect_max_s, settings.station_id) == (20, 5, "s1")
     with pytest.raises(ConfigError, match="reconnect_max_s"):
         cfg.load_config(write(tmp_path, '[station]\nid = "s1"\n[mqtt]\nreconnect_max_s = 0\n'))
+
+
+def test_the_backend_enum_is_the_inference_registrys_kinds() -> None:
+    enum = load_schema("config")["properties"]["model"]["properties"]["backend"]["enum"]
+    assert enum == list(KINDS)
+    assert set(enum) - {"auto"} == set(BACKENDS)

@@ -208,7 +208,7 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
                       f"{config.camera.frames_per_measurement} frames, coadd {config.spectrometer.coadd}; "
                       f"work folder {workdir}", file=sys.stderr, flush=True)
             bench.calibrate()
-            watcher = ResultWatcher(bench.broker.host, bench.broker.port, [f"{bench.topic_base}/result"])
+            watcher = ResultWatcher(bench.broker.host, bench.broker.port, [bench.topics.result])
             try:
                 bench.start_station()     # results before the first line's start are left out
                 for seed in args.line_seed:

@@ -1,6 +1,7 @@
 """Backends keyed by type, chosen in config (`acl`, `onnxruntime`, `auto`), as Frigate keys its detectors.
 
-Each backend class carries its `kind`; adding one is a class and a line in `BACKENDS`. Neither
+Each backend class carries its `kind`; adding one is a class, a line in `BACKENDS` and its name in the config
+schema's `model.backend` enum (a test checks the two agree). Neither
 backend imports its runtime at module level, so this registry imports on any board, and a missing
 runtime becomes BackendUnavailable when that backend is created.
 """

@@ -28,3 +28,10 @@ def validation_errors(document: Any, name: str) -> list:
     validator = validator_cls(schema)
     errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
     return [f"{'.'.join(str(p) for p in e.absolute_path) or '<top>'}: {e.message}" for e in errors]
+
+
+def delivery(name: str) -> Dict[str, Any]:
+    """`{"qos", "retain"}` of the topic that carries schema `name`, from the schema's `x-mqtt` block
+    (the one place they are stated), ready to pass to a publish call as keywords."""
+    block = load_schema(name)["x-mqtt"]
+    return {"qos": block["qos"], "retain": block["retain"]}
