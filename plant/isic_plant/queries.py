@@ -50,9 +50,10 @@ def stations(conn: psycopg.Connection) -> List[Dict[str, Any]]:
 
 
 def lot_list(conn: psycopg.Connection) -> List[Dict[str, Any]]:
+    """Every lot, newest first; `out_of_spec` counts the results the station's decision rule failed (its flag)."""
     rows = conn.execute("""
         SELECT lot_id, count(*), min(measured_at), max(measured_at), array_agg(DISTINCT station),
-               count(*) FILTER (WHERE doc->'spec'->>'in_spec' = 'false')
+               count(*) FILTER (WHERE doc->'flags' ? 'out_of_spec')
         FROM results WHERE lot_id IS NOT NULL GROUP BY lot_id
         UNION ALL SELECT lot_id, 0, NULL, NULL, ARRAY[]::text[], 0 FROM lots l
         WHERE NOT EXISTS (SELECT 1 FROM results r WHERE r.lot_id = l.lot_id)
@@ -66,7 +67,7 @@ def lot_summary(conn: psycopg.Connection, lot_id: str) -> Optional[Dict[str, Any
     interval_95 span when they carry one), the verdict, stations, models and dates; None for an unknown lot."""
     head = conn.execute("""
         SELECT count(*), min(measured_at), max(measured_at), array_agg(DISTINCT station),
-               count(*) FILTER (WHERE doc->'spec'->>'in_spec' = 'false'),
+               count(*) FILTER (WHERE doc->'flags' ? 'out_of_spec'),
                count(*) FILTER (WHERE jsonb_array_length(doc->'flags') > 0)
         FROM results WHERE lot_id = %s""", (lot_id,)).fetchone()
     spec = lots.declared(conn, lot_id)

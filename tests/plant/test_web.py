@@ -53,7 +53,7 @@ def historian(plant_db: str) -> Iterator[Tuple[str, dict]]:
     c = SimulatedStation("line2-st1", "L-200", {"cotton": 0.5, "linen": 0.5}, seed=3)
     docs = []
     for i in range(30):
-        docs.append(a.result(f"S{i % 5}", shift={"cotton": 0.1} if i == 29 else None))
+        docs.append(a.result(f"S{i % 5}", shift={"cotton": 0.2} if i == 29 else None))
         docs.append(b.result(f"S{i % 5}"))
         docs.append(c.result())
     items = [parse(f"isic/{d['station']}/result", json.dumps(d).encode(), "isic") for d in docs]
@@ -111,7 +111,7 @@ def test_lot_exports_for_a_lims(historian):
 
 
 def test_certificate_reads_back_with_pdf_tools(historian, plant_db):
-    url, _ = historian
+    url, data = historian
     status, pdf, kind = _get(f"{url}/lots/L-100/certificate.pdf")
     assert status == 200 and kind == "application/pdf" and pdf.startswith(b"%PDF")
     text = "\n".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(pdf)).pages)
@@ -119,6 +119,10 @@ def test_certificate_reads_back_with_pdf_tools(historian, plant_db):
         n, digest = queries.lot_records_hash(conn, "L-100")
         summary = queries.lot_summary(conn, "L-100")
     assert n == 60 and digest in text
+    # "out of spec" counts what the stations' decision rule failed (their `out_of_spec` flag): the drifted result
+    failed = sum("out_of_spec" in d["flags"] for d in data["docs"] if d["lot_id"] == "L-100")
+    assert failed >= 1 and summary["out_of_spec"] == failed
+    assert f"{failed} out of spec" in text
     assert "Certificate of analysis" in text and "Lot: L-100" in text
     assert f"Verdict: {summary['verdict'].upper()}" in text
     assert "line1-st1, line1-st2" in text and "isic-net" in text
