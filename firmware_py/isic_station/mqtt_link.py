@@ -54,6 +54,7 @@ from isic_station.commands import CommandRouter, response
 from isic_station.config import check_key, link_consistency_error, schema_default
 from isic_station.ha_discovery import (
     BIRTH_TOPIC_SUFFIX,
+    DISCOVERY_DELIVERY,
     discovery_messages,
     removal_messages,
 )
@@ -607,7 +608,7 @@ class MqttLink:
             sw_version=self._sw_version, **kwargs,
         )
         for topic, payload in messages:
-            client.publish(topic, payload, qos=1, retain=True)
+            client.publish(topic, payload, **DISCOVERY_DELIVERY)
 
     def _shutdown(self) -> None:
         """Flush the outbox within the stop timeout, then `offline`, then a clean DISCONNECT."""
