@@ -7,9 +7,11 @@ the tests validate every payload against them, and the README tables are generat
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 SCHEMA_DIR = Path(__file__).resolve().parent
+# Every command request and response shares these envelopes; each other `command_<name>` is one command.
+COMMAND_ENVELOPES = ("command_request", "command_response")
 
 
 @lru_cache(maxsize=None)
@@ -35,3 +37,10 @@ def delivery(name: str) -> Dict[str, Any]:
     (the one place they are stated), ready to pass to a publish call as keywords."""
     block = load_schema(name)["x-mqtt"]
     return {"qos": block["qos"], "retain": block["retain"]}
+
+
+def command_names() -> Tuple[str, ...]:
+    """The MQTT commands: one per `command_<name>.schema.json` besides the envelopes, in name order. The
+    schema file is where a command is declared (its name and its payload); everything else reads it here."""
+    files = (path.name[:-len(".schema.json")] for path in SCHEMA_DIR.glob("command_*.schema.json"))
+    return tuple(sorted(name[len("command_"):] for name in files if name not in COMMAND_ENVELOPES))
