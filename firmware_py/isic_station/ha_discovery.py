@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any, Dict, List, Sequence, Tuple
 
-from isic_station.config import schema_default
+from isic_station.schemas import schema_default
 
 # The prefix is the config's (`mqtt.discovery_prefix`); the birth topic and the delivery are Home
 # Assistant's own contract (its MQTT discovery docs: configs retained, so a restarted Home Assistant

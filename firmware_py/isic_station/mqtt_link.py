@@ -51,7 +51,7 @@ from isic_common.backoff import Backoff
 from isic_common.errors import ConfigError
 from isic_station import __version__
 from isic_station.commands import CommandRouter, response
-from isic_station.config import check_key, link_consistency_error, schema_default
+from isic_station.config import check_key, link_consistency_error
 from isic_station.ha_discovery import (
     BIRTH_TOPIC_SUFFIX,
     DISCOVERY_DELIVERY,
@@ -60,7 +60,7 @@ from isic_station.ha_discovery import (
 )
 from isic_station.outbox import Outbox, encode_payload
 from isic_station.results import build_health
-from isic_station.schemas import delivery
+from isic_station.schemas import delivery, schema_default
 
 log = logging.getLogger(__name__)
 

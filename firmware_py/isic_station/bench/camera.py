@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Mapping
 import numpy as np
 
 from isic_common.errors import ModelError, StationError
+from isic_model import SHIPPED_MANIFEST
+from isic_station.manifest import load_manifest
 
 LABEL_FRAMES = 20
 
@@ -43,11 +45,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 def _image_params(manifest_path: str) -> Mapping[str, Any]:
     """The manifest's `image` object: the given manifest's, else the shipped model's."""
-    from isic_station.manifest import load_manifest
-
     if manifest_path:
         return load_manifest(manifest_path).image
-    from isic_model import SHIPPED_MANIFEST
 
     if not SHIPPED_MANIFEST.is_file():
         raise ModelError(f"no shipped model manifest at {SHIPPED_MANIFEST}: export a model "

@@ -20,6 +20,7 @@ from typing import Any, Dict, List
 
 from isic_common.errors import StationError
 from isic_common.percentile import percentile
+from isic_station.results import build_result
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -49,7 +50,6 @@ def measure(host: str, port: int, count: int, rate: float, state_dir: str) -> Di
     """Publish `count` results at `rate`/s and return the latency figures (milliseconds)."""
     from isic_station.mqtt_link import MqttLink, MqttSettings
     from isic_station.outbox import Outbox
-    from isic_station.results import build_result
 
     station = f"bench-{os.getpid()}"
     sent_at: Dict[int, float] = {}

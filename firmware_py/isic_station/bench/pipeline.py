@@ -52,7 +52,6 @@ import isic_model
 from isic_common.errors import ConfigError, DeviceError, ModelError, StationError
 from isic_drivers.obp.codec import MIN_FRAME_SIZE
 from isic_drivers.obp.transport import line_seconds
-from isic_station.config import load_config, tomllib
 from isic_station.logging_setup import setup_logging
 
 if TYPE_CHECKING:
@@ -96,6 +95,8 @@ SETTING_KEYS = {
 def load_settings(path: Path) -> Dict[str, Dict[str, Any]]:
     """The measurement settings in a TOML file (see SETTING_KEYS); ConfigError naming the file when it cannot
     be read or has none of them. Values are checked against the config schema when the bench's config loads."""
+    from isic_station.config import tomllib  # the config (and jsonschema) load only when the bench runs
+
     try:
         with open(path, "rb") as fh:
             document = tomllib.load(fh)
@@ -135,6 +136,7 @@ def measure(seconds: float, model: Optional[Path], workdir: Path,
             settings: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
     """Run the bench for `seconds` after the warm-up; the figures (see the module docstring) plus context."""
     # The station and its bench (OpenCV, paho, the model) load only when the bench runs: `--help` stays fast.
+    from isic_station.config import load_config
     from isic_station.demo import DemoBench, process_figures
     from isic_station.sd_notify import ServiceNotifier
     from isic_station.station import Station
