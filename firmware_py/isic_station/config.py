@@ -80,7 +80,7 @@ class QualitySection:
     """Thresholds of the frame quality gate and the spectrum signal check."""
 
     min_signal_fraction: float
-    # None: the quality gate's own default (one source of truth: isic_station.quality_gate.GateThresholds)
+    # None: the quality gate's own default (one source of truth: isic_station.acquisition.quality_gate.GateThresholds)
     min_focus: Optional[float] = None
     max_clipped_high: Optional[float] = None
     max_clipped_low: Optional[float] = None

@@ -130,11 +130,11 @@ def _simulate(manifest: Any, settings: StationSettings, seed: int, groups: int, 
     from isic_drivers.lab.instrument import InstrumentModel
     from isic_drivers.lab.measurement import simulate_measurement
     from isic_drivers.lab.sample import Sample, blend_label, draw_nuisance
-    from isic_station.acquisition import GATE_FLAGS, spectrum_flags
+    from isic_station.acquisition.acquirer import GATE_FLAGS, spectrum_flags
+    from isic_station.acquisition.quality_gate import assess
     from isic_station.inference import create_backend
     from isic_station.inference.predictor import Predictor
     from isic_station.preprocess.spectrum import preprocess_spectrum
-    from isic_station.quality_gate import assess
     from isic_station.uncertainty import spectrum_quality
 
     fibres = list(manifest.fibres)

@@ -18,7 +18,7 @@ bench's config, i.e. the camera's frame size and µm/px, its frames per measurem
 and the sample's QR label in every frame, exactly what `isic-station bench accuracy` measures);
 `--config` takes a station's own config, `--training-settings` the settings training used.
 `--seeds A,B,C` pools the seeds' results: accuracy and MAE with 95 % confidence intervals
-(`isic_station.bench.scoring`, the scoring `bench accuracy` uses), each seed's figures beside.
+(`isic_station.tools.bench.scoring`, the scoring `bench accuracy` uses), each seed's figures beside.
 
 `counting_limit` puts the model beside a perfect fibre counter of the very same frames: the
 composition estimated from the true number of fibres of each type in them (see `counting_limit.py`),
@@ -44,13 +44,13 @@ from isic_model.counting_limit import CountingOracle
 from isic_model.data import StationSettings, generate_spectra
 from isic_model.scoring import composition_figures
 from isic_model.uncertainty_figures import interval_figures
-from isic_station.bench.scoring import figures_line, pooled_figures, score_result
 from isic_station.config import load_config
-from isic_station.demo import DemoBench
 from isic_station.inference import create_backend
 from isic_station.inference.predictor import Predictor
 from isic_station.manifest import load_manifest
 from isic_station.preprocess.spectrum import preprocess_spectra
+from isic_station.tools.bench.scoring import figures_line, pooled_figures, score_result
+from isic_station.tools.demo import DemoBench
 
 log = logging.getLogger(__name__)
 

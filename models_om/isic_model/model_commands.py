@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from isic_model import SHIPPED_MANIFEST
-from isic_station.bench.accuracy import seed_list
 from isic_station.manifest import load_manifest
+from isic_station.tools.bench.accuracy import seed_list
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "train.toml"
 

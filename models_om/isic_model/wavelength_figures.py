@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from isic_drivers.reflectance import reflectance_from_counts
 from isic_model import SHIPPED_MANIFEST
+from isic_station.acquisition.wavelength_check import fit_offset
 from isic_station.manifest import load_manifest
-from isic_station.wavelength_check import fit_offset
 
 
 def fitted_offset(shift_nm: float, settings: Any, seed: int) -> float:

@@ -16,7 +16,7 @@ import pytest
 
 from fakes.tiny_isicnet import tiny_station_config
 from isic_common.errors import EX_CONFIG, EX_IOERR
-from isic_station.demo import station_command
+from isic_station.tools.demo import station_command
 
 pytestmark = pytest.mark.timeout(60)  # each wait inside is bounded too; this bounds the whole test
 

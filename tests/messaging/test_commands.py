@@ -5,10 +5,10 @@ import threading
 
 import pytest
 
-from isic_station.command_handlers import CommandHandlers
-from isic_station.commands import COMMAND_NAMES, CommandError, CommandRouter
+from isic_station.daemon.command_handlers import CommandHandlers
+from isic_station.daemon.spec_check import LotSpec
+from isic_station.messaging.commands import COMMAND_NAMES, CommandError, CommandRouter
 from isic_station.schemas import SCHEMA_DIR, load_schema, validation_errors
-from isic_station.spec_check import LotSpec
 
 from .mqtt_helpers import wait_until
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from isic_common.errors import StateDirError
-from isic_station.calibration import CalibrationStore
+from isic_station.acquisition.calibration import CalibrationStore
 
 DARK = np.full(8, 1000.0)
 WHITE = np.linspace(11000.0, 21000.0, 8)

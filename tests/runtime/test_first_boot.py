@@ -14,12 +14,12 @@ import pytest
 from fakes.fake_acl import FakeAcl
 from isic_common.errors import BackendUnavailable
 from isic_station.config import load_config
+from isic_station.daemon.station import status_line
+from isic_station.daemon.wiring import manifest_path
 from isic_station.inference import create_backend
 from isic_station.inference.acl_backend import AclBackend, finalize_pyacl
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
 from isic_station.manifest import load_manifest
-from isic_station.station import status_line
-from isic_station.wiring import manifest_path
 
 REPO = Path(__file__).resolve().parents[2]
 ATLAS = REPO / "config" / "atlas-200dk.toml"

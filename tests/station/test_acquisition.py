@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from isic_drivers.obp.spectrometer import WIRE_FULL_SCALE_COUNTS
-from isic_station.acquisition import generated_sample_id, spectrum_flags
+from isic_station.acquisition.acquirer import generated_sample_id, spectrum_flags
+from isic_station.acquisition.quality_gate import GateThresholds
 from isic_station.config import load_config
-from isic_station.quality_gate import GateThresholds
+from isic_station.daemon.wiring import quality_thresholds
 from isic_station.schemas import load_schema
-from isic_station.wiring import quality_thresholds
 
 
 def test_saturation_and_low_signal_flags() -> None:

@@ -7,9 +7,9 @@ import pytest
 
 from isic_common.errors import ConfigError
 from isic_station import config as cfg
+from isic_station.daemon.wiring import mqtt_settings
 from isic_station.inference.registry import BACKENDS, KINDS
 from isic_station.schemas import load_schema
-from isic_station.wiring import mqtt_settings
 
 REPO = Path(__file__).resolve().parents[2]
 

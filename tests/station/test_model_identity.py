@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from fakes.tiny_isicnet import write_tiny_model
-from isic_station.command_handlers import CommandHandlers, JobRunner, LotState
-from isic_station.commands import CommandError
 from isic_station.config import load_config
+from isic_station.daemon.command_handlers import CommandHandlers, JobRunner, LotState
+from isic_station.daemon.model_slot import ModelSlot
+from isic_station.daemon.wiring import build_parts
 from isic_station.manifest import load_manifest
-from isic_station.model_slot import ModelSlot
-from isic_station.results import build_result
+from isic_station.messaging.commands import CommandError
+from isic_station.messaging.results import build_result
 from isic_station.schemas import validation_errors
-from isic_station.wiring import build_parts
 
 
 class ModelAndCommands:

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from fakes.tiny_isicnet import write_tiny_model
-from isic_station.demo import DemoBench, ResultWatcher
+from isic_station.tools.demo import DemoBench, ResultWatcher
 
 
 def outbox_rows(path: Path) -> int:

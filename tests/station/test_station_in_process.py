@@ -15,10 +15,10 @@ import pytest
 from fakes.fake_spectrometer import FakeSpectrometer
 from fakes.tiny_isicnet import tiny_station_config, write_tiny_model
 from isic_station.config import load_config
+from isic_station.daemon.sd_notify import ServiceNotifier
+from isic_station.daemon.station import Station
+from isic_station.daemon.wiring import build_parts
 from isic_station.schemas import validation_errors
-from isic_station.sd_notify import ServiceNotifier
-from isic_station.station import Station
-from isic_station.wiring import build_parts
 from messaging.mqtt_helpers import Recorder, publish_once
 
 

@@ -3,7 +3,7 @@
 `CommandHandlers` is given what the commands touch - the pipeline that runs `measure` and
 `calibrate` on the acquisition thread (`JobRunner`), the model slot (`reload_model`), the lot
 (`set_lot`) and the station's status document - never the Station itself. The method named after a
-command is its handler; the command names are the registry's (`isic_station.commands.COMMAND_NAMES`,
+command is its handler; the command names are the registry's (`isic_station.messaging.commands.COMMAND_NAMES`,
 one per `command_<name>.schema.json`), and `handlers()` refuses a command without its method, so a
 new command is its schema file and its method here (ARCHITECTURE.md, "Adding a command").
 """
@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Union
 
 from isic_common.errors import StationError
-from isic_station.commands import COMMAND_NAMES, CommandError, CommandHandler
+from isic_station.daemon.model_slot import ModelSlot
+from isic_station.daemon.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy
+from isic_station.daemon.spec_check import InvalidLotSpec, LotSpec, LotSummary
 from isic_station.manifest import Manifest
-from isic_station.model_slot import ModelSlot
-from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy
-from isic_station.results import utc_iso
-from isic_station.spec_check import InvalidLotSpec, LotSpec, LotSummary
+from isic_station.messaging.commands import COMMAND_NAMES, CommandError, CommandHandler
+from isic_station.messaging.results import utc_iso
 
 log = logging.getLogger(__name__)
 

@@ -57,8 +57,8 @@ def _image_params(manifest_path: str) -> Mapping[str, Any]:
 def _measure(camera: Any, frames: int, per_measurement: int, um_per_px: float,
              params: Mapping[str, Any]) -> Dict[str, Any]:
     """Run `frames` frames through read -> gate -> input building; mean milliseconds per frame of each."""
+    from isic_station.acquisition.quality_gate import QualityGate
     from isic_station.preprocess.image import build_image_input
-    from isic_station.quality_gate import QualityGate
 
     gate = QualityGate()
     capture_s = gate_s = input_s = 0.0
@@ -118,7 +118,7 @@ def _measure_label_reads(frames: int, width: int, height: int, um_per_px: float)
     from isic_drivers.emulators.microscope import label_decorator
     from isic_drivers.lab import render_frame
     from isic_drivers.lab.stage import ProductionLine
-    from isic_station.sample_label import SampleLabelReader
+    from isic_station.acquisition.sample_label import SampleLabelReader
 
     reader = SampleLabelReader(every_n=1)
     line, rng = ProductionLine(1, 1.0), np.random.default_rng(1)

@@ -52,10 +52,10 @@ import isic_model
 from isic_common.errors import ConfigError, DeviceError, ModelError, StationError
 from isic_drivers.obp.codec import MIN_FRAME_SIZE
 from isic_drivers.obp.transport import line_seconds
-from isic_station.logging_setup import setup_logging
+from isic_station.daemon.logging_setup import setup_logging
 
 if TYPE_CHECKING:
-    from isic_station.station import Station
+    from isic_station.daemon.station import Station
 
 # An interval this short makes every continuous-mode tick due at once: acquisition runs back to back.
 BACK_TO_BACK_INTERVAL_S = 0.001
@@ -137,10 +137,10 @@ def measure(seconds: float, model: Optional[Path], workdir: Path,
     """Run the bench for `seconds` after the warm-up; the figures (see the module docstring) plus context."""
     # The station and its bench (OpenCV, paho, the model) load only when the bench runs: `--help` stays fast.
     from isic_station.config import load_config
-    from isic_station.demo import DemoBench, process_figures
-    from isic_station.sd_notify import ServiceNotifier
-    from isic_station.station import Station
-    from isic_station.wiring import build_parts
+    from isic_station.daemon.sd_notify import ServiceNotifier
+    from isic_station.daemon.station import Station
+    from isic_station.daemon.wiring import build_parts
+    from isic_station.tools.demo import DemoBench, process_figures
 
     with DemoBench(workdir, station_id=f"bench-pipeline-{os.getpid()}", mode="continuous",
                    interval_s=BACK_TO_BACK_INTERVAL_S, model=model, log_level="WARNING", camera=True,
@@ -148,7 +148,7 @@ def measure(seconds: float, model: Optional[Path], workdir: Path,
         bench.calibrate()
         bench.put_line(seed=1, dwell_s=1.0)
         config = load_config(bench.config_path)
-        logging.getLogger("isic_station.pipeline").setLevel(logging.ERROR)  # skipped ticks: expected here
+        logging.getLogger("isic_station.daemon.pipeline").setLevel(logging.ERROR)  # skipped ticks: expected here
         parts = build_parts(config)  # the daemon's own parts; the spectrometer counts the spectra it reads
         station = Station(config, parts, notifier=ServiceNotifier(None))
         try:

@@ -12,9 +12,9 @@ import threading
 from typing import Iterator, Optional
 
 from isic_common.errors import ModelError
+from isic_station.daemon.wiring import ModelLoader
 from isic_station.inference.predictor import Predictor
 from isic_station.manifest import Manifest
-from isic_station.wiring import ModelLoader
 
 
 class ModelSlot:

@@ -43,7 +43,7 @@ from isic_drivers.reflectance import reflectance_from_counts
 from isic_station.atomic_file import write_json
 
 if TYPE_CHECKING:  # the Acquirer's protocol; acquisition imports this module
-    from isic_station.acquisition import Spectrometer
+    from isic_station.acquisition.acquirer import Spectrometer
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from isic_drivers.lab.stage import ProductionLine, SampleStage
 from isic_model import SHIPPED_MANIFEST
 from isic_station.config import _toml_value
 from isic_station.manifest import load_manifest
-from isic_station.mqtt_link import StationTopics
+from isic_station.messaging.mqtt_link import StationTopics
 from isic_station.schemas import delivery
 
 LOCAL_BROKER = ("127.0.0.1", 1883)

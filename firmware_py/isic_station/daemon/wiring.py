@@ -21,18 +21,18 @@ import isic_model
 from isic_drivers.camera import CameraSource
 from isic_drivers.obp.spectrometer import ObpSpectrometer
 from isic_drivers.obp.transport import SerialTransport
-from isic_station.acquisition import Acquirer, Camera, ImageBatchFactory, Spectrometer
-from isic_station.calibration import CalibrationStore
+from isic_station.acquisition.acquirer import Acquirer, Camera, ImageBatchFactory, Spectrometer
+from isic_station.acquisition.calibration import CalibrationStore
+from isic_station.acquisition.quality_gate import GateThresholds, QualityGate
+from isic_station.acquisition.sample_label import SampleLabelReader
+from isic_station.acquisition.wavelength_check import WavelengthStore
 from isic_station.config import Config, mqtt_password
 from isic_station.inference.predictor import Predictor
 from isic_station.inference.registry import create_backend
 from isic_station.manifest import Manifest, load_manifest
-from isic_station.mqtt_link import MqttSettings
-from isic_station.outbox import Outbox
+from isic_station.messaging.mqtt_link import MqttSettings
+from isic_station.messaging.outbox import Outbox
 from isic_station.preprocess.image import scale_problem
-from isic_station.quality_gate import GateThresholds, QualityGate
-from isic_station.sample_label import SampleLabelReader
-from isic_station.wavelength_check import WavelengthStore
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ import numpy as np
 from isic_common.errors import DeviceError, StationError
 from isic_drivers.camera import CameraStats, Frame
 from isic_drivers.obp.transport import TransportStats
-from isic_station.calibration import CalibrationStore, Reference
-from isic_station.pipeline import MeasureJob, MeasurementRefused
+from isic_station.acquisition.calibration import CalibrationStore, Reference
+from isic_station.acquisition.quality_gate import QualityGate
+from isic_station.acquisition.sample_label import SampleLabelReader
+from isic_station.daemon.pipeline import MeasureJob, MeasurementRefused
 from isic_station.preprocess.image_stream import ImageBatchBuilder
-from isic_station.quality_gate import QualityGate
-from isic_station.sample_label import SampleLabelReader
 
 log = logging.getLogger(__name__)
 

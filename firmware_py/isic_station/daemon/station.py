@@ -27,25 +27,25 @@ from isic_common.errors import DeviceError
 from isic_common.percentile import percentile
 from isic_drivers.lab.wavelength_standard import CERTIFIED_BANDS_NM
 from isic_station import __version__
-from isic_station.acquisition import Acquirer, Measurement
-from isic_station.calibration import CalibrationStore, reference_ages
-from isic_station.command_handlers import CommandHandlers, JobRunner, LotState
-from isic_station.commands import CommandRouter
+from isic_station.acquisition.acquirer import Acquirer, Measurement
+from isic_station.acquisition.calibration import CalibrationStore, reference_ages
+from isic_station.acquisition.wavelength_check import WavelengthStore, fit_offset
 from isic_station.config import Config
+from isic_station.daemon.command_handlers import CommandHandlers, JobRunner, LotState
+from isic_station.daemon.model_slot import ModelSlot
+from isic_station.daemon.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineStats
+from isic_station.daemon.sd_notify import ProgressWatchdog, ServiceNotifier
+from isic_station.daemon.spec_check import check_composition
+from isic_station.daemon.wiring import StationParts, build_parts, make_acquirer
 from isic_station.inference.base import Backend, Prediction
 from isic_station.inference.predictor import Predictor
 from isic_station.manifest import Manifest
-from isic_station.model_slot import ModelSlot
-from isic_station.mqtt_link import MqttLink
-from isic_station.outbox import Outbox
-from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineStats
+from isic_station.messaging.commands import CommandRouter
+from isic_station.messaging.mqtt_link import MqttLink
+from isic_station.messaging.outbox import Outbox
+from isic_station.messaging.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
 from isic_station.preprocess.image_stream import ImageBatchBuilder
-from isic_station.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
 from isic_station.schemas import delivery
-from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
-from isic_station.spec_check import check_composition
-from isic_station.wavelength_check import WavelengthStore, fit_offset
-from isic_station.wiring import StationParts, build_parts, make_acquirer
 
 log = logging.getLogger(__name__)
 

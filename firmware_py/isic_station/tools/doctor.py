@@ -19,16 +19,10 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from isic_common.errors import EX_UNAVAILABLE, StationError
-from isic_station.calibration import reference_ages
+from isic_station.acquisition.calibration import reference_ages
+from isic_station.acquisition.quality_gate import assess
 from isic_station.config import Config
-from isic_station.inference.acl_backend import AclBackend, acl_importable
-from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
-from isic_station.inference.registry import om_files_present
-from isic_station.manifest import Manifest, verify_graph_file
-from isic_station.mqtt_link import MqttSettings
-from isic_station.preprocess.image import scale_problem
-from isic_station.quality_gate import assess
-from isic_station.wiring import (
+from isic_station.daemon.wiring import (
     ModelLoader,
     make_calibration_store,
     make_camera,
@@ -36,6 +30,12 @@ from isic_station.wiring import (
     mqtt_settings,
     quality_thresholds,
 )
+from isic_station.inference.acl_backend import AclBackend, acl_importable
+from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
+from isic_station.inference.registry import om_files_present
+from isic_station.manifest import Manifest, verify_graph_file
+from isic_station.messaging.mqtt_link import MqttSettings
+from isic_station.preprocess.image import scale_problem
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ import queue
 import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+from isic_station.messaging.untrusted import excerpt
 from isic_station.schemas import command_names, validation_errors
-from isic_station.untrusted import excerpt
 
 log = logging.getLogger(__name__)
 
