@@ -2,7 +2,7 @@
 
 `mqtt_broker` is the machine's Mosquitto (127.0.0.1:1883). Tests that stop or restart a broker
 use `private_broker`, which starts their own `mosquitto` on a free port and can stop and restart it
-on that same port: the demo's `isic_station.demo.MosquittoProcess`, so tests and demo share one harness.
+on that same port: the demo's `isic_station.tools.demo.MosquittoProcess`, so tests and demo share one harness.
 """
 
 import shutil
@@ -12,7 +12,7 @@ from typing import Iterator, Tuple
 
 import pytest
 
-from isic_station.demo import MosquittoProcess, port_answers
+from isic_station.tools.demo import MosquittoProcess, port_answers
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:

@@ -8,11 +8,11 @@ from isic_station import __version__
 
 # One module per concern; each registers its own sub-commands.
 COMMAND_MODULES = (
-    "isic_station.bench",
-    "isic_station.station_commands",
+    "isic_station.tools.bench",
+    "isic_station.tools.station_commands",
     "isic_drivers.emulators.cli",
-    "isic_station.schema_docs",
-    "isic_station.broker_acl",
+    "isic_station.tools.schema_docs",
+    "isic_station.tools.broker_acl",
 )
 
 

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Union
 import jsonschema
 
 from isic_common.errors import ConfigError
-from isic_station.schemas import load_schema, validation_errors
+from isic_station.schemas import load_schema, schema_property, validation_errors
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,7 +80,7 @@ class QualitySection:
     """Thresholds of the frame quality gate and the spectrum signal check."""
 
     min_signal_fraction: float
-    # None: the quality gate's own default (one source of truth: isic_station.quality_gate.GateThresholds)
+    # None: the quality gate's own default (one source of truth: isic_station.acquisition.quality_gate.GateThresholds)
     min_focus: Optional[float] = None
     max_clipped_high: Optional[float] = None
     max_clipped_low: Optional[float] = None
@@ -235,14 +235,6 @@ def with_defaults(document: Dict[str, Any]) -> Dict[str, Any]:
     return full
 
 
-def schema_default(key: str) -> Any:
-    """The schema's default of `key` ('section.name'), for code that needs it outside a Config."""
-    prop = _schema_property(key.split("."))
-    if prop is None or "default" not in prop:
-        raise KeyError(f"the config schema has no default for {key}")
-    return prop["default"]
-
-
 def check_key(key: str, value: Any) -> None:
     """ConfigError naming `key` ('section.name') unless `value` meets the schema's rule for it.
 
@@ -318,12 +310,7 @@ def _explain(problem: str) -> str:
 
 
 def _schema_property(path: List[str]) -> Optional[Dict[str, Any]]:
-    node: Optional[Dict[str, Any]] = load_schema(SCHEMA_NAME)
-    for part in path:
-        node = (node or {}).get("properties", {}).get(part)
-        if node is None:
-            return None
-    return node
+    return schema_property(SCHEMA_NAME, path)
 
 
 def _state_dir(value: str, base_dir: Path) -> Path:

@@ -33,6 +33,21 @@ from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibration_data import Records, collect, mixture_text, presets_arg, training_presets
 from isic_station.manifest import load_manifest
+from isic_station.uncertainty import (
+    BAND_EDGES,
+    FEATURES,
+    PATH_BIMODAL,
+    PATH_SIGNAL_ONLY,
+    QUALITY_FLAGS,
+    SpectrumQuality,
+    UncertaintyCalibration,
+    fraction_band,
+    scale_features,
+    spectrum_residual,
+    temper,
+    unknown_fibre_score,
+)
+from isic_station.uncertainty_metrics import coverage_95, expected_calibration_error, median_interval_width
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +72,6 @@ def conformal_quantile(scores: np.ndarray, coverage: float = COVERAGE) -> float:
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """The T minimising the negative log-likelihood of p ** (1/T) (grid in log T, then refined)."""
-    from isic_station.uncertainty import temper
-
     def nll(t: float) -> float:
         p = temper(probabilities, t)[np.arange(len(labels)), labels]
         return float(-np.mean(np.log(np.clip(p, 1e-12, None))))
@@ -71,8 +84,6 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 def _path_rows(records: Records, path: str, atypicality: np.ndarray) -> Dict[str, np.ndarray]:
     """The measurements and answers of `path`: bimodal = the station's answer where frames passed."""
-    from isic_station.uncertainty import PATH_BIMODAL
-
     if path == PATH_BIMODAL:
         keep = ~records.station_signal_only
         r = records.subset(keep)
@@ -88,8 +99,6 @@ def _path_rows(records: Records, path: str, atypicality: np.ndarray) -> Dict[str
 def _features(rows: Mapping[str, np.ndarray], temperature: float, noisy_temperature: float,
               noise_split: float) -> Tuple[np.ndarray, np.ndarray]:
     """([N, F, D] scale features, [N] tempered confidence, each row at its noise band's temperature)."""
-    from isic_station.uncertainty import scale_features, temper
-
     noisy = (rows["noise"] > noise_split)[:, None]
     conf = np.where(noisy, temper(rows["prob"], noisy_temperature), temper(rows["prob"], temperature)).max(axis=1)
     feats = np.stack([scale_features(p, s, c, n, a, lv) for p, s, c, n, a, lv in zip(
@@ -107,8 +116,6 @@ def _factor(ratios: np.ndarray, fallback: float = 1.0) -> float:
 def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibres: Sequence[str],
              classes: Sequence[str], path: str) -> Dict[str, Any]:
     """One path's `uncertainty.paths.<path>` object (temperature, scale model, quantiles, widening)."""
-    from isic_station.uncertainty import BAND_EDGES, FEATURES, PATH_SIGNAL_ONLY, QUALITY_FLAGS, fraction_band
-
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[b] for b in fit["labels"]])
     temperature = fit_temperature(fit["prob"], labels)
@@ -185,8 +192,6 @@ def systematic_error(rows: Mapping[str, np.ndarray], fibres: Sequence[str]) -> D
 def fit_unknown(fit: Records, cal: Records) -> Dict[str, Any]:
     """Principal subspace of the known spectra, the residual's noise model and the threshold
     (the manifest's `unknown_fibre`)."""
-    from isic_station.uncertainty import spectrum_residual, unknown_fibre_score
-
     mean = fit.spectrum.mean(axis=0)
     _, sv, vt = np.linalg.svd(fit.spectrum - mean, full_matrices=False)
     components = vt[:PCA_COMPONENTS]
@@ -209,8 +214,6 @@ def fit_unknown(fit: Records, cal: Records) -> Dict[str, Any]:
 
 def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[str]) -> Dict[str, Any]:
     """The manifest's `uncertainty` object (without the data description) from calibration records."""
-    from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, unknown_fibre_score
-
     groups = np.unique(records.group)
     rng = np.random.default_rng(0)
     fit_groups = set(rng.choice(groups, size=len(groups) // 2, replace=False).tolist())
@@ -242,8 +245,6 @@ def apply_records(calibration: Any, records: Records, signal_only: bool = False)
 
     {intervals [N, F, 2], confidence [N], correct [N], unknown [N] bool, signal_only [N]}.
     """
-    from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, SpectrumQuality
-
     fibres, classes = calibration.fibres, calibration.blend_classes
     pred, spread, prob = ((records.signal_pred, records.signal_spread, records.signal_prob) if signal_only
                           else (records.station_pred, records.station_spread, records.station_prob))
@@ -265,8 +266,6 @@ def apply_records(calibration: Any, records: Records, signal_only: bool = False)
 
 def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
     """coverage_95, median interval width, ECE and the unknown-fibre flag rate on known fabrics."""
-    from isic_station.uncertainty_metrics import coverage_95, expected_calibration_error, median_interval_width
-
     a = apply_records(calibration, records)
     raw_conf = records.station_prob.max(axis=1)
     figures = {
@@ -314,8 +313,6 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
               heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
               cache_dir: Optional[Path], progress: bool = True) -> Dict[str, Any]:
     """Collect, fit, check on held-out seeds, and write `uncertainty` into the manifest. Returns it."""
-    from isic_station.uncertainty import UncertaintyCalibration
-
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / "manifest.json"
@@ -340,8 +337,6 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
 def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
                heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
                cache_dir: Optional[Path], progress: bool) -> Dict[str, Any]:
-    from isic_station.uncertainty import UncertaintyCalibration
-
     manifest = load_manifest(manifest_path)
     fibres, classes = list(manifest.fibres), list(manifest.blend_classes)
     start = time.perf_counter()

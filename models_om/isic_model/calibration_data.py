@@ -127,19 +127,21 @@ def _simulate(manifest: Any, settings: StationSettings, seed: int, groups: int, 
               unknown: Sequence[str], progress: bool) -> Records:
     from tqdm import tqdm
 
+    from isic_drivers.lab.instrument import InstrumentModel
     from isic_drivers.lab.measurement import simulate_measurement
     from isic_drivers.lab.sample import Sample, blend_label, draw_nuisance
-    from isic_station.acquisition import GATE_FLAGS, spectrum_flags
+    from isic_station.acquisition.acquirer import GATE_FLAGS, spectrum_flags
+    from isic_station.acquisition.quality_gate import assess
     from isic_station.inference import create_backend
     from isic_station.inference.predictor import Predictor
     from isic_station.preprocess.spectrum import preprocess_spectrum
-    from isic_station.quality_gate import assess
     from isic_station.uncertainty import spectrum_quality
 
     fibres = list(manifest.fibres)
     lab_fibres = fibres + [f for f in unknown if f not in fibres]
     predictor = Predictor(manifest, create_backend("onnxruntime", manifest, {"threads": 2}), calibrated=False)
     rows: Dict[str, List[Any]] = {k: [] for k in Records.__dataclass_fields__}
+    instrument = InstrumentModel()  # the lab's, as simulate_measurement measures with it: its ADC sets full scale
     try:
         for g in tqdm(range(groups), desc=f"calibration seed {seed}", unit="sample", disable=not progress,
                       file=sys.stderr):
@@ -147,11 +149,12 @@ def _simulate(manifest: Any, settings: StationSettings, seed: int, groups: int, 
             base, preset_name = _draw(rng, preset, fibres, unknown)
             for _ in range(repeats):
                 sample = Sample(dict(base.composition), draw_nuisance(rng, preset_name))
-                m = simulate_measurement(sample, rng, integration_us=settings.integration_us, coadd=settings.coadd,
+                m = simulate_measurement(sample, rng, instrument, integration_us=settings.integration_us,
+                                         coadd=settings.coadd,
                                          n_frames=settings.n_frames, frame_size=settings.frame_px,
                                          um_per_px=settings.camera_um_per_px, fibres=lab_fibres)
                 flags = spectrum_flags(m.raw_counts, m.dark_counts, float((m.white_counts - m.dark_counts).max()),
-                                       0.05)
+                                       0.05, full_scale=float(instrument.adc_max))
                 passed = []
                 for frame in m.frames:
                     quality = assess(frame)

@@ -20,12 +20,16 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from isic_common.errors import ConfigError
+from isic_model import SHIPPED_MANIFEST
 from isic_model.scoring import composition_figures
+from isic_station.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,6 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                     "MAE of the best estimate from those counts (posterior mean under the lab's prior), in "
                     "the layout of `isic-model evaluate`, for each --frames value. The floor any image "
                     "model meets with these station settings; the spectrum adds to it.")
-    from isic_model import SHIPPED_MANIFEST
 
     cmd.add_argument("--model", type=Path, default=SHIPPED_MANIFEST,
                      help="manifest (or its folder) whose station settings to use (default: the shipped model)")
@@ -141,8 +144,6 @@ def counting_limit(
 
 
 def _settings_list(manifest: Mapping[str, Any], args: argparse.Namespace) -> List[Any]:
-    from dataclasses import replace
-
     from isic_model.data import StationSettings
 
     base = StationSettings(**manifest.get("training", {}).get("station", {}))
@@ -163,9 +164,6 @@ def _model_input_share(manifest: Mapping[str, Any], settings: Any) -> float:
 
 
 def _counting_limit_command(args: argparse.Namespace) -> int:
-    from isic_common.errors import ConfigError
-    from isic_station.manifest import load_manifest
-
     path = args.model / "manifest.json" if args.model.is_dir() else args.model
     manifest = load_manifest(path).raw
     if args.samples < 1:

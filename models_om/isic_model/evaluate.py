@@ -18,7 +18,7 @@ bench's config, i.e. the camera's frame size and µm/px, its frames per measurem
 and the sample's QR label in every frame, exactly what `isic-station bench accuracy` measures);
 `--config` takes a station's own config, `--training-settings` the settings training used.
 `--seeds A,B,C` pools the seeds' results: accuracy and MAE with 95 % confidence intervals
-(`isic_station.bench.scoring`, the scoring `bench accuracy` uses), each seed's figures beside.
+(`isic_station.tools.bench.scoring`, the scoring `bench accuracy` uses), each seed's figures beside.
 
 `counting_limit` puts the model beside a perfect fibre counter of the very same frames: the
 composition estimated from the true number of fibres of each type in them (see `counting_limit.py`),
@@ -29,16 +29,28 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
+from isic_drivers.lab.sample import parse_overrides
+from isic_model.baselines import BASELINE_SAVGOL, baseline_spectrum_params, fit_baselines
+from isic_model.counting_limit import CountingOracle
 from isic_model.data import StationSettings, generate_spectra
 from isic_model.scoring import composition_figures
-from isic_station.bench.scoring import figures_line, pooled_figures, score_result
+from isic_model.uncertainty_figures import interval_figures
+from isic_station.config import load_config
+from isic_station.inference import create_backend
+from isic_station.inference.predictor import Predictor
+from isic_station.manifest import load_manifest
+from isic_station.preprocess.spectrum import preprocess_spectra
+from isic_station.tools.bench.scoring import figures_line, pooled_figures, score_result
+from isic_station.tools.demo import DemoBench
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +78,6 @@ class _Runner:
     """One model's Predictor over ONNX Runtime; collects compositions and blend labels."""
 
     def __init__(self, manifest_path: Path) -> None:
-        from isic_station.inference import create_backend
-        from isic_station.inference.predictor import Predictor
-        from isic_station.manifest import load_manifest
-
         self.manifest = load_manifest(manifest_path)
         self.predictor = Predictor(self.manifest, create_backend("onnxruntime", self.manifest, {"threads": 2}))
         self.compositions: List[np.ndarray] = []
@@ -84,8 +92,6 @@ class _Runner:
         self.predictions.append(p)
 
     def figures(self, truth: np.ndarray, labels: Sequence[str]) -> Dict[str, Any]:
-        from isic_model.uncertainty_figures import interval_figures
-
         figures = method_figures(np.stack(self.compositions), self.blends, truth, labels, self.manifest.fibres)
         figures.update(interval_figures(self.predictions, truth, labels, self.manifest.fibres))
         return figures
@@ -102,9 +108,6 @@ def _baselines(
     labels: Sequence[str],
     settings: StationSettings,
 ) -> Dict[str, Any]:
-    from isic_model.baselines import BASELINE_SAVGOL, baseline_spectrum_params, fit_baselines
-    from isic_station.preprocess.spectrum import preprocess_spectra
-
     training = manifest.raw["training"]
     fibres, classes = list(manifest.fibres), list(manifest.blend_classes)
     train = generate_spectra(
@@ -143,13 +146,8 @@ def training_settings(manifest: Any) -> StationSettings:
 
 def station_settings(config_path: Optional[Path] = None) -> StationSettings:
     """The settings a station measures with: its config at `config_path`, else the demo bench's config."""
-    from isic_station.config import load_config
-
     if config_path is not None:
         return StationSettings.of_station(load_config(config_path))
-    import tempfile
-
-    from isic_station.demo import DemoBench
 
     with tempfile.TemporaryDirectory(prefix="isic-eval-") as folder:
         bench = DemoBench(Path(folder))
@@ -174,8 +172,6 @@ def run_evaluation(
 
     `scores`, when given, receives one `score_result` per measurement of the bimodal model.
     """
-    from tqdm import tqdm
-
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / "manifest.json"
@@ -190,7 +186,6 @@ def run_evaluation(
             path = manifest_path.parent / "ablation" / name / "manifest.json"
             if path.is_file():
                 variants[name] = _Runner(path)
-    from isic_model.counting_limit import CountingOracle
 
     counter = CountingOracle(fibres, preset)
     truths, labels, reflectances = [], [], []
@@ -340,9 +335,6 @@ def record_metrics(manifest_path: Path, cfg: Mapping[str, Any], classes: Sequenc
 
 def evaluate_command(args: argparse.Namespace) -> int:
     """Handler of `isic-model evaluate`."""
-    from isic_drivers.lab.sample import parse_overrides
-    from isic_station.manifest import load_manifest
-
     path = args.model / "manifest.json" if args.model.is_dir() else args.model
     manifest = load_manifest(path)
     settings = training_settings(manifest) if args.training_settings else station_settings(args.config)

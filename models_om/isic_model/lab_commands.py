@@ -13,6 +13,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
+from tqdm import tqdm
+
+from isic_common.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_SIZE = 256
@@ -65,10 +70,6 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def _dataset(args: argparse.Namespace) -> int:
-    import numpy as np
-    from tqdm import tqdm
-
-    from isic_common.errors import ConfigError
     from isic_drivers.lab import (
         LAB_VERSION,
         InstrumentModel,
@@ -149,8 +150,6 @@ def _dataset(args: argparse.Namespace) -> int:
 
 def _pure_absorbance(names: Sequence[str], wavelengths, instrument=None):
     """Absorbance of each pure fibre in the clean preset: physics, or through the instrument when given."""
-    import numpy as np
-
     from isic_drivers.lab import Sample, load_fibres, simulate_measurement
     from isic_drivers.lab.sample import draw_nuisance
     from isic_drivers.lab.spectra import absorbance
@@ -172,7 +171,6 @@ def _plot_lab(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import cv2
     import matplotlib.pyplot as plt
-    import numpy as np
 
     from isic_drivers.lab import InstrumentModel, Sample, load_fibres, render_frame
     from isic_drivers.lab.sample import draw_nuisance
@@ -240,7 +238,6 @@ def _rate(fn, seconds: float) -> Dict[str, float]:
 
 def _lab_stats(args: argparse.Namespace) -> int:
     import cv2
-    import numpy as np
 
     from isic_drivers.lab import (
         InstrumentModel,

@@ -14,7 +14,12 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
+from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
+from isic_model.calibrate_uncertainty import apply_records
+from isic_station.daemon.spec_check import VERDICTS, LotSpec, LotSummary, judge
+from isic_station.manifest import load_manifest
+from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration
 
 
 def offset_declaration(truth: Sequence[float], fibres: Sequence[str], offset: float) -> Dict[str, float]:
@@ -33,12 +38,7 @@ def offset_declaration(truth: Sequence[float], fibres: Sequence[str], offset: fl
 def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: str, tolerances: Sequence[float],
                   offset_pp: float, cache_dir: Any = None, progress: bool = True) -> Dict[str, Any]:
     """{tolerance: {true: {pass, fail, undetermined}, offset: {...}}} shares over `lots` lots."""
-    from isic_common.errors import ModelError
-    from isic_model.calibrate_uncertainty import apply_records
     from isic_model.calibration_data import collect
-    from isic_station.manifest import load_manifest
-    from isic_station.spec_check import VERDICTS, LotSpec, LotSummary, judge
-    from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration
 
     manifest = load_manifest(manifest_path)
     calibration = UncertaintyCalibration.from_manifest(manifest)

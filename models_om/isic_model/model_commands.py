@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from isic_model import SHIPPED_MANIFEST
-from isic_station.bench.accuracy import seed_list
+from isic_station.manifest import load_manifest
+from isic_station.tools.bench.accuracy import seed_list
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "train.toml"
 
@@ -136,7 +137,6 @@ def _export(args: argparse.Namespace) -> int:
 
 def _build_om(args: argparse.Namespace) -> int:
     from isic_model.atc import build_om, checkout_manifest, running_on_board, written_om
-    from isic_station.manifest import load_manifest
 
     manifest = load_manifest(args.manifest or checkout_manifest(Path.cwd()) or SHIPPED_MANIFEST)
     on_board = running_on_board() if args.on_board == "auto" else args.on_board == "yes"

@@ -13,12 +13,16 @@ import logging
 import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from isic_common.errors import ConfigError
+from isic_drivers.lab.fibres import load_fibres
+from isic_drivers.lab.sample import blend_classes
 from isic_model.data import LabSet, StationSettings, generate
 
 log = logging.getLogger(__name__)
@@ -91,9 +95,6 @@ def station_settings(cfg: Dict[str, Any]) -> StationSettings:
 
 def fibre_set() -> Tuple[list, list]:
     """The station's fibres and the lab's blend labels over them (1-3 fibres)."""
-    from isic_drivers.lab.fibres import load_fibres
-    from isic_drivers.lab.sample import blend_classes
-
     fibres = load_fibres().default_set()
     return list(fibres), blend_classes(fibres)
 
@@ -112,7 +113,6 @@ def train_network(
     """Train one network variant on `data`; returns (net in eval mode, normalisation and history)."""
     import torch
     from torch.nn import functional as tf
-    from tqdm import tqdm
 
     from isic_model.net import ISiCNet, NetConfig
 
@@ -243,8 +243,6 @@ def _normalised_params(cfg: Dict[str, Any], info: Dict[str, Any]) -> Tuple[Dict[
 def _training_record(
     cfg: Dict[str, Any], seed: int, variant: str, info: Dict[str, Any], data_seconds: float
 ) -> Dict[str, Any]:
-    from dataclasses import asdict
-
     return {
         "model_version": str(cfg.get("model_version", "1")),
         "variant": variant,

@@ -9,6 +9,11 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 
+from isic_common.errors import ModelError
+from isic_model.calibrate_uncertainty import apply_records
+from isic_model.calibration_data import collect
+from isic_station.manifest import load_manifest
+from isic_station.uncertainty import UncertaintyCalibration
 from isic_station.uncertainty_metrics import (
     coverage_95,
     expected_calibration_error,
@@ -35,12 +40,6 @@ def unknown_fibre_figures(manifest_path: Path, seed: int, samples: int, preset: 
                           known_predictions: Sequence[Any], progress: bool = True) -> Dict[str, Any]:
     """flagged_unknown over `samples` fabrics each holding one `unknown` fibre (seed + 100), flagged_known
     over the evaluation's own (known-fibre) Predictions."""
-    from isic_common.errors import ModelError
-    from isic_model.calibrate_uncertainty import apply_records
-    from isic_model.calibration_data import collect
-    from isic_station.manifest import load_manifest
-    from isic_station.uncertainty import UncertaintyCalibration
-
     calibration = UncertaintyCalibration.from_manifest(load_manifest(manifest_path))
     if calibration is None:
         raise ModelError(f"{manifest_path} has no uncertainty calibration: run `isic-model calibrate-uncertainty`")

@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any, Dict, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
+from isic_drivers.reflectance import reflectance_from_counts
 from isic_model import SHIPPED_MANIFEST
+from isic_station.acquisition.wavelength_check import fit_offset
+from isic_station.manifest import load_manifest
 
 
 def fitted_offset(shift_nm: float, settings: Any, seed: int) -> float:
@@ -26,8 +30,6 @@ def fitted_offset(shift_nm: float, settings: Any, seed: int) -> float:
     from isic_drivers.lab.sample import Nuisance
     from isic_drivers.lab.stage import ReferenceTile
     from isic_drivers.lab.wavelength_standard import CERTIFIED_BANDS_NM
-    from isic_drivers.reflectance import reflectance_from_counts
-    from isic_station.wavelength_check import fit_offset
 
     instrument = InstrumentModel()
     rng = np.random.default_rng(seed)
@@ -45,12 +47,9 @@ def fitted_offset(shift_nm: float, settings: Any, seed: int) -> float:
 def shift_figures(manifest_path: Path, shifts: Sequence[float], seed: int, samples: int, preset: str,
                   progress: bool = True) -> Dict[str, Any]:
     """{shift: {fitted_offset_nm, accuracy_uncorrected, accuracy_corrected, mae_...}} over `samples`."""
-    from tqdm import tqdm
-
     from isic_model.data import StationSettings
     from isic_station.inference import create_backend
     from isic_station.inference.predictor import Predictor
-    from isic_station.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
     settings = StationSettings(**manifest.raw.get("training", {}).get("station", {}))

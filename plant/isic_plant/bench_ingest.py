@@ -33,8 +33,8 @@ from isic_common.errors import StationError
 from isic_plant import audit, db
 from isic_plant.errors import PlantError
 from isic_plant.simulated import SimulatedStation
-from isic_station.demo import MosquittoProcess
-from isic_station.mqtt_link import MqttSettings
+from isic_station.messaging.mqtt_link import MqttSettings
+from isic_station.tools.demo import MosquittoProcess
 
 PREFIX = "bench"
 STATION_LINK = MqttSettings()

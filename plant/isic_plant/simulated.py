@@ -1,12 +1,12 @@
 """Simulated stations for the ingest bench and the tests: result documents built by the station's own
-code (`isic_station.results.build_result`, `spec_check`), so they are what a real station publishes."""
+code (`isic_station.messaging.results.build_result`, `spec_check`), so they are what a real station publishes."""
 
 import random
 from datetime import datetime, timedelta, timezone
 from typing import Any, Dict, Optional
 
-from isic_station.results import build_result
-from isic_station.spec_check import LotSpec, check_composition
+from isic_station.daemon.spec_check import LotSpec, check_composition
+from isic_station.messaging.results import build_result
 
 FIBRES = ("cotton", "linen", "nylon", "polyester", "viscose")
 MODEL = {"name": "isic-net", "version": "sim", "sha256": "0" * 64}

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 
 from isic_drivers.camera import CameraSource
+from isic_station.acquisition.quality_gate import QualityGate
 from isic_station.preprocess.image import build_image_input, rescale_frame
-from isic_station.quality_gate import QualityGate
 
 PARAMS = {"tile_px": 64, "um_per_px": 1.0, "channels": 1, "tiles_per_measurement": 16, "mean": 0.8, "std": 0.15}
 CAMERA_UM_PER_PX = 0.8

@@ -9,6 +9,7 @@ from isic_drivers.emulators.microscope import label_box
 from isic_drivers.lab import SampleStage, render_frame
 from isic_drivers.lab.sample import draw_sample
 from isic_model import SHIPPED_MANIFEST
+from isic_station.acquisition.sample_label import label_boxes
 from isic_station.manifest import load_manifest
 from isic_station.preprocess.image import (
     NoUsableTiles,
@@ -19,7 +20,6 @@ from isic_station.preprocess.image import (
     rescale_frame,
     to_grey,
 )
-from isic_station.sample_label import label_boxes
 
 CAMERA_UM_PER_PX = 1.0
 IMAGE = load_manifest(SHIPPED_MANIFEST).image      # the shipped model: 64 px tiles at 2.4 µm/px
@@ -123,7 +123,7 @@ def test_a_frame_that_is_all_label_gives_no_image_input():
 
 
 def test_a_sharp_label_does_not_let_a_blurred_frame_through_the_gate(tmp_path):
-    from isic_station.quality_gate import QualityGate
+    from isic_station.acquisition.quality_gate import QualityGate
 
     gate = QualityGate(um_per_px=CAMERA_UM_PER_PX)
     blurred = [image for image, _ in line_frames(tmp_path, "label=1&fault=blur", 4)]

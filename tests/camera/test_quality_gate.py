@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from isic_drivers.camera import CameraSource
-from isic_station.quality_gate import GateThresholds, QualityGate, assess
+from isic_station.acquisition.quality_gate import GateThresholds, QualityGate, assess
 
 SIZE = "width=320&height=240"
 

@@ -4,7 +4,7 @@ import numpy as np
 
 from isic_drivers.camera import CameraSource
 from isic_drivers.lab import render_frame
-from isic_station.sample_label import SampleLabelReader, read_sample_label
+from isic_station.acquisition.sample_label import SampleLabelReader, read_sample_label
 
 
 def labelled_frames(stage, count: int, label: bool = True):

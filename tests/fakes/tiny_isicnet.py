@@ -143,6 +143,27 @@ def write_tiny_model(folder: Path, om: bool = True, seed: Optional[int] = None) 
     return manifest_path
 
 
+def tiny_station_config(manifest: Path, station_id: str, state_dir: str, port: str, spectrometer: str = "",
+                        mqtt: str = "") -> str:
+    """A station config (TOML text) that runs this tiny model on ONNX Runtime, signal-only (no camera).
+    `spectrometer` and `mqtt` are more lines of those tables; append other tables to the text."""
+    return f"""[station]
+id = "{station_id}"
+state_dir = "{state_dir}"
+[spectrometer]
+port = "{port}"
+{spectrometer}
+[camera]
+source = ""
+[model]
+manifest = "{manifest}"
+backend = "onnxruntime"
+threads = 1
+[mqtt]
+{mqtt}
+"""
+
+
 if __name__ == "__main__":
     import sys
 

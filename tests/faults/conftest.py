@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import pytest
 
 from fakes.tiny_isicnet import write_tiny_model
-from isic_station.demo import DemoBench, station_command, stop_process
+from isic_station.tools.demo import DemoBench, station_command, stop_process
 from messaging.conftest import reconfigure
 from messaging.mqtt_helpers import Recorder, unique
 

@@ -13,7 +13,7 @@ from typing import Iterator, List
 
 import pytest
 
-from isic_station.outbox import RETRY_S, SEQUENCE_BLOCK, Outbox
+from isic_station.messaging.outbox import RETRY_S, SEQUENCE_BLOCK, Outbox
 
 from .disk import SmallDisk
 

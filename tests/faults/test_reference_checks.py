@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from isic_common.errors import DeviceError
-from isic_station.demo import ResultWatcher
+from isic_station.tools.demo import ResultWatcher
 from messaging.mqtt_helpers import publish_once
 
 from .conftest import recorder_for, results, wait_until

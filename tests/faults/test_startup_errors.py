@@ -14,30 +14,16 @@ from typing import Callable, Dict, Tuple
 
 import pytest
 
+from fakes.tiny_isicnet import tiny_station_config
 from isic_common.errors import EX_CONFIG, EX_IOERR
-from isic_station.demo import station_command
+from isic_station.tools.demo import station_command
 
 pytestmark = pytest.mark.timeout(60)  # each wait inside is bounded too; this bounds the whole test
 
-CONFIG = """[station]
-id = "startup-1"
-state_dir = "{state_dir}"
-[spectrometer]
-port = "{workdir}/no-such-port"
-[camera]
-source = ""
-[model]
-manifest = "{manifest}"
-backend = "onnxruntime"
-threads = 1
-[mqtt]
-port = 1
-"""
-
-
 def write_config(workdir: Path, manifest: Path, state_dir: str = "state", extra: str = "") -> Path:
     path = workdir / "station.toml"
-    path.write_text(CONFIG.format(state_dir=state_dir, workdir=workdir, manifest=manifest) + extra, encoding="utf-8")
+    text = tiny_station_config(manifest, "startup-1", state_dir, f"{workdir}/no-such-port", mqtt="port = 1")
+    path.write_text(text + extra, encoding="utf-8")
     return path
 
 

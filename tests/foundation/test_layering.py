@@ -166,3 +166,29 @@ def test_a_planted_cycle_is_found_and_a_type_checking_import_is_not_one(tmp_path
         monkeypatch.setitem(MODULES, f"isic_common.planted_{name}", tmp_path / f"planted_{name}.py")
     assert ["isic_common.planted_a", "isic_common.planted_b"] in import_cycles()
     assert not any("isic_common.planted_c" in cycle for cycle in import_cycles())
+
+
+# isic_station's own sub-packages (ARCHITECTURE.md, "isic_station's layout"): tools/ stands on everything and
+# nothing of the station stands on it; daemon/ is given its parts by nothing below it. The one exception: the
+# acquirer takes the pipeline's job types (MeasureJob, MeasurementRefused) from daemon.pipeline.
+STATION_LOWER = ("isic_station.acquisition", "isic_station.messaging", "isic_station.inference",
+                 "isic_station.preprocess", "isic_station.schemas")
+STATION_EXCEPTIONS = {("isic_station.acquisition.acquirer", "isic_station.daemon.pipeline")}
+
+
+def _under(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_station_sub_packages_keep_their_layers() -> None:
+    offenders = []
+    for module in MODULES:
+        if not _under(module, "isic_station"):
+            continue
+        for line, target in imports_of(module, runtime_only=True):
+            if _under(target, "isic_station.tools") and not _under(module, "isic_station.tools"):
+                offenders.append(f"{module}:{line} imports the tools' {target}")
+            lower = any(_under(module, p) for p in STATION_LOWER) or module.count(".") == 1
+            if lower and _under(target, "isic_station.daemon") and (module, target) not in STATION_EXCEPTIONS:
+                offenders.append(f"{module}:{line} imports the daemon's {target}")
+    assert not offenders, "\n".join(offenders)

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from isic_station.commands import COMMAND_NAMES, CommandError, CommandRouter, parse_request
+from isic_station.daemon.spec_check import InvalidLotSpec, LotSpec, check_composition
+from isic_station.messaging.commands import COMMAND_NAMES, CommandError, CommandRouter, parse_request
 from isic_station.schemas import validation_errors
-from isic_station.spec_check import InvalidLotSpec, LotSpec, check_composition
 
 FIBRES = ("cotton", "polyester", "wool")
 FUZZ = settings(max_examples=300, deadline=timedelta(milliseconds=500),

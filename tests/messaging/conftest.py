@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from isic_station.mqtt_link import MqttSettings
+from isic_station.messaging.mqtt_link import MqttSettings
 
 from .mqtt_helpers import publish_once, unique
 

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from isic_station.results import build_result
+from isic_station.messaging.results import build_result
 
 FIBRES = ("cotton", "polyester")
 

@@ -4,8 +4,8 @@ import json
 import subprocess
 import sys
 
-from isic_station.bench.mqtt import measure
-from isic_station.demo import free_port
+from isic_station.tools.bench.mqtt import measure
+from isic_station.tools.demo import free_port
 
 
 def test_measure_delivers_everything_and_reports_percentiles(mqtt_broker, tmp_path):

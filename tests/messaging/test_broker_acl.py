@@ -17,10 +17,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from isic_station.broker_acl import ROLE_COMMANDS, conf_text, password_line, station_user, write_broker_files
-from isic_station.commands import COMMAND_NAMES, CommandRouter
-from isic_station.mqtt_link import MqttLink
-from isic_station.outbox import Outbox
+from isic_station.messaging.commands import COMMAND_NAMES, CommandRouter
+from isic_station.messaging.mqtt_link import MqttLink
+from isic_station.messaging.outbox import Outbox
+from isic_station.tools.broker_acl import ROLE_COMMANDS, conf_text, password_line, station_user, write_broker_files
 
 from .conftest import fast_settings, reconfigure
 from .mqtt_helpers import sample_result, unique, wait_until

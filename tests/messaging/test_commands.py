@@ -5,10 +5,10 @@ import threading
 
 import pytest
 
-from isic_station.commands import COMMAND_NAMES, CommandError, CommandRouter
+from isic_station.daemon.command_handlers import CommandHandlers
+from isic_station.daemon.spec_check import LotSpec
+from isic_station.messaging.commands import COMMAND_NAMES, CommandError, CommandRouter
 from isic_station.schemas import SCHEMA_DIR, load_schema, validation_errors
-from isic_station.spec_check import LotSpec
-from isic_station.station import Station
 
 from .mqtt_helpers import wait_until
 
@@ -94,14 +94,26 @@ def test_the_command_schema_files_are_exactly_the_registrys_commands():
     envelopes = {"command_request", "command_response"}
     files = {p.name[:-len(".schema.json")] for p in SCHEMA_DIR.glob("command_*.schema.json")} - envelopes
     assert files == {f"command_{name}" for name in COMMAND_NAMES}
+    assert {"measure", "set_lot", "calibrate", "reload_model", "status"} <= set(COMMAND_NAMES)
     for name in COMMAND_NAMES:
         assert load_schema(f"command_{name}")["title"] == name
 
 
-def test_the_station_has_a_handler_for_every_command():
-    handlers = Station.__new__(Station).command_handlers()  # no parts needed to name the handlers
-    assert list(handlers) == list(COMMAND_NAMES)
-    assert all(callable(h) for h in handlers.values())
+def test_a_command_is_its_schema_file_and_one_handler_method():
+    """A new command: `command_<name>.schema.json` and a method `<name>` on CommandHandlers (ARCHITECTURE.md)."""
+    methods = {name for name, value in vars(CommandHandlers).items()
+               if callable(value) and not name.startswith("_")} - {"handlers"}
+    assert methods == set(COMMAND_NAMES), "each handler method is a command with a schema file, and back"
+    handlers = CommandHandlers.__new__(CommandHandlers).handlers()  # naming them needs no parts
+    assert list(handlers) == list(COMMAND_NAMES) and all(callable(h) for h in handlers.values())
+
+
+def test_a_command_without_its_handler_method_is_refused_naming_it():
+    class WithoutStatus(CommandHandlers):
+        status = None
+
+    with pytest.raises(ValueError, match=r"\['status'\] have a schema but no handler method"):
+        WithoutStatus.__new__(WithoutStatus).handlers()
 
 
 def test_worker_runs_handlers_off_the_submitting_thread_and_answers_busy_when_full():

@@ -2,9 +2,9 @@
 
 import pytest
 
-from isic_station.results import build_result, out_of_spec_alarm, refer_to_lab_alarm
+from isic_station.daemon.spec_check import LotSpec, LotSummary, check_composition, judge
+from isic_station.messaging.results import build_result, out_of_spec_alarm, refer_to_lab_alarm
 from isic_station.schemas import validation_errors
-from isic_station.spec_check import LotSpec, LotSummary, check_composition, judge
 
 from .mqtt_helpers import sample_result
 

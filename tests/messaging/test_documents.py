@@ -5,9 +5,9 @@ import uuid
 
 import pytest
 
-from isic_station.results import RESULT_FLAGS, build_alarm, build_health, out_of_spec_alarm, utc_iso
+from isic_station.daemon.spec_check import InvalidLotSpec, LotSpec, check_composition
+from isic_station.messaging.results import RESULT_FLAGS, build_alarm, build_health, out_of_spec_alarm, utc_iso
 from isic_station.schemas import load_schema, validation_errors
-from isic_station.spec_check import InvalidLotSpec, LotSpec, check_composition
 
 from .mqtt_helpers import health_part, sample_result
 
@@ -49,7 +49,7 @@ def test_every_schema_flag_is_built_in_the_schemas_order_and_validates():
 
 def sample_result_with_flags(flags):
     doc = sample_result("st1", 1)
-    from isic_station.results import build_result
+    from isic_station.messaging.results import build_result
     return build_result(station="st1", sequence=1, composition=doc["composition"], blend=doc["blend"],
                         confidence=0.5, uncertainty=doc["uncertainty"], flags=flags, model=doc["model"],
                         backend="acl", timings_ms=doc["timings_ms"])

@@ -13,10 +13,10 @@ import time
 
 import pytest
 
-from isic_station.demo import free_port
-from isic_station.mqtt_link import MqttLink
-from isic_station.outbox import MIN_QUOTA_BYTES, Outbox
+from isic_station.messaging.mqtt_link import MqttLink
+from isic_station.messaging.outbox import MIN_QUOTA_BYTES, Outbox
 from isic_station.schemas import validation_errors
+from isic_station.tools.demo import free_port
 
 from .conftest import fast_settings, reconfigure
 from .mqtt_helpers import Recorder, health_part, publish_once, sample_result, unique, wait_until
@@ -136,8 +136,8 @@ def test_last_will_offline_when_the_station_process_is_killed(mqtt_broker, names
     rec.wait_subscribed()
     script = textwrap.dedent(f"""
         import time
-        from isic_station.mqtt_link import MqttLink, MqttSettings
-        from isic_station.outbox import Outbox
+        from isic_station.messaging.mqtt_link import MqttLink, MqttSettings
+        from isic_station.messaging.outbox import Outbox
         link = MqttLink(MqttSettings(host={host!r}, port={port}, prefix={names['prefix']!r},
                                      station_id={names['station']!r}, keepalive_s=60),
                         Outbox({str(tmp_path / 'outbox.sqlite3')!r}))
@@ -190,7 +190,7 @@ def test_tls_with_password_connects_and_never_logs_the_password(private_broker, 
     assert right.wait_connected(10), "TLS + password connection"
     time.sleep(0.5)
     assert not wrong.connected
-    assert any("refused" in r.getMessage() for r in caplog.records if r.name == "isic_station.mqtt_link")
+    assert any("refused" in r.getMessage() for r in caplog.records if r.name == "isic_station.messaging.mqtt_link")
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "right-password" not in logged and "wrong-password" not in logged
 
@@ -205,7 +205,7 @@ def test_full_quota_during_an_outage_drops_the_oldest_and_health_reports_it(pers
         link = MqttLink(fast_settings(*persistent_broker.address, names), small, health_source=health_part)
         link.start()
         links.append(link)
-        caplog.set_level(logging.WARNING, logger="isic_station.outbox")
+        caplog.set_level(logging.WARNING, logger="isic_station.messaging.outbox")
         total = 40
         for _ in range(total):
             link.publish_result(sample_result(names["station"], small.next_sequence()))

@@ -6,12 +6,12 @@ import time
 import pytest
 
 from isic_common.errors import ConfigError, StateDirError
-from isic_station.commands import CommandRouter
-from isic_station.ha_discovery import node_id
-from isic_station.mqtt_link import MqttLink, MqttSettings
-from isic_station.outbox import Outbox
+from isic_station.daemon.spec_check import LotSpec
+from isic_station.messaging.commands import CommandRouter
+from isic_station.messaging.ha_discovery import node_id
+from isic_station.messaging.mqtt_link import MqttLink, MqttSettings
+from isic_station.messaging.outbox import Outbox
 from isic_station.schemas import validation_errors
-from isic_station.spec_check import LotSpec
 
 from .conftest import fast_settings
 from .mqtt_helpers import FIBRES, Recorder, health_part, publish_once, sample_result, unique, wait_until

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from isic_common.errors import ConfigError, StateDirError
-from isic_station.outbox import MIN_QUOTA_BYTES, Outbox
+from isic_station.messaging.outbox import MIN_QUOTA_BYTES, Outbox
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_quota_drops_oldest_counts_and_logs(tmp_path, caplog):
     path = tmp_path / "outbox.sqlite3"
     box = Outbox(path, quota_bytes=MIN_QUOTA_BYTES)
     payload = {"blob": "x" * 1000}
-    caplog.set_level(logging.WARNING, logger="isic_station.outbox")
+    caplog.set_level(logging.WARNING, logger="isic_station.messaging.outbox")
     ids = [box.add("t/result", dict(payload, n=n)) for n in range(40)]
     stats = box.stats()
     assert stats.bytes <= MIN_QUOTA_BYTES
@@ -136,7 +136,7 @@ def test_entries_and_sequence_survive_sigkill(tmp_path):
     path = tmp_path / "outbox.sqlite3"
     script = textwrap.dedent(f"""
         import sys, time
-        from isic_station.outbox import Outbox
+        from isic_station.messaging.outbox import Outbox
         box = Outbox({str(path)!r})
         for n in range(25):
             box.add("t/result", {{"sequence": box.next_sequence()}})

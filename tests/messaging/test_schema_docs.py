@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from isic_common.errors import StationError
-from isic_station.commands import COMMAND_NAMES
-from isic_station.mqtt_link import StationTopics
-from isic_station.schema_docs import BEGIN, END, PAYLOAD_SCHEMAS, render, update_readme
+from isic_station.messaging.commands import COMMAND_NAMES
+from isic_station.messaging.mqtt_link import StationTopics
 from isic_station.schemas import load_schema
+from isic_station.tools.schema_docs import BEGIN, END, PAYLOAD_SCHEMAS, render, update_readme
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

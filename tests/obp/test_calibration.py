@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from isic_common.errors import StateDirError
-from isic_station.calibration import CalibrationStore
+from isic_station.acquisition.calibration import CalibrationStore
 
 DARK = np.full(8, 1000.0)
 WHITE = np.linspace(11000.0, 21000.0, 8)
@@ -19,10 +19,11 @@ WHITE = np.linspace(11000.0, 21000.0, 8)
 class ScriptedSpectrometer:
     """A fake spectrometer: `coadd` returns the next scripted spectrum."""
 
-    def __init__(self, *spectra, serial="SN-1", integration_us=8000):
+    def __init__(self, *spectra, serial="SN-1", integration_us=8000, full_scale_counts=65535.0):
         self.spectra = list(spectra)
         self.serial = serial
         self.integration_us = integration_us
+        self.full_scale_counts = full_scale_counts  # a 16-bit detector, as ObpSpectrometer's default
 
     def coadd(self, scans):
         return self.spectra.pop(0)
@@ -103,3 +104,16 @@ def test_corrupt_file_is_moved_aside_and_unwritable_dir_is_a_state_dir_error(tmp
     store = CalibrationStore(blocker / "calibration")
     with pytest.raises(StateDirError, match="cannot write"):
         store.capture(ScriptedSpectrometer(DARK), "dark")
+
+
+def test_the_reference_checks_use_the_instruments_own_full_scale(tmp_path):
+    """The same white saturates a 14-bit instrument (full scale 16383) and not a 16-bit one."""
+    white = np.linspace(9000.0, 16200.0, 8)
+    sixteen_bit = CalibrationStore(tmp_path / "a")
+    sixteen_bit.capture(ScriptedSpectrometer(DARK), "dark")
+    sixteen_bit.capture(ScriptedSpectrometer(white), "white")
+    fourteen_bit = CalibrationStore(tmp_path / "b")
+    fourteen_bit.capture(ScriptedSpectrometer(DARK, full_scale_counts=16383.0), "dark")
+    with pytest.raises(Exception, match="saturates the detector"):
+        fourteen_bit.capture(ScriptedSpectrometer(white, full_scale_counts=16383.0), "white")
+    assert "white" in sixteen_bit.references and "white" not in fourteen_bit.references

@@ -15,7 +15,7 @@ from isic_drivers.lab.stage import SampleStage
 from isic_drivers.obp.codec import InvalidPayload
 from isic_drivers.obp.spectrometer import ObpSpectrometer
 from isic_drivers.obp.transport import SerialTransport
-from isic_station.calibration import CalibrationStore
+from isic_station.acquisition.calibration import CalibrationStore
 
 ALL_FAULTS = ["--fault", "garbage=0.15", "--fault", "checksum=0.08", "--fault", "drop=0.05",
               "--fault", "delay=0.05", "--fault", "nack=0.08", "--fault", "reopen=0.04",

@@ -48,7 +48,7 @@ def test_invalid_documents_are_kept_as_rejects_with_the_reason(start_collector, 
 
 
 def test_health_and_status_are_stored_by_their_keys(start_collector, publisher, plant_db, prefix):
-    from isic_station.results import build_health
+    from isic_station.messaging.results import build_health
 
     publisher.publish(f"{prefix}/st-h/status", {"state": "online", "station": "st-h"}, retain=True)
     start_collector()  # sees the retained status on subscribing

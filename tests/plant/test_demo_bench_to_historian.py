@@ -13,7 +13,7 @@ import pytest
 from isic_plant import audit, db
 from isic_plant.config import PlantConfig
 from isic_plant.web import BackgroundServer, create_app
-from isic_station.demo import DemoBench, ResultWatcher
+from isic_station.tools.demo import DemoBench, ResultWatcher
 
 from .conftest import query, wait_rows
 

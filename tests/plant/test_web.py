@@ -22,7 +22,7 @@ from isic_plant.simulated import SimulatedStation
 from isic_plant.spc_monitor import SpcMonitor
 from isic_plant.store import write_batch
 from isic_plant.web import BackgroundServer, create_app
-from isic_station.results import build_alarm
+from isic_station.messaging.results import build_alarm
 
 CHROMIUM = "/usr/bin/chromium"
 

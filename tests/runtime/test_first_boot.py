@@ -8,18 +8,18 @@ config/atlas-200dk.toml must reach ONNX Runtime instead of exiting; the reason i
 import logging
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from fakes.fake_acl import FakeAcl
 from isic_common.errors import BackendUnavailable
 from isic_station.config import load_config
+from isic_station.daemon.station import status_line
+from isic_station.daemon.wiring import manifest_path
 from isic_station.inference import create_backend
 from isic_station.inference.acl_backend import AclBackend, finalize_pyacl
 from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
 from isic_station.manifest import load_manifest
-from isic_station.station import Station, manifest_path
 
 REPO = Path(__file__).resolve().parents[2]
 ATLAS = REPO / "config" / "atlas-200dk.toml"
@@ -27,13 +27,6 @@ ATLAS = REPO / "config" / "atlas-200dk.toml"
 
 def _options(config):
     return {"threads": config.model.threads, "device_id": config.model.device_id}
-
-
-def _status_line(config, manifest, backend) -> str:
-    """Station.status_line on the parts it reads (a whole station needs devices and a broker)."""
-    station = SimpleNamespace(config=config, _manifest=manifest, _predictor=SimpleNamespace(backend=backend),
-                              _faults={}, outbox=None)
-    return Station.status_line(station)
 
 
 def test_the_shipped_atlas_config_asks_for_auto():
@@ -49,7 +42,7 @@ def test_shipped_config_and_model_start_on_onnxruntime_without_pyacl(no_acl, cap
         assert isinstance(backend, OnnxRuntimeBackend)
         assert "no compiled .om recorded for graph(s) bimodal, signal_only" in backend.fallback_reason
         assert "running on ONNX Runtime (CPU), not the NPU: no compiled .om" in caplog.text
-        line = _status_line(config, manifest, backend)
+        line = status_line(config, manifest, backend, faults={}, outbox=None)
         assert line.endswith(f"on onnxruntime (not the NPU: {backend.fallback_reason})")
     finally:
         backend.close()

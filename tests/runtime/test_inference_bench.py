@@ -6,10 +6,10 @@ import sys
 import pytest
 
 from fakes.fake_acl import FakeAcl
-from isic_station.bench.model import lab_settings
 from isic_station.cli import main
 from isic_station.inference.acl_backend import finalize_pyacl
 from isic_station.manifest import load_manifest
+from isic_station.tools.bench.model import lab_settings
 
 TIMINGS = ("preprocess_ms", "infer_ms", "total_ms")
 

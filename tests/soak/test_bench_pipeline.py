@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fakes.tiny_isicnet import write_tiny_model
-from isic_station.demo import station_command
+from isic_station.tools.demo import station_command
 
 
 def test_bench_pipeline_json_has_exactly_the_contract_keys(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_bench_pipeline_at_given_settings(tmp_path: Path) -> None:
 
 
 def test_physical_limit_is_the_slower_device() -> None:
-    from isic_station.bench.pipeline import physical_limit_ms
+    from isic_station.tools.bench.pipeline import physical_limit_ms
 
     exchange_ms = (64 + 576) * 10 / 115200 * 1000  # request and 256-pixel spectrum, 8N1
     # production: 16 scans of 8 ms averaged on the instrument (one exchange) vs 16 frames at 15 fps

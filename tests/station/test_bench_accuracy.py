@@ -3,9 +3,9 @@
 import json
 import subprocess
 
-from isic_station.bench.accuracy import apply_settings, label_tile_count, tile_origins
-from isic_station.bench.scoring import pooled_figures, score_result
-from isic_station.demo import station_command
+from isic_station.tools.bench.accuracy import apply_settings, label_tile_count, tile_origins
+from isic_station.tools.bench.scoring import pooled_figures, score_result
+from isic_station.tools.demo import station_command
 
 
 def test_a_short_line_is_scored_and_no_label_tile_reaches_the_model(tmp_path):
@@ -49,7 +49,7 @@ def test_set_replaces_or_adds_config_keys():
 def test_set_takes_several_keys_at_once_or_repeated():
     import argparse
 
-    from isic_station.bench import accuracy
+    from isic_station.tools.bench import accuracy
 
     parser = argparse.ArgumentParser()
     accuracy.register(parser.add_subparsers())

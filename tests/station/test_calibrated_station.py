@@ -10,8 +10,8 @@ from typing import Iterator, Tuple
 
 import pytest
 
-from isic_station.demo import DemoBench, ResultWatcher
 from isic_station.schemas import validation_errors
+from isic_station.tools.demo import DemoBench, ResultWatcher
 
 from .test_e2e import Watch, put_named_sample, wait_until_serving
 

@@ -22,13 +22,13 @@ from isic_drivers.lab.sample import Sample
 from isic_drivers.lab.stage import SampleStage
 from isic_drivers.obp.spectrometer import ObpSpectrometer
 from isic_drivers.obp.transport import SerialTransport
-from isic_station.acquisition import Acquirer
-from isic_station.calibration import CalibrationStore
-from isic_station.pipeline import MeasureJob
+from isic_station.acquisition.acquirer import Acquirer
+from isic_station.acquisition.calibration import CalibrationStore
+from isic_station.acquisition.quality_gate import QualityGate
+from isic_station.acquisition.sample_label import SampleLabelReader
+from isic_station.daemon.pipeline import MeasureJob
 from isic_station.preprocess.image import build_image_batch
 from isic_station.preprocess.image_stream import ImageBatchBuilder
-from isic_station.quality_gate import QualityGate
-from isic_station.sample_label import SampleLabelReader
 
 SAMPLE = Sample({"cotton": 0.6, "polyester": 0.4}, sample_id="LOT7-0042")
 # A manifest's `image` object (the shipped model's kind: 64 px tiles at 2.4 um/px, 16 per measurement).

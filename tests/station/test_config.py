@@ -7,6 +7,7 @@ import pytest
 
 from isic_common.errors import ConfigError
 from isic_station import config as cfg
+from isic_station.daemon.wiring import mqtt_settings
 from isic_station.inference.registry import BACKENDS, KINDS
 from isic_station.schemas import load_schema
 
@@ -107,8 +108,6 @@ def test_readme_reference_matches_the_schema() -> None:
 
 
 def test_mqtt_settings_carry_the_link_options(tmp_path: Path) -> None:
-    from isic_station.station import mqtt_settings
-
     config = cfg.load_config(write(tmp_path, '[station]\nid = "s1"\n[mqtt]\nkeepalive_s = 20\nreconnect_max_s = 5\n'))
     settings = mqtt_settings(config)
     assert (settings.keepalive_s, settings.reconnect_max_s, settings.station_id) == (20, 5, "s1")

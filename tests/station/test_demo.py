@@ -24,7 +24,7 @@ def test_demo_shows_results_and_stats(tmp_path: Path) -> None:
 
 def test_demo_starts_its_own_broker_when_none_answers(tmp_path: Path, monkeypatch) -> None:
     """A fresh machine: nothing on the usual broker address, so the demo starts a `mosquitto` on a free port."""
-    from isic_station import demo
+    from isic_station.tools import demo
 
     monkeypatch.setattr(demo, "LOCAL_BROKER", ("127.0.0.1", demo.free_port()))
     broker = demo.Broker(tmp_path).start()

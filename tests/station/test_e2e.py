@@ -19,8 +19,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from fakes.tiny_isicnet import write_tiny_model
-from isic_station.demo import DemoBench, ResultWatcher, free_port, station_command
 from isic_station.schemas import validation_errors
+from isic_station.tools.demo import DemoBench, ResultWatcher, free_port, station_command
 
 WAIT_S = 30.0
 
@@ -105,7 +105,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory, mqtt_broker: Tuple[str, int]
 
 @pytest.fixture(scope="module")
 def watch(bench: DemoBench) -> Iterator[Watch]:
-    from isic_station.ha_discovery import node_id
+    from isic_station.messaging.ha_discovery import node_id
 
     watcher = ResultWatcher(bench.broker.host, bench.broker.port,
                             [f"{bench.topic_base}/#", f"homeassistant/+/{node_id(bench.station_id)}/+/config"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from isic_station.logging_setup import JournalFormatter, stderr_is_journal
+from isic_station.daemon.logging_setup import JournalFormatter, stderr_is_journal
 
 
 def test_journal_stream_matching_stderr_means_journald(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_journal_lines_carry_priority_and_no_timestamp() -> None:
 
 def test_the_daemon_logs_for_journald_when_started_by_systemd(tmp_path: Path) -> None:
     """A real process logs without a timestamp under JOURNAL_STREAM, with one otherwise."""
-    code = ("import logging; from isic_station.logging_setup import setup_logging; setup_logging('INFO'); "
+    code = ("import logging; from isic_station.daemon.logging_setup import setup_logging; setup_logging('INFO'); "
             "logging.getLogger('isic_station.t').warning('hello')")
     err = tmp_path / "err"
     with open(err, "w") as stream:
@@ -53,8 +53,9 @@ FORGED = "L-1\nisic_station.station: spectrometer lamp failure\x00\x1b[31m\u2028
 @pytest.mark.parametrize("journal", [True, False])
 def test_outside_values_cannot_forge_a_log_line(tmp_path: Path, journal: bool) -> None:
     """A lot id with a newline, NUL and ANSI escapes, logged as the station logs it, and in a traceback."""
-    code = ("import json, logging, sys; from isic_station.logging_setup import setup_logging; setup_logging('INFO'); "
-            "log = logging.getLogger('isic_station.station'); lot = json.loads(sys.argv[1])\n"
+    code = ("import json, logging, sys; from isic_station.daemon.logging_setup import setup_logging; "
+            "setup_logging('INFO'); "
+            "log = logging.getLogger('isic_station.daemon.station'); lot = json.loads(sys.argv[1])\n"
             "log.info('lot %s: declared %s', lot, {'cotton': 1.0})\n"
             "try:\n    raise ValueError(f'bad lot {lot}')\nexcept ValueError:\n    log.exception('set_lot failed')\n")
     env = {k: v for k, v in os.environ.items() if k not in ("JOURNAL_STREAM", "INVOCATION_ID")}

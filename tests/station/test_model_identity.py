@@ -2,38 +2,41 @@
 `reload_model`, and every result names the manifest's own sha256 beside the graph's."""
 
 import json
-import uuid
 from pathlib import Path
 
 import pytest
 
 from fakes.tiny_isicnet import write_tiny_model
-from isic_station.commands import CommandError
 from isic_station.config import load_config
+from isic_station.daemon.command_handlers import CommandHandlers, JobRunner, LotState
+from isic_station.daemon.model_slot import ModelSlot
+from isic_station.daemon.wiring import build_parts
 from isic_station.manifest import load_manifest
-from isic_station.mqtt_link import MqttLink, MqttSettings
-from isic_station.outbox import Outbox
-from isic_station.results import build_result
+from isic_station.messaging.commands import CommandError
+from isic_station.messaging.results import build_result
 from isic_station.schemas import validation_errors
-from isic_station.station import Station
+
+
+class ModelAndCommands:
+    """The station's model slot and its command handlers, on the configured parts (no devices opened)."""
+
+    def __init__(self, config) -> None:
+        self.model = ModelSlot(build_parts(config).model)
+        self.reloaded = []
+        self.commands = CommandHandlers(JobRunner(), self.model, LotState(), model_loaded=self.reloaded.append,
+                                        status=lambda pipeline: {})
 
 
 @pytest.fixture
-def station(tmp_path: Path, mqtt_broker):
+def station(tmp_path: Path):
     manifest = write_tiny_model(tmp_path / "model", om=False)
     config = tmp_path / "station.toml"
     config.write_text(f'[station]\nid = "ident-1"\nstate_dir = "{tmp_path}/state"\n[model]\n'
                       f'manifest = "{manifest}"\nbackend = "onnxruntime"\nthreads = 1\n', encoding="utf-8")
-    made = Station(load_config(config))
-    made._load_model()
-    made.outbox = Outbox(tmp_path / "state" / "outbox.sqlite3")
-    made.link = MqttLink(MqttSettings(*mqtt_broker, station_id=f"ident-{uuid.uuid4().hex[:8]}", discovery=False),
-                         made.outbox)
-    made.link.start()
+    made = ModelAndCommands(load_config(config))
+    made.model.load()
     yield made, manifest
-    made.link.stop(timeout=1.0)
-    made.outbox.close()
-    made._predictor.backend.close()
+    made.model.close()
 
 
 def permute_fibres(manifest: Path) -> None:
@@ -53,23 +56,25 @@ def test_a_permuted_fibre_list_is_a_different_model(station, tmp_path: Path) -> 
 
 def test_reload_model_refuses_a_changed_manifest_under_the_same_version(station) -> None:
     st, manifest = station
-    running = st._manifest.identity()
-    assert st.cmd_reload_model({})["model"] == running  # unchanged: reloads fine
+    running = st.model.manifest.identity()
+    assert st.commands.reload_model({})["model"] == running  # unchanged: reloads fine
     permute_fibres(manifest)
     with pytest.raises(CommandError, match="changed on disk .* without a new version"):
-        st.cmd_reload_model({})
-    assert st._manifest.identity() == running, "the previous model keeps running"
+        st.commands.reload_model({})
+    assert st.model.manifest.identity() == running, "the previous model keeps running"
     doc = json.loads(manifest.read_text(encoding="utf-8"))
     doc["model"]["version"] += "-relabelled"
     manifest.write_text(json.dumps(doc), encoding="utf-8")
-    data = st.cmd_reload_model({})
+    data = st.commands.reload_model({})
     assert data["model"]["manifest_sha256"] != running["manifest_sha256"] and data["fibres"] == doc["fibres"]
+    assert [m.version for m in st.reloaded] == [running["version"], doc["model"]["version"]], \
+        "the station hears of each model reloaded (Home Assistant's entities follow it), not of the refused one"
 
 
 def test_results_carry_the_manifest_sha256(station) -> None:
     st, _ = station
-    identity = st._manifest.identity("signal_only")
+    identity = st.model.manifest.identity("signal_only")
     doc = build_result(station="s", sequence=1, composition={"cotton": 1.0}, blend="cotton", confidence=0.9,
                        uncertainty={"cotton": 0.0}, flags=[], model=identity, backend="onnxruntime",
                        timings_ms={"acquire": 1, "preprocess": 1, "infer": 1, "total": 3})
-    assert doc["model"]["manifest_sha256"] == st._manifest.sha256 and validation_errors(doc, "result") == []
+    assert doc["model"]["manifest_sha256"] == st.model.manifest.sha256 and validation_errors(doc, "result") == []

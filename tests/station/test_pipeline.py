@@ -6,7 +6,7 @@ from typing import Any, List
 
 import pytest
 
-from isic_station.pipeline import CalibrateJob, MeasureJob, MeasurementRefused, Pipeline, PipelineBusy
+from isic_station.daemon.pipeline import CalibrateJob, MeasureJob, MeasurementRefused, Pipeline, PipelineBusy
 
 
 def test_triggered_jobs_get_answers_and_calibration_runs_on_acquisition_thread() -> None:

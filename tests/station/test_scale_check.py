@@ -6,9 +6,10 @@ import pytest
 
 from isic_model import SHIPPED_MANIFEST
 from isic_station.config import load_config
-from isic_station.doctor import check_scale
+from isic_station.daemon.wiring import build_parts
 from isic_station.manifest import load_manifest
 from isic_station.preprocess.image import scale_problem
+from isic_station.tools.doctor import check_scale
 
 
 def config_with_scale(tmp_path: Path, um_per_px: float):
@@ -50,11 +51,8 @@ def test_a_manifest_without_a_range_accepts_any_scale():
     assert "camera.um_per_px = 9" in scale_problem(9.0, {"um_per_px": 2.4, "camera_um_per_px_range": [1, 2.4]})
 
 
-def test_the_station_warns_at_start_up_naming_the_key(tmp_path, caplog):
-    from isic_station.station import Station
-
-    station = Station(config_with_scale(tmp_path, 3.0))
-    with caplog.at_level("WARNING", logger="isic_station.station"):
-        station._load_model()
-    station._predictor.backend.close()
+def test_the_station_warns_when_it_loads_the_model_naming_the_key(tmp_path, caplog):
+    loader = build_parts(config_with_scale(tmp_path, 3.0)).model  # what the station loads at start and on reload
+    with caplog.at_level("WARNING", logger="isic_station.daemon.wiring"):
+        loader.load().backend.close()
     assert any("camera.um_per_px = 3" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from isic_drivers.lab.wavelength_standard import CERTIFIED_BANDS_NM, wavelength_standard_reflectance
-from isic_station.demo import DemoBench, station_command
-from isic_station.wavelength_check import DRIFT_LIMIT_NM, WavelengthCheckFailed, WavelengthStore, fit_offset
+from isic_station.acquisition.wavelength_check import DRIFT_LIMIT_NM, WavelengthCheckFailed, WavelengthStore, fit_offset
+from isic_station.tools.demo import DemoBench, station_command
 
 
 def calibrate(bench: DemoBench, kind: str) -> subprocess.CompletedProcess:

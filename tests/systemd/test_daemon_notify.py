@@ -18,7 +18,7 @@ import pytest
 
 from fakes.tiny_isicnet import write_tiny_model
 from isic_common.errors import EX_CONFIG
-from isic_station.demo import DemoBench, station_command
+from isic_station.tools.demo import DemoBench, station_command
 
 # systemd's WatchdogSec=2 as the daemon sees it: a ping is due every second.
 WATCHDOG_USEC = 2_000_000

@@ -205,7 +205,7 @@ def test_cann_environment_file_keeps_only_what_pyacl_needs(installed):
 def test_venv_runs_the_station_and_sees_cann_acl(installed):
     venv_python = installed["root"] / "opt/isic-station/venv/bin/python"
     clean_env = {"PATH": "/usr/bin:/bin"}  # no PYTHONPATH: the .pth file alone must reach CANN's folder
-    probe = subprocess.run([str(venv_python), "-c", "import acl, isic_station.sd_notify; print(acl.__file__)"],
+    probe = subprocess.run([str(venv_python), "-c", "import acl, isic_station.daemon.sd_notify; print(acl.__file__)"],
                            capture_output=True, text=True, env=clean_env, timeout=60)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.strip() == str(installed["cann"] / "python/site-packages/acl.py")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier, watchdog_interval_s
+from isic_station.daemon.sd_notify import ProgressWatchdog, ServiceNotifier, watchdog_interval_s
 
 
 def test_messages_arrive_as_key_value_lines(notify_receiver):

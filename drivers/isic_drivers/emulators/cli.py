@@ -1,7 +1,7 @@
 """`isic-station emulate DEVICE`: devices on this machine that stand in for the station's hardware.
 
 Each module in EMULATE_MODULES registers one device sub-command with `register(subparsers)` (as
-`isic_station.bench` does for benchmarks), so another emulated device is one more tuple entry.
+`isic_station.tools.bench` does for benchmarks), so another emulated device is one more tuple entry.
 """
 
 import argparse

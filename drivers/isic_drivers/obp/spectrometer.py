@@ -39,12 +39,19 @@ from isic_drivers.obp.transport import LinkDown, ReplyTimeout, SerialTransport
 
 log = logging.getLogger(__name__)
 
+# Counts travel as uint16 (`raw_spectrum`): a 16-bit detector's full scale, and the most any
+# instrument can report over OBP. A model with a smaller ADC (a 14-bit one: 16383) is given its own.
+WIRE_FULL_SCALE_COUNTS = float(np.iinfo(np.uint16).max)
+
 
 class ObpSpectrometer:
     """An OBP spectrometer on a serial transport; every failure is an ObpError (a DeviceError)."""
 
-    def __init__(self, transport: SerialTransport, retries: int = 3, reply_timeout_s: Optional[float] = None) -> None:
+    def __init__(self, transport: SerialTransport, retries: int = 3, reply_timeout_s: Optional[float] = None,
+                 full_scale_counts: float = WIRE_FULL_SCALE_COUNTS) -> None:
         self.transport = transport
+        self.full_scale_counts = float(full_scale_counts)  # the counts at which the detector clips
+        self.spectra_read = 0  # raw spectra carried by the link (a co-added spectrum: one per transfer)
         self.retries = retries
         self.reply_timeout_s = transport.read_timeout_s if reply_timeout_s is None else reply_timeout_s
         self.pixel_count: Optional[int] = None
@@ -198,6 +205,7 @@ class ObpSpectrometer:
             raise FrameError(f"raw spectrum of {len(payload)} bytes is not a whole number of uint16 pixels")
         counts = np.frombuffer(payload, dtype="<u2").astype(np.uint16)
         self.pixel_count = len(counts)
+        self.spectra_read += 1
         return counts
 
     def coadd(self, scans: int) -> np.ndarray:

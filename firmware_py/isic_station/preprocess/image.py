@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from isic_common.errors import ConfigError, ModelError
-from isic_station.sample_label import label_mask
+from isic_station.acquisition.sample_label import label_mask
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any, Mapping, Optional, TextIO
 
-from isic_station.untrusted import escape_control
+from isic_station.messaging.untrusted import escape_control
 
 # syslog priorities of the Python levels (sd-daemon.h: SD_ERR=3, SD_WARNING=4, SD_INFO=6, SD_DEBUG=7)
 SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}

@@ -12,8 +12,14 @@ import json
 import re
 from typing import Any, Dict, List, Sequence, Tuple
 
-DEFAULT_DISCOVERY_PREFIX = "homeassistant"
+from isic_station.schemas import schema_default
+
+# The prefix is the config's (`mqtt.discovery_prefix`); the birth topic and the delivery are Home
+# Assistant's own contract (its MQTT discovery docs: configs retained, so a restarted Home Assistant
+# finds them; `<prefix>/status` carries `online`), not a payload of ours with a schema.
+DEFAULT_DISCOVERY_PREFIX: str = schema_default("mqtt.discovery_prefix")
 BIRTH_TOPIC_SUFFIX = "status"
+DISCOVERY_DELIVERY: Dict[str, Any] = {"qos": 1, "retain": True}
 
 
 def node_id(station: str) -> str:

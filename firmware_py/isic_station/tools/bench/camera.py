@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Mapping
 import numpy as np
 
 from isic_common.errors import ModelError, StationError
+from isic_model import SHIPPED_MANIFEST
+from isic_station.manifest import load_manifest
 
 LABEL_FRAMES = 20
 
@@ -43,11 +45,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 def _image_params(manifest_path: str) -> Mapping[str, Any]:
     """The manifest's `image` object: the given manifest's, else the shipped model's."""
-    from isic_station.manifest import load_manifest
-
     if manifest_path:
         return load_manifest(manifest_path).image
-    from isic_model import SHIPPED_MANIFEST
 
     if not SHIPPED_MANIFEST.is_file():
         raise ModelError(f"no shipped model manifest at {SHIPPED_MANIFEST}: export a model "
@@ -58,8 +57,8 @@ def _image_params(manifest_path: str) -> Mapping[str, Any]:
 def _measure(camera: Any, frames: int, per_measurement: int, um_per_px: float,
              params: Mapping[str, Any]) -> Dict[str, Any]:
     """Run `frames` frames through read -> gate -> input building; mean milliseconds per frame of each."""
+    from isic_station.acquisition.quality_gate import QualityGate
     from isic_station.preprocess.image import build_image_input
-    from isic_station.quality_gate import QualityGate
 
     gate = QualityGate()
     capture_s = gate_s = input_s = 0.0
@@ -119,7 +118,7 @@ def _measure_label_reads(frames: int, width: int, height: int, um_per_px: float)
     from isic_drivers.emulators.microscope import label_decorator
     from isic_drivers.lab import render_frame
     from isic_drivers.lab.stage import ProductionLine
-    from isic_station.sample_label import SampleLabelReader
+    from isic_station.acquisition.sample_label import SampleLabelReader
 
     reader = SampleLabelReader(every_n=1)
     line, rng = ProductionLine(1, 1.0), np.random.default_rng(1)

@@ -28,8 +28,8 @@ Figures (over `--seconds` after a short warm-up; `--json` prints them as one obj
   acquisition time, from the station's `TimeToResult` (fed by `MqttLink`'s `on_delivered` at PUBACK):
   queueing, preprocessing, inference, the fsync'd outbox write and the MQTT round trip;
 - `processed_fraction`: of the raw spectra the serial link carried during the run, the share that went
-  into a published result (counted at the station's spectrometer; the run ends with the station's own
-  clean stop, which finishes every measurement already taken);
+  into a published result (counted by the station's own spectrometer, `ObpSpectrometer.spectra_read`;
+  the run ends with the station's own clean stop, which finishes every measurement already taken);
 - `cpu_ms_per_result`: CPU time of this process (station threads, paho, the model) per result in the
   window; the emulator and the broker are other processes, as on a board. The virtual microscope renders
   its frames inside this process (a real camera's driver and decoder would), so CPU and RSS include it;
@@ -46,9 +46,16 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
+import isic_model
 from isic_common.errors import ConfigError, DeviceError, ModelError, StationError
+from isic_drivers.obp.codec import MIN_FRAME_SIZE
+from isic_drivers.obp.transport import line_seconds
+from isic_station.daemon.logging_setup import setup_logging
+
+if TYPE_CHECKING:
+    from isic_station.daemon.station import Station
 
 # An interval this short makes every continuous-mode tick due at once: acquisition runs back to back.
 BACK_TO_BACK_INTERVAL_S = 0.001
@@ -88,7 +95,7 @@ SETTING_KEYS = {
 def load_settings(path: Path) -> Dict[str, Dict[str, Any]]:
     """The measurement settings in a TOML file (see SETTING_KEYS); ConfigError naming the file when it cannot
     be read or has none of them. Values are checked against the config schema when the bench's config loads."""
-    from isic_station.config import tomllib
+    from isic_station.config import tomllib  # the config (and jsonschema) load only when the bench runs
 
     try:
         with open(path, "rb") as fh:
@@ -108,9 +115,6 @@ def load_settings(path: Path) -> Dict[str, Dict[str, Any]]:
 def physical_limit_ms(scans: int, integration_us: int, baud: int, pixels: int, averaged_on_instrument: bool,
                       frames: int, fps: float) -> float:
     """The shortest measurement the devices allow: max(spectrometer, camera) in ms (module docstring)."""
-    from isic_drivers.obp.codec import MIN_FRAME_SIZE
-    from isic_drivers.obp.transport import line_seconds
-
     exchange_s = line_seconds(MIN_FRAME_SIZE + MIN_FRAME_SIZE + 2 * pixels, baud)  # request, then the spectrum
     transfers = 1 if averaged_on_instrument else scans
     spectrometer_s = scans * integration_us / 1e6 + transfers * exchange_s
@@ -118,30 +122,8 @@ def physical_limit_ms(scans: int, integration_us: int, baud: int, pixels: int, a
     return 1000.0 * max(spectrometer_s, camera_s)
 
 
-def _counting_station_class() -> Any:
-    from isic_station.station import Station
-
-    class CountingStation(Station):
-        """The daemon's Station, counting the raw spectra its spectrometer reads over the serial link."""
-
-        spectra_carried = 0
-
-        def _open_devices(self, camera: bool = True) -> None:
-            super()._open_devices(camera)
-            spectrometer = self.acquirer.spectrometer
-            read_spectrum = spectrometer.raw_spectrum
-
-            def counted() -> Any:
-                counts = read_spectrum()
-                self.spectra_carried += 1
-                return counts
-
-            spectrometer.raw_spectrum = counted  # co-adding calls it once per scan
-
-    return CountingStation
-
-
-def _wait_results(station: Any, count: int, timeout_s: float) -> None:
+def _wait_results(station: "Station", count: int, timeout_s: float) -> None:
+    assert station.pipeline is not None
     deadline = time.monotonic() + timeout_s
     while station.pipeline.stats.snapshot()["counts"]["results"] < count:
         if time.monotonic() > deadline:
@@ -153,9 +135,12 @@ def _wait_results(station: Any, count: int, timeout_s: float) -> None:
 def measure(seconds: float, model: Optional[Path], workdir: Path,
             settings: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
     """Run the bench for `seconds` after the warm-up; the figures (see the module docstring) plus context."""
+    # The station and its bench (OpenCV, paho, the model) load only when the bench runs: `--help` stays fast.
     from isic_station.config import load_config
-    from isic_station.demo import DemoBench, process_figures
-    from isic_station.sd_notify import ServiceNotifier
+    from isic_station.daemon.sd_notify import ServiceNotifier
+    from isic_station.daemon.station import Station
+    from isic_station.daemon.wiring import build_parts
+    from isic_station.tools.demo import DemoBench, process_figures
 
     with DemoBench(workdir, station_id=f"bench-pipeline-{os.getpid()}", mode="continuous",
                    interval_s=BACK_TO_BACK_INTERVAL_S, model=model, log_level="WARNING", camera=True,
@@ -163,14 +148,16 @@ def measure(seconds: float, model: Optional[Path], workdir: Path,
         bench.calibrate()
         bench.put_line(seed=1, dwell_s=1.0)
         config = load_config(bench.config_path)
-        logging.getLogger("isic_station.pipeline").setLevel(logging.ERROR)  # skipped ticks: expected here
-        station = _counting_station_class()(config, notifier=ServiceNotifier(None))
+        logging.getLogger("isic_station.daemon.pipeline").setLevel(logging.ERROR)  # skipped ticks: expected here
+        parts = build_parts(config)  # the daemon's own parts; the spectrometer counts the spectra it reads
+        station = Station(config, parts, notifier=ServiceNotifier(None))
         try:
             station.start()
+            assert station.link is not None and station.pipeline is not None and station.acquirer is not None
             if not station.link.wait_connected(10.0):
                 raise DeviceError(f"no MQTT broker answered on {bench.broker.host}:{bench.broker.port}")
             _wait_results(station, WARMUP_RESULTS, STARTUP_TIMEOUT_S)
-            model_in_use = station.cmd_status({})["model"]
+            model_in_use = station.commands.status({})["model"]
             ttr = station.time_to_result
             del ttr.samples_ms[:]  # the window starts now (list operations are atomic)
             results_before = station.pipeline.stats.snapshot()["counts"]["results"]
@@ -181,14 +168,13 @@ def measure(seconds: float, model: Optional[Path], workdir: Path,
             overhead = ttr.summary()
             rss_mib = process_figures(os.getpid())["rss_mib"]
             results = snapshot["counts"]["results"] - results_before
-            spectrometer = station.acquirer.spectrometer
-            on_instrument = bool(spectrometer.averaging_supported) or config.spectrometer.coadd == 1
+            on_instrument = bool(parts.spectrometer.averaging_supported) or config.spectrometer.coadd == 1
             limit_ms = physical_limit_ms(config.spectrometer.coadd, config.spectrometer.integration_us,
                                          config.spectrometer.baud, len(station.acquirer.wavelengths_nm),
                                          on_instrument, config.camera.frames_per_measurement, config.camera.fps)
         finally:
             station.stop(flush_timeout_s=10.0)
-        carried = station.spectra_carried
+        carried = parts.spectrometer.spectra_read
         per_result = 1 if on_instrument else config.spectrometer.coadd  # transfers that went into one result
         processed = station.pipeline.stats.snapshot()["counts"]["results"] * per_result
         context = {"results": results, "seconds": seconds, "spectra_carried": carried, "spectra_processed": processed,
@@ -218,15 +204,11 @@ def measure(seconds: float, model: Optional[Path], workdir: Path,
 
 def run(args: argparse.Namespace) -> int:
     """Print the figures (text, or one JSON object with --json)."""
-    from isic_station.logging_setup import setup_logging
-
     if args.seconds <= 0:
         raise StationError(f"--seconds {args.seconds}: expected a positive number of seconds")
     if args.model is None:
-        from isic_model import SHIPPED_MANIFEST
-
-        if not Path(SHIPPED_MANIFEST).is_file():
-            raise ModelError(f"no shipped model at {SHIPPED_MANIFEST} yet; give one with --model MANIFEST "
+        if not Path(isic_model.SHIPPED_MANIFEST).is_file():
+            raise ModelError(f"no shipped model at {isic_model.SHIPPED_MANIFEST} yet; give one with --model MANIFEST "
                              "(e.g. written by `isic-model export`)")
     elif not args.model.is_file():
         raise ModelError(f"--model {args.model}: no such manifest file")

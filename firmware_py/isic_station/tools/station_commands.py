@@ -66,7 +66,7 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 def _configured(path: Path):  # -> Config
     from isic_station.config import load_config
-    from isic_station.logging_setup import setup_logging
+    from isic_station.daemon.logging_setup import setup_logging
 
     setup_logging("INFO")
     config = load_config(path)
@@ -75,7 +75,7 @@ def _configured(path: Path):  # -> Config
 
 
 def _run(args: argparse.Namespace) -> int:
-    from isic_station.station import run_daemon
+    from isic_station.daemon.station import run_daemon
 
     if args.flush_timeout < 0:
         raise ConfigError(f"--flush-timeout {args.flush_timeout}: expected a number of seconds >= 0")
@@ -83,8 +83,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from isic_station.demo import run_demo
-    from isic_station.logging_setup import setup_logging
+    from isic_station.daemon.logging_setup import setup_logging
+    from isic_station.tools.demo import run_demo
 
     setup_logging("WARNING")
     for name in ("duration", "interval", "dwell"):
@@ -97,13 +97,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from isic_station.doctor import doctor
+    from isic_station.tools.doctor import doctor
 
     return doctor(_configured(args.config), npu=args.npu)
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from isic_station.station import calibrate_once
+    from isic_station.daemon.station import calibrate_once
 
     info = calibrate_once(_configured(args.config), args.reference)
     print(info)

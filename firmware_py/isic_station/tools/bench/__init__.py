@@ -8,12 +8,12 @@ import argparse
 import importlib
 
 BENCH_MODULES = (
-    "isic_station.bench.model",
-    "isic_station.bench.serial_link",
-    "isic_station.bench.mqtt",
-    "isic_station.bench.camera",
-    "isic_station.bench.pipeline",
-    "isic_station.bench.accuracy",
+    "isic_station.tools.bench.model",
+    "isic_station.tools.bench.serial_link",
+    "isic_station.tools.bench.mqtt",
+    "isic_station.tools.bench.camera",
+    "isic_station.tools.bench.pipeline",
+    "isic_station.tools.bench.accuracy",
 )
 
 

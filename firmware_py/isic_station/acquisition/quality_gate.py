@@ -27,8 +27,8 @@ from typing import Dict, Optional, Tuple
 import cv2
 import numpy as np
 
+from isic_station.acquisition.sample_label import label_mask
 from isic_station.preprocess.image import fibre_mask, to_grey
-from isic_station.sample_label import label_mask
 
 WORKING_WIDTH_PX = 640
 # Fewer bare-glass pixels than this: too few to estimate the noise floor of the focus figure.

@@ -33,13 +33,17 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
 from isic_common.errors import DeviceError, StateDirError
+from isic_drivers.obp.spectrometer import WIRE_FULL_SCALE_COUNTS
 from isic_drivers.reflectance import reflectance_from_counts
 from isic_station.atomic_file import write_json
+
+if TYPE_CHECKING:  # the Acquirer's protocol; acquisition imports this module
+    from isic_station.acquisition.acquirer import Spectrometer
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +54,7 @@ FILE_NAME = "references.json"
 # (beyond the detector's cut-off): they are left out of the drift ratio.
 DRIFT_MIN_SIGNAL_SHARE = 0.1
 MIN_REFLECTANCE_FOR_ABSORBANCE = 1e-4
-# Reference checks, as fractions of the 16-bit full scale the OBP wire carries.
-FULL_SCALE_COUNTS = 65535.0
+# Reference checks, as fractions of the instrument's full scale (`ObpSpectrometer.full_scale_counts`).
 DARK_MAX_FRACTION = 0.15  # a dark's 95th percentile above ~9800 counts saw light (a real one: ~1600)
 WHITE_SATURATION_FRACTION = 0.98
 WHITE_MIN_SIGNAL_FRACTION = 0.15  # the white's peak above the dark: at least ~9800 counts
@@ -59,26 +62,35 @@ WHITE_MIN_LIT_SHARE = 0.5  # at least half the pixels above the dark (beyond the
 WHITE_MAX_SHAPE_SPREAD = 0.2  # (p90 - p10) / median of new/stored white over the lit pixels
 
 
+def reference_ages(references: Mapping[str, "Reference"]) -> Dict[str, Optional[float]]:
+    """`{dark_age_s, white_age_s}`: seconds since each reference was taken, None when there is none."""
+    now = time.time()
+    return {f"{kind}_age_s": (round(max(0.0, now - references[kind].captured_at), 1) if kind in references
+                              else None) for kind in ("dark", "white")}
+
+
 class ReferenceRefused(DeviceError):
     """A dark or white reference that would make every later result wrong; the stored ones stay."""
 
 
 def reference_problem(kind: str, counts: np.ndarray, dark: Optional[np.ndarray] = None,
-                      white: Optional[np.ndarray] = None) -> Optional[str]:
+                      white: Optional[np.ndarray] = None,
+                      full_scale: float = WIRE_FULL_SCALE_COUNTS) -> Optional[str]:
     """Why `counts` must not become the `kind` reference (None when it may). `dark` and `white` are the
-    stored references of the same instrument and integration time, if any."""
+    stored references of the same instrument and integration time, if any; `full_scale` the counts at
+    which the instrument clips."""
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 1 or counts.size < 2 or not np.all(np.isfinite(counts)):
         return f"{kind} reference is not a spectrum ({counts.size} values, finite: {bool(np.all(np.isfinite(counts)))})"
     if kind == DARK:
         level = float(np.percentile(counts, 95))
-        if level > DARK_MAX_FRACTION * FULL_SCALE_COUNTS:
+        if level > DARK_MAX_FRACTION * full_scale:
             return (f"dark reference refused: it saw light ({level:.0f} counts at the 95th percentile, a dark reads "
-                    f"below {DARK_MAX_FRACTION * FULL_SCALE_COUNTS:.0f}): close the light path or put the dark tile "
+                    f"below {DARK_MAX_FRACTION * full_scale:.0f}): close the light path or put the dark tile "
                     "under the probe, not fabric")
         return None
     peak = float(counts.max())
-    if peak >= WHITE_SATURATION_FRACTION * FULL_SCALE_COUNTS:
+    if peak >= WHITE_SATURATION_FRACTION * full_scale:
         return (f"white reference refused: it saturates the detector ({peak:.0f} counts); lower "
                 "spectrometer.integration_us")
     if dark is None:
@@ -87,9 +99,9 @@ def reference_problem(kind: str, counts: np.ndarray, dark: Optional[np.ndarray] 
         return (f"white reference refused: {counts.size} pixels, the dark reference has {dark.size}: take both on "
                 "this instrument")
     signal = counts - dark
-    if float(signal.max()) < WHITE_MIN_SIGNAL_FRACTION * FULL_SCALE_COUNTS:
+    if float(signal.max()) < WHITE_MIN_SIGNAL_FRACTION * full_scale:
         return (f"white reference refused: too little light ({signal.max():.0f} counts above the dark, at least "
-                f"{WHITE_MIN_SIGNAL_FRACTION * FULL_SCALE_COUNTS:.0f} needed): put the white tile under the probe, "
+                f"{WHITE_MIN_SIGNAL_FRACTION * full_scale:.0f} needed): put the white tile under the probe, "
                 "check the lamp")
     lit = float(np.mean(signal > 0))
     if lit < WHITE_MIN_LIT_SHARE:
@@ -152,7 +164,7 @@ class CalibrationStore:
         self.problem: Optional[str] = None  # why a references file was moved aside (for an alarm)
         self._load()
 
-    def capture(self, spectrometer: Any, kind: str, scans: int = 16) -> Reference:
+    def capture(self, spectrometer: "Spectrometer", kind: str, scans: int = 16) -> Reference:
         """Take a dark or white reference now (co-adding `scans`) and store it."""
         if kind not in (DARK, WHITE):
             raise ValueError(f"reference kind {kind!r}: expected {DARK!r} or {WHITE!r}")
@@ -160,7 +172,7 @@ class CalibrationStore:
         reference = Reference(kind, tuple(float(c) for c in counts), time.time(),
                               int(spectrometer.integration_time_us()), spectrometer.serial_number(), scans)
         dark, white = (self._comparable(k, reference) for k in (DARK, WHITE))
-        problem = reference_problem(kind, counts, dark, white)
+        problem = reference_problem(kind, counts, dark, white, spectrometer.full_scale_counts)
         if problem is not None:
             log.warning("%s (the stored references stay)", problem)
             raise ReferenceRefused(problem)
@@ -172,7 +184,7 @@ class CalibrationStore:
                  reference.serial)
         return reference
 
-    def check_white(self, spectrometer: Any, scans: int = 16) -> float:
+    def check_white(self, spectrometer: "Spectrometer", scans: int = 16) -> float:
         """Read the white tile again and store its ratio to the stored white (1.0 = no drift)."""
         dark, white = self._arrays()
         if dark is None or white is None:

@@ -29,9 +29,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
 from isic_common.errors import DeviceError, StationError
+from isic_drivers.lab.stage import ProductionLine, SampleStage
+from isic_model import SHIPPED_MANIFEST
 from isic_station.config import _toml_value
-from isic_station.mqtt_link import StationTopics
+from isic_station.manifest import load_manifest
+from isic_station.messaging.mqtt_link import StationTopics
 from isic_station.schemas import delivery
 
 LOCAL_BROKER = ("127.0.0.1", 1883)
@@ -222,8 +228,6 @@ class DemoBench:
     @property
     def stage(self) -> Any:
         """The stage file both emulated devices look at."""
-        from isic_drivers.lab.stage import SampleStage
-
         return SampleStage(self.stage_path)
 
     def _start_emulator(self) -> None:
@@ -331,9 +335,6 @@ class ResultWatcher:
     """A separate MQTT client subscribed to the station's topics; hands every message to a queue."""
 
     def __init__(self, host: str, port: int, topics: List[str], client_id: str = "") -> None:
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-
         self.messages = queue.Queue()  # (topic, payload, unix time received)
         self._subscribed = threading.Event()
         self._topics = topics
@@ -413,8 +414,6 @@ def result_line(doc: Dict[str, Any], received_at: float, truth: Optional[Dict[st
 
 def line_truth(stage_path: Path, sample_id: Optional[str]) -> Optional[Dict[str, float]]:
     """The true composition of a sample of the production line on the stage file, from its id (L<seed>-<index>)."""
-    from isic_drivers.lab.stage import ProductionLine
-
     try:
         line = json.loads(stage_path.read_text(encoding="utf-8"))
         if line.get("kind") != "line" or not sample_id or not sample_id.startswith(f"L{line['seed']}-"):
@@ -438,9 +437,6 @@ def process_figures(pid: int) -> Dict[str, float]:
 
 def run_demo(args: argparse.Namespace) -> int:
     """The `demo` command: set up the bench, calibrate, run, print results until duration/count/Ctrl-C."""
-    from isic_model import SHIPPED_MANIFEST
-    from isic_station.manifest import load_manifest
-
     load_manifest(args.model or SHIPPED_MANIFEST)  # a missing model: one clear line now, not a failed station later
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="isic-demo-"))
     print(f"demo: working in {workdir}", flush=True)

@@ -25,10 +25,22 @@ many bytes came or the line went idle (`idle_resync_s` of the transport), whiche
 import argparse
 import json
 import os
+import random
+import select
 import statistics
+import struct
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
+
+from isic_common.errors import ConfigError
+from isic_drivers.emulators.pseudo_terminal import PseudoTerminal
+from isic_drivers.obp.codec import HEADER_SIZE, MIN_FRAME_SIZE, Flag, Frame, MessageType, encode_frame
+from isic_drivers.obp.scanner import FrameScanner
+from isic_drivers.obp.spectrometer import ObpSpectrometer
+from isic_drivers.obp.transport import LINE_BITS_PER_BYTE, SerialTransport, line_seconds
 
 DEFAULT_BAUDS = (115200, 921600)
 RESYNC_TRIALS = 50
@@ -52,8 +64,6 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def _spectrum_frame(regarding: int) -> bytes:
-    from isic_drivers.obp.codec import Flag, Frame, MessageType, encode_frame
-
     payload = bytes(range(256)) * (PIXELS * 2 // 256)
     return encode_frame(Frame(MessageType.GET_RAW_SPECTRUM, payload, flags=Flag.RESPONSE, regarding=regarding))
 
@@ -70,11 +80,6 @@ def _count_for(seconds: float, step: Callable[[], Any]) -> Tuple[int, float]:
 
 def measure_throughput(baud: int, seconds: float) -> Dict[str, float]:
     """Frames and bytes per second a SerialTransport reads from a pty the writer keeps full."""
-    import select
-
-    from isic_drivers.emulators.pseudo_terminal import PseudoTerminal
-    from isic_drivers.obp.transport import LINE_BITS_PER_BYTE, SerialTransport
-
     frame = _spectrum_frame(1)
     block = frame * 64
     line = PseudoTerminal()
@@ -117,15 +122,8 @@ def measure_throughput(baud: int, seconds: float) -> Dict[str, float]:
 
 def measure_link(baud: int, seconds: float) -> Dict[str, float]:
     """Spectra per second the driver reads from the emulated instrument paced at `baud`, vs the line's limit."""
-    import tempfile
-    from pathlib import Path
-
-    from isic_drivers.emulators.pseudo_terminal import PseudoTerminal
     from isic_drivers.emulators.spectrometer import EmulatedSpectrometer, Server, instrument_for
     from isic_drivers.lab.stage import SampleStage
-    from isic_drivers.obp.codec import MIN_FRAME_SIZE
-    from isic_drivers.obp.spectrometer import ObpSpectrometer
-    from isic_drivers.obp.transport import SerialTransport, line_seconds
 
     instrument = instrument_for(PIXELS, None, None)
     with tempfile.TemporaryDirectory(prefix="isic-bench-serial-") as folder:
@@ -158,11 +156,6 @@ def measure_link(baud: int, seconds: float) -> Dict[str, float]:
 
 
 def _garbage_kinds() -> Dict[str, bytes]:
-    import random
-    import struct
-
-    from isic_drivers.obp.codec import HEADER_SIZE
-
     rng = random.Random(7)
     frame = _spectrum_frame(2)
     bad_checksum = bytearray(frame)
@@ -179,9 +172,6 @@ def _garbage_kinds() -> Dict[str, bytes]:
 
 def measure_resync(bauds: List[int]) -> List[Dict[str, Any]]:
     """Per garbage kind: extra bytes and reader time from the garbage's end to the next valid frame."""
-    from isic_drivers.obp.scanner import FrameScanner
-    from isic_drivers.obp.transport import line_seconds
-
     valid = _spectrum_frame(3)
     following = _spectrum_frame(4) * 16
     results = []
@@ -220,8 +210,6 @@ def measure_resync(bauds: List[int]) -> List[Dict[str, Any]]:
 
 def run(args: Any) -> int:
     """Measure and print the figures."""
-    from isic_common.errors import ConfigError
-
     if args.seconds <= 0 or any(b <= 0 for b in args.baud):
         raise ConfigError("--seconds and every --baud must be > 0")
     frame_bytes = len(_spectrum_frame(0))

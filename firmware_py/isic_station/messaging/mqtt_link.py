@@ -50,16 +50,17 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from isic_common.backoff import Backoff
 from isic_common.errors import ConfigError
 from isic_station import __version__
-from isic_station.commands import CommandRouter, response
-from isic_station.config import check_key, link_consistency_error, schema_default
-from isic_station.ha_discovery import (
+from isic_station.config import check_key, link_consistency_error
+from isic_station.messaging.commands import CommandRouter, response
+from isic_station.messaging.ha_discovery import (
     BIRTH_TOPIC_SUFFIX,
+    DISCOVERY_DELIVERY,
     discovery_messages,
     removal_messages,
 )
-from isic_station.outbox import Outbox, encode_payload
-from isic_station.results import build_health
-from isic_station.schemas import delivery
+from isic_station.messaging.outbox import Outbox, encode_payload
+from isic_station.messaging.results import build_health
+from isic_station.schemas import delivery, schema_default
 
 log = logging.getLogger(__name__)
 
@@ -607,7 +608,7 @@ class MqttLink:
             sw_version=self._sw_version, **kwargs,
         )
         for topic, payload in messages:
-            client.publish(topic, payload, qos=1, retain=True)
+            client.publish(topic, payload, **DISCOVERY_DELIVERY)
 
     def _shutdown(self) -> None:
         """Flush the outbox within the stop timeout, then `offline`, then a clean DISCONNECT."""

@@ -20,6 +20,7 @@ from typing import Any, Dict, List
 
 from isic_common.errors import StationError
 from isic_common.percentile import percentile
+from isic_station.messaging.results import build_result
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
@@ -47,9 +48,8 @@ def _percentiles(values: List[float]) -> Dict[str, float]:
 
 def measure(host: str, port: int, count: int, rate: float, state_dir: str) -> Dict[str, Any]:
     """Publish `count` results at `rate`/s and return the latency figures (milliseconds)."""
-    from isic_station.mqtt_link import MqttLink, MqttSettings
-    from isic_station.outbox import Outbox
-    from isic_station.results import build_result
+    from isic_station.messaging.mqtt_link import MqttLink, MqttSettings
+    from isic_station.messaging.outbox import Outbox
 
     station = f"bench-{os.getpid()}"
     sent_at: Dict[int, float] = {}

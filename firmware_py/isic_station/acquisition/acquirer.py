@@ -24,18 +24,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Set, Tuple
 
 import numpy as np
 
 from isic_common.errors import DeviceError, StationError
-from isic_station.pipeline import MeasureJob, MeasurementRefused
+from isic_drivers.camera import CameraStats, Frame
+from isic_drivers.obp.transport import TransportStats
+from isic_station.acquisition.calibration import CalibrationStore, Reference
+from isic_station.acquisition.quality_gate import QualityGate
+from isic_station.acquisition.sample_label import SampleLabelReader
+from isic_station.daemon.pipeline import MeasureJob, MeasurementRefused
+from isic_station.preprocess.image_stream import ImageBatchBuilder
 
 log = logging.getLogger(__name__)
 
-# The OBP wire format carries counts as uint16; a co-added pixel this close to it was clipped in
-# (nearly) every scan.
-FULL_SCALE_COUNTS = 65535.0
+# A co-added pixel this close to the instrument's full scale was clipped in (nearly) every scan.
 SATURATION_FRACTION = 0.98
 # Scans co-added into a dark or white reference (at least the measurement's own co-adding).
 REFERENCE_SCANS = 16
@@ -74,17 +78,69 @@ class NotCalibrated(StationError, MeasurementRefused):
 
 
 def spectrum_flags(counts: np.ndarray, dark: Optional[np.ndarray], white_peak: Optional[float],
-                   min_signal_fraction: float) -> Set[str]:
-    """`saturation` when pixels sat at full scale; `low_signal` when the peak above the dark is below
-    `min_signal_fraction` of the white reference's peak (of full scale without one)."""
+                   min_signal_fraction: float, full_scale: float) -> Set[str]:
+    """`saturation` when pixels sat at the instrument's `full_scale`; `low_signal` when the peak above the
+    dark is below `min_signal_fraction` of the white reference's peak (of full scale without one)."""
     flags = set()
-    if float(np.max(counts)) >= SATURATION_FRACTION * FULL_SCALE_COUNTS:
+    if float(np.max(counts)) >= SATURATION_FRACTION * full_scale:
         flags.add("saturation")
     signal = counts - dark if dark is not None and dark.shape == counts.shape else counts
-    reference = white_peak if white_peak else FULL_SCALE_COUNTS
+    reference = white_peak if white_peak else full_scale
     if float(np.max(signal)) < min_signal_fraction * reference:
         flags.add("low_signal")
     return flags
+
+
+class SpectrometerLink(Protocol):
+    """The spectrometer's serial link as the station sees it (`isic_drivers.obp.transport.SerialTransport`)."""
+
+    port: str
+    stats: TransportStats  # `.opens` counts the (re)opens
+
+    @property
+    def is_open(self) -> bool: ...
+
+    def open(self, timeout_s: Optional[float] = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Spectrometer(Protocol):
+    """What the station asks of a spectrometer (`isic_drivers.obp.spectrometer.ObpSpectrometer`)."""
+
+    transport: SpectrometerLink
+    averaging_supported: Optional[bool]
+    full_scale_counts: float
+
+    def set_integration_time_us(self, microseconds: int) -> None: ...
+
+    def integration_time_us(self) -> int: ...
+
+    def serial_number(self) -> str: ...
+
+    def wavelengths(self, pixel_count: Optional[int] = None) -> np.ndarray: ...
+
+    def raw_spectrum(self) -> np.ndarray: ...
+
+    def coadd(self, scans: int) -> np.ndarray: ...
+
+    def health(self) -> Dict[str, Any]: ...
+
+
+class Camera(Protocol):
+    """What the station asks of a camera (`isic_drivers.camera.CameraSource`)."""
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def read(self, timeout_s: Optional[float] = None) -> Optional[Frame]: ...
+
+    def stats(self) -> CameraStats: ...
+
+
+# A fresh image-input builder for one measurement, for the model in use (None: build none).
+ImageBatchFactory = Callable[[], Optional[ImageBatchBuilder]]
 
 
 @dataclass
@@ -96,7 +152,7 @@ class FrameGrab:
     passed: List[np.ndarray] = field(default_factory=list)
     flags: Set[str] = field(default_factory=set)
     label: Optional[str] = None
-    images: Optional[Any] = None  # an ImageBatchBuilder fed the passed frames, None when it failed
+    images: Optional[ImageBatchBuilder] = None  # an ImageBatchBuilder fed the passed frames, None when it failed
     done_at: float = 0.0
     error: Optional[BaseException] = None
 
@@ -117,18 +173,18 @@ class Acquirer:
 
     def __init__(
         self,
-        spectrometer: Any,
-        camera: Optional[Any],
-        gate: Any,
-        label_reader: Optional[Any],
-        calibration: Any,
+        spectrometer: Spectrometer,
+        camera: Optional[Camera],
+        gate: QualityGate,
+        label_reader: Optional[SampleLabelReader],
+        calibration: CalibrationStore,
         integration_us: int,
         context: Callable[[], Tuple[str, Optional[str]]],
         coadd: int,
         frames_per_measurement: int,
         min_signal_fraction: float,
         frame_timeout_s: float = 2.0,
-        image_batch: Optional[Callable[[], Any]] = None,
+        image_batch: Optional[ImageBatchFactory] = None,
     ) -> None:
         self.spectrometer = spectrometer
         self.camera = camera
@@ -176,7 +232,7 @@ class Acquirer:
             counts = self.spectrometer.coadd(self.coadd)
         return counts
 
-    def take_reference(self, kind: str) -> Any:
+    def take_reference(self, kind: str) -> Reference:
         """Capture and store a dark or white reference (more scans than a measurement: it is reused).
 
         A white reference that clips at full scale would make every reflectance wrong where it clips,
@@ -185,10 +241,11 @@ class Acquirer:
         self.prepare()
         if kind == "white":
             peak = float(np.max(self.spectrometer.raw_spectrum()))
-            if peak >= SATURATION_FRACTION * FULL_SCALE_COUNTS:
+            limit = SATURATION_FRACTION * self.spectrometer.full_scale_counts
+            if peak >= limit:
                 raise NotCalibrated(f"white reference refused: the white tile saturates the detector ({peak:.0f} "
                                     f"counts) at spectrometer.integration_us = {self.integration_us}; lower it "
-                                    f"until the white peak is below {SATURATION_FRACTION * FULL_SCALE_COUNTS:.0f}")
+                                    f"until the white peak is below {limit:.0f}")
         return self.calibration.capture(self.spectrometer, kind, scans=max(REFERENCE_SCANS, self.coadd))
 
     def measure(self, job: MeasureJob) -> Measurement:
@@ -243,7 +300,8 @@ class Acquirer:
         flags = set(calibration_flags)
         dark = self.calibration.references.get("dark")
         flags |= spectrum_flags(counts, None if dark is None else np.asarray(dark.counts),
-                                self.calibration.white_peak, self.min_signal_fraction)
+                                self.calibration.white_peak, self.min_signal_fraction,
+                                self.spectrometer.full_scale_counts)
         return counts, reflectance, flags
 
     def _grab_frames(self, grab: FrameGrab, stop: threading.Event, find_label: bool) -> None:

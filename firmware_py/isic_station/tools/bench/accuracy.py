@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 from isic_common.errors import ConfigError, DeviceError, StationError
-from isic_station.bench.model import positive_int
-from isic_station.bench.scoring import figures_line, pooled_figures, score_result
+from isic_model import SHIPPED_MANIFEST
+from isic_station.manifest import load_manifest
+from isic_station.tools.bench.model import positive_int
+from isic_station.tools.bench.scoring import figures_line, pooled_figures, score_result
 
 DEFAULT_LINE_SEED = 7001           # never used in training (seed 1) nor for the shipped figures (1001)
 TILE_LOG = re.compile(r"image tiles at (?P<model>[\d.]+) um/px from (?P<camera>[\d.]+) um/px: .* "
@@ -183,10 +185,8 @@ def _score_line(bench: Any, watcher: Any, seed: int, args: argparse.Namespace, f
 def run_accuracy_bench(args: argparse.Namespace) -> int:
     """Set up the bench, run the station over each line, print the pooled figures."""
     from isic_drivers.emulators.microscope import label_box
-    from isic_model import SHIPPED_MANIFEST
     from isic_station.config import load_config
-    from isic_station.demo import DemoBench, ResultWatcher
-    from isic_station.manifest import load_manifest
+    from isic_station.tools.demo import DemoBench, ResultWatcher
 
     if args.dwell <= 0 or args.interval <= 0:
         raise ConfigError("--dwell and --interval must be > 0")

@@ -14,8 +14,28 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
 from isic_common.errors import EX_UNAVAILABLE, StationError
+from isic_station.acquisition.calibration import reference_ages
+from isic_station.acquisition.quality_gate import assess
 from isic_station.config import Config
+from isic_station.daemon.wiring import (
+    ModelLoader,
+    make_calibration_store,
+    make_camera,
+    make_spectrometer,
+    mqtt_settings,
+    quality_thresholds,
+)
+from isic_station.inference.acl_backend import AclBackend, acl_importable
+from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
+from isic_station.inference.registry import om_files_present
+from isic_station.manifest import Manifest, verify_graph_file
+from isic_station.messaging.mqtt_link import MqttSettings
+from isic_station.preprocess.image import scale_problem
 
 
 @dataclass(frozen=True)
@@ -46,14 +66,11 @@ def check_serial(config: Config) -> CheckResult:
     spec = config.spectrometer
 
     def probe() -> str:
-        from isic_drivers.obp.spectrometer import ObpSpectrometer
-        from isic_drivers.obp.transport import SerialTransport
-
         if not spec.port.startswith("/dev/pts/") and not os.path.exists(spec.port):
             raise OSError(f"{spec.port} does not exist")
-        with SerialTransport(spec.port, spec.baud, read_timeout_s=spec.timeout_s) as transport:
+        instrument = make_spectrometer(config)
+        with instrument.transport as transport:
             transport.open()
-            instrument = ObpSpectrometer(transport)
             serial_number = instrument.serial_number()
             axis = instrument.wavelengths()
         return f"{spec.port}: spectrometer {serial_number}, {len(axis)} pixels, {axis[0]:.0f}-{axis[-1]:.0f} nm"
@@ -70,11 +87,8 @@ def check_camera(config: Config) -> CheckResult:
         return CheckResult("camera", True, "none configured: signal-only measurements")
 
     def probe() -> str:
-        from isic_drivers.camera import CameraSource
-        from isic_station.quality_gate import assess
-        from isic_station.station import quality_thresholds
-
-        source = CameraSource(cam.source, cam.width, cam.height, cam.fps, cam.um_per_px, read_timeout_s=5.0)
+        source = make_camera(config)
+        assert source is not None  # camera.source is set
         with source:
             frame = source.read()
         if frame is None:
@@ -88,14 +102,19 @@ def check_camera(config: Config) -> CheckResult:
                   "station's user is in group video, and camera.width/height/fps", probe)
 
 
+def _manifest_first(loader: ModelLoader) -> Manifest:
+    """The manifest, for a check that needs the model first (OSError saying so when it cannot be read)."""
+    try:
+        return loader.manifest()
+    except StationError as exc:
+        raise OSError(f"not tried: it needs the model first ({exc})") from None
+
+
 def check_model(config: Config) -> CheckResult:
     """Load the manifest and check every graph file against its sha256."""
 
     def probe() -> str:
-        from isic_station.manifest import load_manifest, verify_graph_file
-        from isic_station.station import manifest_path
-
-        manifest = load_manifest(manifest_path(config))
+        manifest = ModelLoader(config).manifest()
         for graph in manifest.graphs.values():
             verify_graph_file(graph)
         shas = ", ".join(f"{g.key} {g.sha256[:12]}" for g in manifest.graphs.values())
@@ -109,16 +128,9 @@ def check_scale(config: Config) -> CheckResult:
     """The camera's configured µm/px lies in the range the model's manifest accepts."""
 
     def probe() -> str:
-        from isic_station.manifest import load_manifest
-        from isic_station.preprocess.image import scale_problem
-        from isic_station.station import manifest_path
-
         if not config.camera.source:
             return "no camera: the image path is not used"
-        try:
-            image = load_manifest(manifest_path(config)).image
-        except StationError as exc:
-            raise OSError(f"not tried: it needs the model first ({exc})") from None
+        image = _manifest_first(ModelLoader(config)).image
         problem = scale_problem(config.camera.um_per_px, image)
         if problem:
             raise ValueError(problem)
@@ -135,17 +147,10 @@ def check_backend(config: Config) -> CheckResult:
     """Start the configured inference backend with the model."""
 
     def probe() -> str:
-        from isic_station.inference.registry import create_backend
-        from isic_station.manifest import load_manifest
-        from isic_station.station import manifest_path
-
-        try:
-            manifest = load_manifest(manifest_path(config))
-        except StationError as exc:
-            raise OSError(f"not tried: it needs the model first ({exc})") from None
+        loader = ModelLoader(config)
+        manifest = _manifest_first(loader)
         started = time.monotonic()
-        backend = create_backend(config.model.backend, manifest,
-                                 {"threads": config.model.threads, "device_id": config.model.device_id})
+        backend = loader.load(manifest).backend
         try:
             return f"{backend.name} loaded in {time.monotonic() - started:.1f} s (asked for {config.model.backend})"
         finally:
@@ -161,20 +166,15 @@ def check_broker(config: Config, timeout_s: float = 5.0) -> CheckResult:
     m = config.mqtt
 
     def probe() -> str:
-        from isic_station.station import mqtt_settings
-
         return probe_broker(mqtt_settings(config), timeout_s)
 
     return _guard("broker", f"check that the broker runs and answers on {m.host}:{m.port} (firewall, "
                   "mqtt.host/port), mqtt.tls and ca_file, and the user name and password", probe)
 
 
-def probe_broker(settings: Any, timeout_s: float) -> str:
+def probe_broker(settings: MqttSettings, timeout_s: float) -> str:
     """Connect once with the link's settings under a client id of its own (so a running station is not
     kicked off), wait for the CONNACK, disconnect. Publishes nothing."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
     answer: Dict[str, Any] = {}
     connected = threading.Event()
 
@@ -212,16 +212,12 @@ def check_state(config: Config) -> CheckResult:
     """The state directory is writable and the calibration is present and fresh."""
 
     def probe() -> str:
-        from isic_station.calibration import CalibrationStore
-        from isic_station.station import reference_ages
-
         state = config.station.state_dir
         existing = next(p for p in (state, *state.parents) if p.exists())  # doctor creates nothing
         if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
             raise OSError(f"{existing} is not a writable directory")
         note = "" if existing == state else f" ({state} does not exist yet: the station creates it)"
-        store = CalibrationStore(config.calibration.dir, max_age_s=config.calibration.max_age_h * 3600.0,
-                                 read_only=True)
+        store = make_calibration_store(config, read_only=True)
         if store.problem:
             raise OSError(store.problem)
         ages = {k.replace("_age_s", ""): age for k, age in reference_ages(store.references).items()}
@@ -249,18 +245,10 @@ NPU_FIX = ("on an Atlas board: /etc/isic-station/cann.env in the environment (or
 
 def check_npu(config: Config, seed: int = 0) -> List[CheckResult]:
     """Each graph on the NPU and on ONNX Runtime with the same (seeded) inputs, compared within fp16 tolerance."""
-    import numpy as np
-
-    from isic_station.inference.acl_backend import AclBackend, acl_importable
-    from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
-    from isic_station.inference.registry import om_files_present
-    from isic_station.manifest import load_manifest
-    from isic_station.station import manifest_path
-
     if not acl_importable():
         return [CheckResult("npu", False, "no NPU present here: pyACL (CANN's acl module) does not import", NPU_FIX)]
     try:
-        manifest = load_manifest(manifest_path(config))
+        manifest = ModelLoader(config).manifest()
     except StationError as exc:
         return [CheckResult("npu", False, f"not tried: it needs the model first ({exc})", NPU_FIX)]
     if not om_files_present(manifest):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from isic_common.errors import ConfigError
-from isic_station.ha_discovery import BIRTH_TOPIC_SUFFIX, DEFAULT_DISCOVERY_PREFIX, node_id
+from isic_station.messaging.ha_discovery import BIRTH_TOPIC_SUFFIX, DEFAULT_DISCOVERY_PREFIX, node_id
 
 ROLES = ("station", "viewer", "operator", "technician")
 ROLE_COMMANDS = {"operator": ("measure", "set_lot", "status"), "technician": ("calibrate", "reload_model", "status")}

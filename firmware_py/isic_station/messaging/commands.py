@@ -15,8 +15,8 @@ Before anything is parsed, two rules keep one message from doing harm:
 - a payload over `max_payload_bytes` (64 KiB unless configured) is refused unread.
 Error texts in replies and logs quote outside values only as short escaped excerpts (`untrusted`).
 
-Handlers are the station's callables (`CommandRouter(handlers)`); they run one at a time on the
-router's worker thread, so a slow `measure` never blocks paho's network loop.
+Handlers are the station's callables (`CommandRouter(handlers)`, from `command_handlers.CommandHandlers`);
+they run one at a time on the router's worker thread, so a slow `measure` never blocks paho's network loop.
 """
 
 import json
@@ -25,12 +25,13 @@ import queue
 import threading
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-from isic_station.schemas import validation_errors
-from isic_station.untrusted import excerpt
+from isic_station.messaging.untrusted import excerpt
+from isic_station.schemas import command_names, validation_errors
 
 log = logging.getLogger(__name__)
 
-COMMAND_NAMES = ("measure", "set_lot", "calibrate", "reload_model", "status")
+# The command registry, read from the schema files (`command_<name>.schema.json`): a command is declared there once.
+COMMAND_NAMES = command_names()
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024
 # An error text is one line for a person: anything longer was echoing what was sent.
 MAX_ERROR_CHARS = 400
