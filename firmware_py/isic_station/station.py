@@ -302,10 +302,8 @@ class Station:
 
     def _image_batch_builder(self) -> Any:
         """A builder of the model's image input for one measurement (tiles cut as the frames arrive)."""
-        from isic_station.preprocess.image_stream import ImageBatchBuilder
-
-        manifest = self._manifest
-        return ImageBatchBuilder(self.config.camera.um_per_px, manifest.image) if manifest is not None else None
+        predictor = self._predictor
+        return predictor.image_builder(self.config.camera.um_per_px) if predictor is not None else None
 
     def _context(self) -> Tuple[str, Optional[str]]:
         return self.config.station.id, self._lot_id
@@ -398,7 +396,8 @@ class Station:
             prediction = predictor.predict(m.reflectance, axis, m.frames or None,
                                            self.config.camera.um_per_px,
                                            m.image_batch if m.image_params is manifest.image else None,
-                                           flags=m.flags)
+                                           flags=m.flags,
+                                           fibre_counts=m.fibre_counts if m.image_params is manifest.image else None)
         flags = set(m.flags)
         if prediction.signal_only:
             flags.add("signal_only")
