@@ -109,7 +109,7 @@ def max_difference(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], 
     """Largest |ONNX Runtime - torch| over all outputs for these inputs."""
     module.eval()
     with torch.no_grad():
-        expected = [t.numpy() for t in module(*inputs.values())]
+        expected = [t.numpy() for t in _outputs(module(*inputs.values()))]
     got = onnx_outputs(path, inputs)
     return max(float(np.abs(a - b).max()) for a, b in zip(expected, got))
 
@@ -149,7 +149,12 @@ def _checked(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], output
 def _output_scale(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> float:
     """The largest |output|, at least 1."""
     with torch.no_grad():
-        return max([1.0] + [float(t.abs().max()) for t in module(*inputs.values())])
+        return max([1.0] + [float(t.abs().max()) for t in _outputs(module(*inputs.values()))])
+
+
+def _outputs(out: Any) -> Sequence[torch.Tensor]:
+    """A graph module's outputs as a sequence (a one-output graph returns the bare tensor)."""
+    return out if isinstance(out, (tuple, list)) else (out,)
 
 
 def counter_inputs(counter: FibreCounter, tiles: int, seed: int = 0) -> Dict[str, torch.Tensor]:

@@ -265,9 +265,9 @@ class FibreCounter(nn.Module):
         self.length_head = nn.Linear(w[3], 1)
 
     def heads(self, tiles: torch.Tensor):
-        """(type logits [T, F+1], total length [T, 1] >= 0)."""
+        """(type logits [T, F+1], total length [T, 1] > 0; softplus, which never stops learning as ReLU can)."""
         pooled = self.features(tiles).mean(dim=(2, 3))
-        return self.type_head(pooled), torch.relu(self.length_head(pooled))
+        return self.type_head(pooled), nn.functional.softplus(self.length_head(pooled))
 
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         logits, length = self.heads(tiles)
@@ -410,13 +410,17 @@ class BimodalGraph(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, spectrum: torch.Tensor, image: torch.Tensor, fibre_counts: torch.Tensor):
-        out = self.net(spectrum.unsqueeze(0), image.unsqueeze(0), counts=fibre_counts.unsqueeze(0))
+    def forward(self, spectrum: torch.Tensor, image: torch.Tensor, fibre_counts: Optional[torch.Tensor] = None):
+        """Without `fibre_counts` (a model exported without a counter) the null counts stand in."""
+        counts = None if fibre_counts is None else fibre_counts.unsqueeze(0)
+        out = self.net(spectrum.unsqueeze(0), image.unsqueeze(0), counts=counts)
         composition, logits = out["composition"][0], out["blend_logits"][0]
-        if not (self.net.cfg.use_image and self.net.cfg.use_counts):
-            # The ablation variants keep the contract's inputs (the exporter would drop an unused
-            # input); what they do not use contributes exactly zero.
-            logits = logits + image[:, 0, 0, :1] * 0 + fibre_counts[:, :1] * 0
+        # The ablation variants keep the contract's inputs (the exporter would drop an unused input);
+        # what they do not use contributes exactly zero.
+        if not self.net.cfg.use_image:
+            logits = logits + image[:, 0, 0, :1] * 0
+        if fibre_counts is not None and not (self.net.cfg.use_image and self.net.cfg.use_counts):
+            logits = logits + fibre_counts[:, :1] * 0
         return composition, logits
 
 

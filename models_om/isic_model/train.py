@@ -433,6 +433,8 @@ def _counter_stage(cfg: Dict[str, Any], seed: int, fibres: list, work: Path, cac
 
     from isic_model.export import export_counter_graph
 
+    if not logging.getLogger().handlers:   # a spawned process: log its epochs like the parent
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sec = _section(cfg, "counter")
     t0 = time.perf_counter()
     tiles, lengths = counter_tiles(seed + 500, int(sec["samples"]), cfg["preset"], station_settings(cfg),
