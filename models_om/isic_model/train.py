@@ -208,7 +208,8 @@ def train_network(
 ) -> Tuple[Any, Dict[str, Any]]:
     """Train one network variant on `data`; returns (net in eval mode, normalisation and history).
 
-    `image_norm` (mean, std) is the counter's (both graphs read the same tiles); None: this set's."""
+    `image_norm` (mean, std) is the counter's (both graphs read the same tiles, and the set's counts are
+    used); None: no counter, the set's own pixel mean/std."""
     import torch
     from torch.nn import functional as tf
     from tqdm import tqdm
@@ -235,7 +236,9 @@ def train_network(
 
     spectra = torch.from_numpy((data.features - spec_mean) / spec_std).float()
     tiles_u8 = torch.from_numpy(data.tiles)
-    counts = torch.from_numpy(data.counts).float()
+    # Counted fibre lengths when the set was counted (a config with a [counter] stage), else none.
+    counts = torch.from_numpy(data.counts).float() if image_norm is not None and data.counts.size else None
+    net_cfg.use_counts = counts is not None
     target = torch.from_numpy(data.composition).float()
     labels = torch.from_numpy(data.labels).long()
     n, b_all = len(data), data.tiles.shape[1]
@@ -270,7 +273,7 @@ def train_network(
                     patch_mask = (
                         torch.rand(len(idx) * b_train, net_cfg.n_patches, generator=gen) < net_cfg.rec_mask_ratio
                     )
-            out = net(x, tiles, present, patch_mask, counts[idx] if tiles is not None else None)
+            out = net(x, tiles, present, patch_mask, counts[idx] if tiles is not None and counts is not None else None)
             rows = out["composition"].shape[1]
             comp_loss = (out["composition"] - target[idx].unsqueeze(1)).abs().sum(-1).mean()
             blend_loss = tf.cross_entropy(
@@ -463,12 +466,12 @@ def _train_variant(variant: str) -> Tuple[str, Path, float]:
     cfg, data, seed, classes, fibres = (_SHARED[k] for k in ("cfg", "data", "seed", "classes", "fibres"))
     counter = _SHARED["counter"]
     net, info = train_network(cfg, data, ABLATION_FLAGS[variant], seed, len(classes), desc=f"train {variant}",
-                              image_norm=counter["norm"])
+                              image_norm=counter["norm"] if counter else None)
     spectrum, image = _normalised_params(cfg, info)
-    record = _training_record(cfg, seed, variant, info, _SHARED["data_seconds"], counter["info"])
+    record = _training_record(cfg, seed, variant, info, _SHARED["data_seconds"], counter["info"] if counter else None)
     ckpt = _SHARED["work"] / f"{variant}.pt"
     _save_checkpoint(ckpt, net, record, spectrum, image, fibres, classes,
-                     counter={"config": counter["config"], "state": counter["state"]})
+                     counter={"config": counter["config"], "state": counter["state"]} if counter else None)
     target = _SHARED["out"] if variant == "full" else _SHARED["out"] / "ablation" / variant
     return variant, export_checkpoint(ckpt, target), info["train_seconds"]
 
@@ -499,9 +502,11 @@ def train_command(
     fibres, classes = fibre_set()
     data_jobs = int(cfg.get("data_jobs", 1))
     t0 = time.perf_counter()
-    counter = _spawned(_counter_stage, cfg, seed, fibres, work, cache, data_jobs)
-    print(f"counter: {counter['info']['tiles']} tiles, data {counter['info']['data_seconds']:.0f} s, "
-          f"training {counter['info']['train_seconds']:.0f} s -> {counter['onnx']}", flush=True)
+    counter = None
+    if "counter" in cfg:
+        counter = _spawned(_counter_stage, cfg, seed, fibres, work, cache, data_jobs)
+        print(f"counter: {counter['info']['tiles']} tiles, data {counter['info']['data_seconds']:.0f} s, "
+              f"training {counter['info']['train_seconds']:.0f} s -> {counter['onnx']}", flush=True)
     t1 = time.perf_counter()
     data = generate(
         seed,
@@ -510,12 +515,12 @@ def train_command(
         {},
         station_settings(cfg),
         spectrum_params(cfg),
-        dict(image_params(cfg), mean=counter["norm"][0], std=counter["norm"][1]),
+        dict(image_params(cfg), mean=counter["norm"][0], std=counter["norm"][1]) if counter else image_params(cfg),
         fibres,
         classes,
         cache_dir=cache,
         conditions=conditions(cfg),
-        counter_onnx=counter["onnx"],
+        counter_onnx=counter["onnx"] if counter else None,
         parts=max(data_jobs, 1),
         jobs=data_jobs,
     )
