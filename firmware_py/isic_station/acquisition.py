@@ -67,7 +67,7 @@ class Measurement:
     # The passed frames' image input, built as they arrived, and the manifest `image` object it was built for.
     image_batch: Optional[np.ndarray] = None
     image_params: Optional[Mapping[str, Any]] = None
-    fibre_counts: Optional[np.ndarray] = None  # the builder's fibre counts over every usable tile (models with a counter)
+    fibre_counts: Optional[np.ndarray] = None  # the fibre counts over every usable tile (models with a counter)
 
 
 class NotCalibrated(StationError, MeasurementRefused):

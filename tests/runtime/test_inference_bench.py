@@ -13,7 +13,6 @@ from isic_station.inference.acl_backend import finalize_pyacl
 from isic_station.manifest import load_manifest
 
 
-
 def _bench_json(capsys, *extra):
     code = main(["bench", "model", "--repeats", "3", "--json", *extra])
     out = capsys.readouterr().out

@@ -5,10 +5,10 @@ the station reports the mean over tiles and their spread as the uncertainty. Wit
 frames the signal-only graph answers alone (uncertainty 0, `signal_only` set), so a failed camera
 degrades the result instead of stopping the station. A manifest with a `counter` graph also counts
 the fibres on every usable tile of every frame (`FibreCounter`, as the frames arrive when the station
-builds the input with `image_builder`) and gives the totals to the bimodal graph as `fibre_counts`. When the manifest carries an `uncertainty`
-calibration (`isic-model calibrate-uncertainty`), `predict` applies it (`uncertainty.py`): the
-calibrated standard uncertainty and 95 % interval per fibre, the recalibrated confidence and the
-unknown-fibre check replace the raw tile spread and blend probability.
+builds the input with `image_builder`) and gives the totals to the bimodal graph as `fibre_counts`.
+When the manifest carries an `uncertainty` calibration (`isic-model calibrate-uncertainty`), `predict`
+applies it (`uncertainty.py`): the calibrated standard uncertainty and 95 % interval per fibre, the
+recalibrated confidence and the unknown-fibre check replace the raw tile spread and blend probability.
 """
 
 import dataclasses

@@ -21,7 +21,7 @@ Masks (the partial-convolution idea, ../shared/seeds: invalid pixels are left ou
 
 import logging
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
