@@ -57,6 +57,7 @@ class NetConfig:
     use_rec: bool = True
     rec_mask_ratio: float = 0.15
     use_counts: bool = True
+    count_skip: bool = False   # the counts also reach the composition logits through one linear map
 
     @property
     def patch_px(self) -> int:
@@ -313,6 +314,10 @@ class ISiCNet(nn.Module):
             nn.GELU(),
         )
         self.composition_head = nn.Linear(cfg.head_hidden, cfg.n_fibres)
+        if cfg.count_skip:
+            # Counted type shares map to mass fractions almost linearly (density x diameter^2 per type):
+            # a direct path, so the trunk need not relearn it.
+            self.count_skip_head = nn.Linear(cfg.n_fibres + 1, cfg.n_fibres)
         self.blend_head = nn.Linear(cfg.head_hidden, cfg.n_classes)
         if cfg.use_rec:
             self.spectrum_decoder = nn.Linear(cfg.head_hidden, cfg.spectrum_points)
@@ -395,7 +400,10 @@ class ISiCNet(nn.Module):
             side = absent + self.null_signal_side
             counted = signal_vec[:, :1] * 0 + self.null_counts
         hidden = self.trunk(torch.cat([signal_vec, side, image_vec, image_mean, counted], dim=-1))
-        out["composition"] = torch.softmax(self.composition_head(hidden), dim=-1).reshape(-1, b, cfg.n_fibres)
+        logits = self.composition_head(hidden)
+        if cfg.count_skip:
+            logits = logits + self.count_skip_head(counted)
+        out["composition"] = torch.softmax(logits, dim=-1).reshape(-1, b, cfg.n_fibres)
         out["blend_logits"] = self.blend_head(hidden).reshape(-1, b, cfg.n_classes)
         if cfg.use_rec and self.training:
             out["spectrum_rec"] = self.spectrum_decoder(hidden).reshape(-1, b, cfg.spectrum_points)

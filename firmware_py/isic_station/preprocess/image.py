@@ -347,7 +347,11 @@ def select_tiles(cut: Sequence[FrameTiles], spec: ImageParams) -> ImageInput:
     chosen = order[np.arange(wanted) % available]
     starts = np.cumsum([0] + [len(frame.scores) for frame in cut])
     frame_of = np.searchsorted(starts, chosen, side="right") - 1
-    batch = np.concatenate([cut[f].normalised(np.array([i - starts[f]]), spec) for f, i in zip(frame_of, chosen)])
+    # One normalisation per frame over its chosen rows, then the rows back in the chosen order.
+    batch = np.empty((wanted, spec.channels, spec.tile_px, spec.tile_px), dtype=np.float32)
+    for f in np.unique(frame_of):
+        rows = np.flatnonzero(frame_of == f)
+        batch[rows] = cut[f].normalised(chosen[rows] - starts[f], spec)
     return ImageInput(
         batch=batch,
         scores=all_scores[chosen].astype(np.float32),
