@@ -28,6 +28,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from isic_drivers.lab.microscope import CENTRELINE_STEP_PX
+from isic_station.preprocess.image import ImageParams, cut_frame
+from isic_station.preprocess.image_stream import ImageBatchBuilder
 from isic_station.preprocess.spectrum import preprocess_spectra
 
 log = logging.getLogger(__name__)
@@ -194,8 +197,6 @@ def tile_fibre_lengths(
     `scale` = camera µm/px / model µm/px maps them onto the rescaled frame. A tile no fibre crosses
     gets all zeros.
     """
-    from isic_drivers.lab.microscope import CENTRELINE_STEP_PX
-
     index = {name: j for j, name in enumerate(fibres)}
     lengths = np.zeros((len(origins), len(fibres)), dtype=np.float32)
     step = CENTRELINE_STEP_PX * scale / tile_px
@@ -379,8 +380,6 @@ def _generate_part(task: Dict[str, Any]) -> Dict[str, Any]:
     """One part of a set (runs in a worker process or in this one)."""
     from tqdm import tqdm
 
-    from isic_station.preprocess.image import ImageParams, cut_frame
-
     rng = np.random.default_rng(task["seed"])
     fibres, settings, conditions = task["fibres"], task["settings"], task["conditions"]
     img = task["image_params"]   # the builder normalises as the manifest will say: the counter reads that
@@ -412,8 +411,6 @@ def _generate_part(task: Dict[str, Any]) -> Dict[str, Any]:
                 origins = [(k,) + cut.origins[i] for i in rows]
                 out["lengths"].append(tile_fibre_lengths(origins, m.truth.frame_fibres, scale, tile_px, fibres))
         else:
-            from isic_station.preprocess.image_stream import ImageBatchBuilder
-
             builder = ImageBatchBuilder(s.camera_um_per_px, img, counter)
             for frame in m.frames:
                 builder.add(frame)
