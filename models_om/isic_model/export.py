@@ -1,4 +1,7 @@
-"""Export a trained ISiC-Net to the two ONNX graphs the station runs, and write their manifest.
+"""Export a trained ISiC-Net to the ONNX graphs the station runs, and write their manifest.
+
+The graphs: `bimodal` (spectrum, tiles and, with a fibre counter, the counted `fibre_counts`),
+`signal_only`, and `counter` (the per-tile fibre counter, a static batch of tiles) when there is one.
 
 Both graphs are ONNX opset 11 with static shapes (what ATC on CANN 5.x accepts), every node's op
 type must be on `atc_allowlist.txt`, `onnx.checker` must pass, and ONNX Runtime must reproduce
@@ -16,7 +19,7 @@ import numpy as np
 import torch
 
 from isic_common.errors import ModelError
-from isic_model.net import BimodalGraph, ISiCNet, NetConfig, SignalOnlyGraph
+from isic_model.net import BimodalGraph, CounterGraph, FibreCounter, ISiCNet, NetConfig, SignalOnlyGraph
 from isic_station.manifest import file_sha256
 
 log = logging.getLogger(__name__)
@@ -25,9 +28,13 @@ OPSET = 11
 ALLOWLIST_PATH = Path(__file__).resolve().parent / "atc_allowlist.txt"
 BIMODAL_ONNX = "isicnet.onnx"
 SIGNAL_ONNX = "isicnet_signal.onnx"
+COUNTER_ONNX = "isicnet_counter.onnx"
 MANIFEST_NAME = "manifest.json"
 # ONNX Runtime must agree with torch to this absolute tolerance on every output.
 ORT_TOLERANCE = 1e-4
+# The counter's outputs are lengths (not fractions) through BatchNorm-folded convolutions: relative to
+# its largest output, 10x looser (a 1e-3 relative error in a count is far below its sampling noise).
+COUNTER_TOLERANCE_FACTOR = 10.0
 
 
 def load_allowlist(path: Path = ALLOWLIST_PATH) -> frozenset:
@@ -102,7 +109,7 @@ def max_difference(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], 
     """Largest |ONNX Runtime - torch| over all outputs for these inputs."""
     module.eval()
     with torch.no_grad():
-        expected = [t.numpy() for t in module(*inputs.values())]
+        expected = [t.numpy() for t in _outputs(module(*inputs.values()))]
     got = onnx_outputs(path, inputs)
     return max(float(np.abs(a - b).max()) for a, b in zip(expected, got))
 
@@ -118,7 +125,64 @@ def example_inputs(
     gen = torch.Generator().manual_seed(seed)
     spectrum = torch.randn(1, cfg.spectrum_points, generator=gen)
     image = torch.randn(tiles, cfg.channels, cfg.tile_px, cfg.tile_px, generator=gen)
-    return {"spectrum": spectrum.expand(tiles, -1).contiguous(), "image": image}, {"spectrum": spectrum}
+    counts = torch.rand(1, cfg.n_fibres, generator=gen) * 50.0
+    bimodal = {"spectrum": spectrum.expand(tiles, -1).contiguous(), "image": image,
+               "fibre_counts": counts.expand(tiles, -1).contiguous()}
+    return bimodal, {"spectrum": spectrum}
+
+
+def _checked(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], output_names: Sequence[str],
+             path: Path) -> float:
+    """Export, then ModelError unless the graph is ATC-ready and ONNX Runtime agrees with torch; the max diff."""
+    export_graph(module, inputs, output_names, path)
+    problems = graph_problems(path)
+    if problems:
+        raise ModelError(f"exported graph {path} is not ATC-ready: " + "; ".join(problems))
+    diff = max_difference(module, inputs, path)
+    limit = ORT_TOLERANCE * (COUNTER_TOLERANCE_FACTOR * _output_scale(module, inputs)
+                             if isinstance(module, CounterGraph) else 1.0)
+    if diff > limit:
+        raise ModelError(f"ONNX Runtime differs from torch by {diff:.2e} on {path} (limit {limit:.1e})")
+    return diff
+
+
+def _output_scale(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> float:
+    """The largest |output|, at least 1."""
+    with torch.no_grad():
+        return max([1.0] + [float(t.abs().max()) for t in _outputs(module(*inputs.values()))])
+
+
+def _outputs(out: Any) -> Sequence[torch.Tensor]:
+    """A graph module's outputs as a sequence (a one-output graph returns the bare tensor)."""
+    return out if isinstance(out, (tuple, list)) else (out,)
+
+
+def counter_inputs(counter: FibreCounter, tiles: int, seed: int = 0) -> Dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    cfg = counter.cfg
+    return {"image": torch.randn(tiles, cfg.channels, cfg.tile_px, cfg.tile_px, generator=gen)}
+
+
+def export_counter_graph(counter: FibreCounter, tiles: int, path: Path) -> Dict[str, Any]:
+    """Write the counter graph (image [T, C, P, P] -> fibre_length [T, F]); its manifest `graphs` entry."""
+    counter.eval()
+    module = CounterGraph(counter)
+    inputs = counter_inputs(counter, tiles)
+    diff = _checked(module, inputs, ("fibre_length",), path)
+    shapes = [tuple(o.shape) for o in onnx_outputs(path, inputs)]
+    if shapes != [(tiles, counter.cfg.n_fibres)]:
+        raise ModelError(f"graph {path} outputs shapes {shapes}, the contract is [{tiles},F]")
+    log.info("exported %s (%d bytes, ORT-torch max diff %.1e)", path, path.stat().st_size, diff)
+    return {
+        "onnx": path.name,
+        "sha256": file_sha256(path),
+        "inputs": [_tensor("image", inputs["image"].shape,
+                           "normalised tiles (see `image`): every usable tile of a frame, in batches of this size, "
+                           "the last padded")],
+        "outputs": [_tensor("fibre_length", (tiles, counter.cfg.n_fibres),
+                            "fibre length per type in each tile, in tile sides; the station sums the rows of real "
+                            "tiles over all frames into the bimodal graph's fibre_counts")],
+    }
 
 
 def export_model(
@@ -131,8 +195,10 @@ def export_model(
     training: Dict[str, Any],
     metrics: Optional[Dict[str, Any]] = None,
     model_version: str = "1",
+    counter: Optional[FibreCounter] = None,
 ) -> Path:
-    """Write isicnet.onnx, isicnet_signal.onnx and manifest.json into out_dir; return the manifest path.
+    """Write isicnet.onnx, isicnet_signal.onnx (and isicnet_counter.onnx with a `counter`) and manifest.json
+    into out_dir; return the manifest path. Without a counter the bimodal graph has no `fibre_counts`.
 
     ModelError when a graph fails the ATC checks or ONNX Runtime disagrees with torch.
     """
@@ -145,6 +211,8 @@ def export_model(
             f"{image_params['channels']}x{image_params['tile_px']}px"
         )
     bimodal_inputs, signal_inputs = example_inputs(cfg, tiles)
+    if counter is None:
+        del bimodal_inputs["fibre_counts"]
     outputs = ("composition", "blend_logits")
     graphs = {}
     for key, module, inputs, fname in (
@@ -152,13 +220,7 @@ def export_model(
         ("signal_only", SignalOnlyGraph(net), signal_inputs, SIGNAL_ONNX),
     ):
         path = out_dir / fname
-        export_graph(module, inputs, outputs, path)
-        problems = graph_problems(path)
-        if problems:
-            raise ModelError(f"exported graph {path} is not ATC-ready: " + "; ".join(problems))
-        diff = max_difference(module, inputs, path)
-        if diff > ORT_TOLERANCE:
-            raise ModelError(f"ONNX Runtime differs from torch by {diff:.2e} on {path} (limit {ORT_TOLERANCE})")
+        diff = _checked(module, inputs, outputs, path)
         b = inputs["spectrum"].shape[0]
         shapes = [tuple(o.shape) for o in onnx_outputs(path, inputs)]
         if shapes != [(b, len(fibres)), (b, len(blend_classes))]:
@@ -168,6 +230,10 @@ def export_model(
         ]
         if "image" in inputs:
             tensor_inputs.append(_tensor("image", inputs["image"].shape, "normalised microscope tiles (see `image`)"))
+        if "fibre_counts" in inputs:
+            tensor_inputs.append(_tensor("fibre_counts", inputs["fibre_counts"].shape,
+                                         "fibre length per type the counter found on every usable tile of every "
+                                         "frame (tile sides), one row per tile"))
         graphs[key] = {
             "onnx": fname,
             "sha256": file_sha256(path),
@@ -184,6 +250,9 @@ def export_model(
             ],
         }
         log.info("exported %s (%d bytes, ORT-torch max diff %.1e)", path, path.stat().st_size, diff)
+    if counter is not None:
+        tiles_per_run = int(training.get("counter", {}).get("config", {}).get("tiles_per_run", 8))
+        graphs["counter"] = export_counter_graph(counter, tiles_per_run, out_dir / COUNTER_ONNX)
     manifest = {
         "manifest_version": 1,
         "model": {

@@ -13,15 +13,18 @@ Modules, each switchable so the ablation (signal; + image; + RG; + ISiCA; + REC)
   and masked image patches from their tokens (never exported);
 - heads: composition (softmax over fibres, rows sum to 1) and blend-class logits; in training also
   an image-only probe on the tile-averaged class tokens (deep supervision of the image encoder);
-- fibre counter (our addition, the microscopist's counting method): a per-tile head names the fibre
-  types crossing each tile (or none), trained on the lab's per-tile truth; its type shares averaged
-  over all B tiles feed the fusion, so more tiles means more fibres counted, not just more rows.
+- fibre counter (our addition, the microscopist's counting method): `FibreCounter`, a separate small
+  graph of depthwise-separable convolutions with a dilated stage (EPRNet's building blocks, cheap on
+  the NPU), runs on every usable tile of every frame as the frames arrive and says how much fibre of
+  each type crosses each tile (fibre length in tile sides); the station sums it over all tiles of all
+  frames and the fusion gets those totals (`fibre_counts`) as type shares plus log of the total, so
+  every fibre in view is counted, not only the B tiles the encoder sees.
 
 A measurement is one spectrum and B tiles. Every tile row gets its own outputs (the runtime
 averages rows), and each row also sees the mean of all B tile features, because a single tile
 shows only a few fibres while the blend shows in many.
 
-Only ops on the ATC allow-list are used at inference (MatMul, Conv, Relu, Softmax, Erf, Reduce*,
+Only ops on the ATC allow-list are used at inference (MatMul, Conv, Relu, Softmax, Erf, Reduce*, Log,
 elementwise arithmetic, Reshape/Transpose/Concat/Slice); shapes are static.
 """
 
@@ -53,6 +56,8 @@ class NetConfig:
     use_isica: bool = True
     use_rec: bool = True
     rec_mask_ratio: float = 0.15
+    use_counts: bool = True
+    count_skip: bool = False   # the counts also reach the composition logits through one linear map
 
     @property
     def patch_px(self) -> int:
@@ -203,6 +208,79 @@ class CorrelationAttention(nn.Module):
         return patch_side, signal_side
 
 
+@dataclass
+class CounterConfig:
+    """Sizes of the fibre counter; stored in the checkpoint and the manifest's training section."""
+
+    n_fibres: int
+    channels: int = 3
+    tile_px: int = 64
+    widths: tuple = (16, 32, 48, 64)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(asdict(self), widths=list(self.widths))
+
+
+class SeparableBlock(nn.Module):
+    """Depthwise 3x3 (optionally strided or dilated) then pointwise 1x1, each with BatchNorm and ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_in, 3, stride=stride, padding=dilation, dilation=dilation, groups=c_in, bias=False),
+            nn.BatchNorm2d(c_in),
+            nn.ReLU(),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class FibreCounter(nn.Module):
+    """Per tile: the fibre length of each type crossing it, in tile sides (tiles [T, C, P, P] -> [T, F]).
+
+    A strided stem, three depthwise-separable stages down to P/16 with a dilated stage between them
+    (context wider than a fibre's width, for twist and nodes), global mean, then two heads: the
+    fibre-type distribution (F types plus "no fibre") and the total length. The output is their
+    product, so summing it over tiles counts fibre length per type. Training also reads the two
+    heads apart (`heads`).
+    """
+
+    def __init__(self, cfg: CounterConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w = list(cfg.widths)
+        self.features = nn.Sequential(
+            nn.Conv2d(cfg.channels, w[0], 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(w[0]),
+            nn.ReLU(),
+            SeparableBlock(w[0], w[1], stride=2),
+            SeparableBlock(w[1], w[2], stride=2),
+            SeparableBlock(w[2], w[2], dilation=2),
+            SeparableBlock(w[2], w[3], stride=2),
+        )
+        self.type_head = nn.Linear(w[3], cfg.n_fibres + 1)
+        self.length_head = nn.Linear(w[3], 1)
+
+    def heads(self, tiles: torch.Tensor):
+        """(type logits [T, F+1], total length [T, 1] > 0; softplus, which never stops learning as ReLU can)."""
+        pooled = self.features(tiles).mean(dim=(2, 3))
+        return self.type_head(pooled), nn.functional.softplus(self.length_head(pooled))
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        logits, length = self.heads(tiles)
+        return torch.softmax(logits, dim=-1)[:, : self.cfg.n_fibres] * length
+
+
+def count_features(counts: torch.Tensor) -> torch.Tensor:
+    """Counted fibre length per type [T, F] -> [T, F + 1]: type shares and log(1 + total length)."""
+    total = counts.sum(dim=-1, keepdim=True)
+    return torch.cat([counts / (total + 1e-3), torch.log(total + 1.0)], dim=-1)
+
+
 class ISiCNet(nn.Module):
     """The whole network; `forward` works on measurements (spectrum [N, S], tiles [N, B, C, P, P])."""
 
@@ -215,11 +293,9 @@ class ISiCNet(nn.Module):
         # Learned stand-ins for image-derived features when the camera failed (modality dropout).
         self.null_image = nn.Parameter(torch.zeros(d))
         self.null_signal_side = nn.Parameter(torch.zeros(d))
-        self.null_counts = nn.Parameter(torch.zeros(cfg.n_fibres))
+        self.null_counts = nn.Parameter(torch.zeros(cfg.n_fibres + 1))
         if cfg.use_image:
             self.image = ImageEncoder(cfg)
-            # Fibre types crossing the tile, plus a last "no fibre" class.
-            self.tile_head = nn.Linear(d, cfg.n_fibres + 1)
             self.image_pool = nn.Sequential(nn.Linear(2 * d, d), nn.GELU())
             if cfg.use_rg:
                 self.rg = RegionGeneration(d)
@@ -232,12 +308,16 @@ class ISiCNet(nn.Module):
                 nn.Linear(d, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, cfg.n_fibres + cfg.n_classes)
             )
         self.trunk = nn.Sequential(
-            nn.Linear(4 * d + cfg.n_fibres, cfg.head_hidden),
+            nn.Linear(4 * d + cfg.n_fibres + 1, cfg.head_hidden),
             nn.GELU(),
             nn.Linear(cfg.head_hidden, cfg.head_hidden),
             nn.GELU(),
         )
         self.composition_head = nn.Linear(cfg.head_hidden, cfg.n_fibres)
+        if cfg.count_skip:
+            # Counted type shares map to mass fractions almost linearly (density x diameter^2 per type):
+            # a direct path, so the trunk need not relearn it.
+            self.count_skip_head = nn.Linear(cfg.n_fibres + 1, cfg.n_fibres)
         self.blend_head = nn.Linear(cfg.head_hidden, cfg.n_classes)
         if cfg.use_rec:
             self.spectrum_decoder = nn.Linear(cfg.head_hidden, cfg.spectrum_points)
@@ -265,10 +345,12 @@ class ISiCNet(nn.Module):
         tiles: Optional[torch.Tensor] = None,
         image_present: Optional[torch.Tensor] = None,
         patch_mask: Optional[torch.Tensor] = None,
+        counts: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """spectrum [N, S] (one per measurement) or [N, B, S] (one per tile row); tiles [N, B, C, P, P]
         or None (signal only); image_present [N] bool (modality dropout); patch_mask [N*B, Np] bool
-        (REC masking, training).
+        (REC masking, training); counts [N, F] or [N, B, F]: the fibre length per type the counter
+        found over all tiles of all frames (None: the null stand-in, as without an image).
 
         Returns composition [N, B, F] (rows sum to 1), blend_logits [N, B, K], and in training
         the REC reconstructions. Sizes come from the config and from the tiles' static size, never
@@ -294,12 +376,12 @@ class ISiCNet(nn.Module):
             # Every row also sees the mean over the measurement's B tiles.
             per_tile = image_vec.reshape(-1, b, d)
             image_mean = (per_tile * 0 + per_tile.mean(dim=1, keepdim=True)).reshape(-1, d)
-            # Fibre counter: type shares over the measurement's tiles, the same for every row.
-            tile_logits = self.tile_head(enc[:, 0])
-            typed = torch.softmax(tile_logits, dim=-1)[:, : cfg.n_fibres].reshape(-1, b, cfg.n_fibres)
-            shares = typed.mean(dim=1, keepdim=True)
-            shares = shares / (shares.sum(dim=-1, keepdim=True) + 1e-6)
-            counted = (typed * 0 + shares).reshape(-1, cfg.n_fibres)
+            if counts is not None and cfg.use_counts:
+                if counts.dim() == 2:
+                    counts = counts.unsqueeze(1).expand(-1, b, -1)
+                counted = count_features(counts.reshape(-1, cfg.n_fibres))
+            else:
+                counted = absent[:, :1] * 0 + self.null_counts
             if image_present is not None:
                 keep = image_present.to(image_vec.dtype).reshape(-1, 1, 1).expand(-1, b, 1).reshape(-1, 1)
                 image_vec = keep * image_vec + (1 - keep) * self.null_image
@@ -309,7 +391,6 @@ class ISiCNet(nn.Module):
             if cfg.use_rec and self.training and patch_mask is not None:
                 out["patch_rec"] = self.patch_decoder(enc[:, 1:])
             if self.training:
-                out["tile_logits"] = tile_logits
                 probe = self.image_probe(enc[:, 0].reshape(-1, b, d).mean(dim=1))
                 out["image_composition"] = torch.softmax(probe[:, : cfg.n_fibres], dim=-1)
                 out["image_blend_logits"] = probe[:, cfg.n_fibres :]
@@ -319,7 +400,10 @@ class ISiCNet(nn.Module):
             side = absent + self.null_signal_side
             counted = signal_vec[:, :1] * 0 + self.null_counts
         hidden = self.trunk(torch.cat([signal_vec, side, image_vec, image_mean, counted], dim=-1))
-        out["composition"] = torch.softmax(self.composition_head(hidden), dim=-1).reshape(-1, b, cfg.n_fibres)
+        logits = self.composition_head(hidden)
+        if cfg.count_skip:
+            logits = logits + self.count_skip_head(counted)
+        out["composition"] = torch.softmax(logits, dim=-1).reshape(-1, b, cfg.n_fibres)
         out["blend_logits"] = self.blend_head(hidden).reshape(-1, b, cfg.n_classes)
         if cfg.use_rec and self.training:
             out["spectrum_rec"] = self.spectrum_decoder(hidden).reshape(-1, b, cfg.spectrum_points)
@@ -327,20 +411,36 @@ class ISiCNet(nn.Module):
 
 
 class BimodalGraph(nn.Module):
-    """The exported bimodal graph: spectrum [B, S], image [B, C, P, P] -> composition [B, F], blend_logits [B, K]."""
+    """The exported bimodal graph: spectrum [B, S], image [B, C, P, P], fibre_counts [B, F]
+    -> composition [B, F], blend_logits [B, K]."""
 
     def __init__(self, net: ISiCNet) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, spectrum: torch.Tensor, image: torch.Tensor):
-        out = self.net(spectrum.unsqueeze(0), image.unsqueeze(0))
+    def forward(self, spectrum: torch.Tensor, image: torch.Tensor, fibre_counts: Optional[torch.Tensor] = None):
+        """Without `fibre_counts` (a model exported without a counter) the null counts stand in."""
+        counts = None if fibre_counts is None else fibre_counts.unsqueeze(0)
+        out = self.net(spectrum.unsqueeze(0), image.unsqueeze(0), counts=counts)
         composition, logits = out["composition"][0], out["blend_logits"][0]
+        # The ablation variants keep the contract's inputs (the exporter would drop an unused input);
+        # what they do not use contributes exactly zero.
         if not self.net.cfg.use_image:
-            # The signal-only ablation keeps the contract's `image` input (the exporter would drop an
-            # unused input); it contributes exactly zero.
             logits = logits + image[:, 0, 0, :1] * 0
+        if fibre_counts is not None and not (self.net.cfg.use_image and self.net.cfg.use_counts):
+            logits = logits + fibre_counts[:, :1] * 0
         return composition, logits
+
+
+class CounterGraph(nn.Module):
+    """The exported counter graph: image [T, C, P, P] -> fibre_length [T, F] (tile sides per type)."""
+
+    def __init__(self, counter: FibreCounter) -> None:
+        super().__init__()
+        self.counter = counter
+
+    def forward(self, image: torch.Tensor):
+        return self.counter(image)
 
 
 class SignalOnlyGraph(nn.Module):

@@ -1,5 +1,9 @@
 """A tiny deterministic stand-in for the shipped ISiC-Net: two ONNX graphs and a schema-valid manifest.
 
+With `counter=True` (the v5 layout) a third graph, the per-tile fibre counter (image [COUNTER_TILES,
+C, P, P] -> fibre_length [COUNTER_TILES, F] = ReLU(pixels @ w_count)), and the bimodal graph's
+third input `fibre_counts` [B, F] (added to the composition logits through w_counts_comp).
+
 Built with `onnx.helper` (no torch), so the runtime's tests do not depend on a trained model. The
 graphs keep the real contract (input/output names and shapes, composition rows summing to 1,
 per-tile rows that differ with the image) with fixed random weights; the numbers mean nothing.
@@ -19,6 +23,7 @@ TILE_PX = 16
 TILES = 4
 CHANNELS = 1
 OPSET = 13
+COUNTER_TILES = 3   # the counter graph's static tile batch (not a divisor of a frame's tiles: padding is exercised)
 # Placeholder bytes for the .om files: FakeAcl loads the .onnx beside them instead.
 OM_PLACEHOLDER = b"FAKE .om placeholder: tests.fakes.fake_acl runs the .onnx beside this file\n"
 
@@ -33,11 +38,34 @@ def model_weights(seed: int) -> Dict[str, np.ndarray]:
         "b_comp": rng.normal(0, 0.1, (n_fibres,)).astype(np.float32),
         "w_spec_blend": rng.normal(0, 0.5, (N_POINTS, n_classes)).astype(np.float32),
         "w_img_blend": rng.normal(0, 0.1, (n_pixels, n_classes)).astype(np.float32),
+        "w_count": rng.normal(0, 0.1, (n_pixels, n_fibres)).astype(np.float32),
+        "w_counts_comp": rng.normal(0, 0.5, (n_fibres, n_fibres)).astype(np.float32),
     }
 
 
-def build_graph(bimodal: bool, seed: int = 7) -> Any:
-    """The ONNX ModelProto of the bimodal graph (spectrum + image) or the signal-only one."""
+def build_counter_graph(seed: int = 7) -> Any:
+    """The ONNX ModelProto of the tiny fibre counter."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = model_weights(seed)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["image"], ["pixels"], axis=1),
+         helper.make_node("MatMul", ["pixels", "w_count"], ["raw_length"]),
+         helper.make_node("Relu", ["raw_length"], ["fibre_length"])],
+        "tiny_isicnet_counter",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [COUNTER_TILES, CHANNELS, TILE_PX, TILE_PX])],
+        [helper.make_tensor_value_info("fibre_length", TensorProto.FLOAT, [COUNTER_TILES, len(FIBRES)])],
+        initializer=[numpy_helper.from_array(weights["w_count"], "w_count")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="tiny_isicnet")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def build_graph(bimodal: bool, seed: int = 7, counts: bool = False) -> Any:
+    """The ONNX ModelProto of the bimodal graph (spectrum + image [+ fibre_counts]) or the signal-only one."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -61,6 +89,12 @@ def build_graph(bimodal: bool, seed: int = 7) -> Any:
         ]
         comp_sum = "both_comp"
         used += ["w_img_comp", "w_img_blend"]
+        if counts:
+            inputs.append(helper.make_tensor_value_info("fibre_counts", TensorProto.FLOAT, [batch, len(FIBRES)]))
+            nodes += [helper.make_node("MatMul", ["fibre_counts", "w_counts_comp"], ["count_comp"]),
+                      helper.make_node("Add", ["both_comp", "count_comp"], ["counted_comp"])]
+            comp_sum = "counted_comp"
+            used.append("w_counts_comp")
     else:
         nodes.append(helper.make_node("Identity", ["spec_blend"], ["blend_logits"]))
     nodes += [
@@ -86,7 +120,8 @@ def _tensor(name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
 
 
 def manifest_document(shas: Dict[str, str], om: bool, seed: int = 11) -> Dict[str, Any]:
-    """A manifest for the tiny graphs (valid against schemas/manifest.schema.json)."""
+    """A manifest for the tiny graphs (valid against schemas/manifest.schema.json); with a counter when
+    `shas` has one."""
     rng = np.random.default_rng(seed)
     outputs = [_tensor("composition", (TILES, len(FIBRES))), _tensor("blend_logits", (TILES, len(BLEND_CLASSES)))]
     signal_outputs = [_tensor("composition", (1, len(FIBRES))), _tensor("blend_logits", (1, len(BLEND_CLASSES)))]
@@ -102,8 +137,18 @@ def manifest_document(shas: Dict[str, str], om: bool, seed: int = 11) -> Dict[st
         "inputs": [_tensor("spectrum", (1, N_POINTS))],
         "outputs": signal_outputs,
     }
+    graphs = {"bimodal": bimodal, "signal_only": signal_only}
+    if "counter" in shas:
+        bimodal["inputs"].append(_tensor("fibre_counts", (TILES, len(FIBRES))))
+        graphs["counter"] = {
+            "onnx": "isicnet_counter.onnx",
+            "sha256": shas["counter"],
+            "inputs": [_tensor("image", (COUNTER_TILES, CHANNELS, TILE_PX, TILE_PX))],
+            "outputs": [_tensor("fibre_length", (COUNTER_TILES, len(FIBRES)))],
+        }
     if om:
-        bimodal["om"], signal_only["om"] = "isicnet.om", "isicnet_signal.om"
+        for graph in graphs.values():
+            graph["om"] = graph["onnx"].replace(".onnx", ".om")
     return {
         "manifest_version": 1,
         "model": {"name": "tiny-isicnet", "version": "0.0.0-test"},
@@ -119,22 +164,28 @@ def manifest_document(shas: Dict[str, str], om: bool, seed: int = 11) -> Dict[st
         },
         "image": {"tile_px": TILE_PX, "um_per_px": 1.0, "channels": CHANNELS,
                   "tiles_per_measurement": TILES, "mean": 0.5, "std": 0.25},
-        "graphs": {"bimodal": bimodal, "signal_only": signal_only},
+        "graphs": graphs,
     }
 
 
-def write_tiny_model(folder: Path, om: bool = True, seed: Optional[int] = None) -> Path:
-    """Write both graphs, placeholder .om files (when `om`) and manifest.json into `folder`.
+def write_tiny_model(folder: Path, om: bool = True, seed: Optional[int] = None, counter: bool = False) -> Path:
+    """Write the graphs, placeholder .om files (when `om`) and manifest.json into `folder`.
 
-    Returns the manifest's path. `seed` changes the weights (same seed, same bytes).
+    Returns the manifest's path. `seed` changes the weights (same seed, same bytes); `counter` adds
+    the fibre counter graph and the bimodal graph's `fibre_counts` input.
     """
     import onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     shas = {}
-    for key, file_name, bimodal in (("bimodal", "isicnet.onnx", True), ("signal_only", "isicnet_signal.onnx", False)):
+    weights_seed = 7 if seed is None else seed
+    graphs = [("bimodal", "isicnet.onnx", build_graph(True, seed=weights_seed, counts=counter)),
+              ("signal_only", "isicnet_signal.onnx", build_graph(False, seed=weights_seed))]
+    if counter:
+        graphs.append(("counter", "isicnet_counter.onnx", build_counter_graph(seed=weights_seed)))
+    for key, file_name, model in graphs:
         path = folder / file_name
-        onnx.save(build_graph(bimodal, seed=7 if seed is None else seed), str(path))
+        onnx.save(model, str(path))
         shas[key] = hashlib.sha256(path.read_bytes()).hexdigest()
         if om:
             path.with_suffix(".om").write_bytes(OM_PLACEHOLDER)

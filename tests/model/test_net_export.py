@@ -9,6 +9,7 @@ import torch
 from isic_model.export import (
     ORT_TOLERANCE,
     example_inputs,
+    export_counter_graph,
     export_graph,
     export_model,
     graph_op_types,
@@ -16,7 +17,7 @@ from isic_model.export import (
     load_allowlist,
     max_difference,
 )
-from isic_model.net import BimodalGraph, ISiCNet, NetConfig, SignalOnlyGraph
+from isic_model.net import BimodalGraph, CounterConfig, FibreCounter, ISiCNet, NetConfig, SignalOnlyGraph
 from isic_station.manifest import load_manifest, verify_graph_file
 
 SMALL = dict(
@@ -129,3 +130,55 @@ def test_export_model_writes_a_manifest_the_station_loads(tmp_path):
     for graph in manifest.graphs.values():
         verify_graph_file(graph)
     assert json.loads(path.read_text())["training"]["network"]["dim"] == 16
+
+
+def _counter():
+    torch.manual_seed(1)
+    return FibreCounter(CounterConfig(n_fibres=5, channels=1, tile_px=32, widths=(4, 8, 8, 8))).eval()
+
+
+def test_counter_graph_is_static_opset11_allowlisted_and_counts_per_tile(tmp_path):
+    counter = _counter()
+    path = tmp_path / "counter.onnx"
+    entry = export_counter_graph(counter, 6, path)
+    assert graph_problems(path) == [] and graph_op_types(path) <= load_allowlist()
+    assert entry["inputs"][0]["shape"] == [6, 1, 32, 32] and entry["outputs"][0]["shape"] == [6, 5]
+    tiles = torch.randn(6, 1, 32, 32)
+    with torch.no_grad():
+        lengths = counter(tiles)
+    assert (lengths >= 0).all()
+    # Each row is its own tile's: a tile's count does not depend on the others in the batch.
+    with torch.no_grad():
+        alone = counter(torch.cat([tiles[:1], torch.zeros(5, 1, 32, 32)]))
+    torch.testing.assert_close(alone[0], lengths[0], atol=1e-5, rtol=1e-5)
+
+
+def test_export_with_a_counter_writes_three_graphs_and_the_counts_reach_the_answer(tmp_path):
+    import onnxruntime as ort
+
+    net = _net().eval()
+    grid = np.linspace(950, 1650, 40).tolist()
+    spectrum = {"wavelengths_nm": grid, "reflectance_clip": [0.01, 1.2], "scatter": "snv", "savgol": None,
+                "mean": [0.0] * 40, "std": [1.0] * 40}
+    image = {"tile_px": 32, "um_per_px": 1.0, "channels": 1, "tiles_per_measurement": 4, "mean": 0.5, "std": 0.2,
+             "camera_um_per_px_range": [0.8, 1.6]}
+    fibres = ["cotton", "linen", "viscose", "polyester", "nylon"]
+    classes = ["cotton", "linen", "viscose", "polyester", "nylon", "cotton/linen", "cotton/linen/nylon"]
+    path = export_model(net, tmp_path, fibres, classes, spectrum, image, {"counter": {"config": {"tiles_per_run": 3}}},
+                        counter=_counter())
+    manifest = load_manifest(path)
+    assert sorted(manifest.graphs) == ["bimodal", "counter", "signal_only"]
+    assert [t.name for t in manifest.graphs["bimodal"].inputs] == ["spectrum", "image", "fibre_counts"]
+    assert manifest.graphs["bimodal"].inputs[2].shape == (4, 5)
+    assert manifest.graphs["counter"].inputs[0].shape == (3, 1, 32, 32)
+    for graph in manifest.graphs.values():
+        verify_graph_file(graph)
+        assert graph_problems(graph.onnx_path) == []
+    session = ort.InferenceSession(str(manifest.graphs["bimodal"].onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"spectrum": np.repeat(rng.normal(size=(1, 40)), 4, 0).astype(np.float32),
+             "image": rng.normal(size=(4, 1, 32, 32)).astype(np.float32),
+             "fibre_counts": np.repeat([[40.0, 5.0, 0.0, 0.0, 0.0]], 4, 0).astype(np.float32)}
+    cotton_heavy = session.run(None, feeds)[0]
+    feeds["fibre_counts"] = np.repeat([[5.0, 40.0, 0.0, 0.0, 0.0]], 4, 0).astype(np.float32)
+    assert not np.allclose(cotton_heavy, session.run(None, feeds)[0], atol=1e-5)

@@ -57,7 +57,14 @@ blend_weight = 0.2
 rec_spectrum_weight = 0.1
 rec_patch_weight = 0.1
 image_probe_weight = 0.5
-tile_weight = 1.0
+[counter]
+samples = 3
+frames_per_sample = 1
+widths = [4, 8, 8, 8]
+epochs = 1
+batch = 8
+lr = 1e-3
+tiles_per_run = 4
 [ablation]
 variants = ["signal"]
 """
@@ -75,10 +82,16 @@ def test_train_writes_a_loadable_model_and_its_ablation(tiny_config, tmp_path):
     assert main(["train", "--config", str(tiny_config), "--out", str(out), "--ablation", "--no-evaluate"]) == 0
     manifest = load_manifest(out / "manifest.json")
     assert manifest.graphs["bimodal"].inputs[1].shape == (4, 3, 32, 32)
+    # The fibre counter: its own graph over 4 tiles a run, its totals the bimodal graph's third input.
+    assert manifest.graphs["counter"].inputs[0].shape == (4, 3, 32, 32)
+    assert manifest.graphs["counter"].output("fibre_length").shape == (4, len(manifest.fibres))
+    assert manifest.graphs["bimodal"].inputs[2].name == "fibre_counts"
+    assert manifest.graphs["bimodal"].inputs[2].shape == (4, len(manifest.fibres))
     assert len(manifest.spectrum["wavelengths_nm"]) == 40
     training = json.loads((out / "manifest.json").read_text())["training"]
     assert training["seed"] == 3 and training["samples"] == 6 and training["train_seconds"] >= 0
-    assert training["network"]["use_rec"] is True
+    assert training["network"]["use_rec"] is True and training["network"]["use_counts"] is True
+    assert training["counter"]["tiles"] > 0 and len(training["counter"]["history"]) == 1
     assert json.loads((out / "manifest.json").read_text())["model"]["version"] == "7"
     signal = load_manifest(out / "ablation" / "signal" / "manifest.json")
     assert json.loads(signal.path.read_text())["training"]["network"]["use_image"] is False
@@ -104,8 +117,10 @@ def test_training_on_the_heldout_seed_is_refused(tiny_config, capsys):
     assert "heldout_seed" in capsys.readouterr().err
 
 
-def test_shipped_config_keeps_seeds_apart_and_knows_every_variant():
-    cfg = load_config(__import__("isic_model.model_commands", fromlist=["DEFAULT_CONFIG"]).DEFAULT_CONFIG)
+@pytest.mark.parametrize("name", ["train.toml", "train-v5.toml"])
+def test_shipped_config_keeps_seeds_apart_and_knows_every_variant(name):
+    default = __import__("isic_model.model_commands", fromlist=["DEFAULT_CONFIG"]).DEFAULT_CONFIG
+    cfg = load_config(default.with_name(name))
     assert cfg["seed"] != cfg["heldout_seed"]
     assert set(cfg["ablation"]["variants"]) <= set(ABLATION_FLAGS)
     assert len(spectrum_params(cfg)["wavelengths_nm"]) == 159
@@ -146,21 +161,42 @@ def test_tile_fibre_shares_measure_each_type_s_length_in_each_tile():
     assert tile_fibre_shares(Tiles(), frames, 0.5, 32, ["cotton", "linen", "nylon"])[1].tolist() == [0, 0, 0]
 
 
-def test_lab_sets_carry_per_tile_truth_that_matches_what_the_tiles_show(tiny_config):
+def test_counter_tiles_carry_per_tile_lengths_that_match_what_the_tiles_show(tiny_config):
     import numpy as np
 
-    from isic_model.data import StationSettings, generate
+    from isic_model.data import StationSettings, counter_tiles
     from isic_model.train import fibre_set, image_params
 
     cfg = load_config(tiny_config)
-    fibres, classes = fibre_set()
+    fibres, _classes = fibre_set()
     settings = StationSettings(coadd=1, n_frames=2, frame_px=128, camera_um_per_px=2.0)
-    every_tile = dict(image_params(cfg), tiles_per_measurement=32)  # 2 frames x 16 tiles, glass-only ones too
-    lab = generate(5, 8, "clean", {}, settings, spectrum_params(cfg), every_tile, fibres, classes, progress=False)
-    assert lab.tile_fibres.shape == lab.tiles.shape[:2] + (len(fibres),)
-    totals = lab.tile_fibres.sum(axis=-1)
-    assert np.allclose(totals[totals > 0], 1.0) and (totals > 0).mean() > 0.5 and (totals == 0).sum() >= 5
-    # Only the sample's own fibres, and tiles with fibre are darker than empty glass.
-    assert not (lab.tile_fibres * (lab.composition[:, None, :] == 0)).any()
-    brightness = lab.tiles.reshape(lab.tiles.shape[:2] + (-1,)).mean(axis=-1)
+    tiles, lengths = counter_tiles(5, 4, "clean", settings, None, image_params(cfg), fibres, frames_per_sample=1,
+                                   progress=False)
+    # One frame of 4 x 4 tiles per sample, every tile usable (no label, no dust in `clean`).
+    assert tiles.shape == (4 * 16, 3, 32, 32) and tiles.dtype == np.uint8
+    assert lengths.shape == (4 * 16, len(fibres)) and (lengths >= 0).all()
+    totals = lengths.sum(axis=-1)
+    assert (totals > 0).mean() > 0.5 and (totals == 0).sum() >= 3
+    # A fibre crossing a tile runs at least a fraction of its side; tiles with fibre are darker than glass.
+    assert np.median(totals[totals > 0]) > 0.5
+    brightness = tiles.reshape(len(tiles), -1).mean(axis=-1)
     assert brightness[totals > 0].mean() < brightness[totals == 0].mean() - 5
+
+
+def test_plant_conditions_draw_each_measurement_s_station_settings():
+    import numpy as np
+
+    from isic_model.data import Conditions, StationSettings
+
+    table = {"camera_um_per_px": [0.8, 1.6], "frames": [3, 16], "coadd": [4, 16], "label_share": 0.5,
+             "frame_sizes": [[256, 256, 0.5, 16], [1280, 720, 0.5, 2]]}
+    conditions = Conditions.from_table(table)
+    rng = np.random.default_rng(0)
+    drawn = [conditions.draw(rng, StationSettings()) for _ in range(200)]
+    assert {(s.frame_px, s.frame_height) for s in drawn} == {(256, 256), (1280, 720)}
+    assert all(s.n_frames <= 2 for s in drawn if s.frame_px == 1280)
+    assert max(s.n_frames for s in drawn) == 16 and min(s.n_frames for s in drawn if s.frame_px == 256) == 3
+    assert all(0.8 <= s.camera_um_per_px <= 1.6 for s in drawn) and {s.coadd for s in drawn} == {4, 16}
+    assert 60 < sum(s.label for s in drawn) < 140
+    assert conditions.accepted() == {"camera_um_per_px_range": [0.8, 1.6], "frame_px_range": [[256, 256], [1280, 720]],
+                                     "frames_per_measurement_range": [3, 16], "coadd_range": [4, 16]}

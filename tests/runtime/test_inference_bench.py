@@ -6,12 +6,11 @@ import sys
 import pytest
 
 from fakes.fake_acl import FakeAcl
+from fakes.tiny_isicnet import write_tiny_model
 from isic_station.cli import main
 from isic_station.inference.acl_backend import finalize_pyacl
 from isic_station.manifest import load_manifest
-from isic_station.tools.bench.model import lab_settings
-
-TIMINGS = ("preprocess_ms", "infer_ms", "total_ms")
+from isic_station.tools.bench.model import TIMINGS, lab_settings
 
 
 def _bench_json(capsys, *extra):
@@ -23,13 +22,19 @@ def _bench_json(capsys, *extra):
     return json.loads(lines[0])
 
 
-def test_json_is_one_object_with_the_contracted_keys(tiny_manifest_path, capsys, no_acl):
-    result = _bench_json(capsys, "--manifest", str(tiny_manifest_path), "--backend", "auto", "--threads", "1")
-    assert set(result) == {"backend", *TIMINGS}
+@pytest.mark.parametrize("counter", [False, True], ids=["v4-layout", "with-counter"])
+def test_json_is_one_object_with_the_contracted_keys(tmp_path, capsys, no_acl, counter):
+    manifest = write_tiny_model(tmp_path / "model", counter=counter)
+    result = _bench_json(capsys, "--manifest", str(manifest), "--backend", "auto", "--threads", "1")
+    assert set(result) == {"backend", "settings", *TIMINGS}
+    assert {"after_last_frame_ms", "total_ms"} <= set(TIMINGS)   # the contract
     assert result["backend"] == "onnxruntime"
     for key in TIMINGS:
         assert set(result[key]) == {"p50", "p99"}
         assert 0 < result[key]["p50"] <= result[key]["p99"]
+    # all the work of a measurement is the part after its last frame plus the part while frames arrived
+    assert result["total_ms"]["p50"] >= result["after_last_frame_ms"]["p50"]
+    assert result["settings"]["counter"] is counter
 
 
 def test_bench_runs_on_the_acl_backend(tiny_manifest_path, capsys, monkeypatch):
@@ -64,7 +69,8 @@ def test_repeats_must_be_positive(capsys):
 
 def test_measurements_follow_the_station_settings_training_recorded(tiny_manifest_path):
     doc = json.loads(tiny_manifest_path.read_text())
-    doc["training"] = {"station": {"coadd": 16, "n_frames": 2, "frame_px": 128, "camera_um_per_px": 1.6}}
+    doc["training"] = {"station": {"coadd": 16, "n_frames": 2, "frame_px": 128, "frame_height": 96,
+                                   "camera_um_per_px": 1.6, "integration_us": None}}
     tiny_manifest_path.write_text(json.dumps(doc))
     settings = lab_settings(load_manifest(tiny_manifest_path))
-    assert settings == {"coadd": 16, "n_frames": 2, "frame_size": 128, "um_per_px": 1.6}
+    assert settings == {"coadd": 16, "n_frames": 2, "frame_size": 128, "frame_height": 96, "um_per_px": 1.6}

@@ -32,7 +32,7 @@ _LAMP_LEVEL = 0.92
 _LAMP_TINT_BGR = (0.93, 0.98, 1.0)
 _DYE_OD = 1.2
 _DARK_TILE_LEVEL = 0.02
-_CENTRELINE_STEP_PX = 2.0
+CENTRELINE_STEP_PX = 2.0
 
 FrameDecorator = Callable[[np.ndarray], None]
 
@@ -110,12 +110,12 @@ def _centreline(rng: np.random.Generator, width: int, height: int, curl_rad_per_
     Only the run through the frame (plus `margin_px`, so the fibre's ends stay out of view) is kept.
     """
     half = float(np.hypot(width, height)) * 0.75
-    s = np.arange(-half, half + _CENTRELINE_STEP_PX, _CENTRELINE_STEP_PX)
+    s = np.arange(-half, half + CENTRELINE_STEP_PX, CENTRELINE_STEP_PX)
     mid = len(s) // 2
     curvature = curl_rad_per_px * (rng.standard_normal() + 0.5 * _smooth_noise(rng, len(s), len(s) / 3))
-    theta = np.cumsum(curvature) * _CENTRELINE_STEP_PX
+    theta = np.cumsum(curvature) * CENTRELINE_STEP_PX
     theta += rng.uniform(0.0, np.pi) - theta[mid]
-    steps = np.stack([np.cos(theta), np.sin(theta)], axis=1) * _CENTRELINE_STEP_PX
+    steps = np.stack([np.cos(theta), np.sin(theta)], axis=1) * CENTRELINE_STEP_PX
     points = np.cumsum(steps, axis=0)
     points += np.array([rng.uniform(0, width), rng.uniform(0, height)]) - points[mid]
     x, y = points[:, 0], points[:, 1]

@@ -71,6 +71,7 @@ class Measurement:
     # The passed frames' image input, built as they arrived, and the manifest `image` object it was built for.
     image_batch: Optional[np.ndarray] = None
     image_params: Optional[Mapping[str, Any]] = None
+    fibre_counts: Optional[np.ndarray] = None  # the fibre counts over every usable tile (models with a counter)
 
 
 class NotCalibrated(StationError, MeasurementRefused):
@@ -287,6 +288,7 @@ class Acquirer:
             frames_ms=(grab.done_at - started) * 1000.0 if frames_done is not None else 0.0,
             image_batch=images.batch() if images is not None else None,
             image_params=images.params if images is not None else None,
+            fibre_counts=images.fibre_counts() if images is not None else None,
         )
 
     def _spectrum(self) -> Tuple[np.ndarray, np.ndarray, Set[str]]:

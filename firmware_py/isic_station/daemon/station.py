@@ -240,7 +240,7 @@ class Station:
         """A builder of the model's image input for one measurement (tiles cut as the frames arrive)."""
         if not self.model.loaded:
             return None
-        return ImageBatchBuilder(self.config.camera.um_per_px, self.model.manifest.image)
+        return self.model.predictor.image_builder(self.config.camera.um_per_px)
 
     def _context(self) -> Tuple[str, Optional[str]]:
         return self.config.station.id, self.lot.lot_id
@@ -319,7 +319,8 @@ class Station:
             prediction = predictor.predict(m.reflectance, axis, m.frames or None,
                                            self.config.camera.um_per_px,
                                            m.image_batch if m.image_params is manifest.image else None,
-                                           flags=m.flags)
+                                           flags=m.flags,
+                                           fibre_counts=m.fibre_counts if m.image_params is manifest.image else None)
         flags = set(m.flags)
         if prediction.signal_only:
             flags.add("signal_only")

@@ -17,6 +17,7 @@ from isic_station.manifest import GraphSpec, Manifest
 
 GRAPH_BIMODAL = "bimodal"
 GRAPH_SIGNAL_ONLY = "signal_only"
+GRAPH_COUNTER = "counter"   # optional: the per-tile fibre counter (models with a `fibre_counts` input)
 
 
 def whole_number_option(options: Mapping[str, Any], key: str, default: int, minimum: int) -> int:

@@ -3,10 +3,12 @@
 The bimodal graph sees the same spectrum beside each of the B image tiles and answers per tile;
 the station reports the mean over tiles and their spread as the uncertainty. Without usable
 frames the signal-only graph answers alone (uncertainty 0, `signal_only` set), so a failed camera
-degrades the result instead of stopping the station. When the manifest carries an `uncertainty`
-calibration (`isic-model calibrate-uncertainty`), `predict` applies it (`uncertainty.py`): the
-calibrated standard uncertainty and 95 % interval per fibre, the recalibrated confidence and the
-unknown-fibre check replace the raw tile spread and blend probability.
+degrades the result instead of stopping the station. A manifest with a `counter` graph also counts
+the fibres on every usable tile of every frame (`FibreCounter`, as the frames arrive when the station
+builds the input with `image_builder`) and gives the totals to the bimodal graph as `fibre_counts`.
+When the manifest carries an `uncertainty` calibration (`isic-model calibrate-uncertainty`), `predict`
+applies it (`uncertainty.py`): the calibrated standard uncertainty and 95 % interval per fibre, the
+recalibrated confidence and the unknown-fibre check replace the raw tile spread and blend probability.
 """
 
 import dataclasses
@@ -16,15 +18,17 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from isic_station.inference.base import GRAPH_BIMODAL, GRAPH_SIGNAL_ONLY, Backend, Prediction
+from isic_station.inference.base import GRAPH_BIMODAL, GRAPH_COUNTER, GRAPH_SIGNAL_ONLY, Backend, Prediction
+from isic_station.inference.counter import FibreCounter
 from isic_station.manifest import Manifest
-from isic_station.preprocess.image import NoUsableTiles, build_image_input, tile_evidence
+from isic_station.preprocess.image_stream import ImageBatchBuilder
 from isic_station.preprocess.spectrum import preprocess_spectrum
 from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration, spectrum_quality
 
 # Tensor names fixed by the manifest contract (ARCHITECTURE.md, "Model manifest").
 INPUT_SPECTRUM = "spectrum"
 INPUT_IMAGE = "image"
+INPUT_FIBRE_COUNTS = "fibre_counts"
 OUTPUT_COMPOSITION = "composition"
 OUTPUT_BLEND_LOGITS = "blend_logits"
 
@@ -50,6 +54,11 @@ class Predictor:
         self.manifest = manifest
         self.backend = backend
         self.calibration = UncertaintyCalibration.from_manifest(manifest) if calibrated else None
+        self.counter = FibreCounter.on_backend(backend) if GRAPH_COUNTER in manifest.graphs else None
+
+    def image_builder(self, camera_um_per_px: float) -> ImageBatchBuilder:
+        """A fresh builder of one measurement's image input (and fibre counts) to feed frame by frame."""
+        return ImageBatchBuilder(camera_um_per_px, self.manifest.image, self.counter)
 
     def predict(
         self,
@@ -59,30 +68,32 @@ class Predictor:
         camera_um_per_px: float,
         image_batch: Optional[np.ndarray] = None,
         flags: Iterable[str] = (),
+        fibre_counts: Optional[np.ndarray] = None,
     ) -> Prediction:
         """The fused result for one measurement; no frames (None or empty) means signal-only.
 
-        `image_batch`, when given, is these frames' image input already built (`ImageBatchBuilder`, while
-        they arrived). `flags` are the measurement's quality flags (they widen a calibrated interval).
-        `timings_ms` holds `preprocess_ms` (spectrum and image preprocessing) and `infer_ms`.
+        `image_batch`, when given, is these frames' image input already built (`image_builder`, while
+        they arrived), and `fibre_counts` that builder's counts (counted here from the frames when the
+        model has a counter and they are not given). `flags` are the measurement's quality flags (they
+        widen a calibrated interval). `timings_ms` holds `preprocess_ms` (spectrum and image
+        preprocessing, counting included) and `infer_ms`.
         """
         start = time.perf_counter()
         spectrum = preprocess_spectrum(reflectance, wavelengths_nm, self.manifest.spectrum)
         tiles = None
         if frames_bgr is not None and len(frames_bgr) > 0:
-            if image_batch is not None:
-                tiles = image_batch
-            else:
-                try:
-                    image = build_image_input(frames_bgr, camera_um_per_px, self.manifest.image)
-                except NoUsableTiles as exc:
-                    log.warning("no image input: %s; measuring signal-only", exc)
-                else:
-                    tiles = image.batch
-                    if log.isEnabledFor(logging.DEBUG):   # the evidence `bench accuracy` checks label tiles against
-                        log.debug("%s", tile_evidence(image, camera_um_per_px, self.manifest.image))
+            tiles = image_batch
+            if tiles is None or (self.counter is not None and fibre_counts is None):
+                builder = self.image_builder(camera_um_per_px)
+                for frame in frames_bgr:
+                    builder.add(frame)
+                tiles = builder.batch() if tiles is None else tiles
+                fibre_counts = builder.fibre_counts()
+                if tiles is None:
+                    log.warning("no image input: every tile of %d frame(s) touches a sample label or is mostly "
+                                "dust/glare; measuring signal-only", len(frames_bgr))
         preprocessed = time.perf_counter()
-        outputs = self.infer(spectrum, tiles)
+        outputs = self.infer(spectrum, tiles, fibre_counts)
         done = time.perf_counter()
         timings = {"preprocess_ms": _milliseconds(start, preprocessed), "infer_ms": _milliseconds(preprocessed, done)}
         fused = self.fuse(outputs, signal_only=tiles is None, timings_ms=timings)
@@ -97,26 +108,36 @@ class Predictor:
                                    unknown_fibre=c.unknown_fibre, unknown_fibre_score=c.unknown_fibre_score,
                                    uncalibrated_flags=c.uncalibrated_flags)
 
-    def predict_preprocessed(self, spectrum: np.ndarray, tiles: Optional[np.ndarray]) -> Prediction:
+    def predict_preprocessed(self, spectrum: np.ndarray, tiles: Optional[np.ndarray],
+                             fibre_counts: Optional[np.ndarray] = None) -> Prediction:
         """The fused result from already preprocessed inputs (evaluation builds them itself).
 
         `spectrum` is float32 [S] from `preprocess_spectrum`, `tiles` float32 [B, C, P, P] from
-        `build_image_batch` or None for signal-only. `timings_ms` holds `infer_ms` only.
+        `build_image_batch` or None for signal-only, `fibre_counts` [F] from the counter (models with
+        one). `timings_ms` holds `infer_ms` only.
         """
         start = time.perf_counter()
-        outputs = self.infer(spectrum, tiles)
+        outputs = self.infer(spectrum, tiles, fibre_counts)
         timings = {"infer_ms": _milliseconds(start, time.perf_counter())}
         return self.fuse(outputs, signal_only=tiles is None, timings_ms=timings)
 
-    def infer(self, spectrum: np.ndarray, tiles: Optional[np.ndarray]) -> Dict[str, np.ndarray]:
-        """The raw graph outputs for one measurement: bimodal with tiles, signal-only without."""
+    def infer(self, spectrum: np.ndarray, tiles: Optional[np.ndarray],
+              fibre_counts: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """The raw graph outputs for one measurement: bimodal with tiles, signal-only without.
+
+        A bimodal graph with a `fibre_counts` input needs the counts (ValueError without them)."""
         spectrum = np.asarray(spectrum, dtype=np.float32)
         if spectrum.ndim != 1:
             raise ValueError(f"spectrum must be one preprocessed vector [S], got shape {list(spectrum.shape)}")
         if tiles is None:
             return self.backend.run(GRAPH_SIGNAL_ONLY, {INPUT_SPECTRUM: spectrum[None, :]})
         rows = np.repeat(spectrum[None, :], len(tiles), axis=0)
-        return self.backend.run(GRAPH_BIMODAL, {INPUT_SPECTRUM: rows, INPUT_IMAGE: tiles})
+        inputs = {INPUT_SPECTRUM: rows, INPUT_IMAGE: tiles}
+        if any(spec.name == INPUT_FIBRE_COUNTS for spec in self.backend.graph(GRAPH_BIMODAL).inputs):
+            if fibre_counts is None:
+                raise ValueError("this model's bimodal graph takes fibre_counts: count the tiles with its counter")
+            inputs[INPUT_FIBRE_COUNTS] = np.repeat(np.asarray(fibre_counts, dtype=np.float32)[None, :], len(tiles), 0)
+        return self.backend.run(GRAPH_BIMODAL, inputs)
 
     def fuse(self, outputs: Mapping[str, np.ndarray], signal_only: bool,
              timings_ms: Optional[Dict[str, float]] = None) -> Prediction:

@@ -21,7 +21,7 @@ Masks (the partial-convolution idea, ../shared/seeds: invalid pixels are left ou
 
 import logging
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -249,6 +249,70 @@ def _tile_grid(image: np.ndarray, tile_px: int) -> np.ndarray:
     return grid.reshape((rows * cols, tile_px, tile_px) + tail)
 
 
+@dataclass(frozen=True)
+class FrameTiles:
+    """One frame cut into tiles at the model's scale, masks applied (what `build_image_input` ranks).
+
+    `tiles` uint8 [n, P, P(, 3)] in the manifest's channels (row-major over the frame, ragged edge
+    dropped), `scores` their fibre coverage over valid pixels, `usable` False where a tile touches a
+    label or is mostly dust/glare, `origins` (top, left) in the rescaled frame; `label_px` and
+    `ignored_px` count the masked pixels.
+    """
+
+    tiles: np.ndarray
+    scores: np.ndarray
+    usable: np.ndarray
+    origins: Tuple[Tuple[int, int], ...]
+    label_px: int
+    ignored_px: int
+
+    def normalised(self, rows: np.ndarray, spec: ImageParams) -> np.ndarray:
+        """float32 [len(rows), C, P, P]: these tiles scaled to [0, 1] and normalised as the manifest says."""
+        picked = self.tiles[rows].astype(np.float32)
+        picked = picked[:, None] if spec.channels == 1 else picked.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray((picked / np.float32(255.0) - np.float32(spec.mean)) / np.float32(spec.std),
+                                    dtype=np.float32)
+
+    def counted(self, spec: ImageParams) -> np.ndarray:
+        """float32 [n_usable, C, P, P]: every usable tile, normalised (what the fibre counter reads)."""
+        return self.normalised(np.flatnonzero(self.usable), spec)
+
+
+def cut_frame(frame: np.ndarray, camera_um_per_px: float, spec: ImageParams) -> FrameTiles:
+    """Rescale one frame to the model's µm/px, mask it, cut and score its tiles.
+
+    ConfigError when the frame at the model's scale is smaller than a tile (the camera's resolution
+    or µm/px does not suit the model).
+    """
+    p = spec.tile_px
+    scaled = rescale_frame(frame, camera_um_per_px, spec.um_per_px)
+    rows, cols = scaled.shape[0] // p, scaled.shape[1] // p
+    if rows == 0 or cols == 0:
+        raise ConfigError(
+            f"camera frame {frame.shape[1]}x{frame.shape[0]} px at {camera_um_per_px} µm/px is "
+            f"{scaled.shape[1]}x{scaled.shape[0]} px at the model's {spec.um_per_px} µm/px, smaller "
+            f"than one {p} px tile: raise the camera resolution or check camera um_per_px"
+        )
+    grey = to_grey(scaled)
+    background = background_level(grey)
+    fibre = fibre_mask(grey, background)
+    masks = frame_masks(grey, fibre, spec.um_per_px)
+    ignored_share = _tile_grid(masks.ignored, p).mean(axis=(1, 2))
+    valid_px = np.float32(p * p) * (1.0 - ignored_share)
+    fibre_px = _tile_grid(fibre & ~masks.ignored, p).sum(axis=(1, 2))
+    image = _to_channels(scaled, spec.channels)
+    if masks.ignored.any():   # painted with the glass around them: the model sees no dust or glare
+        image = paint_glass(image, masks.ignored, background, ~(fibre | masks.ignored | masks.label))
+    return FrameTiles(
+        tiles=_tile_grid(image, p),
+        scores=np.divide(fibre_px, valid_px, out=np.zeros_like(valid_px), where=valid_px > 0),
+        usable=~_tile_grid(masks.label, p).any(axis=(1, 2)) & (ignored_share <= MAX_IGNORED_FRACTION),
+        origins=tuple((r * p, c * p) for r in range(rows) for c in range(cols)),
+        label_px=int(np.count_nonzero(masks.label)),
+        ignored_px=int(np.count_nonzero(masks.ignored)),
+    )
+
+
 def build_image_input(
     frames_bgr: Sequence[np.ndarray], camera_um_per_px: float, params: Mapping[str, Any]
 ) -> ImageInput:
@@ -261,65 +325,42 @@ def build_image_input(
     spec = ImageParams.from_manifest(params)
     if not frames_bgr:
         raise ValueError("build_image_input needs at least one frame")
-    tiles: List[np.ndarray] = []
-    scores: List[np.ndarray] = []
-    usable: List[np.ndarray] = []
-    origins: List[Tuple[int, int, int]] = []
-    label_px = ignored_px = 0
-    p = spec.tile_px
-    for index, frame in enumerate(frames_bgr):
-        scaled = rescale_frame(frame, camera_um_per_px, spec.um_per_px)
-        rows, cols = scaled.shape[0] // p, scaled.shape[1] // p
-        if rows == 0 or cols == 0:
-            raise ConfigError(
-                f"camera frame {frame.shape[1]}x{frame.shape[0]} px at {camera_um_per_px} µm/px is "
-                f"{scaled.shape[1]}x{scaled.shape[0]} px at the model's {spec.um_per_px} µm/px, smaller "
-                f"than one {p} px tile: raise the camera resolution or check camera um_per_px"
-            )
-        grey = to_grey(scaled)
-        background = background_level(grey)
-        fibre = fibre_mask(grey, background)
-        masks = frame_masks(grey, fibre, spec.um_per_px)
-        ignored_share = _tile_grid(masks.ignored, p).mean(axis=(1, 2))
-        valid_px = np.float32(p * p) * (1.0 - ignored_share)
-        fibre_px = _tile_grid(fibre & ~masks.ignored, p).sum(axis=(1, 2))
-        scores.append(np.divide(fibre_px, valid_px, out=np.zeros_like(valid_px), where=valid_px > 0))
-        usable.append(~_tile_grid(masks.label, p).any(axis=(1, 2)) & (ignored_share <= MAX_IGNORED_FRACTION))
-        label_px += int(np.count_nonzero(masks.label))
-        ignored_px += int(np.count_nonzero(masks.ignored))
-        image = _to_channels(scaled, spec.channels)
-        if masks.ignored.any():   # painted with the glass around them: the model sees no dust or glare
-            image = paint_glass(image, masks.ignored, background, ~(fibre | masks.ignored | masks.label))
-        tiles.append(_tile_grid(image, p))
-        origins.extend((index, r * p, c * p) for r in range(rows) for c in range(cols))
-    all_scores = np.concatenate(scores)
-    all_usable = np.concatenate(usable)
+    return select_tiles([cut_frame(frame, camera_um_per_px, spec) for frame in frames_bgr], spec)
+
+
+def select_tiles(cut: Sequence[FrameTiles], spec: ImageParams) -> ImageInput:
+    """The best B usable tiles over these frames' tiles (`build_image_input` once they are cut)."""
+    all_scores = np.concatenate([frame.scores for frame in cut])
+    all_usable = np.concatenate([frame.usable for frame in cut])
+    origins = [(index, top, left) for index, frame in enumerate(cut) for top, left in frame.origins]
     # lexsort is stable: equal scores keep frame order, then row-major tile order.
     order = np.lexsort((-all_scores,))
     order = order[all_usable[order]]
     wanted = spec.tiles_per_measurement
     available = len(order)
     if available == 0:
-        raise NoUsableTiles(f"all {len(all_scores)} tiles of {len(frames_bgr)} frame(s) touch a sample label "
+        raise NoUsableTiles(f"all {len(all_scores)} tiles of {len(cut)} frame(s) touch a sample label "
                             "or are mostly dust/glare")
     if available < wanted:
         log.debug("only %d usable tiles in %d frame(s) for %d model rows: repeating the best ones",
-                 available, len(frames_bgr), wanted)
+                 available, len(cut), wanted)
     chosen = order[np.arange(wanted) % available]
-    starts = np.cumsum([0] + [len(t) for t in tiles])
+    starts = np.cumsum([0] + [len(frame.scores) for frame in cut])
     frame_of = np.searchsorted(starts, chosen, side="right") - 1
-    picked = np.stack([tiles[f][i - starts[f]] for f, i in zip(frame_of, chosen)]).astype(np.float32)
-    picked = picked[:, None] if spec.channels == 1 else picked.transpose(0, 3, 1, 2)
-    batch = (picked / np.float32(255.0) - np.float32(spec.mean)) / np.float32(spec.std)
+    # One normalisation per frame over its chosen rows, then the rows back in the chosen order.
+    batch = np.empty((wanted, spec.channels, spec.tile_px, spec.tile_px), dtype=np.float32)
+    for f in np.unique(frame_of):
+        rows = np.flatnonzero(frame_of == f)
+        batch[rows] = cut[f].normalised(chosen[rows] - starts[f], spec)
     return ImageInput(
-        batch=np.ascontiguousarray(batch, dtype=np.float32),
+        batch=batch,
         scores=all_scores[chosen].astype(np.float32),
         origins=tuple(origins[i] for i in chosen),
         tiles_available=available,
         repeated=max(0, wanted - available),
         tiles_masked=int(np.count_nonzero(~all_usable)),
-        label_px=label_px,
-        ignored_px=ignored_px,
+        label_px=sum(frame.label_px for frame in cut),
+        ignored_px=sum(frame.ignored_px for frame in cut),
     )
 
 

@@ -9,14 +9,26 @@ own frame's best B, and the sort is stable with ties broken by frame order, then
 both. The tiles themselves are still cut, scored and normalised by `preprocess.image` alone, masks
 (label, dust, glare) included: they are per frame, so the argument holds. A frame left without a
 usable tile (all label, say) adds none; `batch()` logs at DEBUG which tiles went in (`tile_evidence`).
+
+With a `counter` (the model's fibre counter, `inference.counter.FibreCounter`), every usable tile of
+every frame is also counted as the frame arrives (masked tiles count for nothing): `fibre_counts()` is
+the fibre length per type over all of them, the bimodal graph's `fibre_counts` input. So only the last
+frame's cutting and counting are left for after the last frame has arrived.
 """
 
 import logging
-from typing import Any, List, Mapping, Optional, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from isic_station.preprocess.image import ImageInput, NoUsableTiles, build_image_input, tile_evidence
+from isic_station.preprocess.image import (
+    ImageInput,
+    ImageParams,
+    NoUsableTiles,
+    cut_frame,
+    select_tiles,
+    tile_evidence,
+)
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +36,14 @@ log = logging.getLogger(__name__)
 class ImageBatchBuilder:
     """Add frames (that passed the quality gate) as they come; `batch()` is the model's image input."""
 
-    def __init__(self, camera_um_per_px: float, params: Mapping[str, Any]) -> None:
+    def __init__(self, camera_um_per_px: float, params: Mapping[str, Any],
+                 counter: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> None:
+        """`counter(tiles [n, C, P, P]) -> [F]` sums the fibre length per type over n >= 0 tiles (None: no counting)."""
         self.camera_um_per_px = camera_um_per_px
         self.params = params
+        self.spec = ImageParams.from_manifest(params)
+        self.counter = counter
+        self._counts: Optional[np.ndarray] = None
         self.wanted = int(params["tiles_per_measurement"])
         self._rows: List[np.ndarray] = []
         self._scores: List[np.ndarray] = []
@@ -35,12 +52,16 @@ class ImageBatchBuilder:
         self._frames = 0
 
     def add(self, frame_bgr: np.ndarray) -> None:
-        """Cut, score and normalise this frame's tiles; keep its best B (raises as build_image_input does,
-        except that a frame without a usable tile just adds none)."""
+        """Cut, score and normalise this frame's tiles; keep its best B and count the fibres on all its usable
+        tiles (raises as build_image_input does, except that a frame without a usable tile just adds none)."""
         index = self._frames
         self._frames += 1
+        cut = cut_frame(frame_bgr, self.camera_um_per_px, self.spec)
+        if self.counter is not None:
+            counted = np.asarray(self.counter(cut.counted(self.spec)), dtype=np.float64)
+            self._counts = counted if self._counts is None else self._counts + counted
         try:
-            best = build_image_input([frame_bgr], self.camera_um_per_px, self.params)
+            best = select_tiles([cut], self.spec)
         except NoUsableTiles:
             return
         distinct = len(best.scores) - best.repeated
@@ -53,6 +74,11 @@ class ImageBatchBuilder:
     @property
     def frames(self) -> int:
         return self._frames
+
+    def fibre_counts(self) -> Optional[np.ndarray]:
+        """float32 [F]: the fibre length per type counted over every usable tile of the frames added
+        (None without a counter or a frame)."""
+        return None if self._counts is None else self._counts.astype(np.float32)
 
     def batch(self) -> Optional[np.ndarray]:
         """float32 [B, C, P, P] over the frames added (None without any): the best B tiles, the best
