@@ -172,6 +172,31 @@ class LotSummary:
             self.verdicts[verdict] += 1
         self.unknown_fibre_results += int(bool(unknown_fibre))
 
+    def state(self) -> Dict[str, Any]:
+        """Everything the summary counts, as JSON (`from_state` gives it back: kept across a restart)."""
+        return {"spec": self.spec.to_dict(), "since": self.since, "n": self.n, "sum": dict(self._sum),
+                "sum_sq": dict(self._sum_sq), "systematic": dict(self._systematic),
+                "first_interval": self._first_interval, "verdicts": dict(self.verdicts),
+                "unknown_fibre_results": self.unknown_fibre_results, "calibrated": self.calibrated}
+
+    @classmethod
+    def from_state(cls, doc: Mapping[str, Any]) -> "LotSummary":
+        """The summary `state()` wrote (KeyError, TypeError or ValueError when `doc` is not one)."""
+        spec = doc["spec"]
+        summary = cls(LotSpec(str(spec["lot_id"]), {str(k): float(v) for k, v in spec["composition"].items()},
+                              float(spec["tolerance_pp"])), str(doc["since"]))
+        summary.n = int(doc["n"])
+        summary._sum = {str(k): float(v) for k, v in doc["sum"].items()}
+        summary._sum_sq = {str(k): float(v) for k, v in doc["sum_sq"].items()}
+        summary._systematic = {str(k): float(v) for k, v in doc["systematic"].items()}
+        first = doc["first_interval"]
+        summary._first_interval = None if first is None else {str(k): [float(v[0]), float(v[1])]
+                                                              for k, v in first.items()}
+        summary.verdicts = {v: int(doc["verdicts"].get(v, 0)) for v in VERDICTS}
+        summary.unknown_fibre_results = int(doc["unknown_fibre_results"])
+        summary.calibrated = bool(doc["calibrated"])
+        return summary
+
     def interval_of_mean(self) -> Dict[str, List[float]]:
         """{fibre: [low, high]} 95 % interval of the lot's mean: sqrt((1.96 systematic)^2 + (t(n-1) sd)^2 / n)."""
         if self.n == 1 and self._first_interval is not None:

@@ -34,6 +34,7 @@ from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBu
 from isic_station.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
 from isic_station.schemas import delivery
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
+from isic_station.lot_store import LotStore
 from isic_station.spec_check import InvalidLotSpec, LotSpec, LotSummary, check_composition
 from isic_station.wavelength_check import WavelengthStore, fit_offset
 
@@ -147,6 +148,7 @@ class Station:
         self._lot: Optional[LotSpec] = None
         self._lot_summary: Optional[LotSummary] = None
         self._lot_id: Optional[str] = config.station.lot or None
+        self.lots = LotStore(config.station.state_dir)  # the lot and its summary, kept across a restart
         self._model_lock = threading.Lock()
         self._predictor: Any = None
         self._manifest: Any = None
@@ -172,6 +174,7 @@ class Station:
         c = self.config
         self.notifier.status("Starting: opening the outbox")
         self.outbox = Outbox(c.outbox.path, int(c.outbox.quota_mb * MIB))
+        self._restore_lot()
         self.notifier.status("Starting: loading the model")
         self._load_model()
         self.watchdog.progress("model loaded")
@@ -231,6 +234,20 @@ class Station:
         self.notifier.close()
 
     # ----- parts -------------------------------------------------------------------------------
+    def _restore_lot(self) -> None:
+        """The lot under test before the restart, with its summary so far (from the state folder)."""
+        summary = self.lots.load()
+        if summary is not None:
+            self._lot_summary, self._lot, self._lot_id = summary, summary.spec, summary.spec.lot_id
+            log.info("lot %s restored: %d result(s) since %s", summary.spec.lot_id, summary.n, summary.since)
+
+    def _keep_lot(self, summary: LotSummary) -> None:
+        try:
+            self.lots.save(summary)
+        except OSError as exc:
+            log.error("lot %s: its summary cannot be kept in %s (%s); a restart would start it again",
+                      summary.spec.lot_id, self.lots.path, exc)
+
     def _load_model(self) -> None:
         from isic_station.inference.predictor import Predictor
         from isic_station.inference.registry import create_backend
@@ -444,6 +461,7 @@ class Station:
         path = "signal_only" if prediction.signal_only else "bimodal"
         summary.add(doc["composition"], calibration.systematic(path, doc["blend"]) if calibration is not None else {},
                     prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"])
+        self._keep_lot(summary)
         self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()), **delivery("lot"))
 
     # ----- commands (the router's worker thread) -----------------------------------------------
@@ -482,6 +500,7 @@ class Station:
             raise CommandError(str(exc)) from None
         self._lot_summary = LotSummary(spec, utc_iso())
         self._lot, self._lot_id = spec, spec.lot_id
+        self._keep_lot(self._lot_summary)
         log.info("lot %s: declared %s, tolerance %g pp", spec.lot_id, spec.composition, spec.tolerance_pp)
         return spec.to_dict()
 

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -32,6 +33,8 @@ import numpy as np
 from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibration_data import Records, collect, mixture_text, presets_arg, training_presets
+from isic_model.data import StationSettings
+from isic_model.evaluate import station_settings, training_settings
 from isic_station.manifest import load_manifest
 
 log = logging.getLogger(__name__)
@@ -312,7 +315,8 @@ def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
 
 def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
               heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
-              cache_dir: Optional[Path], progress: bool = True) -> Dict[str, Any]:
+              cache_dir: Optional[Path], progress: bool = True, settings: Optional[StationSettings] = None
+              ) -> Dict[str, Any]:
     """Collect, fit, check on held-out seeds, and write `uncertainty` into the manifest. Returns it."""
     from isic_station.uncertainty import UncertaintyCalibration
 
@@ -322,7 +326,7 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
     source = _uncalibrated_copy(manifest_path)
     try:
         doc = _calibrate(source, seed, groups, repeats, preset, heldout_seed, heldout_samples, heldout_presets,
-                         unknown, cache_dir, progress)
+                         unknown, cache_dir, progress, settings or station_settings())
     finally:
         source.unlink()
     raw = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -339,13 +343,14 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
 
 def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
                heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
-               cache_dir: Optional[Path], progress: bool) -> Dict[str, Any]:
+               cache_dir: Optional[Path], progress: bool, settings: StationSettings) -> Dict[str, Any]:
     from isic_station.uncertainty import UncertaintyCalibration
 
     manifest = load_manifest(manifest_path)
     fibres, classes = list(manifest.fibres), list(manifest.blend_classes)
     start = time.perf_counter()
-    records = collect(manifest_path, seed, groups, preset, repeats, cache_dir=cache_dir, progress=progress)
+    records = collect(manifest_path, seed, groups, preset, repeats, cache_dir=cache_dir, progress=progress,
+                      settings=settings)
     doc = fit_calibration(records, fibres, classes)
     doc["method"] = (
         "locally weighted split conformal per path and fibre (coverage 0.95, fibres present), quality-flag "
@@ -356,17 +361,18 @@ def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset
     doc["data"] = {
         "seed": seed, "groups": groups, "repeats": repeats, "measurements": len(records),
         "preset": mixture_text(preset), "split": "half the composition groups fit, half calibrate (rng 0)",
-        "station": manifest.raw.get("training", {}).get("station", {}),
+        "station": asdict(settings),
         "graphs": {k: g.sha256 for k, g in manifest.graphs.items()},
     }
     calibration = UncertaintyCalibration(doc, fibres, classes)
     heldout: Dict[str, Any] = {"seed": heldout_seed, "samples": heldout_samples, "presets": {}}
     for name in heldout_presets:
-        rec = collect(manifest_path, heldout_seed, heldout_samples, name, cache_dir=cache_dir, progress=progress)
+        rec = collect(manifest_path, heldout_seed, heldout_samples, name, cache_dir=cache_dir, progress=progress,
+                      settings=settings)
         heldout["presets"][name] = heldout_figures(calibration, rec)
     if unknown:
         rec = collect(manifest_path, heldout_seed + 100, heldout_samples, "default", unknown=unknown,
-                      cache_dir=cache_dir, progress=progress)
+                      cache_dir=cache_dir, progress=progress, settings=settings)
         flags = apply_records(calibration, rec)["unknown"]
         known = heldout["presets"].get("default", {}).get("flagged_known")
         heldout["unknown_fibre"] = {"fibres": list(unknown), "seed": heldout_seed + 100,
@@ -423,6 +429,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--heldout-presets", default=",".join(HELDOUT_PRESETS), help="comma-separated presets")
     p.add_argument("--unknown-fibres", default=",".join(DEFAULT_UNKNOWN),
                    help="lab fibres the model does not know, for the unknown-fibre check ('' to skip)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="measure with this station config's settings (default: the demo bench's, as `bench accuracy`)")
+    p.add_argument("--training-settings", action="store_true", help="measure with the settings training used")
     p.add_argument("--cache", type=Path, default=Path("out/cache"), help="record cache folder (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the written `uncertainty` object (without arrays)")
     p.set_defaults(handler=_command)
@@ -438,9 +447,18 @@ def _command(args: argparse.Namespace) -> int:
             preset = training_presets(load_manifest(source).raw)
         finally:
             source.unlink()
+    if args.training_settings:
+        source = _uncalibrated_copy(path)
+        try:
+            settings = training_settings(load_manifest(source))
+        finally:
+            source.unlink()
+    else:
+        settings = station_settings(args.config)
     doc = calibrate(path, args.seed, args.groups, args.repeats, preset, args.heldout_seed, args.heldout_samples,
                     [p for p in args.heldout_presets.split(",") if p],
-                    [f for f in args.unknown_fibres.split(",") if f], args.cache, progress=not args.json)
+                    [f for f in args.unknown_fibres.split(",") if f], args.cache, progress=not args.json,
+                    settings=settings)
     if args.json:
         arrays = ("mean", "components")
         shown = dict(doc, unknown_fibre={k: v for k, v in doc["unknown_fibre"].items() if k not in arrays})

@@ -1,7 +1,8 @@
 """Station-like held-out measurements with the model's raw answers: the data uncertainty is calibrated on.
 
-Each measurement is simulated as the station takes it (the manifest's station settings), gated as
-the station gates it (`acquisition.spectrum_flags`, the quality gate on every frame; a measurement
+Each measurement is simulated as the station takes it (a station's settings: by default the demo
+bench's, whose station `bench accuracy` scores: its frame size and µm/px, frames, co-adding and the
+sample's printed label in view, which the station masks out), gated as the station gates it (`acquisition.spectrum_flags`, the quality gate on every frame; a measurement
 with no frame left is signal-only, as at the station) and answered by the station's own Predictor
 without calibration, once on the station's path (bimodal, or signal-only without frames) and once
 signal-only. Samples come in groups of `repeats` fresh pieces of fabric (new nuisance, new frames)
@@ -22,6 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from isic_model.data import Presets, StationSettings, cache_key, draw_preset
+from isic_model.evaluate import station_settings
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ UNKNOWN_SHARE = (0.2, 0.8)  # fraction range of the unknown fibre in an unknown-
 class Records:
     """Per measurement: truth, the raw answers of both paths and the quality figures.
 
-    `truth` [N, F] over the model's fibres (an unknown fibre's share is in `unknown_share` [N]);
+    `truth` [N, F] over the model's fibres (an unknown fibre's name and share in `unknown_name`,
+    `unknown_share` [N]; '' and 0 for known fabrics);
     `group` [N] composition group; `preset` [N] names; `flags` [N] space-joined quality flags;
     `station_signal_only` [N] bool (no frame passed the gate). For path p in (station, signal):
     `p_pred` [N, F], `p_spread` [N, F] (std over tiles), `p_prob` [N, K] fused blend probabilities.
@@ -41,6 +44,7 @@ class Records:
 
     truth: np.ndarray
     unknown_share: np.ndarray
+    unknown_name: np.ndarray
     group: np.ndarray
     preset: np.ndarray
     flags: np.ndarray
@@ -100,15 +104,17 @@ def collect(
     unknown: Sequence[str] = (),
     cache_dir: Optional[Path] = None,
     progress: bool = True,
+    settings: Optional[StationSettings] = None,
 ) -> Records:
-    """`groups` x `repeats` measurements with seed `seed`, answered by the uncalibrated model."""
+    """`groups` x `repeats` measurements with seed `seed` taken with `settings` (default: the demo
+    bench's station settings), answered by the uncalibrated model."""
     from isic_station.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
-    settings = StationSettings(**manifest.raw.get("training", {}).get("station", {}))
+    settings = settings or station_settings()
     key = cache_key(kind="uncertainty-records", seed=seed, groups=groups, repeats=repeats, preset=preset,
                     unknown=list(unknown), settings=asdict(settings), model=manifest.graphs["bimodal"].sha256,
-                    signal=manifest.graphs["signal_only"].sha256, version=3)
+                    signal=manifest.graphs["signal_only"].sha256, version=4)
     path = cache_dir / f"records-{key}.npz" if cache_dir is not None else None
     if path is not None and path.is_file():
         log.info("records seed=%d from cache %s", seed, path)
@@ -127,13 +133,12 @@ def _simulate(manifest: Any, settings: StationSettings, seed: int, groups: int, 
               unknown: Sequence[str], progress: bool) -> Records:
     from tqdm import tqdm
 
-    from isic_drivers.lab.measurement import simulate_measurement
     from isic_drivers.lab.sample import Sample, blend_label, draw_nuisance
     from isic_station.acquisition import GATE_FLAGS, spectrum_flags
     from isic_station.inference import create_backend
     from isic_station.inference.predictor import Predictor
     from isic_station.preprocess.spectrum import preprocess_spectrum
-    from isic_station.quality_gate import assess
+    from isic_station.quality_gate import GateThresholds, assess
     from isic_station.uncertainty import spectrum_quality
 
     fibres = list(manifest.fibres)
@@ -147,14 +152,12 @@ def _simulate(manifest: Any, settings: StationSettings, seed: int, groups: int, 
             base, preset_name = _draw(rng, preset, fibres, unknown)
             for _ in range(repeats):
                 sample = Sample(dict(base.composition), draw_nuisance(rng, preset_name))
-                m = simulate_measurement(sample, rng, integration_us=settings.integration_us, coadd=settings.coadd,
-                                         n_frames=settings.n_frames, frame_size=settings.frame_px,
-                                         um_per_px=settings.camera_um_per_px, fibres=lab_fibres)
+                m = settings.take(sample, rng, lab_fibres)
                 flags = spectrum_flags(m.raw_counts, m.dark_counts, float((m.white_counts - m.dark_counts).max()),
                                        0.05)
                 passed = []
                 for frame in m.frames:
-                    quality = assess(frame)
+                    quality = assess(frame, GateThresholds(), settings.camera_um_per_px)
                     flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
                     if quality.passed:
                         passed.append(frame)
@@ -162,6 +165,7 @@ def _simulate(manifest: Any, settings: StationSettings, seed: int, groups: int, 
                 signal = predictor.predict(m.reflectance, m.wavelengths_nm, None, settings.camera_um_per_px)
                 rows["truth"].append([sample.composition.get(f, 0.0) for f in fibres])
                 rows["unknown_share"].append(sum(v for k, v in sample.composition.items() if k not in fibres))
+                rows["unknown_name"].append(",".join(sorted(k for k in sample.composition if k not in fibres)))
                 rows["group"].append(g)
                 rows["preset"].append(preset_name)
                 rows["flags"].append(" ".join(sorted(flags | ({"missing_image"} if not passed else set()))))
