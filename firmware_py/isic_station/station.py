@@ -29,12 +29,12 @@ from isic_station import __version__
 from isic_station.acquisition import Acquirer, Measurement
 from isic_station.commands import COMMAND_NAMES, CommandError, CommandHandler, CommandRouter
 from isic_station.config import Config, mqtt_password
+from isic_station.lot_store import LotStore
 from isic_station.outbox import Outbox
 from isic_station.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy, PipelineStats
 from isic_station.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
 from isic_station.schemas import delivery
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
-from isic_station.lot_store import LotStore
 from isic_station.spec_check import InvalidLotSpec, LotSpec, LotSummary, check_composition
 from isic_station.wavelength_check import WavelengthStore, fit_offset
 

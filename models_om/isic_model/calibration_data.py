@@ -2,8 +2,9 @@
 
 Each measurement is simulated as the station takes it (a station's settings: by default the demo
 bench's, whose station `bench accuracy` scores: its frame size and µm/px, frames, co-adding and the
-sample's printed label in view, which the station masks out), gated as the station gates it (`acquisition.spectrum_flags`, the quality gate on every frame; a measurement
-with no frame left is signal-only, as at the station) and answered by the station's own Predictor
+sample's printed label in view, which the station masks out), gated as the station gates it
+(`acquisition.spectrum_flags`, the quality gate on every frame; a measurement with no frame left is
+signal-only, as at the station) and answered by the station's own Predictor
 without calibration, once on the station's path (bimodal, or signal-only without frames) and once
 signal-only. Samples come in groups of `repeats` fresh pieces of fabric (new nuisance, new frames)
 of one composition: the spread within a group is what averaging over a lot removes, the rest is

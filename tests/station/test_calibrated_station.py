@@ -84,9 +84,9 @@ def test_zz_the_lot_summary_survives_a_station_restart(bench: DemoBench, watch: 
     watch.drain()
     mark = len(watch.seen)
     bench.start_station()
-    for kind in ("status", "health"):   # the new process online and subscribed (as wait_until_serving)
-        watch.wait_for(lambda t, d: t == f"{bench.topic_base}/{kind}" and (kind == "health" or d.get("state") == "online"),
-                       timeout_s=60, since=mark)
+    # the new process online and subscribed (as wait_until_serving, on messages since the restart)
+    watch.wait_for(lambda t, d: t == f"{bench.topic_base}/status" and d.get("state") == "online", 60, mark)
+    watch.wait_for(lambda t, d: t == f"{bench.topic_base}/health", 60, mark)
     put_named_sample(bench, "CP-R2", {"cotton": 0.6, "polyester": 0.4})
     second = measure(bench, watch, "CP-R2")   # no set_lot after the restart: the station still knows the lot
     assert second["lot_id"] == lot_id and second["spec"]["lot_id"] == lot_id
