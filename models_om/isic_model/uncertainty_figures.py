@@ -32,9 +32,10 @@ def interval_figures(predictions: Sequence[Any], truth: np.ndarray, labels: Sequ
 
 
 def unknown_fibre_figures(manifest_path: Path, seed: int, samples: int, preset: str, unknown: Sequence[str],
-                          known_predictions: Sequence[Any], progress: bool = True) -> Dict[str, Any]:
-    """flagged_unknown over `samples` fabrics each holding one `unknown` fibre (seed + 100), flagged_known
-    over the evaluation's own (known-fibre) Predictions."""
+                          known_predictions: Sequence[Any], progress: bool = True,
+                          settings: Any = None) -> Dict[str, Any]:
+    """flagged_unknown over `samples` fabrics each holding one `unknown` fibre (seed + 100, measured with the
+    evaluation's `settings`), flagged_known over the evaluation's own (known-fibre) Predictions."""
     from isic_common.errors import ModelError
     from isic_model.calibrate_uncertainty import apply_records
     from isic_model.calibration_data import collect
@@ -44,7 +45,8 @@ def unknown_fibre_figures(manifest_path: Path, seed: int, samples: int, preset: 
     calibration = UncertaintyCalibration.from_manifest(load_manifest(manifest_path))
     if calibration is None:
         raise ModelError(f"{manifest_path} has no uncertainty calibration: run `isic-model calibrate-uncertainty`")
-    records = collect(manifest_path, seed + 100, samples, preset, unknown=list(unknown), progress=progress)
+    records = collect(manifest_path, seed + 100, samples, preset, unknown=list(unknown), progress=progress,
+                      settings=settings)
     rates = unknown_fibre_rates(apply_records(calibration, records)["unknown"],
                                 [p.unknown_fibre for p in known_predictions])
     return dict(rates, fibres=list(unknown), seed=seed + 100)
