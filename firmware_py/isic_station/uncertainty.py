@@ -20,7 +20,9 @@ this module applies it (numpy only, on the board):
   The standard uncertainty is the 95 % half-width over k = 1.96.
 - Confidence: temperature scaling of the fused blend probabilities, p_i ** (1/T) renormalised
   (T fitted by log-likelihood on the calibration data), with its own T for noisy spectra (noise
-  above `noise_split`: weak lamp, noisy detector), where the model is overconfident.
+  above `noise_split`: weak lamp, noisy detector), where the model is overconfident, and its own T
+  for each set of quality flags the calibration data held often enough (`flag_temperature`, keyed
+  by the sorted flags: blurred or badly exposed frames, a dim spectrum).
 - Unknown fibres: the preprocessed spectrum's residual outside the principal subspace of the
   known fibres' calibration spectra (Q statistic, as SIMCA), over what known fabrics leave at
   this noise level (c0 + c1 noise^2); above the
@@ -88,6 +90,18 @@ def scale_features(pred: np.ndarray, spread: np.ndarray, confidence: float, nois
     ], axis=1)
 
 
+def raised_quality_flags(path: str, flags: Iterable[str]) -> List[str]:
+    """The measurement's quality flags that bear on `path`'s answer (missing_image is what sends a
+    measurement down the signal-only path: calibrated there as such)."""
+    raised = [f for f in flags if f in QUALITY_FLAGS]
+    return [f for f in raised if f != "missing_image"] if path == PATH_SIGNAL_ONLY else raised
+
+
+def flag_key(path: str, flags: Iterable[str]) -> str:
+    """The quality-flag set of a measurement on `path`, as `flag_temperature` keys it ('' when clean)."""
+    return " ".join(sorted(set(raised_quality_flags(path, flags))))
+
+
 def fraction_band(pred: np.ndarray) -> np.ndarray:
     """Index of each predicted fraction's band (0 .. len(BAND_EDGES))."""
     return np.searchsorted(np.asarray(BAND_EDGES), np.asarray(pred, dtype=np.float64), side="right")
@@ -128,6 +142,7 @@ class PathCalibration:
     temperature: float
     noisy_temperature: float  # T for spectra noisier than noise_split
     noise_split: float
+    flag_temperature: Dict[str, float]  # quality-flag set (sorted, space-joined) -> its own T
     systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
     systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F], where the calibration had enough groups
 
@@ -143,13 +158,16 @@ class PathCalibration:
             temperature=float(doc["temperature"]),
             noisy_temperature=float(doc.get("noisy_temperature", doc["temperature"])),
             noise_split=float(doc.get("noise_split", math.inf)),
+            flag_temperature={str(k): float(v) for k, v in doc.get("flag_temperature", {}).items()},
             systematic=np.array([doc["systematic"][f] for f in fibres], dtype=np.float64),
             systematic_per_blend={b: np.array([v[f] for f in fibres], dtype=np.float64)
                                   for b, v in doc.get("systematic_per_blend", {}).items()},
         )
 
-    def temperature_for(self, noise: float) -> float:
-        """The temperature for a spectrum of this noise level."""
+    def temperature_for(self, noise: float, flag_set: str = "") -> float:
+        """The temperature for a measurement with these quality flags (`flag_key`) and spectral noise."""
+        if flag_set in self.flag_temperature:
+            return self.flag_temperature[flag_set]
         return self.noisy_temperature if noise > self.noise_split else self.temperature
 
     def scale(self, pred: np.ndarray, spread: np.ndarray, confidence: float, quality: SpectrumQuality,
@@ -209,10 +227,7 @@ class UncertaintyCalibration:
         the decision interval uses `absent_factor` there (elsewhere it is the interval).
         """
         cal = self.paths[path]
-        raised = [f for f in flags if f in QUALITY_FLAGS]
-        # missing_image is what sends a measurement down the signal-only path: calibrated there as such.
-        if path == PATH_SIGNAL_ONLY:
-            raised = [f for f in raised if f != "missing_image"]
+        raised = raised_quality_flags(path, flags)
         widening = max([cal.widening[f] for f in raised if f in cal.widening] + [1.0])
         pred = np.asarray(pred, dtype=np.float64)
         bands = fraction_band(pred)
@@ -230,8 +245,9 @@ class UncertaintyCalibration:
               flags: Iterable[str] = ()) -> Calibrated:
         """Calibrated uncertainty, interval, confidence and the unknown-fibre check for one prediction."""
         pred = np.array([composition[f] for f in self.fibres])
+        flags = list(flags)
         probs = temper(np.array([blend_probabilities[c] for c in self.blend_classes]),
-                       self.paths[path].temperature_for(quality.noise))
+                       self.paths[path].temperature_for(quality.noise, flag_key(path, flags)))
         score = self.unknown_score(spectrum, quality.noise)
         half, bounds, decision, uncalibrated = self.interval(
             path, pred, np.array([spread[f] for f in self.fibres]), float(np.max(probs)), quality, score, flags)

@@ -47,6 +47,7 @@ MIN_BAND_PAIRS = 20  # (measurement, fibre) pairs a band of the predicted fracti
 MIN_BLEND_GROUPS = 8  # composition groups of a blend class needed for its own systematic error
 NOISY_FACTOR = 3.0  # spectra noisier than this many times the median get their own temperature
 MIN_NOISY = 50  # noisy measurements needed to fit that temperature
+MIN_FLAG_SET = 50  # measurements of one quality-flag set needed to fit its own temperature
 DEFAULT_UNKNOWN = ("wool", "silk", "acrylic", "elastane")
 HELDOUT_PRESETS = ("default", "humid", "dark_dyes", "low_snr", "thin")
 
@@ -74,27 +75,49 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 def _path_rows(records: Records, path: str, atypicality: np.ndarray) -> Dict[str, np.ndarray]:
     """The measurements and answers of `path`: bimodal = the station's answer where frames passed."""
-    from isic_station.uncertainty import PATH_BIMODAL
+    from isic_station.uncertainty import PATH_BIMODAL, flag_key
 
     if path == PATH_BIMODAL:
         keep = ~records.station_signal_only
         r = records.subset(keep)
-        return {"pred": r.station_pred, "spread": r.station_spread, "prob": r.station_prob, "truth": r.truth,
+        rows = {"pred": r.station_pred, "spread": r.station_spread, "prob": r.station_prob, "truth": r.truth,
                 "noise": r.noise, "flags": r.flags, "labels": r.labels, "group": r.group,
                 "atypicality": atypicality[keep], "preset": r.preset, "level": r.level}
-    return {"pred": records.signal_pred, "spread": np.zeros_like(records.signal_spread), "prob": records.signal_prob,
-            "truth": records.truth, "noise": records.noise, "flags": records.flags, "labels": records.labels,
-            "group": records.group, "atypicality": atypicality, "preset": records.preset,
-            "level": records.level}
+    else:
+        rows = {"pred": records.signal_pred, "spread": np.zeros_like(records.signal_spread),
+                "prob": records.signal_prob, "truth": records.truth, "noise": records.noise, "flags": records.flags,
+                "labels": records.labels, "group": records.group, "atypicality": atypicality,
+                "preset": records.preset, "level": records.level}
+    rows["flag_key"] = np.array([flag_key(path, text.split()) for text in rows["flags"]], dtype=object)
+    return rows
 
 
-def _features(rows: Mapping[str, np.ndarray], temperature: float, noisy_temperature: float,
-              noise_split: float) -> Tuple[np.ndarray, np.ndarray]:
-    """([N, F, D] scale features, [N] tempered confidence, each row at its noise band's temperature)."""
-    from isic_station.uncertainty import scale_features, temper
+def _row_temperatures(rows: Mapping[str, np.ndarray], temperatures: Mapping[str, Any]) -> np.ndarray:
+    """[N] the temperature the station applies to each row (its flag set's, else its noise band's)."""
+    from isic_station.uncertainty import PathCalibration
 
-    noisy = (rows["noise"] > noise_split)[:, None]
-    conf = np.where(noisy, temper(rows["prob"], noisy_temperature), temper(rows["prob"], temperature)).max(axis=1)
+    rule = PathCalibration(offset=np.zeros(0), weights=np.zeros(0), quantile=np.zeros(0), band_factor=np.zeros(0),
+                           absent_factor=1.0, widening={}, systematic=np.zeros(0), systematic_per_blend={},
+                           **temperatures)
+    return np.array([rule.temperature_for(n, k) for n, k in zip(rows["noise"], rows["flag_key"])])
+
+
+def _tempered_confidence(prob: np.ndarray, temperature: np.ndarray) -> np.ndarray:
+    """[N] the top tempered probability of each row at its own temperature."""
+    from isic_station.uncertainty import temper
+
+    conf = np.empty(len(prob))
+    for t in np.unique(temperature):
+        rows = temperature == t
+        conf[rows] = temper(prob[rows], float(t)).max(axis=1)
+    return conf
+
+
+def _features(rows: Mapping[str, np.ndarray], temperatures: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+    """([N, F, D] scale features, [N] tempered confidence, each row at the temperature the station gives it)."""
+    from isic_station.uncertainty import scale_features
+
+    conf = _tempered_confidence(rows["prob"], _row_temperatures(rows, temperatures))
     feats = np.stack([scale_features(p, s, c, n, a, lv) for p, s, c, n, a, lv in zip(
         rows["pred"], rows["spread"], conf, rows["noise"], rows["atypicality"], rows["level"])])
     return feats, conf
@@ -121,7 +144,14 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
                          else temperature)
     if noisy.sum() >= MIN_NOISY:
         temperature = fit_temperature(fit["prob"][~noisy], labels[~noisy])
-    feats, _ = _features(fit, temperature, noisy_temperature, noise_split)
+    flag_temperature = {}
+    for key in sorted(set(fit["flag_key"].tolist()) - {""}):
+        rows = fit["flag_key"] == key
+        if rows.sum() >= MIN_FLAG_SET:
+            flag_temperature[key] = fit_temperature(fit["prob"][rows], labels[rows])
+    temperatures = {"temperature": temperature, "noisy_temperature": noisy_temperature, "noise_split": noise_split,
+                    "flag_temperature": flag_temperature}
+    feats, _ = _features(fit, temperatures)
     present = fit["truth"] > 0
     n_fibres = len(fibres)
     # log|e| = offset[f] + w . x  over the (measurement, fibre) pairs with the fibre present
@@ -133,7 +163,7 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
     coef[columns], *_ = np.linalg.lstsq(design[present][:, columns], target[present], rcond=None)
     offset, weights = coef[:n_fibres], coef[n_fibres:]
 
-    cal_feats, _ = _features(cal, temperature, noisy_temperature, noise_split)
+    cal_feats, _ = _features(cal, temperatures)
     scale = np.exp(offset + cal_feats @ weights)
     scores = np.abs(cal["pred"] - cal["truth"]) / scale
     cal_present = cal["truth"] > 0
@@ -159,6 +189,7 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
         "temperature": temperature,
         "noisy_temperature": noisy_temperature,
         "noise_split": round(noise_split, 8),
+        "flag_temperature": flag_temperature,
         "offset": {f: round(float(v), 5) for f, v in zip(fibres, offset)},
         "weights": {k: round(float(v), 5) for k, v in zip(FEATURES, weights)},
         "quantile": quantile,
@@ -315,8 +346,8 @@ def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
 
 def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
               heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
-              cache_dir: Optional[Path], progress: bool = True, settings: Optional[StationSettings] = None
-              ) -> Dict[str, Any]:
+              cache_dir: Optional[Path], progress: bool = True, settings: Optional[StationSettings] = None,
+              jobs: int = 1) -> Dict[str, Any]:
     """Collect, fit, check on held-out seeds, and write `uncertainty` into the manifest. Returns it."""
     from isic_station.uncertainty import UncertaintyCalibration
 
@@ -326,7 +357,7 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
     source = _uncalibrated_copy(manifest_path)
     try:
         doc = _calibrate(source, seed, groups, repeats, preset, heldout_seed, heldout_samples, heldout_presets,
-                         unknown, cache_dir, progress, settings or station_settings())
+                         unknown, cache_dir, progress, settings or station_settings(), jobs)
     finally:
         source.unlink()
     raw = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -343,14 +374,14 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
 
 def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
                heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
-               cache_dir: Optional[Path], progress: bool, settings: StationSettings) -> Dict[str, Any]:
+               cache_dir: Optional[Path], progress: bool, settings: StationSettings, jobs: int) -> Dict[str, Any]:
     from isic_station.uncertainty import UncertaintyCalibration
 
     manifest = load_manifest(manifest_path)
     fibres, classes = list(manifest.fibres), list(manifest.blend_classes)
     start = time.perf_counter()
     records = collect(manifest_path, seed, groups, preset, repeats, cache_dir=cache_dir, progress=progress,
-                      settings=settings)
+                      settings=settings, jobs=jobs)
     doc = fit_calibration(records, fibres, classes)
     doc["method"] = (
         "locally weighted split conformal per path and fibre (coverage 0.95, fibres present), quality-flag "
@@ -368,11 +399,11 @@ def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset
     heldout: Dict[str, Any] = {"seed": heldout_seed, "samples": heldout_samples, "presets": {}}
     for name in heldout_presets:
         rec = collect(manifest_path, heldout_seed, heldout_samples, name, cache_dir=cache_dir, progress=progress,
-                      settings=settings)
+                      settings=settings, jobs=jobs)
         heldout["presets"][name] = heldout_figures(calibration, rec)
     if unknown:
         rec = collect(manifest_path, heldout_seed + 100, heldout_samples, "default", unknown=unknown,
-                      cache_dir=cache_dir, progress=progress, settings=settings)
+                      cache_dir=cache_dir, progress=progress, settings=settings, jobs=jobs)
         flags = apply_records(calibration, rec)["unknown"]
         known = heldout["presets"].get("default", {}).get("flagged_known")
         heldout["unknown_fibre"] = {"fibres": list(unknown), "seed": heldout_seed + 100,
@@ -433,6 +464,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="measure with this station config's settings (default: the demo bench's, as `bench accuracy`)")
     p.add_argument("--training-settings", action="store_true", help="measure with the settings training used")
     p.add_argument("--cache", type=Path, default=Path("out/cache"), help="record cache folder (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="processes simulating the records (2 on an idle 2-core machine; default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the written `uncertainty` object (without arrays)")
     p.set_defaults(handler=_command)
 
@@ -458,7 +491,7 @@ def _command(args: argparse.Namespace) -> int:
     doc = calibrate(path, args.seed, args.groups, args.repeats, preset, args.heldout_seed, args.heldout_samples,
                     [p for p in args.heldout_presets.split(",") if p],
                     [f for f in args.unknown_fibres.split(",") if f], args.cache, progress=not args.json,
-                    settings=settings)
+                    settings=settings, jobs=args.jobs)
     if args.json:
         arrays = ("mean", "components")
         shown = dict(doc, unknown_fibre={k: v for k, v in doc["unknown_fibre"].items() if k not in arrays})

@@ -16,7 +16,9 @@ short run is the head of a long one. Collected records are cached as .npz keyed 
 """
 
 import logging
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -106,9 +108,11 @@ def collect(
     cache_dir: Optional[Path] = None,
     progress: bool = True,
     settings: Optional[StationSettings] = None,
+    jobs: int = 1,
 ) -> Records:
     """`groups` x `repeats` measurements with seed `seed` taken with `settings` (default: the demo
-    bench's station settings), answered by the uncalibrated model."""
+    bench's station settings), answered by the uncalibrated model; `jobs` processes share the groups
+    (the same records whatever the number)."""
     from isic_station.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
@@ -121,7 +125,18 @@ def collect(
         log.info("records seed=%d from cache %s", seed, path)
         with np.load(path) as data:
             return Records(**{name: data[name] for name in data.files})
-    records = _simulate(manifest, settings, seed, groups, preset, repeats, unknown, progress)
+    jobs = max(1, min(int(jobs), groups))
+    if jobs == 1:
+        records = _simulate(manifest_path, settings, seed, range(groups), preset, repeats, unknown, progress, 2)
+    else:
+        # groups are drawn from their own generators: split into contiguous chunks, one process each
+        bounds = np.linspace(0, groups, jobs + 1).astype(int)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_simulate, [manifest_path] * jobs, [settings] * jobs, [seed] * jobs,
+                                  [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])], [preset] * jobs,
+                                  [repeats] * jobs, [list(unknown)] * jobs, [progress] + [False] * (jobs - 1),
+                                  [1] * jobs))
+        records = Records(**{k: np.concatenate([getattr(part, k) for part in parts]) for k in asdict(parts[0])})
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
@@ -130,24 +145,27 @@ def collect(
     return records
 
 
-def _simulate(manifest: Any, settings: StationSettings, seed: int, groups: int, preset: Presets, repeats: int,
-              unknown: Sequence[str], progress: bool) -> Records:
+def _simulate(manifest_path: Path, settings: StationSettings, seed: int, groups: range, preset: Presets,
+              repeats: int, unknown: Sequence[str], progress: bool, threads: int) -> Records:
+    """The records of composition groups `groups` (one process's share of a run)."""
     from tqdm import tqdm
 
     from isic_drivers.lab.sample import Sample, blend_label, draw_nuisance
     from isic_station.acquisition import GATE_FLAGS, spectrum_flags
     from isic_station.inference import create_backend
     from isic_station.inference.predictor import Predictor
+    from isic_station.manifest import load_manifest
     from isic_station.preprocess.spectrum import preprocess_spectrum
     from isic_station.quality_gate import GateThresholds, assess
     from isic_station.uncertainty import spectrum_quality
 
+    manifest = load_manifest(manifest_path)
     fibres = list(manifest.fibres)
     lab_fibres = fibres + [f for f in unknown if f not in fibres]
-    predictor = Predictor(manifest, create_backend("onnxruntime", manifest, {"threads": 2}), calibrated=False)
+    predictor = Predictor(manifest, create_backend("onnxruntime", manifest, {"threads": threads}), calibrated=False)
     rows: Dict[str, List[Any]] = {k: [] for k in Records.__dataclass_fields__}
     try:
-        for g in tqdm(range(groups), desc=f"calibration seed {seed}", unit="sample", disable=not progress,
+        for g in tqdm(groups, desc=f"calibration seed {seed}", unit="sample", disable=not progress,
                       file=sys.stderr):
             rng = np.random.default_rng([seed, g])
             base, preset_name = _draw(rng, preset, fibres, unknown)
