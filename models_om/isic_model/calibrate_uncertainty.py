@@ -50,6 +50,7 @@ MIN_NOISY = 50  # noisy measurements needed to fit that temperature
 MIN_FLAG_SET = 50  # measurements of one quality-flag set needed to fit its own temperature
 DEFAULT_UNKNOWN = ("wool", "silk", "acrylic", "elastane")
 HELDOUT_PRESETS = ("default", "humid", "dark_dyes", "low_snr", "thin")
+UNKNOWN_SHARE_BANDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 1.01)  # bands of the unknown fibre's share, for the figures
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float = COVERAGE) -> float:
@@ -299,7 +300,12 @@ def apply_records(calibration: Any, records: Records, signal_only: bool = False)
 
 def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
     """coverage_95, median interval width, ECE and the unknown-fibre flag rate on known fabrics."""
-    from isic_station.uncertainty_metrics import coverage_95, expected_calibration_error, median_interval_width
+    from isic_station.uncertainty_metrics import (
+        coverage_95,
+        ece_noise_floor,
+        expected_calibration_error,
+        median_interval_width,
+    )
 
     a = apply_records(calibration, records)
     raw_conf = records.station_prob.max(axis=1)
@@ -309,6 +315,7 @@ def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
         "median_interval_width": median_interval_width(records.truth, a["intervals"]),
         "ece": expected_calibration_error(a["confidence"], a["correct"]),
         "ece_uncalibrated": expected_calibration_error(raw_conf, a["correct"]),
+        "ece_noise_floor": ece_noise_floor(a["confidence"]),
         "flagged_known": round(float(a["unknown"].mean()), 4),
         "signal_only_share": round(float(a["signal_only"].mean()), 4),
     }
@@ -319,6 +326,18 @@ def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
         "ece": expected_calibration_error(s["confidence"], s["correct"]),
     }
     return figures
+
+
+def unknown_breakdown(records: Records, flagged: np.ndarray) -> Dict[str, Dict[str, Any]]:
+    """flagged_unknown per unknown fibre and per band of its share in the fabric ({name: rate}, {band: rate})."""
+    per_fibre = {name: round(float(flagged[records.unknown_name == name].mean()), 4)
+                 for name in sorted(set(records.unknown_name.tolist()) - {""})}
+    per_share = {}
+    for low, high in zip(UNKNOWN_SHARE_BANDS[:-1], UNKNOWN_SHARE_BANDS[1:]):
+        rows = (records.unknown_share >= low) & (records.unknown_share < high)
+        if rows.any():
+            per_share[f"{low:g}-{high:g}"] = round(float(flagged[rows].mean()), 4)
+    return {"per_fibre": per_fibre, "per_share": per_share}
 
 
 def _uncalibrated_copy(manifest_path: Path) -> Path:
@@ -406,8 +425,9 @@ def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset
                       cache_dir=cache_dir, progress=progress, settings=settings, jobs=jobs)
         flags = apply_records(calibration, rec)["unknown"]
         known = heldout["presets"].get("default", {}).get("flagged_known")
-        heldout["unknown_fibre"] = {"fibres": list(unknown), "seed": heldout_seed + 100,
-                                    "flagged_unknown": round(float(flags.mean()), 4), "flagged_known": known}
+        heldout["unknown_fibre"] = dict({"fibres": list(unknown), "seed": heldout_seed + 100,
+                                         "flagged_unknown": round(float(flags.mean()), 4), "flagged_known": known},
+                                        **unknown_breakdown(rec, flags))
     doc["heldout"] = heldout
     doc["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc["seconds"] = round(time.perf_counter() - start, 1)
@@ -433,7 +453,9 @@ def summary_lines(doc: Mapping[str, Any]) -> List[str]:
     if "unknown_fibre" in h:
         u = h["unknown_fibre"]
         lines.append(f"unknown fibres {','.join(u['fibres'])} (seed {u['seed']}): flagged_unknown "
-                     f"{u['flagged_unknown']:.3f}, flagged_known {u['flagged_known']}")
+                     f"{u['flagged_unknown']:.3f}, flagged_known {u['flagged_known']}; per fibre "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in u.get("per_fibre", {}).items()) + "; per share "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in u.get("per_share", {}).items()))
     return lines
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from isic_station.uncertainty_metrics import (
     coverage_95,
+    ece_noise_floor,
     expected_calibration_error,
     median_interval_width,
     unknown_fibre_rates,
@@ -28,6 +29,7 @@ def interval_figures(predictions: Sequence[Any], truth: np.ndarray, labels: Sequ
         "median_interval_width": median_interval_width(truth, intervals),
         "ece": expected_calibration_error([p.confidence for p in predictions],
                                           [p.blend == label for p, label in zip(predictions, labels)]),
+        "ece_noise_floor": ece_noise_floor([p.confidence for p in predictions]),
     }
 
 

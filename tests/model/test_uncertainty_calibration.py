@@ -17,6 +17,7 @@ from isic_station.manifest import load_manifest
 from isic_station.uncertainty import temper
 from isic_station.uncertainty_metrics import (
     coverage_95,
+    ece_noise_floor,
     expected_calibration_error,
     median_interval_width,
     unknown_fibre_rates,
@@ -130,5 +131,8 @@ def test_metrics_on_known_values():
     # half the answers at 0.9 right, half at 0.6 right: |0.5-0.9| and |1-0.6| in two bins
     assert expected_calibration_error([0.9, 0.9, 0.6, 0.6], [True, False, True, True]) == pytest.approx(0.4)
     assert expected_calibration_error([0.75] * 4, [True, True, True, False]) == pytest.approx(0.0)
+    # counting noise alone: a perfectly calibrated model reads ECE > 0, less the more results
+    assert ece_noise_floor([1.0] * 50) == 0.0
+    assert ece_noise_floor([0.9] * 180) > ece_noise_floor([0.9] * 900) > 0.0
     rates = unknown_fibre_rates([True, True, False, True], [False] * 9 + [True])
     assert rates["flagged_unknown"] == 0.75 and rates["flagged_known"] == 0.1
