@@ -460,7 +460,8 @@ class Station:
         calibration = predictor.calibration
         path = "signal_only" if prediction.signal_only else "bimodal"
         summary.add(doc["composition"], calibration.systematic(path, doc["blend"]) if calibration is not None else {},
-                    prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"])
+                    prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"],
+                    blend=doc["blend"])
         self._keep_lot(summary)
         self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()), **delivery("lot"))
 

@@ -67,7 +67,7 @@ def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: 
                     decision = dict(zip(fibres, answers["decision"][i].tolist()))
                     results[case][judge(summary.spec, decision)["verdict"]] += 1
                     summary.add(dict(zip(fibres, records.station_pred[i])), calibration.systematic(path, blend),
-                                decision)
+                                decision, blend=blend)
                 counts[case][summary.to_dict("sim", "")["verdict"]] += 1
         out["tolerance_pp"][f"{tol:g}"] = {case: {v: round(n / lots, 3) for v, n in c.items()}
                                           for case, c in counts.items()}
