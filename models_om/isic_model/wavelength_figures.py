@@ -1,8 +1,8 @@
 """`isic-model wavelength-shift`: what a shifted wavelength axis costs, before and after the wavelength check.
 
 For each `--shift` the virtual instrument's axis is moved by that many nm for everything it measures:
-the wavelength reference tile is measured as the station does (dark, white and tile, co-added) and
-the station's own `wavelength_check.fit_offset` fits the offset; then the same held-out samples
+the wavelength reference tile is measured as the station does (dark, white and tile, co-added as the
+station co-adds) and the station's own `wavelength_check.fit_offset` fits the offset; then the same held-out samples
 (seed, preset; the demo bench's station settings) are answered by the station's Predictor on the
 reported axis (uncorrected) and on the corrected one (reported + fitted offset).
 """
@@ -36,7 +36,7 @@ def fitted_offset(shift_nm: float, settings: Any, seed: int) -> float:
 
     def counts(kind: str) -> np.ndarray:
         return np.mean([scan_counts(instrument, ReferenceTile(kind), integration, rng, state).astype(float)
-                        for _ in range(max(16, settings.coadd))], axis=0)
+                        for _ in range(settings.coadd)], axis=0)
 
     tile = reflectance_from_counts(counts("wavelength"), counts("dark"), counts("white"))
     return fit_offset(tile, instrument.wavelengths_nm, CERTIFIED_BANDS_NM).offset_nm
