@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -50,7 +50,17 @@ MIN_NOISY = 50  # noisy measurements needed to fit that temperature
 MIN_FLAG_SET = 50  # measurements of one quality-flag set needed to fit its own temperature
 DEFAULT_UNKNOWN = ("wool", "silk", "acrylic", "elastane")
 HELDOUT_PRESETS = ("default", "humid", "dark_dyes", "low_snr", "thin")
+LOT_TOLERANCES_PP = (3.0, 5.0)  # EU 1007/2011's 3 pp, GB/T 29862's and the station's default 5 pp
+LOT_OFFSET_PP = 8.0  # how far off the wrong declaration of the lot check is
 UNKNOWN_SHARE_BANDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 1.01)  # bands of the unknown fibre's share, for the figures
+
+
+class LotCheck(NamedTuple):
+    """The held-out lot check: `count` lots of `size` fresh pieces each, lab seed `seed`, default preset."""
+
+    seed: int
+    count: int
+    size: int
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float = COVERAGE) -> float:
@@ -373,7 +383,7 @@ def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
 def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
               heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
               cache_dir: Optional[Path], progress: bool = True, settings: Optional[StationSettings] = None,
-              jobs: int = 1) -> Dict[str, Any]:
+              jobs: int = 1, lots: Optional["LotCheck"] = None) -> Dict[str, Any]:
     """Collect, fit, check on held-out seeds, and write `uncertainty` into the manifest. Returns it."""
     from isic_station.uncertainty import UncertaintyCalibration
 
@@ -383,7 +393,7 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
     source = _uncalibrated_copy(manifest_path)
     try:
         doc = _calibrate(source, seed, groups, repeats, preset, heldout_seed, heldout_samples, heldout_presets,
-                         unknown, cache_dir, progress, settings or station_settings(), jobs)
+                         unknown, cache_dir, progress, settings or station_settings(), jobs, lots)
     finally:
         source.unlink()
     raw = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -400,7 +410,8 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
 
 def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
                heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
-               cache_dir: Optional[Path], progress: bool, settings: StationSettings, jobs: int) -> Dict[str, Any]:
+               cache_dir: Optional[Path], progress: bool, settings: StationSettings, jobs: int,
+               lots: Optional["LotCheck"]) -> Dict[str, Any]:
     from isic_station.uncertainty import UncertaintyCalibration
 
     manifest = load_manifest(manifest_path)
@@ -435,6 +446,13 @@ def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset
         heldout["unknown_fibre"] = dict({"fibres": list(unknown), "seed": heldout_seed + 100,
                                          "flagged_unknown": round(float(flags.mean()), 4), "flagged_known": known},
                                         **unknown_breakdown(rec, flags))
+    if lots:
+        from isic_model.lot_simulation import judge_lots
+
+        rec = collect(manifest_path, lots.seed, lots.count, "default", repeats=lots.size, cache_dir=cache_dir,
+                      progress=progress, settings=settings, jobs=jobs)
+        heldout["lots"] = dict({"seed": lots.seed, "lots": lots.count, "size": lots.size, "preset": "default"},
+                               **judge_lots(calibration, rec, LOT_TOLERANCES_PP, LOT_OFFSET_PP))
     doc["heldout"] = heldout
     doc["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc["seconds"] = round(time.perf_counter() - start, 1)
@@ -463,6 +481,13 @@ def summary_lines(doc: Mapping[str, Any]) -> List[str]:
                      f"{u['flagged_unknown']:.3f}, flagged_known {u['flagged_known']}; per fibre "
                      + ", ".join(f"{k} {v:.2f}" for k, v in u.get("per_fibre", {}).items()) + "; per share "
                      + ", ".join(f"{k} {v:.2f}" for k, v in u.get("per_share", {}).items()))
+    if "lots" in h:
+        lots = h["lots"]
+        cases = {"true": "declared as it is", "offset": f"declared {lots['offset_pp']:g} pp off"}
+        for tol, shares in lots["tolerance_pp"].items():
+            text = "; ".join(f"{name}: " + ", ".join(f"{v} {100 * x:.1f} %" for v, x in shares[case].items())
+                             for case, name in cases.items())
+            lines.append(f"lots of {lots['size']} (seed {lots['seed']}, {lots['lots']} lots) at {tol} pp: {text}")
     return lines
 
 
@@ -489,6 +514,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--heldout-presets", default=",".join(HELDOUT_PRESETS), help="comma-separated presets")
     p.add_argument("--unknown-fibres", default=",".join(DEFAULT_UNKNOWN),
                    help="lab fibres the model does not know, for the unknown-fibre check ('' to skip)")
+    p.add_argument("--lots", type=int, default=40,
+                   help="held-out lot check: lots of --lot-size fresh pieces judged by the lot rule (0: skip)")
+    p.add_argument("--lot-size", type=int, default=20, help="measurements per held-out lot (default: %(default)s)")
+    p.add_argument("--lot-seed", type=int, default=3001, help="lab seed of the held-out lots (default: %(default)s)")
     p.add_argument("--config", type=Path, default=None,
                    help="measure with this station config's settings (default: the demo bench's, as `bench accuracy`)")
     p.add_argument("--training-settings", action="store_true", help="measure with the settings training used")
@@ -520,7 +549,8 @@ def _command(args: argparse.Namespace) -> int:
     doc = calibrate(path, args.seed, args.groups, args.repeats, preset, args.heldout_seed, args.heldout_samples,
                     [p for p in args.heldout_presets.split(",") if p],
                     [f for f in args.unknown_fibres.split(",") if f], args.cache, progress=not args.json,
-                    settings=settings, jobs=args.jobs)
+                    settings=settings, jobs=args.jobs,
+                    lots=LotCheck(args.lot_seed, args.lots, args.lot_size) if args.lots > 0 else None)
     if args.json:
         arrays = ("mean", "components", "weights")
         shown = dict(doc, unknown_fibre={k: v for k, v in doc["unknown_fibre"].items() if k not in arrays})
