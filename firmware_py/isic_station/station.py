@@ -36,6 +36,7 @@ from isic_station.results import build_alarm, build_result, out_of_spec_alarm, r
 from isic_station.schemas import delivery
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
 from isic_station.spec_check import InvalidLotSpec, LotSpec, LotSummary, check_composition
+from isic_station.uncertainty import settings_problem
 from isic_station.wavelength_check import WavelengthStore, fit_offset
 
 log = logging.getLogger(__name__)
@@ -278,6 +279,10 @@ class Station:
             problem = scale_problem(self.config.camera.um_per_px, manifest.image)
             if problem:
                 log.warning("%s", problem)
+        calibrated_for = manifest.raw.get("uncertainty", {}).get("data", {}).get("station", {})
+        problem = settings_problem(calibrated_for, self.config) if calibrated_for else None
+        if problem:
+            log.warning("%s", problem)
 
     def _open_devices(self, camera: bool = True) -> None:
         from isic_drivers.camera import CameraSource

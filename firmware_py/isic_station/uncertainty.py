@@ -195,6 +195,22 @@ class Calibrated:
     uncalibrated_flags: Tuple[str, ...]  # quality flags the calibration never saw: refer to the lab
 
 
+def settings_problem(calibrated: Mapping[str, Any], config: Any) -> Optional[str]:
+    """Why this station's measuring settings (`config.Config`) are not those the calibration was fitted
+    for (the manifest's `uncertainty.data.station`), or None: fewer scans or frames widen the real error."""
+    own = {"coadd": config.spectrometer.coadd, "n_frames": config.camera.frames_per_measurement,
+           "frame_px": config.camera.width, "frame_height": config.camera.height,
+           "camera_um_per_px": config.camera.um_per_px, "integration_us": config.spectrometer.integration_us}
+    differ = [f"{key} {calibrated[key]} -> {value}" for key, value in own.items()
+              if key in calibrated and calibrated[key] is not None and value is not None
+              and not math.isclose(float(calibrated[key]), float(value), rel_tol=1e-6)]
+    if not differ:
+        return None
+    return ("the uncertainty calibration was fitted for other station settings (" + ", ".join(differ)
+            + "): its intervals and confidence may not hold here; run `isic-model calibrate-uncertainty "
+            "--config` with this station's config")
+
+
 class UncertaintyCalibration:
     """The manifest's `uncertainty` object, ready to apply to one measurement at a time."""
 

@@ -136,3 +136,17 @@ def test_metrics_on_known_values():
     assert ece_noise_floor([0.9] * 180) > ece_noise_floor([0.9] * 900) > 0.0
     rates = unknown_fibre_rates([True, True, False, True], [False] * 9 + [True])
     assert rates["flagged_unknown"] == 0.75 and rates["flagged_known"] == 0.1
+
+
+def test_a_station_measuring_otherwise_than_calibrated_is_told():
+    from types import SimpleNamespace
+
+    from isic_station.uncertainty import settings_problem
+
+    config = SimpleNamespace(spectrometer=SimpleNamespace(coadd=4, integration_us=None),
+                             camera=SimpleNamespace(frames_per_measurement=3, width=640, height=480, um_per_px=1.0))
+    same = {"coadd": 4, "n_frames": 3, "frame_px": 640, "frame_height": 480, "camera_um_per_px": 1.0,
+            "integration_us": None, "label": True}
+    assert settings_problem(same, config) is None
+    problem = settings_problem(dict(same, coadd=16, camera_um_per_px=1.6), config)
+    assert "coadd 16 -> 4" in problem and "camera_um_per_px 1.6 -> 1.0" in problem and "--config" in problem
