@@ -10,7 +10,7 @@ import pytest
 from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
 from isic_model.calibrate_uncertainty import conformal_quantile
 from isic_model.cli import main
-from isic_model.data import StationSettings
+from isic_model.evaluate import station_settings
 from isic_station.inference import create_backend
 from isic_station.inference.predictor import Predictor
 from isic_station.manifest import load_manifest
@@ -35,7 +35,8 @@ def calibrated_copy(tmp_path_factory):
     (folder / "manifest.json").write_text(json.dumps(raw))
     rc = main(["calibrate-uncertainty", "--model", str(folder), "--seed", "77", "--groups", "24", "--repeats", "2",
                "--heldout-seed", "78", "--heldout-samples", "8", "--heldout-presets", "default,low_snr",
-               "--unknown-fibres", "wool", "--cache", str(folder / "cache"), "--json"])
+               "--unknown-fibres", "wool", "--lots", "2", "--lot-size", "3", "--jobs", "2",
+               "--cache", str(folder / "cache"), "--json"])
     assert rc == 0
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []  # no working copies left
     return folder / "manifest.json"
@@ -47,15 +48,12 @@ def predictor_for(path):
 
 
 def measure(composition, seed, preset="default"):
-    from isic_drivers.lab.measurement import simulate_measurement
+    """One measurement as the demo bench's station takes it (the settings the calibration is fitted for)."""
     from isic_drivers.lab.sample import Sample, draw_nuisance
 
     rng = np.random.default_rng(seed)
-    settings = StationSettings(**load_manifest(SHIPPED_MANIFEST).raw["training"]["station"])
     fibres = ["cotton", "linen", "viscose", "polyester", "nylon"] + [f for f in composition if f == "wool"]
-    return simulate_measurement(Sample(composition, draw_nuisance(rng, preset)), rng, coadd=settings.coadd,
-                                n_frames=settings.n_frames, frame_size=settings.frame_px,
-                                um_per_px=settings.camera_um_per_px, fibres=fibres)
+    return station_settings().take(Sample(composition, draw_nuisance(rng, preset)), rng, fibres)
 
 
 def test_the_command_records_data_method_and_heldout_figures(calibrated_copy):
@@ -68,6 +66,14 @@ def test_the_command_records_data_method_and_heldout_figures(calibrated_copy):
     heldout = doc["heldout"]["presets"]
     assert set(heldout) == {"default", "low_snr"} and 0.0 <= heldout["default"]["coverage_95"] <= 1.0
     assert doc["heldout"]["unknown_fibre"]["fibres"] == ["wool"]
+    assert set(doc["heldout"]["unknown_fibre"]["per_fibre"]) == {"wool"}
+    lots = doc["heldout"]["lots"]
+    assert lots["lots"] == 2 and lots["size"] == 3 and set(lots["tolerance_pp"]) == {"3", "5"}
+    assert sum(lots["tolerance_pp"]["5"]["true"].values()) == pytest.approx(1.0)
+    # measured with the station's settings (the demo bench's by default), recorded for the station's check
+    assert doc["data"]["station"]["label"] is True and doc["data"]["station"]["coadd"] == 4
+    for path in ("bimodal", "signal_only"):
+        assert isinstance(doc["paths"][path]["flag_temperature"], dict)
 
 
 def test_the_station_reports_calibrated_intervals_and_confidence(calibrated_copy):
