@@ -24,9 +24,8 @@ this module applies it (numpy only, on the board):
   for each set of quality flags the calibration data held often enough (`flag_temperature`, keyed
   by the sorted flags: blurred or badly exposed frames, a dim spectrum).
 - Unknown fibres: the preprocessed spectrum's residual outside the principal subspace of the
-  known fibres' calibration spectra (Q statistic, as SIMCA), each wavelength weighted by 1 / the
-  residual variance known fabrics leave there, over what known fabrics leave at this noise level
-  (c0 + c1 noise^2); above the
+  known fibres' calibration spectra (Q statistic, as SIMCA), over what known fabrics leave at
+  this noise level (c0 + c1 noise^2); above the
   threshold (a high quantile over known fabrics) the sample likely holds a fibre the model does
   not know.
 - Lots: `systematic[fibre]` is the standard deviation of the error a lot's mean keeps (the model's
@@ -116,21 +115,18 @@ def temper(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return p / p.sum(axis=-1, keepdims=True)
 
 
-def spectrum_residual(spectrum: np.ndarray, mean: np.ndarray, components: np.ndarray,
-                      weights: Optional[np.ndarray] = None) -> float:
-    """Mean squared residual of the preprocessed spectrum outside the known fibres' principal subspace,
-    each wavelength weighted by `weights` (1 / the residual variance known fabrics leave there: a
-    fibre's band where known fabrics leave almost nothing counts for more than one in a noisy region)."""
+def spectrum_residual(spectrum: np.ndarray, mean: np.ndarray, components: np.ndarray) -> float:
+    """Mean squared residual of the preprocessed spectrum outside the known fibres' principal subspace."""
     centred = np.asarray(spectrum, dtype=np.float64) - mean
     residual = centred - components.T @ (components @ centred)
-    return float(np.mean(residual ** 2 if weights is None else weights * residual ** 2))
+    return float(np.mean(residual ** 2))
 
 
 def unknown_fibre_score(spectrum: np.ndarray, noise: float, mean: np.ndarray, components: np.ndarray,
-                        noise_model: Sequence[float], weights: Optional[np.ndarray] = None) -> float:
+                        noise_model: Sequence[float]) -> float:
     """The residual over what known fabrics leave at this noise level (c0 + c1 noise^2, fitted on them)."""
     expected = float(noise_model[0]) + float(noise_model[1]) * float(noise) ** 2
-    return spectrum_residual(spectrum, mean, components, weights) / max(expected, 1e-12)
+    return spectrum_residual(spectrum, mean, components) / max(expected, 1e-12)
 
 
 @dataclass(frozen=True)
@@ -224,8 +220,6 @@ class UncertaintyCalibration:
         self.pca_mean = np.asarray(unknown["mean"], dtype=np.float64)
         self.pca_components = np.asarray(unknown["components"], dtype=np.float64)
         self.noise_model = [float(v) for v in unknown["noise_model"]]
-        self.pca_weights = (np.asarray(unknown["weights"], dtype=np.float64) if "weights" in unknown
-                            else None)
         self.unknown_threshold = float(unknown["threshold"])
 
     @classmethod
@@ -236,8 +230,7 @@ class UncertaintyCalibration:
 
     def unknown_score(self, spectrum: np.ndarray, noise: float) -> float:
         """The unknown-fibre score of one preprocessed spectrum (flagged above `unknown_threshold`)."""
-        return unknown_fibre_score(spectrum, noise, self.pca_mean, self.pca_components, self.noise_model,
-                                   self.pca_weights)
+        return unknown_fibre_score(spectrum, noise, self.pca_mean, self.pca_components, self.noise_model)
 
     def interval(self, path: str, pred: np.ndarray, spread: np.ndarray, confidence: float,
                  quality: SpectrumQuality, atypicality: float,

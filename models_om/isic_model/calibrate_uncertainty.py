@@ -235,26 +235,20 @@ def fit_unknown(fit: Records, cal: Records) -> Dict[str, Any]:
     mean = fit.spectrum.mean(axis=0)
     _, sv, vt = np.linalg.svd(fit.spectrum - mean, full_matrices=False)
     components = vt[:PCA_COMPONENTS]
-    centred = fit.spectrum - mean
-    left = centred - (centred @ components.T) @ components
-    inverse = 1.0 / np.maximum(np.mean(left ** 2, axis=0), 1e-12)
-    weights = inverse / inverse.mean()
-    residual = np.array([spectrum_residual(x, mean, components, weights) for x in fit.spectrum])
+    residual = np.array([spectrum_residual(x, mean, components) for x in fit.spectrum])
     design = np.stack([np.ones(len(fit)), fit.noise ** 2], axis=1)
     noise_model = np.maximum(np.linalg.lstsq(design, residual, rcond=None)[0], 1e-12)
-    scores = np.array([unknown_fibre_score(x, n, mean, components, noise_model, weights)
+    scores = np.array([unknown_fibre_score(x, n, mean, components, noise_model)
                        for x, n in zip(cal.spectrum, cal.noise)])
     return {
         "method": f"Q statistic: mean squared residual of the preprocessed spectrum outside the first "
-        f"{PCA_COMPONENTS} principal components of the known fibres' spectra, each wavelength weighted by 1 / the "
-        f"residual variance they leave there, over c0 + c1 noise^2 (least squares on them); threshold the "
-        f"{100 * UNKNOWN_QUANTILE:g} % conformal quantile over the calibration half",
+        f"{PCA_COMPONENTS} principal components of the known fibres' spectra, over c0 + c1 noise^2 (least squares "
+        f"on them); threshold the {100 * UNKNOWN_QUANTILE:g} % conformal quantile over the calibration half",
         "components_kept": PCA_COMPONENTS,
         "noise_model": [float(v) for v in noise_model],
         "threshold": round(conformal_quantile(scores, UNKNOWN_QUANTILE), 5),
         "mean": [round(float(v), 6) for v in mean],
         "components": [[round(float(v), 6) for v in row] for row in components],
-        "weights": [round(float(v), 6) for v in weights],
     }
 
 
@@ -269,8 +263,7 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
     fit, cal = records.subset(in_fit), records.subset(~in_fit)
     unknown = fit_unknown(fit, cal)
     mean, components = np.asarray(unknown["mean"]), np.asarray(unknown["components"])
-    weights = np.asarray(unknown["weights"])
-    atypicality = np.array([unknown_fibre_score(x, n, mean, components, unknown["noise_model"], weights)
+    atypicality = np.array([unknown_fibre_score(x, n, mean, components, unknown["noise_model"])
                             for x, n in zip(records.spectrum, records.noise)])
     paths = {}
     for path in (PATH_BIMODAL, PATH_SIGNAL_ONLY):
@@ -552,7 +545,7 @@ def _command(args: argparse.Namespace) -> int:
                     settings=settings, jobs=args.jobs,
                     lots=LotCheck(args.lot_seed, args.lots, args.lot_size) if args.lots > 0 else None)
     if args.json:
-        arrays = ("mean", "components", "weights")
+        arrays = ("mean", "components")
         shown = dict(doc, unknown_fibre={k: v for k, v in doc["unknown_fibre"].items() if k not in arrays})
         print(json.dumps(shown))
     else:
