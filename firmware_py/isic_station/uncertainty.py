@@ -25,9 +25,10 @@ this module applies it (numpy only, on the board):
   by the sorted flags: blurred or badly exposed frames, a dim spectrum).
 - Unknown fibres: the preprocessed spectrum's residual outside the principal subspace of the
   known fibres' calibration spectra (Q statistic, as SIMCA), over what known fabrics leave at
-  this noise level (c0 + c1 noise^2); above the
-  threshold (a high quantile over known fabrics) the sample likely holds a fibre the model does
-  not know.
+  this noise level (c0 + c1 noise^2); above the threshold (a high quantile over known fabrics of
+  the same noise band, Mondrian style: one threshold over all noise levels is set by the noisiest
+  spectra and misses most unknown fibres in clean ones) the sample likely holds a fibre the model
+  does not know.
 - Lots: `systematic[fibre]` is the standard deviation of the error a lot's mean keeps (the model's
   bias at one composition, measured over groups of fresh pieces of one composition), per blend
   class where the calibration data had enough groups of it (`systematic_per_blend`), else overall.
@@ -221,6 +222,14 @@ class UncertaintyCalibration:
         self.pca_components = np.asarray(unknown["components"], dtype=np.float64)
         self.noise_model = [float(v) for v in unknown["noise_model"]]
         self.unknown_threshold = float(unknown["threshold"])
+        self.unknown_noise_edges = np.asarray(unknown.get("noise_edges", []), dtype=np.float64)
+        self.unknown_thresholds = [float(v) for v in unknown.get("thresholds", [self.unknown_threshold])]
+
+    def unknown_threshold_for(self, noise: float) -> float:
+        """The unknown-fibre threshold for a spectrum of this noise: its noise band's (Mondrian), else the one."""
+        if len(self.unknown_thresholds) != len(self.unknown_noise_edges) + 1:
+            return self.unknown_threshold
+        return self.unknown_thresholds[int(np.searchsorted(self.unknown_noise_edges, float(noise)))]
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> Optional["UncertaintyCalibration"]:
@@ -277,7 +286,7 @@ class UncertaintyCalibration:
             decision_interval_95=per_fibre(decision),
             confidence=float(np.max(probs)),
             blend_probabilities={c: float(p) for c, p in zip(self.blend_classes, probs)},
-            unknown_fibre=score > self.unknown_threshold,
+            unknown_fibre=score > self.unknown_threshold_for(quality.noise),
             unknown_fibre_score=round(score, 4),
             uncalibrated_flags=uncalibrated,
         )

@@ -40,8 +40,9 @@ from isic_station.manifest import load_manifest
 log = logging.getLogger(__name__)
 
 COVERAGE = 0.95
-UNKNOWN_QUANTILE = 0.99  # share of known fabrics left unflagged on the calibration half
-PCA_COMPONENTS = 15  # principal components of the known spectra (chosen on seeds 2001 / 1101: README)
+UNKNOWN_QUANTILE = 0.98  # share of known fabrics left unflagged on the calibration half (target: <= 2 % flagged)
+UNKNOWN_NOISE_BANDS = 5  # noise bands with their own unknown-fibre threshold (measured: 1 band 0.60, 5 bands 0.85)
+PCA_COMPONENTS = 15  # principal components of the known spectra (10-30 measured on seeds 2001 / 1101: README)
 MIN_FLAGGED = 30  # flagged (measurement, fibre) pairs needed to calibrate a flag's widening
 MIN_BAND_PAIRS = 20  # (measurement, fibre) pairs a band of the predicted fraction needs for its own factor
 MIN_BLEND_GROUPS = 8  # composition groups of a blend class needed for its own systematic error
@@ -240,13 +241,23 @@ def fit_unknown(fit: Records, cal: Records) -> Dict[str, Any]:
     noise_model = np.maximum(np.linalg.lstsq(design, residual, rcond=None)[0], 1e-12)
     scores = np.array([unknown_fibre_score(x, n, mean, components, noise_model)
                        for x, n in zip(cal.spectrum, cal.noise)])
+    # one threshold per noise band of the calibration half (equal counts): the noisiest spectra set
+    # a single threshold far above what clean known fabrics leave
+    edges = np.quantile(np.log(cal.noise), np.linspace(0.0, 1.0, UNKNOWN_NOISE_BANDS + 1)[1:-1])
+    edges = np.exp(edges)
+    band = np.searchsorted(edges, cal.noise)
+    thresholds = [round(conformal_quantile(scores[band == b], UNKNOWN_QUANTILE), 5)
+                  for b in range(UNKNOWN_NOISE_BANDS)]
     return {
         "method": f"Q statistic: mean squared residual of the preprocessed spectrum outside the first "
         f"{PCA_COMPONENTS} principal components of the known fibres' spectra, over c0 + c1 noise^2 (least squares "
-        f"on them); threshold the {100 * UNKNOWN_QUANTILE:g} % conformal quantile over the calibration half",
+        f"on them); threshold the {100 * UNKNOWN_QUANTILE:g} % conformal quantile over the calibration half, "
+        f"per band of spectral noise ({UNKNOWN_NOISE_BANDS} bands of equal counts)",
         "components_kept": PCA_COMPONENTS,
         "noise_model": [float(v) for v in noise_model],
         "threshold": round(conformal_quantile(scores, UNKNOWN_QUANTILE), 5),
+        "noise_edges": [float(v) for v in edges],
+        "thresholds": thresholds,
         "mean": [round(float(v), 6) for v in mean],
         "components": [[round(float(v), 6) for v in row] for row in components],
     }
