@@ -36,7 +36,7 @@ from isic_station.results import build_alarm, build_result, out_of_spec_alarm, r
 from isic_station.schemas import delivery
 from isic_station.sd_notify import ProgressWatchdog, ServiceNotifier
 from isic_station.spec_check import InvalidLotSpec, LotSpec, LotSummary, check_composition
-from isic_station.uncertainty import settings_problem
+from isic_station.uncertainty import settings_problem, spectrum_quality
 from isic_station.wavelength_check import WavelengthStore, fit_offset
 
 log = logging.getLogger(__name__)
@@ -443,7 +443,7 @@ class Station:
             interval_95=prediction.interval_95, unknown_fibre_score=prediction.unknown_fibre_score,
         )
         if spec is not None:
-            self._count_in_lot(doc, predictor, prediction)
+            self._count_in_lot(doc, predictor, prediction, spectrum_quality(m.reflectance).noise)
         row = self.link.publish_result(doc)
         self.time_to_result.published(row, m.requested_at, m.acquire_ms)
         for alarm in (out_of_spec_alarm(doc), refer_to_lab_alarm(doc, prediction.uncalibrated_flags)):
@@ -456,7 +456,7 @@ class Station:
                 "sample_id_source": m.sample_id_source, "composition": doc["composition"], "blend": doc["blend"],
                 "flags": doc["flags"]}
 
-    def _count_in_lot(self, doc: Dict[str, Any], predictor: Any, prediction: Any) -> None:
+    def _count_in_lot(self, doc: Dict[str, Any], predictor: Any, prediction: Any, noise: float) -> None:
         """Add a lot result to the running summary and store it, retained, for the lot topic (before the
         result itself, so the result's publication sends both)."""
         summary = self._lot_summary
@@ -464,7 +464,8 @@ class Station:
             return
         calibration = predictor.calibration
         path = "signal_only" if prediction.signal_only else "bimodal"
-        summary.add(doc["composition"], calibration.systematic(path, doc["blend"]) if calibration is not None else {},
+        summary.add(doc["composition"],
+                    calibration.systematic(path, doc["blend"], noise) if calibration is not None else {},
                     prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"],
                     blend=doc["blend"])
         self._keep_lot(summary)

@@ -145,7 +145,8 @@ class PathCalibration:
     noise_split: float
     flag_temperature: Dict[str, float]  # quality-flag set (sorted, space-joined) -> its own T
     systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
-    systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F], where the calibration had enough groups
+    systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F] from groups of clean spectra (noise <= split)
+    systematic_per_blend_noisy: Dict[str, np.ndarray]  # blend class -> [F] from all groups, for noisy spectra
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], fibres: Sequence[str]) -> "PathCalibration":
@@ -163,6 +164,8 @@ class PathCalibration:
             systematic=np.array([doc["systematic"][f] for f in fibres], dtype=np.float64),
             systematic_per_blend={b: np.array([v[f] for f in fibres], dtype=np.float64)
                                   for b, v in doc.get("systematic_per_blend", {}).items()},
+            systematic_per_blend_noisy={b: np.array([v[f] for f in fibres], dtype=np.float64)
+                                        for b, v in doc.get("systematic_per_blend_noisy", {}).items()},
         )
 
     def temperature_for(self, noise: float, flag_set: str = "") -> float:
@@ -291,8 +294,12 @@ class UncertaintyCalibration:
             uncalibrated_flags=uncalibrated,
         )
 
-    def systematic(self, path: str, blend: Optional[str] = None) -> Dict[str, float]:
-        """Per fibre, the standard deviation of the error a lot's mean keeps on `path` for results of `blend`."""
+    def systematic(self, path: str, blend: Optional[str] = None, noise: float = 0.0) -> Dict[str, float]:
+        """Per fibre, the standard deviation of the error a lot's mean keeps on `path` for results of `blend`
+        whose spectrum has this `noise` (above the path's noise split: the table of all conditions; below
+        it: that of clean spectra, where a weak lamp's far larger bias does not apply)."""
         cal = self.paths[path]
-        values = cal.systematic_per_blend.get(blend, cal.systematic) if blend is not None else cal.systematic
+        table = (cal.systematic_per_blend_noisy if noise > cal.noise_split and cal.systematic_per_blend_noisy
+                 else cal.systematic_per_blend)
+        values = table.get(blend, cal.systematic) if blend is not None else cal.systematic
         return {f: float(v) for f, v in zip(self.fibres, values)}

@@ -12,7 +12,8 @@ What is fitted (applied at the station by `isic_station.uncertainty`, see its do
    threshold at a high quantile of the score over the calibration half.
 5. The systematic error per fibre a lot's mean keeps: from groups of fresh pieces of one
    composition, mean squared group-mean error minus the within-group variance over repeats;
-   overall and per blend class (with at least MIN_BLEND_GROUPS groups).
+   overall and per blend class (with at least MIN_BLEND_GROUPS groups), once over groups of clean
+   spectra (for clean results) and once over all (for noisy ones).
 
 The halves are split by composition group, so no composition is in both. Then the result is
 checked on other seeds (each held-out preset, and fabrics with unknown fibres) and the figures are
@@ -110,6 +111,7 @@ def _row_temperatures(rows: Mapping[str, np.ndarray], temperatures: Mapping[str,
 
     rule = PathCalibration(offset=np.zeros(0), weights=np.zeros(0), quantile=np.zeros(0), band_factor=np.zeros(0),
                            absent_factor=1.0, widening={}, systematic=np.zeros(0), systematic_per_blend={},
+                           systematic_per_blend_noisy={},
                            **temperatures)
     return np.array([rule.temperature_for(n, k) for n, k in zip(rows["noise"], rows["flag_key"])])
 
@@ -282,12 +284,16 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
                        fibres, classes, path)
         rows = _path_rows(records, path, atypicality)
         doc["systematic"] = systematic_error(rows, fibres)
-        doc["systematic_per_blend"] = {}
-        for blend in sorted(set(rows["labels"].tolist())):
-            of_blend = rows["labels"] == blend
-            if len(np.unique(rows["group"][of_blend])) >= MIN_BLEND_GROUPS:
-                doc["systematic_per_blend"][blend] = systematic_error({k: v[of_blend] for k, v in rows.items()},
-                                                                      fibres)
+        # per blend: from groups of clean spectra (median noise <= the noise split) for clean results, and
+        # from all groups for noisy ones: pooled, a weak lamp's bias lent every clean lot 2-6 pp it does not have
+        group_noise = {g: float(np.median(rows["noise"][rows["group"] == g])) for g in np.unique(rows["group"])}
+        clean = np.array([group_noise[g] <= doc["noise_split"] for g in rows["group"]])
+        for key, subset in (("systematic_per_blend", clean), ("systematic_per_blend_noisy", np.ones_like(clean))):
+            doc[key] = {}
+            for blend in sorted(set(rows["labels"].tolist())):
+                of_blend = subset & (rows["labels"] == blend)
+                if len(np.unique(rows["group"][of_blend])) >= MIN_BLEND_GROUPS:
+                    doc[key][blend] = systematic_error({k: v[of_blend] for k, v in rows.items()}, fibres)
         paths[path] = doc
     return {"paths": paths, "unknown_fibre": unknown}
 

@@ -77,8 +77,8 @@ def judge_lots(calibration: Any, records: Any, tolerances: Sequence[float], offs
                     blend = classes[int(np.argmax(records.station_prob[i]))]
                     decision = dict(zip(fibres, answers["decision"][i].tolist()))
                     results[case][judge(summary.spec, decision)["verdict"]] += 1
-                    summary.add(dict(zip(fibres, records.station_pred[i])), calibration.systematic(path, blend),
-                                decision, blend=blend)
+                    summary.add(dict(zip(fibres, records.station_pred[i])),
+                                calibration.systematic(path, blend, float(records.noise[i])), decision, blend=blend)
                 counts[case][summary.to_dict("sim", "")["verdict"]] += 1
         out["tolerance_pp"][f"{tol:g}"] = {case: {v: round(n / lots, 3) for v, n in c.items()}
                                           for case, c in counts.items()}
