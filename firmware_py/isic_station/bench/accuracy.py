@@ -196,6 +196,8 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
         raise ConfigError("--dwell and --interval must be > 0")
     if args.preset not in PRESETS:
         raise ConfigError(f"--preset {args.preset!r}: not a lab preset; choose one of {', '.join(sorted(PRESETS))}")
+    if args.model is not None:
+        args.model = args.model.resolve()   # the station's config lives in another folder: no relative path
     manifest = load_manifest(args.model or SHIPPED_MANIFEST)
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="isic-accuracy-"))
     runs: List[Dict[str, Any]] = []
