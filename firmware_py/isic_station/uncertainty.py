@@ -20,12 +20,15 @@ this module applies it (numpy only, on the board):
   The standard uncertainty is the 95 % half-width over k = 1.96.
 - Confidence: temperature scaling of the fused blend probabilities, p_i ** (1/T) renormalised
   (T fitted by log-likelihood on the calibration data), with its own T for noisy spectra (noise
-  above `noise_split`: weak lamp, noisy detector), where the model is overconfident.
+  above `noise_split`: weak lamp, noisy detector), where the model is overconfident, and its own T
+  for each set of quality flags the calibration data held often enough (`flag_temperature`, keyed
+  by the sorted flags: blurred or badly exposed frames, a dim spectrum).
 - Unknown fibres: the preprocessed spectrum's residual outside the principal subspace of the
   known fibres' calibration spectra (Q statistic, as SIMCA), over what known fabrics leave at
-  this noise level (c0 + c1 noise^2); above the
-  threshold (a high quantile over known fabrics) the sample likely holds a fibre the model does
-  not know.
+  this noise level (c0 + c1 noise^2); above the threshold (a high quantile over known fabrics of
+  the same noise band, Mondrian style: one threshold over all noise levels is set by the noisiest
+  spectra and misses most unknown fibres in clean ones) the sample likely holds a fibre the model
+  does not know.
 - Lots: `systematic[fibre]` is the standard deviation of the error a lot's mean keeps (the model's
   bias at one composition, measured over groups of fresh pieces of one composition), per blend
   class where the calibration data had enough groups of it (`systematic_per_blend`), else overall.
@@ -88,6 +91,18 @@ def scale_features(pred: np.ndarray, spread: np.ndarray, confidence: float, nois
     ], axis=1)
 
 
+def raised_quality_flags(path: str, flags: Iterable[str]) -> List[str]:
+    """The measurement's quality flags that bear on `path`'s answer (missing_image is what sends a
+    measurement down the signal-only path: calibrated there as such)."""
+    raised = [f for f in flags if f in QUALITY_FLAGS]
+    return [f for f in raised if f != "missing_image"] if path == PATH_SIGNAL_ONLY else raised
+
+
+def flag_key(path: str, flags: Iterable[str]) -> str:
+    """The quality-flag set of a measurement on `path`, as `flag_temperature` keys it ('' when clean)."""
+    return " ".join(sorted(set(raised_quality_flags(path, flags))))
+
+
 def fraction_band(pred: np.ndarray) -> np.ndarray:
     """Index of each predicted fraction's band (0 .. len(BAND_EDGES))."""
     return np.searchsorted(np.asarray(BAND_EDGES), np.asarray(pred, dtype=np.float64), side="right")
@@ -128,8 +143,10 @@ class PathCalibration:
     temperature: float
     noisy_temperature: float  # T for spectra noisier than noise_split
     noise_split: float
+    flag_temperature: Dict[str, float]  # quality-flag set (sorted, space-joined) -> its own T
     systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
-    systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F], where the calibration had enough groups
+    systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F] from groups of clean spectra (noise <= split)
+    systematic_per_blend_noisy: Dict[str, np.ndarray]  # blend class -> [F] from all groups, for noisy spectra
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], fibres: Sequence[str]) -> "PathCalibration":
@@ -143,13 +160,18 @@ class PathCalibration:
             temperature=float(doc["temperature"]),
             noisy_temperature=float(doc.get("noisy_temperature", doc["temperature"])),
             noise_split=float(doc.get("noise_split", math.inf)),
+            flag_temperature={str(k): float(v) for k, v in doc.get("flag_temperature", {}).items()},
             systematic=np.array([doc["systematic"][f] for f in fibres], dtype=np.float64),
             systematic_per_blend={b: np.array([v[f] for f in fibres], dtype=np.float64)
                                   for b, v in doc.get("systematic_per_blend", {}).items()},
+            systematic_per_blend_noisy={b: np.array([v[f] for f in fibres], dtype=np.float64)
+                                        for b, v in doc.get("systematic_per_blend_noisy", {}).items()},
         )
 
-    def temperature_for(self, noise: float) -> float:
-        """The temperature for a spectrum of this noise level."""
+    def temperature_for(self, noise: float, flag_set: str = "") -> float:
+        """The temperature for a measurement with these quality flags (`flag_key`) and spectral noise."""
+        if flag_set in self.flag_temperature:
+            return self.flag_temperature[flag_set]
         return self.noisy_temperature if noise > self.noise_split else self.temperature
 
     def scale(self, pred: np.ndarray, spread: np.ndarray, confidence: float, quality: SpectrumQuality,
@@ -173,6 +195,22 @@ class Calibrated:
     uncalibrated_flags: Tuple[str, ...]  # quality flags the calibration never saw: refer to the lab
 
 
+def settings_problem(calibrated: Mapping[str, Any], config: Any) -> Optional[str]:
+    """Why this station's measuring settings (`config.Config`) are not those the calibration was fitted
+    for (the manifest's `uncertainty.data.station`), or None: fewer scans or frames widen the real error."""
+    own = {"coadd": config.spectrometer.coadd, "n_frames": config.camera.frames_per_measurement,
+           "frame_px": config.camera.width, "frame_height": config.camera.height,
+           "camera_um_per_px": config.camera.um_per_px, "integration_us": config.spectrometer.integration_us}
+    differ = [f"{key} {calibrated[key]} -> {value}" for key, value in own.items()
+              if key in calibrated and calibrated[key] is not None and value is not None
+              and not math.isclose(float(calibrated[key]), float(value), rel_tol=1e-6)]
+    if not differ:
+        return None
+    return ("the uncertainty calibration was fitted for other station settings (" + ", ".join(differ)
+            + "): its intervals and confidence may not hold here; run `isic-model calibrate-uncertainty "
+            "--config` with this station's config")
+
+
 class UncertaintyCalibration:
     """The manifest's `uncertainty` object, ready to apply to one measurement at a time."""
 
@@ -187,6 +225,14 @@ class UncertaintyCalibration:
         self.pca_components = np.asarray(unknown["components"], dtype=np.float64)
         self.noise_model = [float(v) for v in unknown["noise_model"]]
         self.unknown_threshold = float(unknown["threshold"])
+        self.unknown_noise_edges = np.asarray(unknown.get("noise_edges", []), dtype=np.float64)
+        self.unknown_thresholds = [float(v) for v in unknown.get("thresholds", [self.unknown_threshold])]
+
+    def unknown_threshold_for(self, noise: float) -> float:
+        """The unknown-fibre threshold for a spectrum of this noise: its noise band's (Mondrian), else the one."""
+        if len(self.unknown_thresholds) != len(self.unknown_noise_edges) + 1:
+            return self.unknown_threshold
+        return self.unknown_thresholds[int(np.searchsorted(self.unknown_noise_edges, float(noise)))]
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> Optional["UncertaintyCalibration"]:
@@ -209,10 +255,7 @@ class UncertaintyCalibration:
         the decision interval uses `absent_factor` there (elsewhere it is the interval).
         """
         cal = self.paths[path]
-        raised = [f for f in flags if f in QUALITY_FLAGS]
-        # missing_image is what sends a measurement down the signal-only path: calibrated there as such.
-        if path == PATH_SIGNAL_ONLY:
-            raised = [f for f in raised if f != "missing_image"]
+        raised = raised_quality_flags(path, flags)
         widening = max([cal.widening[f] for f in raised if f in cal.widening] + [1.0])
         pred = np.asarray(pred, dtype=np.float64)
         bands = fraction_band(pred)
@@ -230,8 +273,9 @@ class UncertaintyCalibration:
               flags: Iterable[str] = ()) -> Calibrated:
         """Calibrated uncertainty, interval, confidence and the unknown-fibre check for one prediction."""
         pred = np.array([composition[f] for f in self.fibres])
+        flags = list(flags)
         probs = temper(np.array([blend_probabilities[c] for c in self.blend_classes]),
-                       self.paths[path].temperature_for(quality.noise))
+                       self.paths[path].temperature_for(quality.noise, flag_key(path, flags)))
         score = self.unknown_score(spectrum, quality.noise)
         half, bounds, decision, uncalibrated = self.interval(
             path, pred, np.array([spread[f] for f in self.fibres]), float(np.max(probs)), quality, score, flags)
@@ -245,13 +289,17 @@ class UncertaintyCalibration:
             decision_interval_95=per_fibre(decision),
             confidence=float(np.max(probs)),
             blend_probabilities={c: float(p) for c, p in zip(self.blend_classes, probs)},
-            unknown_fibre=score > self.unknown_threshold,
+            unknown_fibre=score > self.unknown_threshold_for(quality.noise),
             unknown_fibre_score=round(score, 4),
             uncalibrated_flags=uncalibrated,
         )
 
-    def systematic(self, path: str, blend: Optional[str] = None) -> Dict[str, float]:
-        """Per fibre, the standard deviation of the error a lot's mean keeps on `path` for results of `blend`."""
+    def systematic(self, path: str, blend: Optional[str] = None, noise: float = 0.0) -> Dict[str, float]:
+        """Per fibre, the standard deviation of the error a lot's mean keeps on `path` for results of `blend`
+        whose spectrum has this `noise` (above the path's noise split: the table of all conditions; below
+        it: that of clean spectra, where a weak lamp's far larger bias does not apply)."""
         cal = self.paths[path]
-        values = cal.systematic_per_blend.get(blend, cal.systematic) if blend is not None else cal.systematic
+        table = (cal.systematic_per_blend_noisy if noise > cal.noise_split and cal.systematic_per_blend_noisy
+                 else cal.systematic_per_blend)
+        values = table.get(blend, cal.systematic) if blend is not None else cal.systematic
         return {f: float(v) for f, v in zip(self.fibres, values)}

@@ -12,7 +12,8 @@ What is fitted (applied at the station by `isic_station.uncertainty`, see its do
    threshold at a high quantile of the score over the calibration half.
 5. The systematic error per fibre a lot's mean keeps: from groups of fresh pieces of one
    composition, mean squared group-mean error minus the within-group variance over repeats;
-   overall and per blend class (with at least MIN_BLEND_GROUPS groups).
+   overall and per blend class (with at least MIN_BLEND_GROUPS groups), once over groups of clean
+   spectra (for clean results) and once over all (for noisy ones).
 
 The halves are split by composition group, so no composition is in both. Then the result is
 checked on other seeds (each held-out preset, and fabrics with unknown fibres) and the figures are
@@ -24,14 +25,17 @@ import json
 import logging
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibration_data import Records, collect, mixture_text, presets_arg, training_presets
+from isic_model.data import StationSettings
+from isic_model.evaluate import station_settings, training_settings
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import (
     BAND_EDGES,
@@ -39,28 +43,48 @@ from isic_station.uncertainty import (
     PATH_BIMODAL,
     PATH_SIGNAL_ONLY,
     QUALITY_FLAGS,
+    PathCalibration,
     SpectrumQuality,
     UncertaintyCalibration,
+    flag_key,
     fraction_band,
     scale_features,
     spectrum_residual,
     temper,
     unknown_fibre_score,
 )
-from isic_station.uncertainty_metrics import coverage_95, expected_calibration_error, median_interval_width
+from isic_station.uncertainty_metrics import (
+    coverage_95,
+    ece_noise_floor,
+    expected_calibration_error,
+    median_interval_width,
+)
 
 log = logging.getLogger(__name__)
 
 COVERAGE = 0.95
-UNKNOWN_QUANTILE = 0.99  # share of known fabrics left unflagged on the calibration half
-PCA_COMPONENTS = 15  # principal components of the known spectra (chosen on seeds 2001 / 1101: README)
+UNKNOWN_QUANTILE = 0.98  # share of known fabrics left unflagged on the calibration half (target: <= 2 % flagged)
+UNKNOWN_NOISE_BANDS = 5  # noise bands with their own unknown-fibre threshold (measured: 1 band 0.60, 5 bands 0.85)
+PCA_COMPONENTS = 15  # principal components of the known spectra (10-30 measured on seeds 2001 / 1101: README)
 MIN_FLAGGED = 30  # flagged (measurement, fibre) pairs needed to calibrate a flag's widening
 MIN_BAND_PAIRS = 20  # (measurement, fibre) pairs a band of the predicted fraction needs for its own factor
 MIN_BLEND_GROUPS = 8  # composition groups of a blend class needed for its own systematic error
 NOISY_FACTOR = 3.0  # spectra noisier than this many times the median get their own temperature
 MIN_NOISY = 50  # noisy measurements needed to fit that temperature
+MIN_FLAG_SET = 50  # measurements of one quality-flag set needed to fit its own temperature
 DEFAULT_UNKNOWN = ("wool", "silk", "acrylic", "elastane")
 HELDOUT_PRESETS = ("default", "humid", "dark_dyes", "low_snr", "thin")
+LOT_TOLERANCES_PP = (3.0, 5.0)  # EU 1007/2011's 3 pp, GB/T 29862's and the station's default 5 pp
+LOT_OFFSET_PP = 8.0  # how far off the wrong declaration of the lot check is
+UNKNOWN_SHARE_BANDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 1.01)  # bands of the unknown fibre's share, for the figures
+
+
+class LotCheck(NamedTuple):
+    """The held-out lot check: `count` lots of `size` fresh pieces each, lab seed `seed`, default preset."""
+
+    seed: int
+    count: int
+    size: int
 
 
 def conformal_quantile(scores: np.ndarray, coverage: float = COVERAGE) -> float:
@@ -87,20 +111,39 @@ def _path_rows(records: Records, path: str, atypicality: np.ndarray) -> Dict[str
     if path == PATH_BIMODAL:
         keep = ~records.station_signal_only
         r = records.subset(keep)
-        return {"pred": r.station_pred, "spread": r.station_spread, "prob": r.station_prob, "truth": r.truth,
+        rows = {"pred": r.station_pred, "spread": r.station_spread, "prob": r.station_prob, "truth": r.truth,
                 "noise": r.noise, "flags": r.flags, "labels": r.labels, "group": r.group,
                 "atypicality": atypicality[keep], "preset": r.preset, "level": r.level}
-    return {"pred": records.signal_pred, "spread": np.zeros_like(records.signal_spread), "prob": records.signal_prob,
-            "truth": records.truth, "noise": records.noise, "flags": records.flags, "labels": records.labels,
-            "group": records.group, "atypicality": atypicality, "preset": records.preset,
-            "level": records.level}
+    else:
+        rows = {"pred": records.signal_pred, "spread": np.zeros_like(records.signal_spread),
+                "prob": records.signal_prob, "truth": records.truth, "noise": records.noise, "flags": records.flags,
+                "labels": records.labels, "group": records.group, "atypicality": atypicality,
+                "preset": records.preset, "level": records.level}
+    rows["flag_key"] = np.array([flag_key(path, text.split()) for text in rows["flags"]], dtype=object)
+    return rows
 
 
-def _features(rows: Mapping[str, np.ndarray], temperature: float, noisy_temperature: float,
-              noise_split: float) -> Tuple[np.ndarray, np.ndarray]:
-    """([N, F, D] scale features, [N] tempered confidence, each row at its noise band's temperature)."""
-    noisy = (rows["noise"] > noise_split)[:, None]
-    conf = np.where(noisy, temper(rows["prob"], noisy_temperature), temper(rows["prob"], temperature)).max(axis=1)
+def _row_temperatures(rows: Mapping[str, np.ndarray], temperatures: Mapping[str, Any]) -> np.ndarray:
+    """[N] the temperature the station applies to each row (its flag set's, else its noise band's)."""
+    rule = PathCalibration(offset=np.zeros(0), weights=np.zeros(0), quantile=np.zeros(0), band_factor=np.zeros(0),
+                           absent_factor=1.0, widening={}, systematic=np.zeros(0), systematic_per_blend={},
+                           systematic_per_blend_noisy={},
+                           **temperatures)
+    return np.array([rule.temperature_for(n, k) for n, k in zip(rows["noise"], rows["flag_key"])])
+
+
+def _tempered_confidence(prob: np.ndarray, temperature: np.ndarray) -> np.ndarray:
+    """[N] the top tempered probability of each row at its own temperature."""
+    conf = np.empty(len(prob))
+    for t in np.unique(temperature):
+        rows = temperature == t
+        conf[rows] = temper(prob[rows], float(t)).max(axis=1)
+    return conf
+
+
+def _features(rows: Mapping[str, np.ndarray], temperatures: Mapping[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
+    """([N, F, D] scale features, [N] tempered confidence, each row at the temperature the station gives it)."""
+    conf = _tempered_confidence(rows["prob"], _row_temperatures(rows, temperatures))
     feats = np.stack([scale_features(p, s, c, n, a, lv) for p, s, c, n, a, lv in zip(
         rows["pred"], rows["spread"], conf, rows["noise"], rows["atypicality"], rows["level"])])
     return feats, conf
@@ -125,7 +168,14 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
                          else temperature)
     if noisy.sum() >= MIN_NOISY:
         temperature = fit_temperature(fit["prob"][~noisy], labels[~noisy])
-    feats, _ = _features(fit, temperature, noisy_temperature, noise_split)
+    flag_temperature = {}
+    for key in sorted(set(fit["flag_key"].tolist()) - {""}):
+        rows = fit["flag_key"] == key
+        if rows.sum() >= MIN_FLAG_SET:
+            flag_temperature[key] = fit_temperature(fit["prob"][rows], labels[rows])
+    temperatures = {"temperature": temperature, "noisy_temperature": noisy_temperature, "noise_split": noise_split,
+                    "flag_temperature": flag_temperature}
+    feats, _ = _features(fit, temperatures)
     present = fit["truth"] > 0
     n_fibres = len(fibres)
     # log|e| = offset[f] + w . x  over the (measurement, fibre) pairs with the fibre present
@@ -137,7 +187,7 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
     coef[columns], *_ = np.linalg.lstsq(design[present][:, columns], target[present], rcond=None)
     offset, weights = coef[:n_fibres], coef[n_fibres:]
 
-    cal_feats, _ = _features(cal, temperature, noisy_temperature, noise_split)
+    cal_feats, _ = _features(cal, temperatures)
     scale = np.exp(offset + cal_feats @ weights)
     scores = np.abs(cal["pred"] - cal["truth"]) / scale
     cal_present = cal["truth"] > 0
@@ -163,6 +213,7 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
         "temperature": temperature,
         "noisy_temperature": noisy_temperature,
         "noise_split": round(noise_split, 8),
+        "flag_temperature": flag_temperature,
         "offset": {f: round(float(v), 5) for f, v in zip(fibres, offset)},
         "weights": {k: round(float(v), 5) for k, v in zip(FEATURES, weights)},
         "quantile": quantile,
@@ -200,13 +251,23 @@ def fit_unknown(fit: Records, cal: Records) -> Dict[str, Any]:
     noise_model = np.maximum(np.linalg.lstsq(design, residual, rcond=None)[0], 1e-12)
     scores = np.array([unknown_fibre_score(x, n, mean, components, noise_model)
                        for x, n in zip(cal.spectrum, cal.noise)])
+    # one threshold per noise band of the calibration half (equal counts): the noisiest spectra set
+    # a single threshold far above what clean known fabrics leave
+    edges = np.quantile(np.log(cal.noise), np.linspace(0.0, 1.0, UNKNOWN_NOISE_BANDS + 1)[1:-1])
+    edges = np.exp(edges)
+    band = np.searchsorted(edges, cal.noise)
+    thresholds = [round(conformal_quantile(scores[band == b], UNKNOWN_QUANTILE), 5)
+                  for b in range(UNKNOWN_NOISE_BANDS)]
     return {
         "method": f"Q statistic: mean squared residual of the preprocessed spectrum outside the first "
         f"{PCA_COMPONENTS} principal components of the known fibres' spectra, over c0 + c1 noise^2 (least squares "
-        f"on them); threshold the {100 * UNKNOWN_QUANTILE:g} % conformal quantile over the calibration half",
+        f"on them); threshold the {100 * UNKNOWN_QUANTILE:g} % conformal quantile over the calibration half, "
+        f"per band of spectral noise ({UNKNOWN_NOISE_BANDS} bands of equal counts)",
         "components_kept": PCA_COMPONENTS,
         "noise_model": [float(v) for v in noise_model],
         "threshold": round(conformal_quantile(scores, UNKNOWN_QUANTILE), 5),
+        "noise_edges": [float(v) for v in edges],
+        "thresholds": thresholds,
         "mean": [round(float(v), 6) for v in mean],
         "components": [[round(float(v), 6) for v in row] for row in components],
     }
@@ -229,12 +290,16 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
                        fibres, classes, path)
         rows = _path_rows(records, path, atypicality)
         doc["systematic"] = systematic_error(rows, fibres)
-        doc["systematic_per_blend"] = {}
-        for blend in sorted(set(rows["labels"].tolist())):
-            of_blend = rows["labels"] == blend
-            if len(np.unique(rows["group"][of_blend])) >= MIN_BLEND_GROUPS:
-                doc["systematic_per_blend"][blend] = systematic_error({k: v[of_blend] for k, v in rows.items()},
-                                                                      fibres)
+        # per blend: from groups of clean spectra (median noise <= the noise split) for clean results, and
+        # from all groups for noisy ones: pooled, a weak lamp's bias lent every clean lot 2-6 pp it does not have
+        group_noise = {g: float(np.median(rows["noise"][rows["group"] == g])) for g in np.unique(rows["group"])}
+        clean = np.array([group_noise[g] <= doc["noise_split"] for g in rows["group"]])
+        for key, subset in (("systematic_per_blend", clean), ("systematic_per_blend_noisy", np.ones_like(clean))):
+            doc[key] = {}
+            for blend in sorted(set(rows["labels"].tolist())):
+                of_blend = subset & (rows["labels"] == blend)
+                if len(np.unique(rows["group"][of_blend])) >= MIN_BLEND_GROUPS:
+                    doc[key][blend] = systematic_error({k: v[of_blend] for k, v in rows.items()}, fibres)
         paths[path] = doc
     return {"paths": paths, "unknown_fibre": unknown}
 
@@ -274,6 +339,7 @@ def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
         "median_interval_width": median_interval_width(records.truth, a["intervals"]),
         "ece": expected_calibration_error(a["confidence"], a["correct"]),
         "ece_uncalibrated": expected_calibration_error(raw_conf, a["correct"]),
+        "ece_noise_floor": ece_noise_floor(a["confidence"]),
         "flagged_known": round(float(a["unknown"].mean()), 4),
         "signal_only_share": round(float(a["signal_only"].mean()), 4),
     }
@@ -284,6 +350,18 @@ def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
         "ece": expected_calibration_error(s["confidence"], s["correct"]),
     }
     return figures
+
+
+def unknown_breakdown(records: Records, flagged: np.ndarray) -> Dict[str, Dict[str, Any]]:
+    """flagged_unknown per unknown fibre and per band of its share in the fabric ({name: rate}, {band: rate})."""
+    per_fibre = {name: round(float(flagged[records.unknown_name == name].mean()), 4)
+                 for name in sorted(set(records.unknown_name.tolist()) - {""})}
+    per_share = {}
+    for low, high in zip(UNKNOWN_SHARE_BANDS[:-1], UNKNOWN_SHARE_BANDS[1:]):
+        rows = (records.unknown_share >= low) & (records.unknown_share < high)
+        if rows.any():
+            per_share[f"{low:g}-{high:g}"] = round(float(flagged[rows].mean()), 4)
+    return {"per_fibre": per_fibre, "per_share": per_share}
 
 
 def _uncalibrated_copy(manifest_path: Path) -> Path:
@@ -311,7 +389,8 @@ def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
 
 def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
               heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
-              cache_dir: Optional[Path], progress: bool = True) -> Dict[str, Any]:
+              cache_dir: Optional[Path], progress: bool = True, settings: Optional[StationSettings] = None,
+              jobs: int = 1, lots: Optional["LotCheck"] = None) -> Dict[str, Any]:
     """Collect, fit, check on held-out seeds, and write `uncertainty` into the manifest. Returns it."""
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
@@ -319,7 +398,7 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
     source = _uncalibrated_copy(manifest_path)
     try:
         doc = _calibrate(source, seed, groups, repeats, preset, heldout_seed, heldout_samples, heldout_presets,
-                         unknown, cache_dir, progress)
+                         unknown, cache_dir, progress, settings or station_settings(), jobs, lots)
     finally:
         source.unlink()
     raw = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -336,11 +415,13 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
 
 def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
                heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
-               cache_dir: Optional[Path], progress: bool) -> Dict[str, Any]:
+               cache_dir: Optional[Path], progress: bool, settings: StationSettings, jobs: int,
+               lots: Optional["LotCheck"]) -> Dict[str, Any]:
     manifest = load_manifest(manifest_path)
     fibres, classes = list(manifest.fibres), list(manifest.blend_classes)
     start = time.perf_counter()
-    records = collect(manifest_path, seed, groups, preset, repeats, cache_dir=cache_dir, progress=progress)
+    records = collect(manifest_path, seed, groups, preset, repeats, cache_dir=cache_dir, progress=progress,
+                      settings=settings, jobs=jobs)
     doc = fit_calibration(records, fibres, classes)
     doc["method"] = (
         "locally weighted split conformal per path and fibre (coverage 0.95, fibres present), quality-flag "
@@ -351,21 +432,30 @@ def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset
     doc["data"] = {
         "seed": seed, "groups": groups, "repeats": repeats, "measurements": len(records),
         "preset": mixture_text(preset), "split": "half the composition groups fit, half calibrate (rng 0)",
-        "station": manifest.raw.get("training", {}).get("station", {}),
+        "station": asdict(settings),
         "graphs": {k: g.sha256 for k, g in manifest.graphs.items()},
     }
     calibration = UncertaintyCalibration(doc, fibres, classes)
     heldout: Dict[str, Any] = {"seed": heldout_seed, "samples": heldout_samples, "presets": {}}
     for name in heldout_presets:
-        rec = collect(manifest_path, heldout_seed, heldout_samples, name, cache_dir=cache_dir, progress=progress)
+        rec = collect(manifest_path, heldout_seed, heldout_samples, name, cache_dir=cache_dir, progress=progress,
+                      settings=settings, jobs=jobs)
         heldout["presets"][name] = heldout_figures(calibration, rec)
     if unknown:
         rec = collect(manifest_path, heldout_seed + 100, heldout_samples, "default", unknown=unknown,
-                      cache_dir=cache_dir, progress=progress)
+                      cache_dir=cache_dir, progress=progress, settings=settings, jobs=jobs)
         flags = apply_records(calibration, rec)["unknown"]
         known = heldout["presets"].get("default", {}).get("flagged_known")
-        heldout["unknown_fibre"] = {"fibres": list(unknown), "seed": heldout_seed + 100,
-                                    "flagged_unknown": round(float(flags.mean()), 4), "flagged_known": known}
+        heldout["unknown_fibre"] = dict({"fibres": list(unknown), "seed": heldout_seed + 100,
+                                         "flagged_unknown": round(float(flags.mean()), 4), "flagged_known": known},
+                                        **unknown_breakdown(rec, flags))
+    if lots:
+        from isic_model.lot_simulation import judge_lots
+
+        rec = collect(manifest_path, lots.seed, lots.count, "default", repeats=lots.size, cache_dir=cache_dir,
+                      progress=progress, settings=settings, jobs=jobs)
+        heldout["lots"] = dict({"seed": lots.seed, "lots": lots.count, "size": lots.size, "preset": "default"},
+                               **judge_lots(calibration, rec, LOT_TOLERANCES_PP, LOT_OFFSET_PP))
     doc["heldout"] = heldout
     doc["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc["seconds"] = round(time.perf_counter() - start, 1)
@@ -391,7 +481,16 @@ def summary_lines(doc: Mapping[str, Any]) -> List[str]:
     if "unknown_fibre" in h:
         u = h["unknown_fibre"]
         lines.append(f"unknown fibres {','.join(u['fibres'])} (seed {u['seed']}): flagged_unknown "
-                     f"{u['flagged_unknown']:.3f}, flagged_known {u['flagged_known']}")
+                     f"{u['flagged_unknown']:.3f}, flagged_known {u['flagged_known']}; per fibre "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in u.get("per_fibre", {}).items()) + "; per share "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in u.get("per_share", {}).items()))
+    if "lots" in h:
+        lots = h["lots"]
+        cases = {"true": "declared as it is", "offset": f"declared {lots['offset_pp']:g} pp off"}
+        for tol, shares in lots["tolerance_pp"].items():
+            text = "; ".join(f"{name}: " + ", ".join(f"{v} {100 * x:.1f} %" for v, x in shares[case].items())
+                             for case, name in cases.items())
+            lines.append(f"lots of {lots['size']} (seed {lots['seed']}, {lots['lots']} lots) at {tol} pp: {text}")
     return lines
 
 
@@ -418,7 +517,16 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--heldout-presets", default=",".join(HELDOUT_PRESETS), help="comma-separated presets")
     p.add_argument("--unknown-fibres", default=",".join(DEFAULT_UNKNOWN),
                    help="lab fibres the model does not know, for the unknown-fibre check ('' to skip)")
+    p.add_argument("--lots", type=int, default=40,
+                   help="held-out lot check: lots of --lot-size fresh pieces judged by the lot rule (0: skip)")
+    p.add_argument("--lot-size", type=int, default=20, help="measurements per held-out lot (default: %(default)s)")
+    p.add_argument("--lot-seed", type=int, default=3001, help="lab seed of the held-out lots (default: %(default)s)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="measure with this station config's settings (default: the demo bench's, as `bench accuracy`)")
+    p.add_argument("--training-settings", action="store_true", help="measure with the settings training used")
     p.add_argument("--cache", type=Path, default=Path("out/cache"), help="record cache folder (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="processes simulating the records (2 on an idle 2-core machine; default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the written `uncertainty` object (without arrays)")
     p.set_defaults(handler=_command)
 
@@ -433,9 +541,19 @@ def _command(args: argparse.Namespace) -> int:
             preset = training_presets(load_manifest(source).raw)
         finally:
             source.unlink()
+    if args.training_settings:
+        source = _uncalibrated_copy(path)
+        try:
+            settings = training_settings(load_manifest(source))
+        finally:
+            source.unlink()
+    else:
+        settings = station_settings(args.config)
     doc = calibrate(path, args.seed, args.groups, args.repeats, preset, args.heldout_seed, args.heldout_samples,
                     [p for p in args.heldout_presets.split(",") if p],
-                    [f for f in args.unknown_fibres.split(",") if f], args.cache, progress=not args.json)
+                    [f for f in args.unknown_fibres.split(",") if f], args.cache, progress=not args.json,
+                    settings=settings, jobs=args.jobs,
+                    lots=LotCheck(args.lot_seed, args.lots, args.lot_size) if args.lots > 0 else None)
     if args.json:
         arrays = ("mean", "components")
         shown = dict(doc, unknown_fibre={k: v for k, v in doc["unknown_fibre"].items() if k not in arrays})

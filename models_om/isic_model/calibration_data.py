@@ -1,8 +1,10 @@
 """Station-like held-out measurements with the model's raw answers: the data uncertainty is calibrated on.
 
-Each measurement is simulated as the station takes it (the manifest's station settings), gated as
-the station gates it (`acquisition.spectrum_flags`, the quality gate on every frame; a measurement
-with no frame left is signal-only, as at the station) and answered by the station's own Predictor
+Each measurement is simulated as the station takes it (a station's settings: by default the demo
+bench's, whose station `bench accuracy` scores: its frame size and µm/px, frames, co-adding and the
+sample's printed label in view, which the station masks out), gated as the station gates it
+(`acquisition.spectrum_flags`, the quality gate on every frame; a measurement with no frame left is
+signal-only, as at the station) and answered by the station's own Predictor
 without calibration, once on the station's path (bimodal, or signal-only without frames) and once
 signal-only. Samples come in groups of `repeats` fresh pieces of fabric (new nuisance, new frames)
 of one composition: the spread within a group is what averaging over a lot removes, the rest is
@@ -14,7 +16,9 @@ short run is the head of a long one. Collected records are cached as .npz keyed 
 """
 
 import logging
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -22,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from isic_model.data import Presets, StationSettings, cache_key, draw_preset
+from isic_model.evaluate import station_settings
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +37,8 @@ UNKNOWN_SHARE = (0.2, 0.8)  # fraction range of the unknown fibre in an unknown-
 class Records:
     """Per measurement: truth, the raw answers of both paths and the quality figures.
 
-    `truth` [N, F] over the model's fibres (an unknown fibre's share is in `unknown_share` [N]);
+    `truth` [N, F] over the model's fibres (an unknown fibre's name and share in `unknown_name`,
+    `unknown_share` [N]; '' and 0 for known fabrics);
     `group` [N] composition group; `preset` [N] names; `flags` [N] space-joined quality flags;
     `station_signal_only` [N] bool (no frame passed the gate). For path p in (station, signal):
     `p_pred` [N, F], `p_spread` [N, F] (std over tiles), `p_prob` [N, K] fused blend probabilities.
@@ -41,6 +47,7 @@ class Records:
 
     truth: np.ndarray
     unknown_share: np.ndarray
+    unknown_name: np.ndarray
     group: np.ndarray
     preset: np.ndarray
     flags: np.ndarray
@@ -100,21 +107,36 @@ def collect(
     unknown: Sequence[str] = (),
     cache_dir: Optional[Path] = None,
     progress: bool = True,
+    settings: Optional[StationSettings] = None,
+    jobs: int = 1,
 ) -> Records:
-    """`groups` x `repeats` measurements with seed `seed`, answered by the uncalibrated model."""
+    """`groups` x `repeats` measurements with seed `seed` taken with `settings` (default: the demo
+    bench's station settings), answered by the uncalibrated model; `jobs` processes share the groups
+    (the same records whatever the number)."""
     from isic_station.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
-    settings = StationSettings(**manifest.raw.get("training", {}).get("station", {}))
+    settings = settings or station_settings()
     key = cache_key(kind="uncertainty-records", seed=seed, groups=groups, repeats=repeats, preset=preset,
                     unknown=list(unknown), settings=asdict(settings), model=manifest.graphs["bimodal"].sha256,
-                    signal=manifest.graphs["signal_only"].sha256, version=3)
+                    signal=manifest.graphs["signal_only"].sha256, version=4)
     path = cache_dir / f"records-{key}.npz" if cache_dir is not None else None
     if path is not None and path.is_file():
         log.info("records seed=%d from cache %s", seed, path)
         with np.load(path) as data:
             return Records(**{name: data[name] for name in data.files})
-    records = _simulate(manifest, settings, seed, groups, preset, repeats, unknown, progress)
+    jobs = max(1, min(int(jobs), groups))
+    if jobs == 1:
+        records = _simulate(manifest_path, settings, seed, range(groups), preset, repeats, unknown, progress, 2)
+    else:
+        # groups are drawn from their own generators: split into contiguous chunks, one process each
+        bounds = np.linspace(0, groups, jobs + 1).astype(int)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            parts = list(pool.map(_simulate, [manifest_path] * jobs, [settings] * jobs, [seed] * jobs,
+                                  [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])], [preset] * jobs,
+                                  [repeats] * jobs, [list(unknown)] * jobs, [progress] + [False] * (jobs - 1),
+                                  [1] * jobs))
+        records = Records(**{k: np.concatenate([getattr(part, k) for part in parts]) for k in asdict(parts[0])})
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
@@ -123,41 +145,40 @@ def collect(
     return records
 
 
-def _simulate(manifest: Any, settings: StationSettings, seed: int, groups: int, preset: Presets, repeats: int,
-              unknown: Sequence[str], progress: bool) -> Records:
+def _simulate(manifest_path: Path, settings: StationSettings, seed: int, groups: range, preset: Presets,
+              repeats: int, unknown: Sequence[str], progress: bool, threads: int) -> Records:
+    """The records of composition groups `groups` (one process's share of a run)."""
     from tqdm import tqdm
 
     from isic_drivers.lab.instrument import InstrumentModel
-    from isic_drivers.lab.measurement import simulate_measurement
     from isic_drivers.lab.sample import Sample, blend_label, draw_nuisance
     from isic_station.acquisition.acquirer import GATE_FLAGS, spectrum_flags
-    from isic_station.acquisition.quality_gate import assess
+    from isic_station.acquisition.quality_gate import GateThresholds, assess
     from isic_station.inference import create_backend
     from isic_station.inference.predictor import Predictor
+    from isic_station.manifest import load_manifest
     from isic_station.preprocess.spectrum import preprocess_spectrum
     from isic_station.uncertainty import spectrum_quality
 
+    manifest = load_manifest(manifest_path)
     fibres = list(manifest.fibres)
     lab_fibres = fibres + [f for f in unknown if f not in fibres]
-    predictor = Predictor(manifest, create_backend("onnxruntime", manifest, {"threads": 2}), calibrated=False)
+    predictor = Predictor(manifest, create_backend("onnxruntime", manifest, {"threads": threads}), calibrated=False)
     rows: Dict[str, List[Any]] = {k: [] for k in Records.__dataclass_fields__}
     instrument = InstrumentModel()  # the lab's, as simulate_measurement measures with it: its ADC sets full scale
     try:
-        for g in tqdm(range(groups), desc=f"calibration seed {seed}", unit="sample", disable=not progress,
+        for g in tqdm(groups, desc=f"calibration seed {seed}", unit="sample", disable=not progress,
                       file=sys.stderr):
             rng = np.random.default_rng([seed, g])
             base, preset_name = _draw(rng, preset, fibres, unknown)
             for _ in range(repeats):
                 sample = Sample(dict(base.composition), draw_nuisance(rng, preset_name))
-                m = simulate_measurement(sample, rng, instrument, integration_us=settings.integration_us,
-                                         coadd=settings.coadd,
-                                         n_frames=settings.n_frames, frame_size=settings.frame_px,
-                                         um_per_px=settings.camera_um_per_px, fibres=lab_fibres)
+                m = settings.take(sample, rng, lab_fibres)
                 flags = spectrum_flags(m.raw_counts, m.dark_counts, float((m.white_counts - m.dark_counts).max()),
                                        0.05, full_scale=float(instrument.adc_max))
                 passed = []
                 for frame in m.frames:
-                    quality = assess(frame)
+                    quality = assess(frame, GateThresholds(), settings.camera_um_per_px)
                     flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
                     if quality.passed:
                         passed.append(frame)
@@ -165,6 +186,7 @@ def _simulate(manifest: Any, settings: StationSettings, seed: int, groups: int, 
                 signal = predictor.predict(m.reflectance, m.wavelengths_nm, None, settings.camera_um_per_px)
                 rows["truth"].append([sample.composition.get(f, 0.0) for f in fibres])
                 rows["unknown_share"].append(sum(v for k, v in sample.composition.items() if k not in fibres))
+                rows["unknown_name"].append(",".join(sorted(k for k in sample.composition if k not in fibres)))
                 rows["group"].append(g)
                 rows["preset"].append(preset_name)
                 rows["flags"].append(" ".join(sorted(flags | ({"missing_image"} if not passed else set()))))

@@ -86,10 +86,15 @@ class StationSettings:
         `preset` is a lab preset name, or a mapping name -> weight: each sample then comes from one
         preset drawn with those weights (training over the range of conditions a station meets).
         """
-        from isic_drivers.lab.measurement import simulate_measurement
         from isic_drivers.lab.sample import draw_sample
 
         sample = draw_sample(rng, draw_preset(rng, preset), dict(overrides or {}), fibres=list(fibres))
+        return self.take(sample, rng, fibres, with_frames)
+
+    def take(self, sample: Any, rng: np.random.Generator, fibres: Sequence[str], with_frames: bool = True) -> Any:
+        """Measure this lab `Sample` as the station does (a lab `Measurement`; `fibres` the lab's fibre set)."""
+        from isic_drivers.lab.measurement import simulate_measurement
+
         decorate = None
         if self.label:
             from isic_drivers.emulators.microscope import label_decorator

@@ -240,7 +240,7 @@ def run_evaluation(
         from isic_model.uncertainty_figures import unknown_fibre_figures
 
         result["unknown_fibre"] = unknown_fibre_figures(manifest_path, seed, samples, preset, unknown_fibres,
-                                                        main.predictions, progress)
+                                                        main.predictions, progress, settings)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 

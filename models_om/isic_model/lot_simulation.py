@@ -36,7 +36,7 @@ def offset_declaration(truth: Sequence[float], fibres: Sequence[str], offset: fl
 
 
 def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: str, tolerances: Sequence[float],
-                  offset_pp: float, cache_dir: Any = None, progress: bool = True) -> Dict[str, Any]:
+                  offset_pp: float, cache_dir: Any = None, progress: bool = True, jobs: int = 1) -> Dict[str, Any]:
     """{tolerance: {true: {pass, fail, undetermined}, offset: {...}}} shares over `lots` lots."""
     from isic_model.calibration_data import collect
 
@@ -44,15 +44,24 @@ def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: 
     calibration = UncertaintyCalibration.from_manifest(manifest)
     if calibration is None:
         raise ModelError(f"{manifest_path} has no uncertainty calibration: run `isic-model calibrate-uncertainty`")
-    fibres = list(manifest.fibres)
-    records = collect(manifest_path, seed, lots, preset, repeats=size, cache_dir=cache_dir, progress=progress)
+    records = collect(manifest_path, seed, lots, preset, repeats=size, cache_dir=cache_dir, progress=progress,
+                      jobs=jobs)
+    return dict({"seed": seed, "lots": lots, "size": size, "preset": preset},
+                **judge_lots(calibration, records, tolerances, offset_pp))
+
+
+def judge_lots(calibration: Any, records: Any, tolerances: Sequence[float], offset_pp: float) -> Dict[str, Any]:
+    """Each composition group of `records` judged as a lot by the station's `LotSummary`, declared as it is
+    and `offset_pp` off: {offset_pp, tolerance_pp: {tol: {true, offset, results}}} (shares)."""
+    fibres, classes = list(calibration.fibres), list(calibration.blend_classes)
     answers = apply_records(calibration, records)
-    out: Dict[str, Any] = {"seed": seed, "lots": lots, "size": size, "preset": preset, "offset_pp": offset_pp,
-                           "tolerance_pp": {}}
+    groups = np.unique(records.group)
+    lots = len(groups)
+    out: Dict[str, Any] = {"offset_pp": offset_pp, "tolerance_pp": {}}
     for tol in tolerances:
         counts = {"true": dict.fromkeys(VERDICTS, 0), "offset": dict.fromkeys(VERDICTS, 0)}
         results = {"true": dict.fromkeys(VERDICTS, 0), "offset": dict.fromkeys(VERDICTS, 0)}
-        for g in range(lots):
+        for g in groups:
             rows = np.flatnonzero(records.group == g)
             truth = records.truth[rows[0]]
             declarations = {
@@ -63,16 +72,16 @@ def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: 
                 summary = LotSummary(LotSpec(f"lot-{g}", declared, tol), since="")
                 for i in rows:
                     path = PATH_SIGNAL_ONLY if records.station_signal_only[i] else PATH_BIMODAL
-                    blend = manifest.blend_classes[int(np.argmax(records.station_prob[i]))]
+                    blend = classes[int(np.argmax(records.station_prob[i]))]
                     decision = dict(zip(fibres, answers["decision"][i].tolist()))
                     results[case][judge(summary.spec, decision)["verdict"]] += 1
-                    summary.add(dict(zip(fibres, records.station_pred[i])), calibration.systematic(path, blend),
-                                decision)
+                    summary.add(dict(zip(fibres, records.station_pred[i])),
+                                calibration.systematic(path, blend, float(records.noise[i])), decision, blend=blend)
                 counts[case][summary.to_dict("sim", "")["verdict"]] += 1
         out["tolerance_pp"][f"{tol:g}"] = {case: {v: round(n / lots, 3) for v, n in c.items()}
                                           for case, c in counts.items()}
         out["tolerance_pp"][f"{tol:g}"]["results"] = {
-            case: {v: round(n / (lots * size), 3) for v, n in c.items()} for case, c in results.items()}
+            case: {v: round(n / len(records), 3) for v, n in c.items()} for case, c in results.items()}
     return out
 
 
@@ -93,6 +102,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--tolerance", default="3,5", help="tolerances in pp, comma-separated (default: %(default)s)")
     p.add_argument("--offset-pp", type=float, default=8.0, help="how far off the wrong declaration is")
     p.add_argument("--cache", type=Path, default=Path("out/cache"), help="record cache folder (default: %(default)s)")
+    p.add_argument("--jobs", type=int, default=1, help="processes simulating the lots (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_command)
 
@@ -101,7 +111,7 @@ def _command(args: argparse.Namespace) -> int:
     path = args.model / "manifest.json" if args.model.is_dir() else args.model
     result = simulate_lots(path, args.seed, args.lots, args.size, args.preset,
                            [float(t) for t in args.tolerance.split(",") if t], args.offset_pp, args.cache,
-                           progress=not args.json)
+                           progress=not args.json, jobs=args.jobs)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -16,6 +16,7 @@ from isic_station.manifest import load_manifest
 from isic_station.uncertainty import UncertaintyCalibration
 from isic_station.uncertainty_metrics import (
     coverage_95,
+    ece_noise_floor,
     expected_calibration_error,
     median_interval_width,
     unknown_fibre_rates,
@@ -33,17 +34,20 @@ def interval_figures(predictions: Sequence[Any], truth: np.ndarray, labels: Sequ
         "median_interval_width": median_interval_width(truth, intervals),
         "ece": expected_calibration_error([p.confidence for p in predictions],
                                           [p.blend == label for p, label in zip(predictions, labels)]),
+        "ece_noise_floor": ece_noise_floor([p.confidence for p in predictions]),
     }
 
 
 def unknown_fibre_figures(manifest_path: Path, seed: int, samples: int, preset: str, unknown: Sequence[str],
-                          known_predictions: Sequence[Any], progress: bool = True) -> Dict[str, Any]:
-    """flagged_unknown over `samples` fabrics each holding one `unknown` fibre (seed + 100), flagged_known
-    over the evaluation's own (known-fibre) Predictions."""
+                          known_predictions: Sequence[Any], progress: bool = True,
+                          settings: Any = None) -> Dict[str, Any]:
+    """flagged_unknown over `samples` fabrics each holding one `unknown` fibre (seed + 100, measured with the
+    evaluation's `settings`), flagged_known over the evaluation's own (known-fibre) Predictions."""
     calibration = UncertaintyCalibration.from_manifest(load_manifest(manifest_path))
     if calibration is None:
         raise ModelError(f"{manifest_path} has no uncertainty calibration: run `isic-model calibrate-uncertainty`")
-    records = collect(manifest_path, seed + 100, samples, preset, unknown=list(unknown), progress=progress)
+    records = collect(manifest_path, seed + 100, samples, preset, unknown=list(unknown), progress=progress,
+                      settings=settings)
     rates = unknown_fibre_rates(apply_records(calibration, records)["unknown"],
                                 [p.unknown_fibre for p in known_predictions])
     return dict(rates, fibres=list(unknown), seed=seed + 100)

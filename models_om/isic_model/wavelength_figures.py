@@ -1,10 +1,10 @@
 """`isic-model wavelength-shift`: what a shifted wavelength axis costs, before and after the wavelength check.
 
 For each `--shift` the virtual instrument's axis is moved by that many nm for everything it measures:
-the wavelength reference tile is measured as the station does (dark, white and tile, co-added) and
-the station's own `wavelength_check.fit_offset` fits the offset; then the same held-out samples
-(seed, preset) are answered by the station's Predictor on the reported axis (uncorrected) and on the
-corrected one (reported + fitted offset).
+the wavelength reference tile is measured as the station does (dark, white and tile, co-added as the
+station co-adds) and the station's own `wavelength_check.fit_offset` fits the offset; then the same held-out samples
+(seed, preset; the demo bench's station settings) are answered by the station's Predictor on the
+reported axis (uncorrected) and on the corrected one (reported + fitted offset).
 """
 
 import argparse
@@ -38,25 +38,26 @@ def fitted_offset(shift_nm: float, settings: Any, seed: int) -> float:
 
     def counts(kind: str) -> np.ndarray:
         return np.mean([scan_counts(instrument, ReferenceTile(kind), integration, rng, state).astype(float)
-                        for _ in range(max(16, settings.coadd))], axis=0)
+                        for _ in range(settings.coadd)], axis=0)
 
     tile = reflectance_from_counts(counts("wavelength"), counts("dark"), counts("white"))
     return fit_offset(tile, instrument.wavelengths_nm, CERTIFIED_BANDS_NM).offset_nm
 
 
 def shift_figures(manifest_path: Path, shifts: Sequence[float], seed: int, samples: int, preset: str,
-                  progress: bool = True) -> Dict[str, Any]:
-    """{shift: {fitted_offset_nm, accuracy_uncorrected, accuracy_corrected, mae_...}} over `samples`."""
-    from isic_model.data import StationSettings
+                  progress: bool = True, settings: Any = None) -> Dict[str, Any]:
+    """{shift: {fitted_offset_nm, accuracy_uncorrected, accuracy_corrected, mae_...}} over `samples`
+    measured with `settings` (default: the demo bench's station settings)."""
+    from isic_model.evaluate import station_settings
     from isic_station.inference import create_backend
     from isic_station.inference.predictor import Predictor
 
     manifest = load_manifest(manifest_path)
-    settings = StationSettings(**manifest.raw.get("training", {}).get("station", {}))
+    settings = settings or station_settings()
     predictor = Predictor(manifest, create_backend("onnxruntime", manifest, {"threads": 2}))
     fibres = list(manifest.fibres)
     out: Dict[str, Any] = {"model": f"{manifest.name} {manifest.version}", "seed": seed, "samples": samples,
-                           "preset": preset, "shifts": {}}
+                           "preset": preset, "settings": dataclasses.asdict(settings), "shifts": {}}
     try:
         for shift in shifts:
             offset = fitted_offset(shift, settings, seed)

@@ -115,3 +115,17 @@ def test_a_lot_with_an_unknown_fibre_result_is_referred():
                     "pass", unknown_fibre=True)
     doc = summary.to_dict("st1", "2026-12-01T10:00:00.000Z")
     assert doc["verdict"] == "pass" and doc["refer_to_lab"] and doc["unknown_fibre_results"] == 3
+
+
+def test_the_lot_takes_the_systematic_error_of_the_blend_most_results_were_read_as():
+    summary = LotSummary(SPEC, since="2026-12-01T10:00:00.000Z")
+    small, large = {"cotton": 0.005, "polyester": 0.005}, {"cotton": 0.07, "polyester": 0.01}
+    for i in range(20):
+        cotton = 0.6 + (0.01 if i % 2 else -0.01)
+        misread = i == 7  # one piece read as a three-fibre blend, with its far larger bias
+        summary.add({"cotton": cotton, "polyester": 1.0 - cotton}, large if misread else small,
+                    {"cotton": [cotton - 0.04, cotton + 0.04], "polyester": [0.36, 0.44]}, "pass",
+                    blend="cotton/linen/polyester" if misread else "cotton/polyester")
+    doc = summary.to_dict("st1", "2026-12-01T10:05:00.000Z")
+    assert doc["blend"] == "cotton/polyester" and doc["systematic"]["cotton"] == 0.005
+    assert doc["verdict"] == "pass" and validation_errors(doc, "lot") == []

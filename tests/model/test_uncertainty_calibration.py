@@ -10,13 +10,14 @@ import pytest
 from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
 from isic_model.calibrate_uncertainty import conformal_quantile
 from isic_model.cli import main
-from isic_model.data import StationSettings
+from isic_model.evaluate import station_settings
 from isic_station.inference import create_backend
 from isic_station.inference.predictor import Predictor
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import temper
 from isic_station.uncertainty_metrics import (
     coverage_95,
+    ece_noise_floor,
     expected_calibration_error,
     median_interval_width,
     unknown_fibre_rates,
@@ -34,7 +35,8 @@ def calibrated_copy(tmp_path_factory):
     (folder / "manifest.json").write_text(json.dumps(raw))
     rc = main(["calibrate-uncertainty", "--model", str(folder), "--seed", "77", "--groups", "24", "--repeats", "2",
                "--heldout-seed", "78", "--heldout-samples", "8", "--heldout-presets", "default,low_snr",
-               "--unknown-fibres", "wool", "--cache", str(folder / "cache"), "--json"])
+               "--unknown-fibres", "wool", "--lots", "2", "--lot-size", "3", "--jobs", "2",
+               "--cache", str(folder / "cache"), "--json"])
     assert rc == 0
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []  # no working copies left
     return folder / "manifest.json"
@@ -46,15 +48,12 @@ def predictor_for(path):
 
 
 def measure(composition, seed, preset="default"):
-    from isic_drivers.lab.measurement import simulate_measurement
+    """One measurement as the demo bench's station takes it (the settings the calibration is fitted for)."""
     from isic_drivers.lab.sample import Sample, draw_nuisance
 
     rng = np.random.default_rng(seed)
-    settings = StationSettings(**load_manifest(SHIPPED_MANIFEST).raw["training"]["station"])
     fibres = ["cotton", "linen", "viscose", "polyester", "nylon"] + [f for f in composition if f == "wool"]
-    return simulate_measurement(Sample(composition, draw_nuisance(rng, preset)), rng, coadd=settings.coadd,
-                                n_frames=settings.n_frames, frame_size=settings.frame_px,
-                                um_per_px=settings.camera_um_per_px, fibres=fibres)
+    return station_settings().take(Sample(composition, draw_nuisance(rng, preset)), rng, fibres)
 
 
 def test_the_command_records_data_method_and_heldout_figures(calibrated_copy):
@@ -67,6 +66,14 @@ def test_the_command_records_data_method_and_heldout_figures(calibrated_copy):
     heldout = doc["heldout"]["presets"]
     assert set(heldout) == {"default", "low_snr"} and 0.0 <= heldout["default"]["coverage_95"] <= 1.0
     assert doc["heldout"]["unknown_fibre"]["fibres"] == ["wool"]
+    assert set(doc["heldout"]["unknown_fibre"]["per_fibre"]) == {"wool"}
+    lots = doc["heldout"]["lots"]
+    assert lots["lots"] == 2 and lots["size"] == 3 and set(lots["tolerance_pp"]) == {"3", "5"}
+    assert sum(lots["tolerance_pp"]["5"]["true"].values()) == pytest.approx(1.0)
+    # measured with the station's settings (the demo bench's by default), recorded for the station's check
+    assert doc["data"]["station"]["label"] is True and doc["data"]["station"]["coadd"] == 4
+    for path in ("bimodal", "signal_only"):
+        assert isinstance(doc["paths"][path]["flag_temperature"], dict)
 
 
 def test_the_station_reports_calibrated_intervals_and_confidence(calibrated_copy):
@@ -130,5 +137,22 @@ def test_metrics_on_known_values():
     # half the answers at 0.9 right, half at 0.6 right: |0.5-0.9| and |1-0.6| in two bins
     assert expected_calibration_error([0.9, 0.9, 0.6, 0.6], [True, False, True, True]) == pytest.approx(0.4)
     assert expected_calibration_error([0.75] * 4, [True, True, True, False]) == pytest.approx(0.0)
+    # counting noise alone: a perfectly calibrated model reads ECE > 0, less the more results
+    assert ece_noise_floor([1.0] * 50) == 0.0
+    assert ece_noise_floor([0.9] * 180) > ece_noise_floor([0.9] * 900) > 0.0
     rates = unknown_fibre_rates([True, True, False, True], [False] * 9 + [True])
     assert rates["flagged_unknown"] == 0.75 and rates["flagged_known"] == 0.1
+
+
+def test_a_station_measuring_otherwise_than_calibrated_is_told():
+    from types import SimpleNamespace
+
+    from isic_station.uncertainty import settings_problem
+
+    config = SimpleNamespace(spectrometer=SimpleNamespace(coadd=4, integration_us=None),
+                             camera=SimpleNamespace(frames_per_measurement=3, width=640, height=480, um_per_px=1.0))
+    same = {"coadd": 4, "n_frames": 3, "frame_px": 640, "frame_height": 480, "camera_um_per_px": 1.0,
+            "integration_us": None, "label": True}
+    assert settings_problem(same, config) is None
+    problem = settings_problem(dict(same, coadd=16, camera_um_per_px=1.6), config)
+    assert "coadd 16 -> 4" in problem and "camera_um_per_px 1.6 -> 1.0" in problem and "--config" in problem

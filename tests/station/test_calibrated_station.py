@@ -69,3 +69,31 @@ def test_a_wool_cotton_sample_is_flagged_and_referred_to_the_lab(bench: DemoBenc
     _, alarm = watch.wait_for(lambda t, d: t.endswith("/alarm") and d.get("kind") == "refer_to_lab"
                               and d.get("details", {}).get("sequence") == result["sequence"])
     assert validation_errors(alarm, "alarm") == [] and "does not know" in alarm["message"]
+
+
+def test_zz_the_lot_summary_survives_a_station_restart(bench: DemoBench, watch: Watch) -> None:
+    lot_id = f"LOT-{uuid.uuid4().hex[:6]}"
+    answer = watch.command(bench, "set_lot", {"lot_id": lot_id, "composition": {"cotton": 0.6, "polyester": 0.4},
+                                              "transaction": "restart-lot"})
+    assert answer["status"] == "ok", answer
+    put_named_sample(bench, "CP-R1", {"cotton": 0.6, "polyester": 0.4})
+    first = measure(bench, watch, "CP-R1")
+    _, before = watch.wait_for(lambda t, d: t.endswith("/lot") and isinstance(d, dict) and d.get("lot_id") == lot_id)
+    assert before["n"] == 1
+    assert bench.stop_station() == 0
+    watch.drain()
+    mark = len(watch.seen)
+    bench.start_station()
+    # the new process online and subscribed (as wait_until_serving, on messages since the restart)
+    watch.wait_for(lambda t, d: t == f"{bench.topic_base}/status" and d.get("state") == "online", 60, mark)
+    watch.wait_for(lambda t, d: t == f"{bench.topic_base}/health", 60, mark)
+    put_named_sample(bench, "CP-R2", {"cotton": 0.6, "polyester": 0.4})
+    second = measure(bench, watch, "CP-R2")   # no set_lot after the restart: the station still knows the lot
+    assert second["lot_id"] == lot_id and second["spec"]["lot_id"] == lot_id
+    _, after = watch.wait_for(lambda t, d: t.endswith("/lot") and isinstance(d, dict) and d.get("lot_id") == lot_id
+                              and d.get("n") == 2)
+    assert validation_errors(after, "lot") == []
+    assert after["since"] == before["since"]
+    expected = (first["composition"]["cotton"] + second["composition"]["cotton"]) / 2
+    assert after["mean"]["cotton"] == pytest.approx(expected, abs=1e-4)
+    assert sum(after["results"].values()) == 2

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Union
 
 from isic_common.errors import StationError
+from isic_station.daemon.lot_store import LotStore
 from isic_station.daemon.model_slot import ModelSlot
 from isic_station.daemon.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineBusy
 from isic_station.daemon.spec_check import InvalidLotSpec, LotSpec, LotSummary
@@ -39,11 +40,30 @@ class LotState:
     lot_id: Optional[str] = None
     spec: Optional[LotSpec] = None
     summary: Optional[LotSummary] = None
+    store: Optional[LotStore] = None   # where the summary is kept across a restart
 
     def declare(self, spec: LotSpec) -> None:
         """Results are checked against `spec` from now on, and summed up in a new summary."""
         self.summary = LotSummary(spec, utc_iso())
         self.spec, self.lot_id = spec, spec.lot_id
+        self.keep()
+
+    def restore(self) -> None:
+        """The lot under test before the restart, with its summary so far (from the store)."""
+        summary = self.store.load() if self.store is not None else None
+        if summary is not None:
+            self.summary, self.spec, self.lot_id = summary, summary.spec, summary.spec.lot_id
+            log.info("lot %s restored: %d result(s) since %s", summary.spec.lot_id, summary.n, summary.since)
+
+    def keep(self) -> None:
+        """Store the summary after a change; a store that takes no writes is logged, not fatal."""
+        if self.store is None or self.summary is None:
+            return
+        try:
+            self.store.save(self.summary)
+        except OSError as exc:
+            log.error("lot %s: its summary cannot be kept in %s (%s); a restart would start it again",
+                      self.summary.spec.lot_id, self.store.path, exc)
 
     def to_dict(self) -> Dict[str, Any]:
         return self.spec.to_dict() if self.spec is not None else {"lot_id": self.lot_id}

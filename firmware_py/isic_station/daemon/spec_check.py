@@ -136,10 +136,13 @@ def t975(dof: int) -> float:
 class LotSummary:
     """The running judgement of a lot since `set_lot`: n, mean, sd and the 95 % interval of the mean per fibre.
 
-    `add(composition, systematic, interval=None, unknown_fibre=False)` per result: `systematic` is
-    the calibration's per-fibre systematic standard deviation on the result's path (the largest seen
-    in the lot is used; {} for an uncalibrated model), `interval` the result's own 95 % interval
-    (the lot's interval while n = 1). Not thread-safe: the inference thread owns it.
+    `add(composition, systematic, interval=None, verdict=None, unknown_fibre=False, blend=None)` per
+    result: `systematic` is the calibration's per-fibre systematic standard deviation for the result's
+    path and `blend` (its blend class; {} for an uncalibrated model), `interval` the result's own 95 %
+    interval (the lot's interval while n = 1). The lot's systematic part is that of the blend most of
+    its results were read as (ties: the larger per fibre; per blend the larger of its paths): one piece
+    misread as a three-fibre blend must not lend the lot that blend's far larger bias, nor may it hide
+    it when most pieces read so. Not thread-safe: the inference thread owns it.
     """
 
     def __init__(self, spec: LotSpec, since: str) -> None:
@@ -148,7 +151,8 @@ class LotSummary:
         self.n = 0
         self._sum: Dict[str, float] = {}
         self._sum_sq: Dict[str, float] = {}
-        self._systematic: Dict[str, float] = {}
+        self._systematic: Dict[str, Dict[str, float]] = {}  # blend ('' when not given) -> per fibre
+        self._blends: Dict[str, int] = {}  # blend -> results read as it
         self._first_interval: Optional[Dict[str, Sequence[float]]] = None
         self.verdicts = {v: 0 for v in VERDICTS}
         self.unknown_fibre_results = 0
@@ -156,14 +160,17 @@ class LotSummary:
 
     def add(self, composition: Mapping[str, float], systematic: Mapping[str, float],
             interval: Optional[Mapping[str, Sequence[float]]] = None, verdict: Optional[str] = None,
-            unknown_fibre: bool = False) -> None:
-        """Count one result of the lot (its composition, the systematic part, its own verdict)."""
+            unknown_fibre: bool = False, blend: Optional[str] = None) -> None:
+        """Count one result of the lot (its composition, blend, the systematic part, its own verdict)."""
         self.n += 1
         for f, v in composition.items():
             self._sum[f] = self._sum.get(f, 0.0) + float(v)
             self._sum_sq[f] = self._sum_sq.get(f, 0.0) + float(v) ** 2
+        key = blend or ""
+        self._blends[key] = self._blends.get(key, 0) + 1
+        kept = self._systematic.setdefault(key, {})
         for f, v in systematic.items():
-            self._systematic[f] = max(self._systematic.get(f, 0.0), float(v))
+            kept[f] = max(kept.get(f, 0.0), float(v))
         if interval is None:
             self.calibrated = False
         if self.n == 1:
@@ -172,16 +179,62 @@ class LotSummary:
             self.verdicts[verdict] += 1
         self.unknown_fibre_results += int(bool(unknown_fibre))
 
+    def blend(self) -> Optional[str]:
+        """The blend class most of the lot's results were read as (None before any result or without blends)."""
+        named = {b: c for b, c in self._blends.items() if b}
+        return max(sorted(named), key=lambda b: named[b]) if named else None
+
+    def systematic(self) -> Dict[str, float]:
+        """Per fibre, the systematic standard deviation of the lot's mean: that of its most common blend."""
+        if not self._blends:
+            return {}
+        top = max(self._blends.values())
+        out: Dict[str, float] = {}
+        for b, count in self._blends.items():
+            if count == top:
+                for f, v in self._systematic.get(b, {}).items():
+                    out[f] = max(out.get(f, 0.0), v)
+        return out
+
+    def state(self) -> Dict[str, Any]:
+        """Everything the summary counts, as JSON (`from_state` gives it back: kept across a restart)."""
+        return {"spec": self.spec.to_dict(), "since": self.since, "n": self.n, "sum": dict(self._sum),
+                "sum_sq": dict(self._sum_sq), "systematic": {b: dict(v) for b, v in self._systematic.items()},
+                "blends": dict(self._blends),
+                "first_interval": self._first_interval, "verdicts": dict(self.verdicts),
+                "unknown_fibre_results": self.unknown_fibre_results, "calibrated": self.calibrated}
+
+    @classmethod
+    def from_state(cls, doc: Mapping[str, Any]) -> "LotSummary":
+        """The summary `state()` wrote (KeyError, TypeError or ValueError when `doc` is not one)."""
+        spec = doc["spec"]
+        summary = cls(LotSpec(str(spec["lot_id"]), {str(k): float(v) for k, v in spec["composition"].items()},
+                              float(spec["tolerance_pp"])), str(doc["since"]))
+        summary.n = int(doc["n"])
+        summary._sum = {str(k): float(v) for k, v in doc["sum"].items()}
+        summary._sum_sq = {str(k): float(v) for k, v in doc["sum_sq"].items()}
+        summary._systematic = {str(b): {str(k): float(v) for k, v in fibres.items()}
+                               for b, fibres in doc["systematic"].items()}
+        summary._blends = {str(b): int(c) for b, c in doc["blends"].items()}
+        first = doc["first_interval"]
+        summary._first_interval = None if first is None else {str(k): [float(v[0]), float(v[1])]
+                                                              for k, v in first.items()}
+        summary.verdicts = {v: int(doc["verdicts"].get(v, 0)) for v in VERDICTS}
+        summary.unknown_fibre_results = int(doc["unknown_fibre_results"])
+        summary.calibrated = bool(doc["calibrated"])
+        return summary
+
     def interval_of_mean(self) -> Dict[str, List[float]]:
         """{fibre: [low, high]} 95 % interval of the lot's mean: sqrt((1.96 systematic)^2 + (t(n-1) sd)^2 / n)."""
         if self.n == 1 and self._first_interval is not None:
             return {f: [float(v[0]), float(v[1])] for f, v in self._first_interval.items()}
         out = {}
+        systematic = self.systematic()
         for f, total in self._sum.items():
             mean = total / self.n
             if self.n > 1:
                 var = max(0.0, (self._sum_sq[f] - self.n * mean * mean) / (self.n - 1))
-                half = math.sqrt((Z95 * self._systematic.get(f, 0.0)) ** 2 + t975(self.n - 1) ** 2 * var / self.n)
+                half = math.sqrt((Z95 * systematic.get(f, 0.0)) ** 2 + t975(self.n - 1) ** 2 * var / self.n)
             else:
                 half = 0.0
             out[f] = [round(max(0.0, mean - half), 4), round(min(1.0, mean + half), 4)]
@@ -214,7 +267,8 @@ class LotSummary:
             "n": self.n,
             "mean": mean,
             "sd": sd,
-            "systematic": {f: round(v, 4) for f, v in sorted(self._systematic.items())},
+            "systematic": {f: round(v, 4) for f, v in sorted(self.systematic().items())},
+            "blend": self.blend(),
             "interval_95": interval,
             "verdict": decision["verdict"],
             "failing_fibres": decision["failing_fibres"],

@@ -32,6 +32,7 @@ from isic_station.acquisition.calibration import CalibrationStore, reference_age
 from isic_station.acquisition.wavelength_check import WavelengthStore, fit_offset
 from isic_station.config import Config
 from isic_station.daemon.command_handlers import CommandHandlers, JobRunner, LotState
+from isic_station.daemon.lot_store import LotStore
 from isic_station.daemon.model_slot import ModelSlot
 from isic_station.daemon.pipeline import CalibrateJob, MeasureJob, Pipeline, PipelineStats
 from isic_station.daemon.sd_notify import ProgressWatchdog, ServiceNotifier
@@ -46,6 +47,7 @@ from isic_station.messaging.outbox import Outbox
 from isic_station.messaging.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
 from isic_station.preprocess.image_stream import ImageBatchBuilder
 from isic_station.schemas import delivery
+from isic_station.uncertainty import spectrum_quality
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,7 @@ class Station:
         self.watchdog = ProgressWatchdog.from_environment(self.notifier)
         self.time_to_result = TimeToResult()
         self.model = ModelSlot(parts.model)
-        self.lot = LotState(lot_id=config.station.lot or None)
+        self.lot = LotState(lot_id=config.station.lot or None, store=LotStore(config.station.state_dir))
         self.jobs = JobRunner()
         self.commands = CommandHandlers(self.jobs, self.model, self.lot, model_loaded=self._model_reloaded,
                                         status=self.status_document)
@@ -158,6 +160,7 @@ class Station:
         c = self.config
         self.notifier.status("Starting: opening the outbox")
         self.outbox = self.parts.open_outbox()
+        self.lot.restore()
         self.notifier.status("Starting: loading the model")
         self.model.load()
         self.watchdog.progress("model loaded")
@@ -343,7 +346,7 @@ class Station:
             interval_95=prediction.interval_95, unknown_fibre_score=prediction.unknown_fibre_score,
         )
         if spec is not None:
-            self._count_in_lot(doc, predictor, prediction)
+            self._count_in_lot(doc, predictor, prediction, spectrum_quality(m.reflectance).noise)
         row = self.link.publish_result(doc)
         self.time_to_result.published(row, m.requested_at, m.acquire_ms)
         for alarm in (out_of_spec_alarm(doc), refer_to_lab_alarm(doc, prediction.uncalibrated_flags)):
@@ -356,7 +359,7 @@ class Station:
                 "sample_id_source": m.sample_id_source, "composition": doc["composition"], "blend": doc["blend"],
                 "flags": doc["flags"]}
 
-    def _count_in_lot(self, doc: Dict[str, Any], predictor: Predictor, prediction: Prediction) -> None:
+    def _count_in_lot(self, doc: Dict[str, Any], predictor: Predictor, prediction: Prediction, noise: float) -> None:
         """Add a lot result to the running summary and store it, retained, for the lot topic (before the
         result itself, so the result's publication sends both)."""
         assert self.outbox is not None and self.link is not None
@@ -365,8 +368,11 @@ class Station:
             return
         calibration = predictor.calibration
         path = "signal_only" if prediction.signal_only else "bimodal"
-        summary.add(doc["composition"], calibration.systematic(path, doc["blend"]) if calibration is not None else {},
-                    prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"])
+        summary.add(doc["composition"],
+                    calibration.systematic(path, doc["blend"], noise) if calibration is not None else {},
+                    prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"],
+                    blend=doc["blend"])
+        self.lot.keep()
         self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()), **delivery("lot"))
 
     # ----- status and health ------------------------------------------------------------------

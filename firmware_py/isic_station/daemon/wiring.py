@@ -33,6 +33,7 @@ from isic_station.manifest import Manifest, load_manifest
 from isic_station.messaging.mqtt_link import MqttSettings
 from isic_station.messaging.outbox import Outbox
 from isic_station.preprocess.image import scale_problem
+from isic_station.uncertainty import settings_problem
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class ModelLoader:
         self.kind = config.model.backend
         self.options = {"threads": config.model.threads, "device_id": config.model.device_id}
         self.camera_um_per_px = config.camera.um_per_px if config.camera.source else None
+        self.config = config
 
     def manifest(self) -> Manifest:
         """The manifest as it is on disk now (ModelError naming what is wrong)."""
@@ -86,6 +88,10 @@ class ModelLoader:
         predictor = Predictor(manifest, create_backend(self.kind, manifest, self.options))
         log.info("model %s %s on %s", manifest.name, manifest.version, predictor.backend.name)
         problem = scale_problem(self.camera_um_per_px, manifest.image) if self.camera_um_per_px else None
+        if problem:
+            log.warning("%s", problem)
+        calibrated_for = manifest.raw.get("uncertainty", {}).get("data", {}).get("station", {})
+        problem = settings_problem(calibrated_for, self.config) if calibrated_for else None
         if problem:
             log.warning("%s", problem)
         return predictor

@@ -291,9 +291,9 @@ interval_s = 5
             if proc.returncode != 0:
                 raise DeviceError(f"calibrate {kind} failed ({proc.returncode}): {proc.stderr.strip()}")
 
-    def put_line(self, seed: int, dwell_s: float) -> None:
-        """A production line of samples under the probe."""
-        self.stage.put_line(seed, dwell_s)
+    def put_line(self, seed: int, dwell_s: float, preset: str = "default") -> None:
+        """A production line of samples (of the lab's condition `preset`) under the probe."""
+        self.stage.put_line(seed, dwell_s, preset)
 
     def start_station(self) -> subprocess.Popen:
         """`isic-station run --config ...` with its log in station.log."""

@@ -68,6 +68,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                         help=f"seed(s) of the simulated line (default {DEFAULT_LINE_SEED}); several are run one "
                              "after the other and pooled")
     parser.add_argument("--count", type=positive_int, default=60, help="scored results per line seed (default: 60)")
+    parser.add_argument("--preset", default="default", metavar="NAME",
+                        help="the lab's condition preset of the line's samples: default, humid, dark_dyes, low_snr, "
+                             "thin (default: %(default)s)")
     parser.add_argument("--dwell", type=float, default=1.5, help="seconds each sample stays under the probe "
                         "(default: 1.5, so most samples give one or two results)")
     parser.add_argument("--interval", type=float, default=1.0, help="station measurement interval, s (default: 1)")
@@ -145,8 +148,8 @@ def _score_line(bench: Any, watcher: Any, seed: int, args: argparse.Namespace, f
     from isic_drivers.lab.stage import ProductionLine
 
     start = time.time()
-    bench.put_line(seed, args.dwell)
-    line = ProductionLine(seed, args.dwell, start_time=start)
+    bench.put_line(seed, args.dwell, args.preset)
+    line = ProductionLine(seed, args.dwell, args.preset, start_time=start)
     scores: List[Dict[str, Any]] = []
     straddled = before_line = received = 0
     deadline = time.monotonic() + STARTUP_TIMEOUT_S + args.count * max(args.interval, args.dwell) * 4
@@ -185,11 +188,16 @@ def _score_line(bench: Any, watcher: Any, seed: int, args: argparse.Namespace, f
 def run_accuracy_bench(args: argparse.Namespace) -> int:
     """Set up the bench, run the station over each line, print the pooled figures."""
     from isic_drivers.emulators.microscope import label_box
+    from isic_drivers.lab.sample import PRESETS
     from isic_station.config import load_config
     from isic_station.tools.demo import DemoBench, ResultWatcher
 
     if args.dwell <= 0 or args.interval <= 0:
         raise ConfigError("--dwell and --interval must be > 0")
+    if args.preset not in PRESETS:
+        raise ConfigError(f"--preset {args.preset!r}: not a lab preset; choose one of {', '.join(sorted(PRESETS))}")
+    if args.model is not None:
+        args.model = args.model.resolve()   # the station's config lives in another folder: no relative path
     manifest = load_manifest(args.model or SHIPPED_MANIFEST)
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="isic-accuracy-"))
     runs: List[Dict[str, Any]] = []
@@ -238,6 +246,7 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
                   "camera_um_per_px": config.camera.um_per_px,
                   "frames_per_measurement": config.camera.frames_per_measurement,
                   "coadd": config.spectrometer.coadd, "dwell_s": args.dwell, "interval_s": args.interval,
+                  "preset": args.preset,
                   "set": list(args.settings)},
         per_seed=[dict(pooled_figures(r["scores"]), line_seed=r["line_seed"], straddled=r["straddled"],
                        sample_indices=[s["index"] for s in r["scores"]]) for r in runs],

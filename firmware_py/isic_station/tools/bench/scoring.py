@@ -16,7 +16,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from isic_station.uncertainty_metrics import coverage_95, expected_calibration_error, median_interval_width
+from isic_station.uncertainty_metrics import (
+    coverage_95,
+    ece_noise_floor,
+    expected_calibration_error,
+    median_interval_width,
+)
 
 Z95 = 1.959964
 
@@ -56,6 +61,7 @@ def uncertainty_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     if with_confidence:
         figures["ece"] = expected_calibration_error([s["confidence"] for s in with_confidence],
                                                     [bool(s["correct"]) for s in with_confidence])
+        figures["ece_noise_floor"] = ece_noise_floor([s["confidence"] for s in with_confidence])
     return figures
 
 
@@ -114,5 +120,5 @@ def figures_line(figures: Mapping[str, Any]) -> str:
     if figures.get("coverage_95") is not None:
         line += f", coverage_95 {figures['coverage_95']:.3f} (median width {figures['median_interval_width']:.3f})"
     if figures.get("ece") is not None:
-        line += f", ECE {figures['ece']:.3f}"
+        line += f", ECE {figures['ece']:.3f} (a perfectly calibrated model: {figures['ece_noise_floor']:.3f})"
     return line
