@@ -35,7 +35,7 @@ from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibration_data import Records, collect, mixture_text, presets_arg, training_presets
 from isic_model.data import StationSettings
-from isic_model.evaluate import station_settings, training_settings
+from isic_model.measuring_settings import station_settings, training_settings
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import (
     BAND_EDGES,

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from isic_model.data import Presets, StationSettings, cache_key, draw_preset
-from isic_model.evaluate import station_settings
+from isic_model.measuring_settings import station_settings
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -42,15 +41,14 @@ from isic_drivers.lab.sample import parse_overrides
 from isic_model.baselines import BASELINE_SAVGOL, baseline_spectrum_params, fit_baselines
 from isic_model.counting_limit import CountingOracle
 from isic_model.data import StationSettings, generate_spectra
+from isic_model.measuring_settings import station_settings, training_settings
 from isic_model.scoring import composition_figures
 from isic_model.uncertainty_figures import interval_figures
-from isic_station.config import load_config
 from isic_station.inference import create_backend
 from isic_station.inference.predictor import Predictor
 from isic_station.manifest import load_manifest
 from isic_station.preprocess.spectrum import preprocess_spectra
 from isic_station.tools.bench.scoring import figures_line, pooled_figures, score_result
-from isic_station.tools.demo import DemoBench
 
 log = logging.getLogger(__name__)
 
@@ -137,22 +135,6 @@ def _baselines(
             **BASELINE_SAVGOL
         ),
     }
-
-
-def training_settings(manifest: Any) -> StationSettings:
-    """The station settings training used (the manifest's `training.station`)."""
-    return StationSettings(**manifest.raw.get("training", {}).get("station", {}))
-
-
-def station_settings(config_path: Optional[Path] = None) -> StationSettings:
-    """The settings a station measures with: its config at `config_path`, else the demo bench's config."""
-    if config_path is not None:
-        return StationSettings.of_station(load_config(config_path))
-
-    with tempfile.TemporaryDirectory(prefix="isic-eval-") as folder:
-        bench = DemoBench(Path(folder))
-        bench.pty_path = "/dev/null"      # only the config is used: no devices are started
-        return StationSettings.of_station(load_config(bench.write_config()))
 
 
 def run_evaluation(

@@ -48,7 +48,7 @@ def shift_figures(manifest_path: Path, shifts: Sequence[float], seed: int, sampl
                   progress: bool = True, settings: Any = None) -> Dict[str, Any]:
     """{shift: {fitted_offset_nm, accuracy_uncorrected, accuracy_corrected, mae_...}} over `samples`
     measured with `settings` (default: the demo bench's station settings)."""
-    from isic_model.evaluate import station_settings
+    from isic_model.measuring_settings import station_settings
     from isic_station.inference import create_backend
     from isic_station.inference.predictor import Predictor
 

@@ -10,7 +10,7 @@ import pytest
 from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
 from isic_model.calibrate_uncertainty import conformal_quantile
 from isic_model.cli import main
-from isic_model.evaluate import station_settings
+from isic_model.measuring_settings import station_settings
 from isic_station.inference import create_backend
 from isic_station.inference.predictor import Predictor
 from isic_station.manifest import load_manifest
