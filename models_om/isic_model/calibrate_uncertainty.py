@@ -33,8 +33,9 @@ import numpy as np
 
 from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
-from isic_model.calibration_data import Records, collect, mixture_text, presets_arg, training_presets
+from isic_model.calibration_data import Records, apply_records, collect, mixture_text, presets_arg, training_presets
 from isic_model.data import StationSettings
+from isic_model.lot_simulation import judge_lots
 from isic_model.measuring_settings import station_settings, training_settings
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import (
@@ -44,7 +45,6 @@ from isic_station.uncertainty import (
     PATH_SIGNAL_ONLY,
     QUALITY_FLAGS,
     PathCalibration,
-    SpectrumQuality,
     UncertaintyCalibration,
     flag_key,
     fraction_band,
@@ -304,31 +304,6 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
     return {"paths": paths, "unknown_fibre": unknown}
 
 
-def apply_records(calibration: Any, records: Records, signal_only: bool = False) -> Dict[str, np.ndarray]:
-    """The station's answer for each record as `isic_station.uncertainty` calibrates it (with
-    `signal_only`, the signal-only path's answer instead, as if the camera had failed).
-
-    {intervals [N, F, 2], confidence [N], correct [N], unknown [N] bool, signal_only [N]}.
-    """
-    fibres, classes = calibration.fibres, calibration.blend_classes
-    pred, spread, prob = ((records.signal_pred, records.signal_spread, records.signal_prob) if signal_only
-                          else (records.station_pred, records.station_spread, records.station_prob))
-    out: Dict[str, List[Any]] = {"intervals": [], "decision": [], "confidence": [], "correct": [], "unknown": []}
-    for i in range(len(records)):
-        path = PATH_SIGNAL_ONLY if signal_only or records.station_signal_only[i] else PATH_BIMODAL
-        c = calibration.apply(path, dict(zip(fibres, pred[i])), dict(zip(fibres, spread[i])),
-                              dict(zip(classes, prob[i])), records.spectrum[i],
-                              SpectrumQuality(records.noise[i], records.level[i]), records.flags[i].split())
-        out["intervals"].append([c.interval_95[f] for f in fibres])
-        out["decision"].append([c.decision_interval_95[f] for f in fibres])
-        out["confidence"].append(c.confidence)
-        out["correct"].append(classes[int(np.argmax(prob[i]))] == records.labels[i])
-        out["unknown"].append(c.unknown_fibre)
-    arrays = {k: np.asarray(v) for k, v in out.items()}
-    arrays["signal_only"] = np.asarray(records.station_signal_only)
-    return arrays
-
-
 def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
     """coverage_95, median interval width, ECE and the unknown-fibre flag rate on known fabrics."""
     a = apply_records(calibration, records)
@@ -450,7 +425,6 @@ def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset
                                          "flagged_unknown": round(float(flags.mean()), 4), "flagged_known": known},
                                         **unknown_breakdown(rec, flags))
     if lots:
-        from isic_model.lot_simulation import judge_lots
 
         rec = collect(manifest_path, lots.seed, lots.count, "default", repeats=lots.size, cache_dir=cache_dir,
                       progress=progress, settings=settings, jobs=jobs)

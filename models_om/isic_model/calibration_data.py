@@ -27,6 +27,7 @@ import numpy as np
 
 from isic_model.data import Presets, StationSettings, cache_key, draw_preset
 from isic_model.measuring_settings import station_settings
+from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, SpectrumQuality
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +222,28 @@ def mixture_text(preset: Presets) -> str:
 def training_presets(manifest_raw: Mapping[str, Any]) -> Presets:
     """The preset (mixture) the model was trained on: the station's range of conditions."""
     return manifest_raw.get("training", {}).get("preset", "default")
+
+
+def apply_records(calibration: Any, records: Records, signal_only: bool = False) -> Dict[str, np.ndarray]:
+    """The station's answer for each record as `isic_station.uncertainty` calibrates it (with
+    `signal_only`, the signal-only path's answer instead, as if the camera had failed).
+
+    {intervals [N, F, 2], confidence [N], correct [N], unknown [N] bool, signal_only [N]}.
+    """
+    fibres, classes = calibration.fibres, calibration.blend_classes
+    pred, spread, prob = ((records.signal_pred, records.signal_spread, records.signal_prob) if signal_only
+                          else (records.station_pred, records.station_spread, records.station_prob))
+    out: Dict[str, List[Any]] = {"intervals": [], "decision": [], "confidence": [], "correct": [], "unknown": []}
+    for i in range(len(records)):
+        path = PATH_SIGNAL_ONLY if signal_only or records.station_signal_only[i] else PATH_BIMODAL
+        c = calibration.apply(path, dict(zip(fibres, pred[i])), dict(zip(fibres, spread[i])),
+                              dict(zip(classes, prob[i])), records.spectrum[i],
+                              SpectrumQuality(records.noise[i], records.level[i]), records.flags[i].split())
+        out["intervals"].append([c.interval_95[f] for f in fibres])
+        out["decision"].append([c.decision_interval_95[f] for f in fibres])
+        out["confidence"].append(c.confidence)
+        out["correct"].append(classes[int(np.argmax(prob[i]))] == records.labels[i])
+        out["unknown"].append(c.unknown_fibre)
+    arrays = {k: np.asarray(v) for k, v in out.items()}
+    arrays["signal_only"] = np.asarray(records.station_signal_only)
+    return arrays

@@ -16,7 +16,7 @@ import numpy as np
 
 from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
-from isic_model.calibrate_uncertainty import apply_records
+from isic_model.calibration_data import apply_records
 from isic_station.daemon.spec_check import VERDICTS, LotSpec, LotSummary, judge
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration

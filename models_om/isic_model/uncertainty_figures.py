@@ -10,8 +10,7 @@ from typing import Any, Dict, Sequence
 import numpy as np
 
 from isic_common.errors import ModelError
-from isic_model.calibrate_uncertainty import apply_records
-from isic_model.calibration_data import collect
+from isic_model.calibration_data import apply_records, collect
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import UncertaintyCalibration
 from isic_station.uncertainty_metrics import (
