@@ -34,7 +34,6 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-
 # Share below which a counted fibre adds no more evidence of absence (log 0.02 = -3.9 in the logits):
 # the counter mistakes a few per cent of the length, so a smaller floor would veto present fibres.
 COUNT_SKIP_FLOOR = 0.02

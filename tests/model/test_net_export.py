@@ -17,7 +17,15 @@ from isic_model.export import (
     load_allowlist,
     max_difference,
 )
-from isic_model.net import COUNT_SKIP_FLOOR, BimodalGraph, CounterConfig, FibreCounter, ISiCNet, NetConfig, SignalOnlyGraph
+from isic_model.net import (
+    COUNT_SKIP_FLOOR,
+    BimodalGraph,
+    CounterConfig,
+    FibreCounter,
+    ISiCNet,
+    NetConfig,
+    SignalOnlyGraph,
+)
 from isic_station.manifest import load_manifest, verify_graph_file
 
 SMALL = dict(
