@@ -34,6 +34,10 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+# Share below which a counted fibre adds no more evidence of absence (log 0.02 = -3.9 in the logits):
+# the counter mistakes a few per cent of the length, so a smaller floor would veto present fibres.
+COUNT_SKIP_FLOOR = 0.02
+
 
 @dataclass
 class NetConfig:
@@ -57,7 +61,7 @@ class NetConfig:
     use_rec: bool = True
     rec_mask_ratio: float = 0.15
     use_counts: bool = True
-    count_skip: bool = False   # the counts also reach the composition logits through one linear map
+    count_skip: bool = False   # log of the unmixed counted shares added to the composition logits
 
     @property
     def patch_px(self) -> int:
@@ -315,9 +319,14 @@ class ISiCNet(nn.Module):
         )
         self.composition_head = nn.Linear(cfg.head_hidden, cfg.n_fibres)
         if cfg.count_skip:
-            # Counted type shares map to mass fractions almost linearly (density x diameter^2 per type):
-            # a direct path, so the trunk need not relearn it.
+            # Counted length shares become mass fractions through a per-type factor (density x diameter^2),
+            # and the counter's type confusion is a linear mix of them: unmix, then add the log to the
+            # logits, so softmax starts from the counted composition and the trunk learns the rest.
             self.count_skip_head = nn.Linear(cfg.n_fibres + 1, cfg.n_fibres)
+            with torch.no_grad():
+                self.count_skip_head.weight.zero_()
+                self.count_skip_head.weight[:, : cfg.n_fibres] += torch.eye(cfg.n_fibres)
+                self.count_skip_head.bias.zero_()
         self.blend_head = nn.Linear(cfg.head_hidden, cfg.n_classes)
         if cfg.use_rec:
             self.spectrum_decoder = nn.Linear(cfg.head_hidden, cfg.spectrum_points)
@@ -402,7 +411,7 @@ class ISiCNet(nn.Module):
         hidden = self.trunk(torch.cat([signal_vec, side, image_vec, image_mean, counted], dim=-1))
         logits = self.composition_head(hidden)
         if cfg.count_skip:
-            logits = logits + self.count_skip_head(counted)
+            logits = logits + torch.log(torch.relu(self.count_skip_head(counted)) + COUNT_SKIP_FLOOR)
         out["composition"] = torch.softmax(logits, dim=-1).reshape(-1, b, cfg.n_fibres)
         out["blend_logits"] = self.blend_head(hidden).reshape(-1, b, cfg.n_classes)
         if cfg.use_rec and self.training:

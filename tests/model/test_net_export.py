@@ -17,7 +17,15 @@ from isic_model.export import (
     load_allowlist,
     max_difference,
 )
-from isic_model.net import BimodalGraph, CounterConfig, FibreCounter, ISiCNet, NetConfig, SignalOnlyGraph
+from isic_model.net import (
+    COUNT_SKIP_FLOOR,
+    BimodalGraph,
+    CounterConfig,
+    FibreCounter,
+    ISiCNet,
+    NetConfig,
+    SignalOnlyGraph,
+)
 from isic_station.manifest import load_manifest, verify_graph_file
 
 SMALL = dict(
@@ -182,3 +190,23 @@ def test_export_with_a_counter_writes_three_graphs_and_the_counts_reach_the_answ
     cotton_heavy = session.run(None, feeds)[0]
     feeds["fibre_counts"] = np.repeat([[5.0, 40.0, 0.0, 0.0, 0.0]], 4, 0).astype(np.float32)
     assert not np.allclose(cotton_heavy, session.run(None, feeds)[0], atol=1e-5)
+
+
+def test_count_skip_starts_from_the_counted_shares_and_exports_on_the_allowlist(tmp_path):
+    """With the trunk's logits equal across fibres, the untrained skip gives the counted shares (floored);
+    it stays opset 11 / allow-listed and ORT equals torch."""
+    net = _net(count_skip=True).eval()
+    with torch.no_grad():
+        net.composition_head.weight.zero_()
+        net.composition_head.bias.zero_()
+    counts = torch.tensor([[60.0, 30.0, 0.0, 10.0, 0.0]])
+    with torch.no_grad():
+        composition = net(torch.randn(1, 40), torch.randn(1, 4, 1, 32, 32), counts=counts)["composition"][0, 0]
+    floored = counts[0] / counts.sum() + COUNT_SKIP_FLOOR
+    torch.testing.assert_close(composition, floored / floored.sum(), atol=1e-3, rtol=0)
+    bimodal, _ = example_inputs(net.cfg, tiles=4)
+    module = BimodalGraph(net)
+    path = tmp_path / "skip.onnx"
+    export_graph(module, bimodal, ("composition", "blend_logits"), path)
+    assert graph_problems(path) == [] and graph_op_types(path) <= load_allowlist()
+    assert max_difference(module, bimodal, path) <= ORT_TOLERANCE

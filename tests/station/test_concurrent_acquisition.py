@@ -107,8 +107,9 @@ def test_a_slow_camera_does_not_delay_the_spectrum(spectrometer, stage, tmp_path
 
 
 def test_a_slow_spectrometer_does_not_hold_up_or_drop_frames(spectrometer, stage, tmp_path) -> None:
-    # spectrometer on a 9600-baud line: 640 bytes, about 0.67 s; camera: 8 frames at 20 fps, 0.4 s
-    taker = acquirer(spectrometer, stage, tmp_path, fps=20, frames=8, integration_us=8000, coadd=4)
+    # spectrometer on a 9600-baud line: 16 scans of 8 ms, then 640 bytes in about 0.67 s; camera: 8 frames
+    # at 20 fps, 0.4 s. The margins are wide because a loaded CI machine slows the frame thread too.
+    taker = acquirer(spectrometer, stage, tmp_path, fps=20, frames=8, integration_us=8000, coadd=16)
     spectrometer.set_baud_rate(9600)
     arrivals = recording_reads(taker.camera)
     taker.measure(MeasureJob(origin="command"))
@@ -117,10 +118,11 @@ def test_a_slow_spectrometer_does_not_hold_up_or_drop_frames(spectrometer, stage
     assert len(arrivals) == 8 and len(measurement.frames) == 8
     assert "missing_image" not in measurement.flags
     assert measurement.frames_ms < measurement.spectrum_ms, measurement
-    # every frame was read while the spectrometer was still integrating, at the camera's own pace
+    # every frame was read while the spectrometer was still busy, none held up by the serial transfer
+    # (a frame thread blocked behind it would wait about 0.67 s)
     started = arrivals[0]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert max(gaps) < 3 / 20, gaps
+    assert max(gaps) < 0.3, gaps
     assert arrivals[-1] - started < measurement.spectrum_ms / 1000.0
     assert measurement.acquire_ms < measurement.spectrum_ms + 0.5 * measurement.frames_ms
     assert measurement.sample_id == "given-7" and measurement.sample_id_source == "command"
