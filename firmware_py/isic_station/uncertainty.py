@@ -29,9 +29,13 @@ this module applies it (numpy only, on the board):
   the same noise band, Mondrian style: one threshold over all noise levels is set by the noisiest
   spectra and misses most unknown fibres in clean ones) the sample likely holds a fibre the model
   does not know.
-- Lots: `systematic[fibre]` is the standard deviation of the error a lot's mean keeps (the model's
-  bias at one composition, measured over groups of fresh pieces of one composition), per blend
-  class where the calibration data had enough groups of it (`systematic_per_blend`), else overall.
+- Lots: the model's mean error at a blend class does not average away over a lot: cellulose blends
+  read cotton a few pp high and linen or viscose low. `lot_bias_per_blend[blend]` is that mean
+  error over the calibration groups (fresh pieces of one composition) the station read as `blend`;
+  the lot's mean is corrected by it. `systematic[fibre]` is the standard deviation of the error a
+  lot's mean still keeps (the bias left at one composition, measured over those groups after the
+  correction, out of fold), per blend class read where the calibration data had enough groups of
+  it (`systematic_per_blend`), else overall (uncorrected).
 """
 
 import math
@@ -147,6 +151,8 @@ class PathCalibration:
     systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
     systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F] from groups of clean spectra (noise <= split)
     systematic_per_blend_noisy: Dict[str, np.ndarray]  # blend class -> [F] from all groups, for noisy spectra
+    lot_bias_per_blend: Dict[str, np.ndarray]  # blend class read -> [F] mean error of a lot's mean (clean groups)
+    lot_bias_per_blend_noisy: Dict[str, np.ndarray]  # the same from all groups, for noisy spectra
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], fibres: Sequence[str]) -> "PathCalibration":
@@ -166,7 +172,19 @@ class PathCalibration:
                                   for b, v in doc.get("systematic_per_blend", {}).items()},
             systematic_per_blend_noisy={b: np.array([v[f] for f in fibres], dtype=np.float64)
                                         for b, v in doc.get("systematic_per_blend_noisy", {}).items()},
+            lot_bias_per_blend={b: np.array([v[f] for f in fibres], dtype=np.float64)
+                                for b, v in doc.get("lot_bias_per_blend", {}).items()},
+            lot_bias_per_blend_noisy={b: np.array([v[f] for f in fibres], dtype=np.float64)
+                                      for b, v in doc.get("lot_bias_per_blend_noisy", {}).items()},
         )
+
+    def lot_tables(self, noise: float) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+        """(systematic per blend, lot bias per blend) for a result of this spectral noise: above the noise
+        split the tables of all conditions, below it those of clean spectra, where a weak lamp's far larger
+        bias does not apply."""
+        if noise > self.noise_split and self.systematic_per_blend_noisy:
+            return self.systematic_per_blend_noisy, self.lot_bias_per_blend_noisy
+        return self.systematic_per_blend, self.lot_bias_per_blend
 
     def temperature_for(self, noise: float, flag_set: str = "") -> float:
         """The temperature for a measurement with these quality flags (`flag_key`) and spectral noise."""
@@ -296,10 +314,15 @@ class UncertaintyCalibration:
 
     def systematic(self, path: str, blend: Optional[str] = None, noise: float = 0.0) -> Dict[str, float]:
         """Per fibre, the standard deviation of the error a lot's mean keeps on `path` for results of `blend`
-        whose spectrum has this `noise` (above the path's noise split: the table of all conditions; below
-        it: that of clean spectra, where a weak lamp's far larger bias does not apply)."""
+        whose spectrum has this `noise` (after the `lot_bias` correction where the blend has one)."""
         cal = self.paths[path]
-        table = (cal.systematic_per_blend_noisy if noise > cal.noise_split and cal.systematic_per_blend_noisy
-                 else cal.systematic_per_blend)
+        table, _ = cal.lot_tables(noise)
         values = table.get(blend, cal.systematic) if blend is not None else cal.systematic
+        return {f: float(v) for f, v in zip(self.fibres, values)}
+
+    def lot_bias(self, path: str, blend: Optional[str] = None, noise: float = 0.0) -> Dict[str, float]:
+        """Per fibre, the model's mean error at `blend` on `path` that a lot's mean is corrected by (0 for a
+        blend the calibration data had too few groups of, or a calibration without lot biases)."""
+        _, table = self.paths[path].lot_tables(noise)
+        values = table.get(blend, np.zeros(len(self.fibres))) if blend is not None else np.zeros(len(self.fibres))
         return {f: float(v) for f, v in zip(self.fibres, values)}

@@ -10,10 +10,12 @@ What is fitted (applied at the station by `isic_station.uncertainty`, see its do
    quantile over flagged measurements / the overall one).
 4. The unknown-fibre check: principal subspace of the known fibres' spectra (fitting half) and a
    threshold at a high quantile of the score over the calibration half.
-5. The systematic error per fibre a lot's mean keeps: from groups of fresh pieces of one
-   composition, mean squared group-mean error minus the within-group variance over repeats;
-   overall and per blend class (with at least MIN_BLEND_GROUPS groups), once over groups of clean
-   spectra (for clean results) and once over all (for noisy ones).
+5. The lot's bias and systematic error per fibre: from groups of fresh pieces of one composition,
+   per blend class the station read the group as (with at least MIN_BLEND_GROUPS groups), the mean
+   group-mean error (the bias a lot's mean is corrected by) and what the correction leaves (mean
+   squared out-of-fold corrected group-mean error minus the within-group variance over repeats);
+   overall uncorrected; once over groups of clean spectra (for clean results) and once over all
+   (for noisy ones).
 
 The halves are split by composition group, so no composition is in both. Then the result is
 checked on other seeds (each held-out preset, and fabrics with unknown fibres) and the figures are
@@ -127,7 +129,7 @@ def _row_temperatures(rows: Mapping[str, np.ndarray], temperatures: Mapping[str,
     """[N] the temperature the station applies to each row (its flag set's, else its noise band's)."""
     rule = PathCalibration(offset=np.zeros(0), weights=np.zeros(0), quantile=np.zeros(0), band_factor=np.zeros(0),
                            absent_factor=1.0, widening={}, systematic=np.zeros(0), systematic_per_blend={},
-                           systematic_per_blend_noisy={},
+                           systematic_per_blend_noisy={}, lot_bias_per_blend={}, lot_bias_per_blend_noisy={},
                            **temperatures)
     return np.array([rule.temperature_for(n, k) for n, k in zip(rows["noise"], rows["flag_key"])])
 
@@ -240,6 +242,48 @@ def systematic_error(rows: Mapping[str, np.ndarray], fibres: Sequence[str]) -> D
     return out
 
 
+def group_blends(rows: Mapping[str, np.ndarray], classes: Sequence[str]) -> np.ndarray:
+    """[N] per row, the blend its composition group was read as by most of its measurements (ties: the
+    first by name), as `LotSummary.blend` reads a lot."""
+    read = np.array([classes[int(i)] for i in np.argmax(rows["prob"], axis=1)], dtype=object)
+    out = np.empty(len(read), dtype=object)
+    for g in np.unique(rows["group"]):
+        mask = rows["group"] == g
+        names, counts = np.unique(read[mask], return_counts=True)  # names sorted: argmax takes the first
+        out[mask] = names[int(np.argmax(counts))]
+    return out
+
+
+def lot_bias(rows: Mapping[str, np.ndarray], read: np.ndarray,
+             fibres: Sequence[str]) -> Tuple[Dict[str, Dict[str, float]], Dict[str, Dict[str, float]]]:
+    """({blend: per fibre bias}, {blend: per fibre systematic}) for each blend read of at least
+    MIN_BLEND_GROUPS composition groups.
+
+    The bias is the mean over those groups of the group's mean error: what a lot's mean keeps at that
+    blend and the station subtracts. The systematic error is what the correction leaves, measured out of
+    fold: each group's mean error less the bias of the blend's other groups (leave one group out), its
+    mean square less the within-group variance of a mean (over all the blend's groups, every fibre: a
+    group misread as the blend keeps the error on the fibres it does not hold).
+    """
+    err = rows["pred"] - rows["truth"]
+    bias: Dict[str, Dict[str, float]] = {}
+    systematic: Dict[str, Dict[str, float]] = {}
+    for blend in sorted(set(read.tolist())):
+        groups = np.unique(rows["group"][read == blend])
+        if len(groups) < MIN_BLEND_GROUPS:
+            continue
+        members = [err[rows["group"] == g] for g in groups]
+        means = np.array([e.mean(axis=0) for e in members])
+        within = np.array([e.var(axis=0, ddof=1) / len(e) if len(e) > 1 else np.zeros(len(fibres))
+                           for e in members])
+        n = len(groups)
+        left = means - (means.sum(axis=0) - means) / (n - 1)  # leave one group out
+        residual = np.sqrt(np.maximum(np.mean(left ** 2, axis=0) - np.mean(within, axis=0), 0.0))
+        bias[blend] = {f: round(float(v), 5) for f, v in zip(fibres, means.mean(axis=0))}
+        systematic[blend] = {f: round(float(v), 5) for f, v in zip(fibres, residual)}
+    return bias, systematic
+
+
 def fit_unknown(fit: Records, cal: Records) -> Dict[str, Any]:
     """Principal subspace of the known spectra, the residual's noise model and the threshold
     (the manifest's `unknown_fibre`)."""
@@ -290,16 +334,14 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
                        fibres, classes, path)
         rows = _path_rows(records, path, atypicality)
         doc["systematic"] = systematic_error(rows, fibres)
-        # per blend: from groups of clean spectra (median noise <= the noise split) for clean results, and
+        # per blend read: from groups of clean spectra (median noise <= the noise split) for clean results, and
         # from all groups for noisy ones: pooled, a weak lamp's bias lent every clean lot 2-6 pp it does not have
         group_noise = {g: float(np.median(rows["noise"][rows["group"] == g])) for g in np.unique(rows["group"])}
         clean = np.array([group_noise[g] <= doc["noise_split"] for g in rows["group"]])
-        for key, subset in (("systematic_per_blend", clean), ("systematic_per_blend_noisy", np.ones_like(clean))):
-            doc[key] = {}
-            for blend in sorted(set(rows["labels"].tolist())):
-                of_blend = subset & (rows["labels"] == blend)
-                if len(np.unique(rows["group"][of_blend])) >= MIN_BLEND_GROUPS:
-                    doc[key][blend] = systematic_error({k: v[of_blend] for k, v in rows.items()}, fibres)
+        read = group_blends(rows, classes)
+        for suffix, subset in (("", clean), ("_noisy", np.ones_like(clean))):
+            doc["lot_bias_per_blend" + suffix], doc["systematic_per_blend" + suffix] = lot_bias(
+                {k: v[subset] for k, v in rows.items()}, read[subset], fibres)
         paths[path] = doc
     return {"paths": paths, "unknown_fibre": unknown}
 
