@@ -28,14 +28,13 @@ this module applies it (numpy only, on the board):
   this noise level (c0 + c1 noise^2); above the threshold (a high quantile over known fabrics of
   the same noise band, Mondrian style: one threshold over all noise levels is set by the noisiest
   spectra and misses most unknown fibres in clean ones) the sample likely holds a fibre the model
-  does not know.
-- Lots: the model's mean error at a blend class does not average away over a lot: cellulose blends
-  read cotton a few pp high and linen or viscose low. `lot_bias_per_blend[blend]` is that mean
-  error over the calibration groups (fresh pieces of one composition) the station read as `blend`;
-  the lot's mean is corrected by it. `systematic[fibre]` is the standard deviation of the error a
-  lot's mean still keeps (the bias left at one composition, measured over those groups after the
-  correction, out of fold), per blend class read where the calibration data had enough groups of
-  it (`systematic_per_blend`), else overall (uncorrected).
+  does not know. A fibre at 20-40 % of the fabric leaves too small a residual; where the
+  calibration data held fabrics with unknown fibres, a linear discriminant of the spectrum
+  (`discriminant`: weights per wavelength, fitted against them) also flags, above its own
+  threshold per noise band.
+- Lots: `systematic[fibre]` is the standard deviation of the error a lot's mean keeps (the model's
+  bias at one composition, measured over groups of fresh pieces of one composition), per blend
+  class where the calibration data had enough groups of it (`systematic_per_blend`), else overall.
 """
 
 import math
@@ -151,8 +150,6 @@ class PathCalibration:
     systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
     systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F] from groups of clean spectra (noise <= split)
     systematic_per_blend_noisy: Dict[str, np.ndarray]  # blend class -> [F] from all groups, for noisy spectra
-    lot_bias_per_blend: Dict[str, np.ndarray]  # blend class read -> [F] mean error of a lot's mean (clean groups)
-    lot_bias_per_blend_noisy: Dict[str, np.ndarray]  # the same from all groups, for noisy spectra
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], fibres: Sequence[str]) -> "PathCalibration":
@@ -172,19 +169,7 @@ class PathCalibration:
                                   for b, v in doc.get("systematic_per_blend", {}).items()},
             systematic_per_blend_noisy={b: np.array([v[f] for f in fibres], dtype=np.float64)
                                         for b, v in doc.get("systematic_per_blend_noisy", {}).items()},
-            lot_bias_per_blend={b: np.array([v[f] for f in fibres], dtype=np.float64)
-                                for b, v in doc.get("lot_bias_per_blend", {}).items()},
-            lot_bias_per_blend_noisy={b: np.array([v[f] for f in fibres], dtype=np.float64)
-                                      for b, v in doc.get("lot_bias_per_blend_noisy", {}).items()},
         )
-
-    def lot_tables(self, noise: float) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
-        """(systematic per blend, lot bias per blend) for a result of this spectral noise: above the noise
-        split the tables of all conditions, below it those of clean spectra, where a weak lamp's far larger
-        bias does not apply."""
-        if noise > self.noise_split and self.systematic_per_blend_noisy:
-            return self.systematic_per_blend_noisy, self.lot_bias_per_blend_noisy
-        return self.systematic_per_blend, self.lot_bias_per_blend
 
     def temperature_for(self, noise: float, flag_set: str = "") -> float:
         """The temperature for a measurement with these quality flags (`flag_key`) and spectral noise."""
@@ -245,12 +230,27 @@ class UncertaintyCalibration:
         self.unknown_threshold = float(unknown["threshold"])
         self.unknown_noise_edges = np.asarray(unknown.get("noise_edges", []), dtype=np.float64)
         self.unknown_thresholds = [float(v) for v in unknown.get("thresholds", [self.unknown_threshold])]
+        discriminant = unknown.get("discriminant")
+        self.discriminant_weights = (None if discriminant is None
+                                     else np.asarray(discriminant["weights"], dtype=np.float64))
+        self.discriminant_intercept = 0.0 if discriminant is None else float(discriminant["intercept"])
+        self.discriminant_thresholds = [] if discriminant is None else [float(v) for v in discriminant["thresholds"]]
+
+    def _noise_band(self, noise: float) -> int:
+        return int(np.searchsorted(self.unknown_noise_edges, float(noise)))
 
     def unknown_threshold_for(self, noise: float) -> float:
         """The unknown-fibre threshold for a spectrum of this noise: its noise band's (Mondrian), else the one."""
         if len(self.unknown_thresholds) != len(self.unknown_noise_edges) + 1:
             return self.unknown_threshold
-        return self.unknown_thresholds[int(np.searchsorted(self.unknown_noise_edges, float(noise)))]
+        return self.unknown_thresholds[self._noise_band(noise)]
+
+    def unknown_discriminated(self, spectrum: np.ndarray, noise: float) -> bool:
+        """Whether the discriminant (when calibrated) puts this preprocessed spectrum with the unknown fibres."""
+        if self.discriminant_weights is None:
+            return False
+        score = float(np.asarray(spectrum, dtype=np.float64) @ self.discriminant_weights) + self.discriminant_intercept
+        return score > self.discriminant_thresholds[self._noise_band(noise)]
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> Optional["UncertaintyCalibration"]:
@@ -307,22 +307,18 @@ class UncertaintyCalibration:
             decision_interval_95=per_fibre(decision),
             confidence=float(np.max(probs)),
             blend_probabilities={c: float(p) for c, p in zip(self.blend_classes, probs)},
-            unknown_fibre=score > self.unknown_threshold_for(quality.noise),
+            unknown_fibre=(score > self.unknown_threshold_for(quality.noise)
+                           or self.unknown_discriminated(spectrum, quality.noise)),
             unknown_fibre_score=round(score, 4),
             uncalibrated_flags=uncalibrated,
         )
 
     def systematic(self, path: str, blend: Optional[str] = None, noise: float = 0.0) -> Dict[str, float]:
         """Per fibre, the standard deviation of the error a lot's mean keeps on `path` for results of `blend`
-        whose spectrum has this `noise` (after the `lot_bias` correction where the blend has one)."""
+        whose spectrum has this `noise` (above the path's noise split: the table of all conditions; below
+        it: that of clean spectra, where a weak lamp's far larger bias does not apply)."""
         cal = self.paths[path]
-        table, _ = cal.lot_tables(noise)
+        table = (cal.systematic_per_blend_noisy if noise > cal.noise_split and cal.systematic_per_blend_noisy
+                 else cal.systematic_per_blend)
         values = table.get(blend, cal.systematic) if blend is not None else cal.systematic
-        return {f: float(v) for f, v in zip(self.fibres, values)}
-
-    def lot_bias(self, path: str, blend: Optional[str] = None, noise: float = 0.0) -> Dict[str, float]:
-        """Per fibre, the model's mean error at `blend` on `path` that a lot's mean is corrected by (0 for a
-        blend the calibration data had too few groups of, or a calibration without lot biases)."""
-        _, table = self.paths[path].lot_tables(noise)
-        values = table.get(blend, np.zeros(len(self.fibres))) if blend is not None else np.zeros(len(self.fibres))
         return {f: float(v) for f, v in zip(self.fibres, values)}

@@ -77,9 +77,8 @@ def judge_lots(calibration: Any, records: Any, tolerances: Sequence[float], offs
                     blend = classes[int(np.argmax(records.station_prob[i]))]
                     decision = dict(zip(fibres, answers["decision"][i].tolist()))
                     results[case][judge(summary.spec, decision)["verdict"]] += 1
-                    noise = float(records.noise[i])
-                    summary.add(dict(zip(fibres, records.station_pred[i])), calibration.systematic(path, blend, noise),
-                                decision, blend=blend, bias=calibration.lot_bias(path, blend, noise))
+                    summary.add(dict(zip(fibres, records.station_pred[i])),
+                                calibration.systematic(path, blend, float(records.noise[i])), decision, blend=blend)
                 lot = summary.to_dict("sim", "")
                 counts[case][lot["verdict"]] += 1
                 if case == "true" and tol == tolerances[0]:

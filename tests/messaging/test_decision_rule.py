@@ -129,35 +129,3 @@ def test_the_lot_takes_the_systematic_error_of_the_blend_most_results_were_read_
     doc = summary.to_dict("st1", "2026-12-01T10:05:00.000Z")
     assert doc["blend"] == "cotton/polyester" and doc["systematic"]["cotton"] == 0.005
     assert doc["verdict"] == "pass" and validation_errors(doc, "lot") == []
-
-
-def test_a_lot_read_with_its_blends_bias_passes_once_the_mean_is_corrected():
-    """Cellulose blends read cotton a few pp high: the calibration's bias of the blend read moves the mean back."""
-    spec = LotSpec("L2", {"cotton": 0.6, "linen": 0.4}, tolerance_pp=5.0)
-    bias = {"cotton": 0.035, "linen": -0.035}
-
-    def judged(with_bias):
-        summary = LotSummary(spec, since="2026-12-01T10:00:00.000Z")
-        for i in range(20):
-            cotton = 0.635 + (0.01 if i % 2 else -0.01)  # read 3.5 pp high, as the model reads cotton/linen
-            summary.add({"cotton": cotton, "linen": 1.0 - cotton}, {"cotton": 0.01, "linen": 0.01},
-                        {"cotton": [cotton - 0.05, cotton + 0.05], "linen": [0.315, 0.415]}, "undetermined",
-                        blend="cotton/linen", bias=bias if with_bias else None)
-        return summary.to_dict("st1", "2026-12-01T10:05:00.000Z")
-
-    raw, corrected = judged(False), judged(True)
-    assert raw["verdict"] == "undetermined" and raw["bias"] == {}
-    assert corrected["verdict"] == "pass" and corrected["bias"] == bias
-    assert corrected["mean"] == raw["mean"]  # the mean stays what was read; its interval is moved
-    low, high = corrected["interval_95"]["cotton"]
-    assert low < 0.6 < high and validation_errors(corrected, "lot") == []
-
-
-def test_the_lot_takes_the_bias_of_its_most_common_blend_only():
-    summary = LotSummary(SPEC, since="2026-12-01T10:00:00.000Z")
-    for i in range(10):
-        misread = i == 3
-        summary.add({"cotton": 0.6, "polyester": 0.4}, {}, None,
-                    blend="cotton/linen" if misread else "cotton/polyester",
-                    bias={"cotton": 0.08 if misread else 0.01, "polyester": -0.01})
-    assert summary.bias() == pytest.approx({"cotton": 0.01, "polyester": -0.01})

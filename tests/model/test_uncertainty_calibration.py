@@ -35,7 +35,7 @@ def calibrated_copy(tmp_path_factory):
     (folder / "manifest.json").write_text(json.dumps(raw))
     rc = main(["calibrate-uncertainty", "--model", str(folder), "--seed", "77", "--groups", "24", "--repeats", "2",
                "--heldout-seed", "78", "--heldout-samples", "8", "--heldout-presets", "default,low_snr",
-               "--unknown-fibres", "wool", "--lots", "2", "--lot-size", "3", "--jobs", "2",
+               "--unknown-fibres", "wool", "--unknown-samples", "12", "--lots", "2", "--lot-size", "3", "--jobs", "2",
                "--cache", str(folder / "cache"), "--json"])
     assert rc == 0
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []  # no working copies left
@@ -66,10 +66,17 @@ def test_the_command_records_data_method_and_heldout_figures(calibrated_copy):
     heldout = doc["heldout"]["presets"]
     assert set(heldout) == {"default", "low_snr"} and 0.0 <= heldout["default"]["coverage_95"] <= 1.0
     assert doc["heldout"]["unknown_fibre"]["fibres"] == ["wool"]
+    # the discriminant is fitted on the calibration's own wool fabrics (seed + 100), one threshold per noise band
+    discriminant = doc["unknown_fibre"]["discriminant"]
+    assert discriminant["fibres"] == ["wool"] and discriminant["samples"]["unknown"] == 12
+    assert len(discriminant["weights"]) == len(doc["unknown_fibre"]["mean"])
+    assert len(discriminant["thresholds"]) == len(doc["unknown_fibre"]["noise_edges"]) + 1
+    assert doc["data"]["unknown_fibre"]["seed"] == 177
     assert set(doc["heldout"]["unknown_fibre"]["per_fibre"]) == {"wool"}
     lots = doc["heldout"]["lots"]
     assert lots["lots"] == 2 and lots["size"] == 3 and set(lots["tolerance_pp"]) == {"3", "5"}
     assert sum(lots["tolerance_pp"]["5"]["true"].values()) == pytest.approx(1.0)
+    assert 0.0 <= lots["coverage_95"] <= 1.0
     # measured with the station's settings (the demo bench's by default), recorded for the station's check
     assert doc["data"]["station"]["label"] is True and doc["data"]["station"]["coadd"] == 4
     for path in ("bimodal", "signal_only"):

@@ -13,10 +13,9 @@ every fibre's whole interval lies within declared +- tolerance, `fail` when some
 lies wholly outside it, and `undetermined` when an interval straddles a limit; undetermined means
 `refer_to_lab`. Without intervals (an uncalibrated model) the point estimate decides (`rule`
 says which). A lot is judged on all its results since `set_lot` (`LotSummary`): the mean per fibre
-and the 95 % interval of the mean, (mean - bias) +- sqrt((1.96 systematic)^2 + (t(n-1) sd)^2 / n), where
-`bias` is the model's mean error at the lot's blend and `systematic` the part of the error averaging
-and that correction do not remove (both from the calibration data), and sd the spread between the
-lot's results.
+and the 95 % interval of the mean, sqrt((1.96 systematic)^2 + (t(n-1) sd)^2 / n), where
+`systematic` is the part of the error averaging does not remove (from the calibration data) and
+sd the spread between the lot's results.
 """
 
 import math
@@ -137,13 +136,11 @@ def t975(dof: int) -> float:
 class LotSummary:
     """The running judgement of a lot since `set_lot`: n, mean, sd and the 95 % interval of the mean per fibre.
 
-    `add(composition, systematic, interval=None, verdict=None, unknown_fibre=False, blend=None, bias=None)`
-    per result: `systematic` and `bias` are the calibration's per-fibre systematic standard deviation
-    and mean error for the result's path and `blend` (its blend class; {} for an uncalibrated model),
-    `interval` the result's own 95 % interval (the lot's interval while n = 1). The lot's systematic
-    part and bias are those of the blend most of its results were read as (ties: the larger systematic
-    per fibre and the mean bias; per blend the larger systematic of its paths and the mean bias of its
-    results): one piece
+    `add(composition, systematic, interval=None, verdict=None, unknown_fibre=False, blend=None)` per
+    result: `systematic` is the calibration's per-fibre systematic standard deviation for the result's
+    path and `blend` (its blend class; {} for an uncalibrated model), `interval` the result's own 95 %
+    interval (the lot's interval while n = 1). The lot's systematic part is that of the blend most of
+    its results were read as (ties: the larger per fibre; per blend the larger of its paths): one piece
     misread as a three-fibre blend must not lend the lot that blend's far larger bias, nor may it hide
     it when most pieces read so. Not thread-safe: the inference thread owns it.
     """
@@ -156,7 +153,6 @@ class LotSummary:
         self._sum_sq: Dict[str, float] = {}
         self._systematic: Dict[str, Dict[str, float]] = {}  # blend ('' when not given) -> per fibre
         self._blends: Dict[str, int] = {}  # blend -> results read as it
-        self._bias_sum: Dict[str, Dict[str, float]] = {}  # blend -> per fibre, sum of the results' biases
         self._first_interval: Optional[Dict[str, Sequence[float]]] = None
         self.verdicts = {v: 0 for v in VERDICTS}
         self.unknown_fibre_results = 0
@@ -164,9 +160,8 @@ class LotSummary:
 
     def add(self, composition: Mapping[str, float], systematic: Mapping[str, float],
             interval: Optional[Mapping[str, Sequence[float]]] = None, verdict: Optional[str] = None,
-            unknown_fibre: bool = False, blend: Optional[str] = None,
-            bias: Optional[Mapping[str, float]] = None) -> None:
-        """Count one result of the lot (its composition, blend, the systematic part and bias, its own verdict)."""
+            unknown_fibre: bool = False, blend: Optional[str] = None) -> None:
+        """Count one result of the lot (its composition, blend, the systematic part, its own verdict)."""
         self.n += 1
         for f, v in composition.items():
             self._sum[f] = self._sum.get(f, 0.0) + float(v)
@@ -176,9 +171,6 @@ class LotSummary:
         kept = self._systematic.setdefault(key, {})
         for f, v in systematic.items():
             kept[f] = max(kept.get(f, 0.0), float(v))
-        summed = self._bias_sum.setdefault(key, {})
-        for f, v in (bias or {}).items():
-            summed[f] = summed.get(f, 0.0) + float(v)
         if interval is None:
             self.calibrated = False
         if self.n == 1:
@@ -204,23 +196,11 @@ class LotSummary:
                     out[f] = max(out.get(f, 0.0), v)
         return out
 
-    def bias(self) -> Dict[str, float]:
-        """Per fibre, the mean error of the lot's most common blend(s) its mean is corrected by."""
-        if not self._blends:
-            return {}
-        top = max(self._blends.values())
-        tied = [b for b, count in self._blends.items() if count == top]
-        out: Dict[str, float] = {}
-        for b in tied:
-            for f, v in self._bias_sum.get(b, {}).items():
-                out[f] = out.get(f, 0.0) + v / (top * len(tied))
-        return out
-
     def state(self) -> Dict[str, Any]:
         """Everything the summary counts, as JSON (`from_state` gives it back: kept across a restart)."""
         return {"spec": self.spec.to_dict(), "since": self.since, "n": self.n, "sum": dict(self._sum),
                 "sum_sq": dict(self._sum_sq), "systematic": {b: dict(v) for b, v in self._systematic.items()},
-                "blends": dict(self._blends), "bias_sum": {b: dict(v) for b, v in self._bias_sum.items()},
+                "blends": dict(self._blends),
                 "first_interval": self._first_interval, "verdicts": dict(self.verdicts),
                 "unknown_fibre_results": self.unknown_fibre_results, "calibrated": self.calibrated}
 
@@ -236,8 +216,6 @@ class LotSummary:
         summary._systematic = {str(b): {str(k): float(v) for k, v in fibres.items()}
                                for b, fibres in doc["systematic"].items()}
         summary._blends = {str(b): int(c) for b, c in doc["blends"].items()}
-        summary._bias_sum = {str(b): {str(k): float(v) for k, v in fibres.items()}  # absent: kept before biases
-                             for b, fibres in doc.get("bias_sum", {}).items()}
         first = doc["first_interval"]
         summary._first_interval = None if first is None else {str(k): [float(v[0]), float(v[1])]
                                                               for k, v in first.items()}
@@ -247,21 +225,19 @@ class LotSummary:
         return summary
 
     def interval_of_mean(self) -> Dict[str, List[float]]:
-        """{fibre: [low, high]} 95 % interval of the lot's mean: (mean - bias) +- sqrt((1.96 systematic)^2
-        + (t(n-1) sd)^2 / n)."""
+        """{fibre: [low, high]} 95 % interval of the lot's mean: sqrt((1.96 systematic)^2 + (t(n-1) sd)^2 / n)."""
         if self.n == 1 and self._first_interval is not None:
             return {f: [float(v[0]), float(v[1])] for f, v in self._first_interval.items()}
         out = {}
-        systematic, bias = self.systematic(), self.bias()
+        systematic = self.systematic()
         for f, total in self._sum.items():
             mean = total / self.n
-            centre = mean - bias.get(f, 0.0)
             if self.n > 1:
                 var = max(0.0, (self._sum_sq[f] - self.n * mean * mean) / (self.n - 1))
                 half = math.sqrt((Z95 * systematic.get(f, 0.0)) ** 2 + t975(self.n - 1) ** 2 * var / self.n)
             else:
                 half = 0.0
-            out[f] = [round(min(max(0.0, centre - half), 1.0), 4), round(max(min(1.0, centre + half), 0.0), 4)]
+            out[f] = [round(max(0.0, mean - half), 4), round(min(1.0, mean + half), 4)]
         return out
 
     def to_dict(self, station: str, updated_at: str) -> Dict[str, Any]:
@@ -293,7 +269,6 @@ class LotSummary:
             "sd": sd,
             "systematic": {f: round(v, 4) for f, v in sorted(self.systematic().items())},
             "blend": self.blend(),
-            "bias": {f: round(v, 4) for f, v in sorted(self.bias().items())},
             "interval_95": interval,
             "verdict": decision["verdict"],
             "failing_fibres": decision["failing_fibres"],

@@ -371,8 +371,7 @@ class Station:
         summary.add(doc["composition"],
                     calibration.systematic(path, doc["blend"], noise) if calibration is not None else {},
                     prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"],
-                    blend=doc["blend"],
-                    bias=calibration.lot_bias(path, doc["blend"], noise) if calibration is not None else None)
+                    blend=doc["blend"])
         self.lot.keep()
         self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()), **delivery("lot"))
 
