@@ -34,7 +34,11 @@ this module applies it (numpy only, on the board):
   threshold per noise band.
 - Lots: `systematic[fibre]` is the standard deviation of the error a lot's mean keeps (the model's
   bias at one composition, measured over groups of fresh pieces of one composition), per blend
-  class where the calibration data had enough groups of it (`systematic_per_blend`), else overall.
+  class where the calibration data had enough groups of it, else overall. The bias depends on the
+  conditions: dark dyes, thin fabric over the backing, humidity and a weak lamp lend it pp that
+  bright clean fabric does not have. So `systematic_per_blend` comes from groups of clean, bright
+  spectra (noise <= `noise_split`, median reflectance >= `level_split`) and applies to such
+  results; `systematic_per_blend_noisy` from groups of all conditions, for the others.
 """
 
 import math
@@ -146,6 +150,7 @@ class PathCalibration:
     temperature: float
     noisy_temperature: float  # T for spectra noisier than noise_split
     noise_split: float
+    level_split: float  # median reflectance below which a result takes the lot table of all conditions
     flag_temperature: Dict[str, float]  # quality-flag set (sorted, space-joined) -> its own T
     systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
     systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F] from groups of clean spectra (noise <= split)
@@ -163,6 +168,7 @@ class PathCalibration:
             temperature=float(doc["temperature"]),
             noisy_temperature=float(doc.get("noisy_temperature", doc["temperature"])),
             noise_split=float(doc.get("noise_split", math.inf)),
+            level_split=float(doc.get("level_split", 0.0)),
             flag_temperature={str(k): float(v) for k, v in doc.get("flag_temperature", {}).items()},
             systematic=np.array([doc["systematic"][f] for f in fibres], dtype=np.float64),
             systematic_per_blend={b: np.array([v[f] for f in fibres], dtype=np.float64)
@@ -313,12 +319,15 @@ class UncertaintyCalibration:
             uncalibrated_flags=uncalibrated,
         )
 
-    def systematic(self, path: str, blend: Optional[str] = None, noise: float = 0.0) -> Dict[str, float]:
+    def systematic(self, path: str, blend: Optional[str] = None, noise: float = 0.0,
+                   level: float = 1.0) -> Dict[str, float]:
         """Per fibre, the standard deviation of the error a lot's mean keeps on `path` for results of `blend`
-        whose spectrum has this `noise` (above the path's noise split: the table of all conditions; below
-        it: that of clean spectra, where a weak lamp's far larger bias does not apply)."""
+        whose spectrum has this `noise` and median reflectance `level`: clean and bright (noise <= the
+        path's noise split, level >= its level split), the table of such spectra; else that of all
+        conditions, where a weak lamp's or a dark dye's far larger bias applies."""
         cal = self.paths[path]
-        table = (cal.systematic_per_blend_noisy if noise > cal.noise_split and cal.systematic_per_blend_noisy
+        harsh = noise > cal.noise_split or level < cal.level_split
+        table = (cal.systematic_per_blend_noisy if harsh and cal.systematic_per_blend_noisy
                  else cal.systematic_per_blend)
         values = table.get(blend, cal.systematic) if blend is not None else cal.systematic
         return {f: float(v) for f, v in zip(self.fibres, values)}
