@@ -240,6 +240,7 @@ class UncertaintyCalibration:
         self.discriminant_weights = (None if discriminant is None
                                      else np.asarray(discriminant["weights"], dtype=np.float64))
         self.discriminant_intercept = 0.0 if discriminant is None else float(discriminant["intercept"])
+        self.discriminant_q_weight = 0.0 if discriminant is None else float(discriminant.get("q_weight", 0.0))
         self.discriminant_thresholds = [] if discriminant is None else [float(v) for v in discriminant["thresholds"]]
 
     def _noise_band(self, noise: float) -> int:
@@ -251,11 +252,13 @@ class UncertaintyCalibration:
             return self.unknown_threshold
         return self.unknown_thresholds[self._noise_band(noise)]
 
-    def unknown_discriminated(self, spectrum: np.ndarray, noise: float) -> bool:
-        """Whether the discriminant (when calibrated) puts this preprocessed spectrum with the unknown fibres."""
+    def unknown_discriminated(self, spectrum: np.ndarray, noise: float, q_score: float) -> bool:
+        """Whether the discriminant (when calibrated) puts this preprocessed spectrum, with its Q score, with
+        the unknown fibres."""
         if self.discriminant_weights is None:
             return False
-        score = float(np.asarray(spectrum, dtype=np.float64) @ self.discriminant_weights) + self.discriminant_intercept
+        score = (float(np.asarray(spectrum, dtype=np.float64) @ self.discriminant_weights)
+                 + self.discriminant_q_weight * math.log(max(q_score, 1e-12)) + self.discriminant_intercept)
         return score > self.discriminant_thresholds[self._noise_band(noise)]
 
     @classmethod
@@ -314,7 +317,7 @@ class UncertaintyCalibration:
             confidence=float(np.max(probs)),
             blend_probabilities={c: float(p) for c, p in zip(self.blend_classes, probs)},
             unknown_fibre=(score > self.unknown_threshold_for(quality.noise)
-                           or self.unknown_discriminated(spectrum, quality.noise)),
+                           or self.unknown_discriminated(spectrum, quality.noise, score)),
             unknown_fibre_score=round(score, 4),
             uncalibrated_flags=uncalibrated,
         )
