@@ -153,7 +153,7 @@ class PathCalibration:
     level_split: float  # median reflectance below which a result takes the lot table of all conditions
     flag_temperature: Dict[str, float]  # quality-flag set (sorted, space-joined) -> its own T
     systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
-    systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F] from groups of clean spectra (noise <= split)
+    systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F] from groups of clean, bright spectra
     systematic_per_blend_noisy: Dict[str, np.ndarray]  # blend class -> [F] from all groups, for noisy spectra
 
     @classmethod

@@ -605,7 +605,10 @@ def _command(args: argparse.Namespace) -> int:
                     unknown_samples=args.unknown_samples)
     if args.json:
         arrays = ("mean", "components")
-        shown = dict(doc, unknown_fibre={k: v for k, v in doc["unknown_fibre"].items() if k not in arrays})
+        unknown = {k: v for k, v in doc["unknown_fibre"].items() if k not in arrays}
+        if "discriminant" in unknown:
+            unknown["discriminant"] = {k: v for k, v in unknown["discriminant"].items() if k != "weights"}
+        shown = dict(doc, unknown_fibre=unknown)
         print(json.dumps(shown))
     else:
         print(f"calibration written into {path} ({doc['data']['measurements']} measurements, {doc['seconds']} s)")
