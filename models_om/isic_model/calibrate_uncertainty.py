@@ -73,6 +73,10 @@ UNKNOWN_QUANTILE = 0.98  # share of known fabrics left unflagged on the calibrat
 DISCRIMINANT_QUANTILE = 0.985
 Q_RULE_QUANTILE = 0.995
 DISCRIMINANT_C = 0.3  # inverse L2 strength of the logistic discriminant (0.03-1 measured within 2 points)
+# Weight of known fabrics with dim spectra (median reflectance < DIM_LEVEL) in the discriminant's fit: dark-dyed
+# and thin known fabrics took most false flags (seed 1001 at weight 1 / 3 / 6: dark_dyes 0.048 / 0.037 / 0.020,
+# thin 0.035 / 0.020 / 0.013, default 0.018 each; unknown fibres of seed 1101 flagged 0.970 / 0.968 / 0.960)
+DISCRIMINANT_DIM_WEIGHT = 6.0
 UNKNOWN_SEED_OFFSET = 100  # the calibration's unknown-fibre fabrics are drawn with seed + this
 UNKNOWN_NOISE_BANDS = 5  # noise bands with their own unknown-fibre threshold (measured: 1 band 0.60, 5 bands 0.85)
 PCA_COMPONENTS = 15  # principal components of the known spectra (10-30 measured on seeds 2001 / 1101: README)
@@ -297,9 +301,10 @@ def fit_unknown(fit: Records, cal: Records, strangers: Optional[Records] = None)
 def fit_discriminant(fit: Records, strangers: Records, cal: Records, band: np.ndarray, mean: np.ndarray,
                      components: np.ndarray, noise_model: Sequence[float]) -> Dict[str, Any]:
     """The unknown-fibre discriminant: logistic regression (L2, classes balanced) of the standardised
-    preprocessed spectrum and log Q score, the known fitting half against the fabrics with unknown
-    fibres, folded into one weight per wavelength, one on log Q and an intercept; thresholds per noise
-    band (`band` of each `cal` row) over the known calibration half. The Q statistic flags what is
+    preprocessed spectrum and log Q score, the known fitting half (dim spectra weighted
+    DISCRIMINANT_DIM_WEIGHT) against the fabrics with unknown fibres, folded into one weight per
+    wavelength, one on log Q and an intercept; thresholds per noise band (`band` of each `cal` row)
+    over the known calibration half. The Q statistic flags what is
     unlike any known spectrum; this flags what looks like the unknown fibres the calibration data held
     (20-40 % shares the Q statistic mostly misses), and partly fibres it did not (README)."""
     from sklearn.linear_model import LogisticRegression
@@ -311,7 +316,9 @@ def fit_discriminant(fit: Records, strangers: Records, cal: Records, band: np.nd
     x = np.concatenate([features(fit), features(strangers)])
     y = np.concatenate([np.zeros(len(fit)), np.ones(len(strangers))])
     mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-9
-    model = LogisticRegression(C=DISCRIMINANT_C, max_iter=5000, class_weight="balanced").fit((x - mu) / sd, y)
+    weight = np.concatenate([np.where(fit.level < DIM_LEVEL, DISCRIMINANT_DIM_WEIGHT, 1.0), np.ones(len(strangers))])
+    model = LogisticRegression(C=DISCRIMINANT_C, max_iter=5000, class_weight="balanced").fit((x - mu) / sd, y,
+                                                                                             sample_weight=weight)
     weights = model.coef_[0] / sd
     intercept = float(model.intercept_[0] - weights @ mu)
     scores = features(cal) @ weights + intercept
