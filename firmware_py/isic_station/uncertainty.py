@@ -28,10 +28,17 @@ this module applies it (numpy only, on the board):
   this noise level (c0 + c1 noise^2); above the threshold (a high quantile over known fabrics of
   the same noise band, Mondrian style: one threshold over all noise levels is set by the noisiest
   spectra and misses most unknown fibres in clean ones) the sample likely holds a fibre the model
-  does not know.
+  does not know. A fibre at 20-40 % of the fabric leaves too small a residual; where the
+  calibration data held fabrics with unknown fibres, a linear discriminant of the spectrum
+  (`discriminant`: weights per wavelength, fitted against them) also flags, above its own
+  threshold per noise band.
 - Lots: `systematic[fibre]` is the standard deviation of the error a lot's mean keeps (the model's
   bias at one composition, measured over groups of fresh pieces of one composition), per blend
-  class where the calibration data had enough groups of it (`systematic_per_blend`), else overall.
+  class where the calibration data had enough groups of it, else overall. The bias depends on the
+  conditions: dark dyes, thin fabric over the backing, humidity and a weak lamp lend it pp that
+  bright clean fabric does not have. So `systematic_per_blend` comes from groups of clean, bright
+  spectra (noise <= `noise_split`, median reflectance >= `level_split`) and applies to such
+  results; `systematic_per_blend_noisy` from groups of all conditions, for the others.
 """
 
 import math
@@ -143,9 +150,10 @@ class PathCalibration:
     temperature: float
     noisy_temperature: float  # T for spectra noisier than noise_split
     noise_split: float
+    level_split: float  # median reflectance below which a result takes the lot table of all conditions
     flag_temperature: Dict[str, float]  # quality-flag set (sorted, space-joined) -> its own T
     systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
-    systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F] from groups of clean spectra (noise <= split)
+    systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F] from groups of clean, bright spectra
     systematic_per_blend_noisy: Dict[str, np.ndarray]  # blend class -> [F] from all groups, for noisy spectra
 
     @classmethod
@@ -160,6 +168,7 @@ class PathCalibration:
             temperature=float(doc["temperature"]),
             noisy_temperature=float(doc.get("noisy_temperature", doc["temperature"])),
             noise_split=float(doc.get("noise_split", math.inf)),
+            level_split=float(doc.get("level_split", 0.0)),
             flag_temperature={str(k): float(v) for k, v in doc.get("flag_temperature", {}).items()},
             systematic=np.array([doc["systematic"][f] for f in fibres], dtype=np.float64),
             systematic_per_blend={b: np.array([v[f] for f in fibres], dtype=np.float64)
@@ -227,12 +236,30 @@ class UncertaintyCalibration:
         self.unknown_threshold = float(unknown["threshold"])
         self.unknown_noise_edges = np.asarray(unknown.get("noise_edges", []), dtype=np.float64)
         self.unknown_thresholds = [float(v) for v in unknown.get("thresholds", [self.unknown_threshold])]
+        discriminant = unknown.get("discriminant")
+        self.discriminant_weights = (None if discriminant is None
+                                     else np.asarray(discriminant["weights"], dtype=np.float64))
+        self.discriminant_intercept = 0.0 if discriminant is None else float(discriminant["intercept"])
+        self.discriminant_q_weight = 0.0 if discriminant is None else float(discriminant.get("q_weight", 0.0))
+        self.discriminant_thresholds = [] if discriminant is None else [float(v) for v in discriminant["thresholds"]]
+
+    def _noise_band(self, noise: float) -> int:
+        return int(np.searchsorted(self.unknown_noise_edges, float(noise)))
 
     def unknown_threshold_for(self, noise: float) -> float:
         """The unknown-fibre threshold for a spectrum of this noise: its noise band's (Mondrian), else the one."""
         if len(self.unknown_thresholds) != len(self.unknown_noise_edges) + 1:
             return self.unknown_threshold
-        return self.unknown_thresholds[int(np.searchsorted(self.unknown_noise_edges, float(noise)))]
+        return self.unknown_thresholds[self._noise_band(noise)]
+
+    def unknown_discriminated(self, spectrum: np.ndarray, noise: float, q_score: float) -> bool:
+        """Whether the discriminant (when calibrated) puts this preprocessed spectrum, with its Q score, with
+        the unknown fibres."""
+        if self.discriminant_weights is None:
+            return False
+        score = (float(np.asarray(spectrum, dtype=np.float64) @ self.discriminant_weights)
+                 + self.discriminant_q_weight * math.log(max(q_score, 1e-12)) + self.discriminant_intercept)
+        return score > self.discriminant_thresholds[self._noise_band(noise)]
 
     @classmethod
     def from_manifest(cls, manifest: Any) -> Optional["UncertaintyCalibration"]:
@@ -289,17 +316,21 @@ class UncertaintyCalibration:
             decision_interval_95=per_fibre(decision),
             confidence=float(np.max(probs)),
             blend_probabilities={c: float(p) for c, p in zip(self.blend_classes, probs)},
-            unknown_fibre=score > self.unknown_threshold_for(quality.noise),
+            unknown_fibre=(score > self.unknown_threshold_for(quality.noise)
+                           or self.unknown_discriminated(spectrum, quality.noise, score)),
             unknown_fibre_score=round(score, 4),
             uncalibrated_flags=uncalibrated,
         )
 
-    def systematic(self, path: str, blend: Optional[str] = None, noise: float = 0.0) -> Dict[str, float]:
+    def systematic(self, path: str, blend: Optional[str] = None, noise: float = 0.0,
+                   level: float = 1.0) -> Dict[str, float]:
         """Per fibre, the standard deviation of the error a lot's mean keeps on `path` for results of `blend`
-        whose spectrum has this `noise` (above the path's noise split: the table of all conditions; below
-        it: that of clean spectra, where a weak lamp's far larger bias does not apply)."""
+        whose spectrum has this `noise` and median reflectance `level`: clean and bright (noise <= the
+        path's noise split, level >= its level split), the table of such spectra; else that of all
+        conditions, where a weak lamp's or a dark dye's far larger bias applies."""
         cal = self.paths[path]
-        table = (cal.systematic_per_blend_noisy if noise > cal.noise_split and cal.systematic_per_blend_noisy
+        harsh = noise > cal.noise_split or level < cal.level_split
+        table = (cal.systematic_per_blend_noisy if harsh and cal.systematic_per_blend_noisy
                  else cal.systematic_per_blend)
         values = table.get(blend, cal.systematic) if blend is not None else cal.systematic
         return {f: float(v) for f, v in zip(self.fibres, values)}

@@ -10,7 +10,7 @@ it truly is (should pass) and declared `--offset-pp` off on its main fibre (shou
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
@@ -52,12 +52,14 @@ def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: 
 
 def judge_lots(calibration: Any, records: Any, tolerances: Sequence[float], offset_pp: float) -> Dict[str, Any]:
     """Each composition group of `records` judged as a lot by the station's `LotSummary`, declared as it is
-    and `offset_pp` off: {offset_pp, tolerance_pp: {tol: {true, offset, results}}} (shares)."""
+    and `offset_pp` off: {offset_pp, tolerance_pp: {tol: {true, offset, results}}} (shares), and
+    `coverage_95`: the share of (lot, fibre present) pairs whose interval of the mean holds the truth."""
     fibres, classes = list(calibration.fibres), list(calibration.blend_classes)
     answers = apply_records(calibration, records)
     groups = np.unique(records.group)
     lots = len(groups)
     out: Dict[str, Any] = {"offset_pp": offset_pp, "tolerance_pp": {}}
+    covered: List[bool] = []
     for tol in tolerances:
         counts = {"true": dict.fromkeys(VERDICTS, 0), "offset": dict.fromkeys(VERDICTS, 0)}
         results = {"true": dict.fromkeys(VERDICTS, 0), "offset": dict.fromkeys(VERDICTS, 0)}
@@ -76,12 +78,18 @@ def judge_lots(calibration: Any, records: Any, tolerances: Sequence[float], offs
                     decision = dict(zip(fibres, answers["decision"][i].tolist()))
                     results[case][judge(summary.spec, decision)["verdict"]] += 1
                     summary.add(dict(zip(fibres, records.station_pred[i])),
-                                calibration.systematic(path, blend, float(records.noise[i])), decision, blend=blend)
-                counts[case][summary.to_dict("sim", "")["verdict"]] += 1
+                                calibration.systematic(path, blend, float(records.noise[i]), float(records.level[i])),
+                                decision, blend=blend)
+                lot = summary.to_dict("sim", "")
+                counts[case][lot["verdict"]] += 1
+                if case == "true" and tol == tolerances[0]:
+                    covered += [lot["interval_95"][f][0] <= t <= lot["interval_95"][f][1]
+                                for f, t in zip(fibres, truth) if t > 0]
         out["tolerance_pp"][f"{tol:g}"] = {case: {v: round(n / lots, 3) for v, n in c.items()}
                                           for case, c in counts.items()}
         out["tolerance_pp"][f"{tol:g}"]["results"] = {
             case: {v: round(n / len(records), 3) for v, n in c.items()} for case, c in results.items()}
+    out["coverage_95"] = round(float(np.mean(covered)), 4) if covered else None
     return out
 
 
@@ -122,4 +130,5 @@ def _command(args: argparse.Namespace) -> int:
             lots = ", ".join(f"{v} {100 * s:.1f} %" for v, s in cases[case].items())
             single = ", ".join(f"{v} {100 * s:.1f} %" for v, s in cases["results"][case].items())
             print(f"tolerance {tol} pp, {what:<20}: lots {lots}; single results {single}")
+    print(f"interval of the lot mean holds the truth for {100 * result['coverage_95']:.1f} % of (lot, fibre present)")
     return 0

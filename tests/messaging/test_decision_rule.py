@@ -129,3 +129,28 @@ def test_the_lot_takes_the_systematic_error_of_the_blend_most_results_were_read_
     doc = summary.to_dict("st1", "2026-12-01T10:05:00.000Z")
     assert doc["blend"] == "cotton/polyester" and doc["systematic"]["cotton"] == 0.005
     assert doc["verdict"] == "pass" and validation_errors(doc, "lot") == []
+
+
+def test_one_dim_piece_does_not_lend_a_bright_lot_the_systematic_error_of_dark_fabric():
+    """The lot's systematic part is the mean of its results' (a mean of pieces keeps at most the mean of
+    their systematic errors), not the largest: 19 bright pieces at 0.5 pp and one dark at 6 pp pass."""
+    summary = LotSummary(SPEC, since="2026-12-01T10:00:00.000Z")
+    bright, dark = {"cotton": 0.005, "polyester": 0.005}, {"cotton": 0.06, "polyester": 0.06}
+    for i in range(20):
+        cotton = 0.61 + (0.01 if i % 2 else -0.01)
+        summary.add({"cotton": cotton, "polyester": 1.0 - cotton}, dark if i == 4 else bright,
+                    {"cotton": [cotton - 0.04, cotton + 0.04], "polyester": [0.35, 0.43]}, "pass",
+                    blend="cotton/polyester")
+    doc = summary.to_dict("st1", "2026-12-01T10:05:00.000Z")
+    assert doc["systematic"]["cotton"] == pytest.approx((19 * 0.005 + 0.06) / 20, abs=1e-4)
+    assert doc["verdict"] == "pass"  # with the largest (6 pp) the interval would reach past 0.65
+
+
+def test_a_lot_kept_before_the_mean_reads_back_with_its_systematic_error():
+    summary = LotSummary(SPEC, since="2026-12-01T10:00:00.000Z")
+    for _ in range(4):
+        summary.add({"cotton": 0.6, "polyester": 0.4}, {"cotton": 0.02, "polyester": 0.01}, None,
+                    blend="cotton/polyester")
+    old = summary.state()
+    old["systematic"] = {b: {f: v / 4 for f, v in fibres.items()} for b, fibres in old.pop("systematic_sum").items()}
+    assert LotSummary.from_state(old).systematic() == pytest.approx({"cotton": 0.02, "polyester": 0.01})

@@ -14,7 +14,7 @@ from isic_model.measuring_settings import station_settings
 from isic_station.inference import create_backend
 from isic_station.inference.predictor import Predictor
 from isic_station.manifest import load_manifest
-from isic_station.uncertainty import temper
+from isic_station.uncertainty import spectrum_quality, temper
 from isic_station.uncertainty_metrics import (
     coverage_95,
     ece_noise_floor,
@@ -35,7 +35,7 @@ def calibrated_copy(tmp_path_factory):
     (folder / "manifest.json").write_text(json.dumps(raw))
     rc = main(["calibrate-uncertainty", "--model", str(folder), "--seed", "77", "--groups", "24", "--repeats", "2",
                "--heldout-seed", "78", "--heldout-samples", "8", "--heldout-presets", "default,low_snr",
-               "--unknown-fibres", "wool", "--lots", "2", "--lot-size", "3", "--jobs", "2",
+               "--unknown-fibres", "wool", "--unknown-samples", "12", "--lots", "2", "--lot-size", "3", "--jobs", "2",
                "--cache", str(folder / "cache"), "--json"])
     assert rc == 0
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []  # no working copies left
@@ -66,10 +66,17 @@ def test_the_command_records_data_method_and_heldout_figures(calibrated_copy):
     heldout = doc["heldout"]["presets"]
     assert set(heldout) == {"default", "low_snr"} and 0.0 <= heldout["default"]["coverage_95"] <= 1.0
     assert doc["heldout"]["unknown_fibre"]["fibres"] == ["wool"]
+    # the discriminant is fitted on the calibration's own wool fabrics (seed + 100), one threshold per noise band
+    discriminant = doc["unknown_fibre"]["discriminant"]
+    assert discriminant["fibres"] == ["wool"] and discriminant["samples"]["unknown"] == 12
+    assert len(discriminant["weights"]) == len(doc["unknown_fibre"]["mean"])
+    assert len(discriminant["thresholds"]) == len(doc["unknown_fibre"]["noise_edges"]) + 1
+    assert doc["data"]["unknown_fibre"]["seed"] == 177
     assert set(doc["heldout"]["unknown_fibre"]["per_fibre"]) == {"wool"}
     lots = doc["heldout"]["lots"]
     assert lots["lots"] == 2 and lots["size"] == 3 and set(lots["tolerance_pp"]) == {"3", "5"}
     assert sum(lots["tolerance_pp"]["5"]["true"].values()) == pytest.approx(1.0)
+    assert 0.0 <= lots["coverage_95"] <= 1.0
     # measured with the station's settings (the demo bench's by default), recorded for the station's check
     assert doc["data"]["station"]["label"] is True and doc["data"]["station"]["coadd"] == 4
     for path in ("bimodal", "signal_only"):
@@ -112,7 +119,23 @@ def test_a_wool_cotton_sample_is_flagged_and_a_known_blend_is_not():
     p_wool = predictor.predict(wool.reflectance, wool.wavelengths_nm, wool.frames, wool.um_per_px)
     p_known = predictor.predict(known.reflectance, known.wavelengths_nm, known.frames, known.um_per_px)
     assert p_wool.unknown_fibre and not p_known.unknown_fibre
-    assert p_wool.unknown_fibre_score > predictor.calibration.unknown_threshold > p_known.unknown_fibre_score
+    assert p_wool.unknown_fibre_score > p_known.unknown_fibre_score
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_a_quarter_of_wool_the_spectrum_residual_misses_is_flagged_by_the_discriminant(seed):
+    """A fibre at 20-30 % leaves a residual within what known fabrics leave; the shipped calibration's
+    discriminant (fitted on its own unknown-fibre fabrics, seed 2101) flags it, and not the known blend."""
+    predictor = predictor_for(SHIPPED_MANIFEST)
+    calibration = predictor.calibration
+    assert calibration.discriminant_weights is not None, "the shipped calibration has no unknown-fibre discriminant"
+    wool = measure({"wool": 0.25, "cotton": 0.75}, seed)
+    known = measure({"cotton": 0.75, "linen": 0.25}, seed)
+    p_wool = predictor.predict(wool.reflectance, wool.wavelengths_nm, wool.frames, wool.um_per_px)
+    p_known = predictor.predict(known.reflectance, known.wavelengths_nm, known.frames, known.um_per_px)
+    noise = spectrum_quality(wool.reflectance).noise
+    assert p_wool.unknown_fibre_score < calibration.unknown_threshold_for(noise)  # the Q statistic alone misses it
+    assert p_wool.unknown_fibre and not p_known.unknown_fibre
 
 
 def test_conformal_quantile_is_the_finite_sample_rank():

@@ -71,3 +71,11 @@ def test_coverage_and_ece_count_the_fibres_present_and_the_published_confidence(
     # bins 0.9 (1 right) and 0.7 (1 wrong): 0.5 * |1 - 0.9| + 0.5 * |0 - 0.7|
     assert abs(figures["ece"] - 0.4) < 1e-9
     assert "coverage_95" not in pooled_figures([score_result(composition, "x", truth, "x")])
+
+
+def test_flagged_known_counts_the_results_published_with_unknown_fibre():
+    truth = {"cotton": 0.6, "polyester": 0.4}
+    scores = [score_result(truth, "cotton/polyester", truth, "cotton/polyester", flags=flags)
+              for flags in (["unknown_fibre", "refer_to_lab"], [], ["signal_only"], [])]
+    assert pooled_figures(scores)["flagged_known"] == 0.25
+    assert "flagged_known" not in pooled_figures([score_result(truth, "x", truth, "x")])  # no flags read

@@ -140,7 +140,9 @@ class LotSummary:
     result: `systematic` is the calibration's per-fibre systematic standard deviation for the result's
     path and `blend` (its blend class; {} for an uncalibrated model), `interval` the result's own 95 %
     interval (the lot's interval while n = 1). The lot's systematic part is that of the blend most of
-    its results were read as (ties: the larger per fibre; per blend the larger of its paths): one piece
+    its results were read as (ties: the larger per fibre), the mean of its results' (the systematic
+    error of a mean of pieces is at most the mean of theirs; one dim piece in a bright lot must not
+    lend the lot the systematic error of dark fabric): one piece
     misread as a three-fibre blend must not lend the lot that blend's far larger bias, nor may it hide
     it when most pieces read so. Not thread-safe: the inference thread owns it.
     """
@@ -151,7 +153,7 @@ class LotSummary:
         self.n = 0
         self._sum: Dict[str, float] = {}
         self._sum_sq: Dict[str, float] = {}
-        self._systematic: Dict[str, Dict[str, float]] = {}  # blend ('' when not given) -> per fibre
+        self._systematic: Dict[str, Dict[str, float]] = {}  # blend ('' when not given) -> per fibre, summed
         self._blends: Dict[str, int] = {}  # blend -> results read as it
         self._first_interval: Optional[Dict[str, Sequence[float]]] = None
         self.verdicts = {v: 0 for v in VERDICTS}
@@ -170,7 +172,7 @@ class LotSummary:
         self._blends[key] = self._blends.get(key, 0) + 1
         kept = self._systematic.setdefault(key, {})
         for f, v in systematic.items():
-            kept[f] = max(kept.get(f, 0.0), float(v))
+            kept[f] = kept.get(f, 0.0) + float(v)
         if interval is None:
             self.calibrated = False
         if self.n == 1:
@@ -185,7 +187,8 @@ class LotSummary:
         return max(sorted(named), key=lambda b: named[b]) if named else None
 
     def systematic(self) -> Dict[str, float]:
-        """Per fibre, the systematic standard deviation of the lot's mean: that of its most common blend."""
+        """Per fibre, the systematic standard deviation of the lot's mean: the mean over the results of its
+        most common blend."""
         if not self._blends:
             return {}
         top = max(self._blends.values())
@@ -193,13 +196,13 @@ class LotSummary:
         for b, count in self._blends.items():
             if count == top:
                 for f, v in self._systematic.get(b, {}).items():
-                    out[f] = max(out.get(f, 0.0), v)
+                    out[f] = max(out.get(f, 0.0), v / count)
         return out
 
     def state(self) -> Dict[str, Any]:
         """Everything the summary counts, as JSON (`from_state` gives it back: kept across a restart)."""
         return {"spec": self.spec.to_dict(), "since": self.since, "n": self.n, "sum": dict(self._sum),
-                "sum_sq": dict(self._sum_sq), "systematic": {b: dict(v) for b, v in self._systematic.items()},
+                "sum_sq": dict(self._sum_sq), "systematic_sum": {b: dict(v) for b, v in self._systematic.items()},
                 "blends": dict(self._blends),
                 "first_interval": self._first_interval, "verdicts": dict(self.verdicts),
                 "unknown_fibre_results": self.unknown_fibre_results, "calibrated": self.calibrated}
@@ -213,9 +216,14 @@ class LotSummary:
         summary.n = int(doc["n"])
         summary._sum = {str(k): float(v) for k, v in doc["sum"].items()}
         summary._sum_sq = {str(k): float(v) for k, v in doc["sum_sq"].items()}
-        summary._systematic = {str(b): {str(k): float(v) for k, v in fibres.items()}
-                               for b, fibres in doc["systematic"].items()}
         summary._blends = {str(b): int(c) for b, c in doc["blends"].items()}
+        if "systematic_sum" in doc:
+            summary._systematic = {str(b): {str(k): float(v) for k, v in fibres.items()}
+                                   for b, fibres in doc["systematic_sum"].items()}
+        else:  # kept before the mean: the per-blend largest, as if every result of the blend had it
+            summary._systematic = {str(b): {str(k): float(v) * summary._blends.get(str(b), 1)
+                                            for k, v in fibres.items()}
+                                   for b, fibres in doc["systematic"].items()}
         first = doc["first_interval"]
         summary._first_interval = None if first is None else {str(k): [float(v[0]), float(v[1])]
                                                               for k, v in first.items()}

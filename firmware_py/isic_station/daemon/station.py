@@ -47,7 +47,7 @@ from isic_station.messaging.outbox import Outbox
 from isic_station.messaging.results import build_alarm, build_result, out_of_spec_alarm, refer_to_lab_alarm, utc_iso
 from isic_station.preprocess.image_stream import ImageBatchBuilder
 from isic_station.schemas import delivery
-from isic_station.uncertainty import spectrum_quality
+from isic_station.uncertainty import SpectrumQuality, spectrum_quality
 
 log = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ class Station:
             interval_95=prediction.interval_95, unknown_fibre_score=prediction.unknown_fibre_score,
         )
         if spec is not None:
-            self._count_in_lot(doc, predictor, prediction, spectrum_quality(m.reflectance).noise)
+            self._count_in_lot(doc, predictor, prediction, spectrum_quality(m.reflectance))
         row = self.link.publish_result(doc)
         self.time_to_result.published(row, m.requested_at, m.acquire_ms)
         for alarm in (out_of_spec_alarm(doc), refer_to_lab_alarm(doc, prediction.uncalibrated_flags)):
@@ -359,7 +359,8 @@ class Station:
                 "sample_id_source": m.sample_id_source, "composition": doc["composition"], "blend": doc["blend"],
                 "flags": doc["flags"]}
 
-    def _count_in_lot(self, doc: Dict[str, Any], predictor: Predictor, prediction: Prediction, noise: float) -> None:
+    def _count_in_lot(self, doc: Dict[str, Any], predictor: Predictor, prediction: Prediction,
+                      quality: SpectrumQuality) -> None:
         """Add a lot result to the running summary and store it, retained, for the lot topic (before the
         result itself, so the result's publication sends both)."""
         assert self.outbox is not None and self.link is not None
@@ -369,7 +370,8 @@ class Station:
         calibration = predictor.calibration
         path = "signal_only" if prediction.signal_only else "bimodal"
         summary.add(doc["composition"],
-                    calibration.systematic(path, doc["blend"], noise) if calibration is not None else {},
+                    calibration.systematic(path, doc["blend"], quality.noise, quality.level)
+                    if calibration is not None else {},
                     prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"],
                     blend=doc["blend"])
         self.lot.keep()

@@ -28,13 +28,15 @@ Z95 = 1.959964
 
 def score_result(composition: Mapping[str, float], blend: str, truth: Mapping[str, float],
                  true_blend: str, confidence: Optional[float] = None,
-                 interval_95: Optional[Mapping[str, Sequence[float]]] = None) -> Dict[str, Any]:
+                 interval_95: Optional[Mapping[str, Sequence[float]]] = None,
+                 flags: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """One result against the sample that was measured.
 
     `correct`: the blend class matches; `abs_error`: |predicted - true| averaged over the fibres
     the sample contains (as `isic-model evaluate` counts MAE); `blend`: the true blend. With the
     result's `confidence` and `interval_95` (as published), also `confidence` and, per fibre the
-    sample contains, `present_truth` and `present_intervals` for the coverage figures.
+    sample contains, `present_truth` and `present_intervals` for the coverage figures. With the
+    result's `flags`, `unknown_fibre`: whether it was flagged as holding a fibre the model does not know.
     """
     present = [f for f, v in truth.items() if v > 0]
     error = sum(abs(float(composition.get(f, 0.0)) - float(truth[f])) for f in present) / len(present)
@@ -44,12 +46,16 @@ def score_result(composition: Mapping[str, float], blend: str, truth: Mapping[st
     if interval_95 is not None:
         score["present_truth"] = [float(truth[f]) for f in present]
         score["present_intervals"] = [[float(v) for v in interval_95[f]] for f in present]
+    if flags is not None:
+        score["unknown_fibre"] = "unknown_fibre" in flags
     return score
 
 
 def uncertainty_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """`coverage_95`, `median_interval_width` and `ece` of scored results that carry intervals and
-    confidences (the definitions of `uncertainty_metrics`, as `isic-model evaluate` uses them)."""
+    confidences (the definitions of `uncertainty_metrics`, as `isic-model evaluate` uses them), and
+    `flagged_known`, the share of results with flags that were flagged `unknown_fibre` (the samples
+    scored hold known fibres only)."""
     figures: Dict[str, Any] = {}
     with_intervals = [s for s in scores if "present_intervals" in s]
     if with_intervals:
@@ -62,6 +68,9 @@ def uncertainty_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         figures["ece"] = expected_calibration_error([s["confidence"] for s in with_confidence],
                                                     [bool(s["correct"]) for s in with_confidence])
         figures["ece_noise_floor"] = ece_noise_floor([s["confidence"] for s in with_confidence])
+    with_flags = [s for s in scores if "unknown_fibre" in s]
+    if with_flags:
+        figures["flagged_known"] = round(sum(bool(s["unknown_fibre"]) for s in with_flags) / len(with_flags), 4)
     return figures
 
 
@@ -121,4 +130,6 @@ def figures_line(figures: Mapping[str, Any]) -> str:
         line += f", coverage_95 {figures['coverage_95']:.3f} (median width {figures['median_interval_width']:.3f})"
     if figures.get("ece") is not None:
         line += f", ECE {figures['ece']:.3f} (a perfectly calibrated model: {figures['ece_noise_floor']:.3f})"
+    if figures.get("flagged_known") is not None:
+        line += f", flagged unknown_fibre {100 * figures['flagged_known']:.1f} %"
     return line
