@@ -27,6 +27,7 @@ import numpy as np
 
 from isic_model.data import Presets, StationSettings, cache_key, draw_preset
 from isic_model.measuring_settings import station_settings
+from isic_model.workers import stop_workers_on_sigterm
 from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, SpectrumQuality
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,8 @@ def collect(
     else:
         # groups are drawn from their own generators: split into contiguous chunks, one process each
         bounds = np.linspace(0, groups, jobs + 1).astype(int)
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=stop_workers_on_sigterm) as pool:
             parts = list(pool.map(_simulate, [manifest_path] * jobs, [settings] * jobs, [seed] * jobs,
                                   [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])], [preset] * jobs,
                                   [repeats] * jobs, [list(unknown)] * jobs, [progress] + [False] * (jobs - 1),

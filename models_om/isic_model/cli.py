@@ -5,6 +5,7 @@ from typing import List, Optional
 
 from isic_common.command_line import build_parser, run
 from isic_model import __version__
+from isic_model.workers import stop_workers_on_sigterm
 
 # One module per concern; each registers its own sub-commands.
 COMMAND_MODULES = (
@@ -19,6 +20,7 @@ COMMAND_MODULES = (
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `isic-model` console command."""
+    stop_workers_on_sigterm()
     parser = build_parser(
         "isic-model",
         "ISiC-Net model work: generate virtual-lab data, train, evaluate against PLS/SVM, "

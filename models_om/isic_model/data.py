@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from isic_drivers.lab.microscope import CENTRELINE_STEP_PX
+from isic_model.workers import stop_workers_on_sigterm
 from isic_station.preprocess.image import ImageParams, cut_frame
 from isic_station.preprocess.image_stream import ImageBatchBuilder
 from isic_station.preprocess.spectrum import preprocess_spectra
@@ -362,7 +363,8 @@ def _run_parts(task: Dict[str, Any], seed: int, n: int, parts: int, jobs: int) -
     from concurrent.futures import ProcessPoolExecutor
 
     # Spawned (not forked) workers: the parent may have run torch's thread pool already.
-    with ProcessPoolExecutor(min(jobs, parts), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(min(jobs, parts), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=stop_workers_on_sigterm) as pool:
         return list(pool.map(_generate_part, tasks))
 
 

@@ -29,6 +29,7 @@ from isic_common.errors import ConfigError
 from isic_drivers.lab.fibres import load_fibres
 from isic_drivers.lab.sample import blend_classes
 from isic_model.data import Conditions, LabSet, StationSettings, counter_tiles, generate
+from isic_model.workers import stop_workers_on_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -478,7 +479,8 @@ def _spawned(function: Any, *args: Any) -> Any:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=stop_workers_on_sigterm) as pool:
         return pool.submit(function, *args).result()
 
 
