@@ -474,7 +474,7 @@ def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset
     doc["method"] = (
         "locally weighted split conformal per path and fibre (coverage 0.95, fibres present), quality-flag "
         "widening, temperature scaling of the blend probabilities, Q-statistic unknown-fibre check (and a "
-        "logistic discriminant with unknown-fibre fabrics), lot bias and systematic error from repeated "
+        "logistic discriminant with unknown-fibre fabrics), systematic lot error from repeated "
         "compositions; see isic_station/uncertainty.py"
     )
     doc["coverage"] = COVERAGE
@@ -570,7 +570,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--unknown-fibres", default=",".join(DEFAULT_UNKNOWN),
                    help="lab fibres the model does not know, for the unknown-fibre check ('' to skip)")
     p.add_argument("--unknown-samples", type=int, default=1500,
-                   help="fabrics holding an unknown fibre (seed + 100) that fit the unknown-fibre discriminant "
+                   help=f"fabrics holding an unknown fibre (seed + {UNKNOWN_SEED_OFFSET}) that fit the unknown-fibre "
+                   "discriminant "
                    "(0: the spectrum-residual check alone; default: %(default)s)")
     p.add_argument("--lots", type=int, default=40,
                    help="held-out lot check: lots of --lot-size fresh pieces judged by the lot rule (0: skip)")
