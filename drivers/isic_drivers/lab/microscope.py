@@ -130,9 +130,25 @@ def _fixed(points: np.ndarray) -> np.ndarray:
     return np.rint(points * _SCALE).astype(np.int32)
 
 
-def _polyline(layer: np.ndarray, points: np.ndarray, value: float, thickness_px: float) -> None:
-    cv2.polylines(layer, [_fixed(points)], False, float(value), max(1, int(round(thickness_px))),
-                  cv2.LINE_8, _SHIFT)
+def _stroke(width_um: float, um_per_px: float) -> Tuple[int, float]:
+    """(OpenCV thickness, factor on the optical density) that draw a mark `width_um` wide at this camera scale.
+
+    A mark narrower than the optics resolve images `_RESOLUTION_UM` wide, and one narrower than a pixel
+    covers part of it: both are drawn one pixel wide (OpenCV's thinnest line) with the density scaled by
+    the pixels they cover, so that such a mark takes about the same light at every camera scale (a node's
+    line on a fibre, resampled to the model's scale: tests/lab/test_microscope.py). Wider marks keep the
+    nearest whole-pixel thickness.
+    """
+    px = max(width_um, _RESOLUTION_UM) / um_per_px
+    if width_um < _RESOLUTION_UM or px < 1.0:
+        return 1, px
+    return int(round(px)), 1.0
+
+
+def _polyline(layer: np.ndarray, points: np.ndarray, value: float, width_um: float, um_per_px: float) -> None:
+    """A mark `width_um` wide along `points` (see `_stroke`)."""
+    whole, factor = _stroke(width_um, um_per_px)
+    cv2.polylines(layer, [_fixed(points)], False, float(value) * factor, whole, cv2.LINE_8, _SHIFT)
 
 
 def _segments(mask: np.ndarray) -> List[Tuple[int, int]]:
@@ -176,10 +192,16 @@ class _Fibre:
         return np.stack([a, b])
 
 
-# Widths of drawn lines as fractions of the fibre width (OpenCV draws at least 1 px).
+# Widths of drawn lines as fractions of the fibre width.
 _EDGE_WIDTH = 0.08
 _GROOVE_WIDTH = 0.12
 _MEDULLA_WIDTH = 0.25
+# The finest mark the objective images (um): a node's cross-line, a striation, a scale edge or a speck is
+# narrower and images this wide, whatever the camera's pixel (`_stroke`). Until this was physical, marks
+# were one camera pixel wide: 1.0 um at 1.0 um/px, 1.6 um at 1.6 um/px, so a finer camera saw them fainter
+# once resampled to the model's scale, and linen's nodes faded towards cotton. 1.6 um leaves the frames
+# of a 1.6 um/px camera (the shipped v4's training scale) exactly as they were.
+_RESOLUTION_UM = 1.6
 
 
 def _geometry(fibre: Fibre, rng: np.random.Generator, width: int, height: int, um_per_px: float) -> _Fibre:
@@ -213,7 +235,7 @@ def _lumen(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Ge
     """The central canal, visible where a ribbon lies flat."""
     for a, b in _segments(f.flat > 0.6):
         if b - a > 2:
-            _polyline(layer, f.points[a:b], m["lumen_od"], max(1.0, m["lumen_width"] * f.width_px))
+            _polyline(layer, f.points[a:b], m["lumen_od"], m["lumen_width"] * f.diameter_um, um_per_px)
 
 
 def _striations(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator,
@@ -221,12 +243,12 @@ def _striations(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.rand
     """Fine lengthwise lines (viscose, elastane)."""
     k = int(rng.integers(m["striations"][0], m["striations"][1] + 1))
     for off in np.linspace(-0.6, 0.6, k) + rng.uniform(-0.08, 0.08, k):
-        _polyline(layer, f.offset(off), m["striation_od"], 1)
+        _polyline(layer, f.offset(off), m["striation_od"], 0.0, um_per_px)
 
 
 def _groove(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator, um_per_px: float) -> None:
     """One lengthwise groove off the centre (acrylic)."""
-    _polyline(layer, f.offset(rng.uniform(-0.3, 0.3)), m["groove_od"], max(1.0, _GROOVE_WIDTH * f.width_px))
+    _polyline(layer, f.offset(rng.uniform(-0.3, 0.3)), m["groove_od"], _GROOVE_WIDTH * f.diameter_um, um_per_px)
 
 
 def _trilobal(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator,
@@ -234,7 +256,7 @@ def _trilobal(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random
     """Lobe shadows of a trilobal filament, for a share `trilobal_p` of the fibres."""
     if rng.random() < float(m["trilobal_p"]):
         for off in (-0.35, 0.35):
-            _polyline(layer, f.offset(off), 0.5 * m["edge_od"], max(1.0, _EDGE_WIDTH * f.width_px))
+            _polyline(layer, f.offset(off), 0.5 * m["edge_od"], _EDGE_WIDTH * f.diameter_um, um_per_px)
 
 
 def _medulla(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator, um_per_px: float) -> None:
@@ -242,7 +264,7 @@ def _medulla(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.
     if rng.random() < float(m["medulla_p"]):
         for a, b in _segments(_smooth_noise(rng, len(f.s), 30.0 / um_per_px) > -0.5):
             if b - a > 2:
-                _polyline(layer, f.points[a:b], m["medulla_od"], max(1.0, _MEDULLA_WIDTH * f.width_px))
+                _polyline(layer, f.points[a:b], m["medulla_od"], _MEDULLA_WIDTH * f.diameter_um, um_per_px)
 
 
 def _scales(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator, um_per_px: float) -> None:
@@ -251,23 +273,24 @@ def _scales(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.G
         tangent = np.array([f.normal[i, 1], -f.normal[i, 0]])
         mid = f.points[i] + tangent * rng.uniform(-0.25, 0.35) * f.width_px
         line = np.stack([f.points[i] + f.normal[i] * f.half_w[i], mid, f.points[i] - f.normal[i] * f.half_w[i]])
-        _polyline(layer, line, m["scale_od"], 1)
+        _polyline(layer, line, m["scale_od"], 0.0, um_per_px)
 
 
 def _convolutions(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator,
                   um_per_px: float) -> None:
     """Where the ribbon reverses, its edges cross the fibre diagonally (cotton)."""
     for i in f.twists:
-        _polyline(layer, f.across(i, 0.5 * f.width_px), m["convolution_od"], max(1.0, _EDGE_WIDTH * f.width_px))
+        _polyline(layer, f.across(i, 0.5 * f.width_px), m["convolution_od"], _EDGE_WIDTH * f.diameter_um, um_per_px)
 
 
 def _node_marks(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator,
                 um_per_px: float) -> None:
     """A dark line across each node with cross-marks (an X) on it (linen)."""
     for i in f.nodes:
-        _polyline(layer, f.across(i, rng.uniform(-0.15, 0.15) * f.width_px), m["node_od"], 1)
+        _polyline(layer, f.across(i, rng.uniform(-0.15, 0.15) * f.width_px), m["node_od"], 0.0, um_per_px)
         for skew in (-0.35, 0.35):
-            _polyline(layer, f.across(i, skew * f.width_px * rng.uniform(0.7, 1.3)), 0.7 * m["node_od"], 1)
+            _polyline(layer, f.across(i, skew * f.width_px * rng.uniform(0.7, 1.3)), 0.7 * m["node_od"], 0.0,
+                      um_per_px)
 
 
 def _specks(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.Generator, um_per_px: float) -> None:
@@ -278,8 +301,13 @@ def _specks(layer: np.ndarray, f: _Fibre, m: Mapping[str, Any], rng: np.random.G
     idx = rng.integers(0, len(f.s), n)
     pts = f.points[idx] + f.normal[idx] * (rng.uniform(-0.8, 0.8, n) * f.half_w[idx])[:, None]
     x, y = np.rint(pts[:, 0]).astype(int), np.rint(pts[:, 1]).astype(int)
-    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
-    layer[y[inside], x[inside]] = float(m.get("speck_od", 0.9))
+    px = _RESOLUTION_UM / um_per_px  # a dot images as wide as the optics resolve, in both directions
+    whole = max(1, int(round(px)))
+    value = float(m.get("speck_od", 0.9)) * (px / whole) ** 2
+    for dy in range(whole):
+        for dx in range(whole):
+            inside = (x + dx >= 0) & (x + dx < width) & (y + dy >= 0) & (y + dy < height)
+            layer[y[inside] + dy, x[inside] + dx] = value
 
 
 # Morphology features, drawn in this order when the fibre's `morphology` has the key.
@@ -309,9 +337,8 @@ def _draw_fibre(layer: np.ndarray, fibre: Fibre, rng: np.random.Generator, um_pe
     for key, draw in _FEATURES:
         if key in m:
             draw(layer, f, m, rng, um_per_px)
-    edge = max(1.0, _EDGE_WIDTH * f.width_px)
-    _polyline(layer, left, m["edge_od"], edge)
-    _polyline(layer, right, m["edge_od"], edge)
+    _polyline(layer, left, m["edge_od"], _EDGE_WIDTH * f.diameter_um, um_per_px)
+    _polyline(layer, right, m["edge_od"], _EDGE_WIDTH * f.diameter_um, um_per_px)
     return DrawnFibre(fibre.name, f.diameter_um, f.points.astype(np.float32))
 
 
