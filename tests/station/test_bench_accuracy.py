@@ -1,7 +1,10 @@
 """`isic-station bench accuracy`: the real station on the demo bench, scored against the line, no label tiles."""
 
 import json
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 from isic_station.tools.bench.accuracy import apply_settings, label_tile_count, tile_origins
 from isic_station.tools.bench.scoring import pooled_figures, score_result
@@ -79,3 +82,45 @@ def test_flagged_known_counts_the_results_published_with_unknown_fibre():
               for flags in (["unknown_fibre", "refer_to_lab"], [], ["signal_only"], [])]
     assert pooled_figures(scores)["flagged_known"] == 0.25
     assert "flagged_known" not in pooled_figures([score_result(truth, "x", truth, "x")])  # no flags read
+
+
+def _descendants(pid: int) -> set:
+    """Every living process below `pid` (read from /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def test_a_killed_bench_stops_its_station_emulator_and_broker(tmp_path):
+    """SIGTERM (a `kill`, or systemd) to `bench accuracy` stops the processes it started: none is orphaned."""
+    bench = subprocess.Popen(station_command() + ["bench", "accuracy", "--count", "50", "--json", "--line-seed", "7402",
+                                                  "--keep", str(tmp_path / "bench")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, started = time.monotonic() + 120, set()
+        while time.monotonic() < deadline and not (tmp_path / "bench" / "station.log").is_file():
+            time.sleep(0.5)
+        time.sleep(2.0)
+        started = _descendants(bench.pid)
+        assert len(started) >= 2, "the bench should be running the emulator and the station by now"
+        bench.send_signal(signal.SIGTERM)
+        code = bench.wait(60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in started):
+            time.sleep(0.2)
+        left = {pid for pid in started if Path(f"/proc/{pid}").exists()
+                and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]}
+        assert not left, f"still running after the bench stopped: {left}"
+        assert code == 128 + signal.SIGTERM   # stopped by the signal, after its clean-up
+    finally:
+        if bench.poll() is None:
+            bench.kill()

@@ -166,11 +166,19 @@ def stop_process(process: Optional[subprocess.Popen], timeout_s: float = 10.0) -
     return process.returncode
 
 
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    """SIGTERM as SystemExit, so that a `with DemoBench(...)` stops what it started. Python's default
+    action ends the process at once: a killed `bench accuracy` left its broker, emulated spectrometer and
+    station running."""
+    raise SystemExit(128 + signum)
+
+
 class DemoBench:
     """Broker, stage, emulated spectrometer, config and the station process, in `workdir`.
 
     Use as a context manager; `start_station()` after `calibrate()`. Everything it started is stopped
-    on exit, the station first (SIGTERM, so it flushes its outbox).
+    on exit, the station first (SIGTERM, so it flushes its outbox), also when the command running the
+    bench is killed (SIGTERM; a second one while it stops ends it at once).
     """
 
     def __init__(self, workdir: Path, station_id: str = "demo-01", mode: str = "continuous",
@@ -201,6 +209,7 @@ class DemoBench:
         self.station: Optional[subprocess.Popen] = None
         self.pty_path = ""
         self.prefix = "isic"
+        self._sigterm: Any = None   # the SIGTERM handler before this bench's, while it runs
 
     @property
     def topics(self) -> StationTopics:
@@ -212,6 +221,8 @@ class DemoBench:
         return self.topics.base
 
     def __enter__(self) -> "DemoBench":
+        if threading.current_thread() is threading.main_thread():   # only there may a handler be set
+            self._sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             self.broker.start()
@@ -310,6 +321,9 @@ interval_s = 5
 
     def close(self) -> None:
         """Stop everything started here, the station first."""
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
         self.stop_station()
         stop_process(self.emulator)
         self.emulator = None
