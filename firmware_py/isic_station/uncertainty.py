@@ -9,14 +9,15 @@ this module applies it (numpy only, on the board):
   signal-only path. A scale s = exp(offset[fibre] + weights . features) follows what makes an
   answer harder (fraction near 0.5, tile spread, spectral noise, low blend confidence, an
   atypical or dark spectrum); the
-  interval is prediction +- quantile[fibre] * level_factor * band_factor[band] * s * widening, clipped
+  interval is prediction +- quantile[fibre] * band_factor[band] * level_factor * s * widening, clipped
   to [0, 1].
   `quantile` is the conformal quantile of |error| / s over the calibration data (fibres present),
   which gives the 95 % coverage guarantee per fibre for data like the calibration data;
   `band_factor` then corrects it per band of the predicted fraction (the conformal quantile of
   |error| / (s quantile) within the band, Mondrian style: minor and major parts of a blend err
-  more than the scale model expects, pure fibres less); `level_factor` likewise for spectra below and
-  above `level_split` in median reflectance (dark dyes and thin fabric err more). A quality
+  more than the scale model expects, pure fibres less); `level_factor` then for spectra below and
+  above `level_split` in median reflectance (dark dyes and thin fabric; not on the decision bound
+  of fibres predicted absent, `absent_factor`, calibrated before it). A quality
   flag seen in the calibration data widens the interval by its measured factor, a flag it never
   saw cannot be calibrated: `refer_to_lab`.
   The standard uncertainty is the 95 % half-width over k = 1.96.
@@ -306,8 +307,8 @@ class UncertaintyCalibration:
         pred = np.asarray(pred, dtype=np.float64)
         bands = fraction_band(pred)
         level = cal.level_factor[1] if quality.level < cal.level_split else cal.level_factor[0]
-        unit = cal.quantile * cal.scale(pred, spread, confidence, quality, atypicality) * widening * level
-        half = unit * cal.band_factor[bands]
+        unit = cal.quantile * cal.scale(pred, spread, confidence, quality, atypicality) * widening
+        half = unit * cal.band_factor[bands] * level
         decision_half = np.where(bands == 0, unit * cal.absent_factor, half)
 
         def bounds(h: np.ndarray) -> np.ndarray:
