@@ -451,11 +451,11 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
                 if len(np.unique(rows["group"][of_blend])) >= MIN_BLEND_GROUPS:
                     doc[key][blend] = systematic_error({k: v[of_blend] for k, v in rows.items()}, fibres)
         # the tail-aware bound the station applies (the tables above stay for the record and older stations)
-        for suffix, subset in (("", clean), ("_noisy", np.ones_like(clean))):
-            bounds = systematic_bounds(rows, fibres, classes, subset)
+        bright, every = (systematic_bounds(rows, fibres, classes, subset) for subset in (clean, np.ones_like(clean)))
+        doc["systematic_bound"] = every["overall"]  # over all groups: for a result without a blend
+        for suffix, bounds in (("", bright), ("_noisy", every)):
             doc["systematic_bound_per_blend" + suffix] = bounds["per_blend"]
             doc["systematic_bound_pools" + suffix] = bounds["pools"]
-        doc["systematic_bound"] = bounds["overall"]  # over all groups: for a result without a blend
         paths[path] = doc
     return {"paths": paths, "unknown_fibre": unknown}
 
