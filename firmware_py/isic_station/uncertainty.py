@@ -9,12 +9,15 @@ this module applies it (numpy only, on the board):
   signal-only path. A scale s = exp(offset[fibre] + weights . features) follows what makes an
   answer harder (fraction near 0.5, tile spread, spectral noise, low blend confidence, an
   atypical or dark spectrum); the
-  interval is prediction +- quantile[fibre] * band_factor[band] * s * widening, clipped to [0, 1].
+  interval is prediction +- quantile[fibre] * band_factor[band] * level_factor * s * widening, clipped
+  to [0, 1].
   `quantile` is the conformal quantile of |error| / s over the calibration data (fibres present),
   which gives the 95 % coverage guarantee per fibre for data like the calibration data;
   `band_factor` then corrects it per band of the predicted fraction (the conformal quantile of
   |error| / (s quantile) within the band, Mondrian style: minor and major parts of a blend err
-  more than the scale model expects, pure fibres less). A quality
+  more than the scale model expects, pure fibres less); `level_factor` then for spectra below and
+  above `level_split` in median reflectance (dark dyes and thin fabric; not on the decision bound
+  of fibres predicted absent, `absent_factor`, calibrated before it). A quality
   flag seen in the calibration data widens the interval by its measured factor, a flag it never
   saw cannot be calibrated: `refer_to_lab`.
   The standard uncertainty is the 95 % half-width over k = 1.96.
@@ -38,7 +41,11 @@ this module applies it (numpy only, on the board):
   conditions: dark dyes, thin fabric over the backing, humidity and a weak lamp lend it pp that
   bright clean fabric does not have. So `systematic_per_blend` comes from groups of clean, bright
   spectra (noise <= `noise_split`, median reflectance >= `level_split`) and applies to such
-  results; `systematic_per_blend_noisy` from groups of all conditions, for the others.
+  results; `systematic_per_blend_noisy` from groups of all conditions, for the others. The group-mean
+  errors are heavy-tailed (a cellulose blend's mean keeps 0-3 pp at most compositions and 10 pp at
+  some), so 1.96 standard deviations cannot bound them: calibrations since then also hold
+  `systematic_bound*`, split-conformal 95 % bounds of the error over pools of groups (the fibre's
+  family and the blend's number of cellulose fibres), which the station applies instead (/ 1.96).
 """
 
 import math
@@ -155,6 +162,11 @@ class PathCalibration:
     systematic: np.ndarray  # [F] standard deviation of the error a lot's mean keeps
     systematic_per_blend: Dict[str, np.ndarray]  # blend class -> [F] from groups of clean, bright spectra
     systematic_per_blend_noisy: Dict[str, np.ndarray]  # blend class -> [F] from all groups, for noisy spectra
+    # 95 % bounds of the error a lot's mean keeps (conformal, tail-aware); empty in calibrations before them
+    systematic_bound: Optional[np.ndarray] = None  # [F] over all groups
+    systematic_bound_per_blend: Optional[Dict[str, np.ndarray]] = None  # blend class -> [F], clean bright spectra
+    systematic_bound_per_blend_noisy: Optional[Dict[str, np.ndarray]] = None  # blend class -> [F], all conditions
+    level_factor: Tuple[float, float] = (1.0, 1.0)  # conformal factor for spectra at / above, below level_split
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], fibres: Sequence[str]) -> "PathCalibration":
@@ -175,6 +187,14 @@ class PathCalibration:
                                   for b, v in doc.get("systematic_per_blend", {}).items()},
             systematic_per_blend_noisy={b: np.array([v[f] for f in fibres], dtype=np.float64)
                                         for b, v in doc.get("systematic_per_blend_noisy", {}).items()},
+            level_factor=(float(doc["level_factor"][0]), float(doc["level_factor"][1])) if "level_factor" in doc
+            else (1.0, 1.0),
+            systematic_bound=(np.array([doc["systematic_bound"][f] for f in fibres], dtype=np.float64)
+                              if "systematic_bound" in doc else None),
+            systematic_bound_per_blend={b: np.array([v[f] for f in fibres], dtype=np.float64)
+                                        for b, v in doc.get("systematic_bound_per_blend", {}).items()},
+            systematic_bound_per_blend_noisy={b: np.array([v[f] for f in fibres], dtype=np.float64)
+                                              for b, v in doc.get("systematic_bound_per_blend_noisy", {}).items()},
         )
 
     def temperature_for(self, noise: float, flag_set: str = "") -> float:
@@ -286,8 +306,9 @@ class UncertaintyCalibration:
         widening = max([cal.widening[f] for f in raised if f in cal.widening] + [1.0])
         pred = np.asarray(pred, dtype=np.float64)
         bands = fraction_band(pred)
+        level = cal.level_factor[1] if quality.level < cal.level_split else cal.level_factor[0]
         unit = cal.quantile * cal.scale(pred, spread, confidence, quality, atypicality) * widening
-        half = unit * cal.band_factor[bands]
+        half = unit * cal.band_factor[bands] * level
         decision_half = np.where(bands == 0, unit * cal.absent_factor, half)
 
         def bounds(h: np.ndarray) -> np.ndarray:
@@ -324,13 +345,23 @@ class UncertaintyCalibration:
 
     def systematic(self, path: str, blend: Optional[str] = None, noise: float = 0.0,
                    level: float = 1.0) -> Dict[str, float]:
-        """Per fibre, the standard deviation of the error a lot's mean keeps on `path` for results of `blend`
+        """Per fibre, the standard systematic uncertainty of a lot's mean on `path` for results of `blend`
         whose spectrum has this `noise` and median reflectance `level`: clean and bright (noise <= the
         path's noise split, level >= its level split), the table of such spectra; else that of all
-        conditions, where a weak lamp's or a dark dye's far larger bias applies."""
+        conditions, where a weak lamp's or a dark dye's far larger bias applies.
+
+        With the calibration's 95 % bounds (`systematic_bound*`) it is the bound / 1.96, as a result's
+        `uncertainty` is its half-width / 1.96: the lot's interval then holds the bound whatever the shape
+        of the error's distribution (heavy-tailed for the cellulose blends). An older calibration has only
+        the standard deviations of the error (`systematic*`): those."""
         cal = self.paths[path]
         harsh = noise > cal.noise_split or level < cal.level_split
-        table = (cal.systematic_per_blend_noisy if harsh and cal.systematic_per_blend_noisy
-                 else cal.systematic_per_blend)
-        values = table.get(blend, cal.systematic) if blend is not None else cal.systematic
-        return {f: float(v) for f, v in zip(self.fibres, values)}
+        if cal.systematic_bound is not None:
+            overall, scale = cal.systematic_bound, 1.0 / Z95
+            clean, noisy = cal.systematic_bound_per_blend or {}, cal.systematic_bound_per_blend_noisy or {}
+        else:
+            overall, scale = cal.systematic, 1.0
+            clean, noisy = cal.systematic_per_blend, cal.systematic_per_blend_noisy
+        table = noisy if harsh and noisy else clean
+        values = table.get(blend, overall) if blend is not None else overall
+        return {f: float(v) * scale for f, v in zip(self.fibres, values)}

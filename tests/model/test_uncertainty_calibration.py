@@ -81,6 +81,13 @@ def test_the_command_records_data_method_and_heldout_figures(calibrated_copy):
     assert doc["data"]["station"]["label"] is True and doc["data"]["station"]["coadd"] == 4
     for path in ("bimodal", "signal_only"):
         assert isinstance(doc["paths"][path]["flag_temperature"], dict)
+        # the lot bound: a row for every blend class (its own fibres bounded), and the level factor
+        p = doc["paths"][path]
+        classes = load_manifest(calibrated_copy).blend_classes
+        assert set(p["systematic_bound_per_blend"]) == set(classes) == set(p["systematic_bound_per_blend_noisy"])
+        assert p["systematic_bound_per_blend"]["cotton/polyester"]["nylon"] == 0.0
+        assert p["systematic_bound_per_blend"]["cotton/polyester"]["cotton"] > 0.0
+        assert len(p["level_factor"]) == 2 and min(p["level_factor"]) > 0
 
 
 def test_the_station_reports_calibrated_intervals_and_confidence(calibrated_copy):

@@ -1,0 +1,168 @@
+"""The lot's systematic part as a tail-aware 95 % bound: fitted by `calibrate_uncertainty.systematic_bounds`
+on groups of fresh pieces, applied by `UncertaintyCalibration.systematic` and judged by the station's
+`LotSummary`. An honest lot with a large (heavy-tail) error must come out undetermined, never fail."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from isic_model import SHIPPED_MANIFEST
+from isic_model.calibrate_uncertainty import lot_pool, systematic_bounds, systematic_error
+from isic_station.daemon.spec_check import LotSpec, LotSummary
+from isic_station.uncertainty import Z95, UncertaintyCalibration
+
+FIBRES = ["cotton", "linen", "viscose", "polyester", "nylon"]
+CLASSES = ["cotton/linen", "cotton/polyester", "cotton/linen/polyester"]
+
+
+def groups(blend="cotton/linen", n_groups=100, bias_pp=0.5, tail_every=10, tail_pp=8.0, pieces=4, seed=0, first=0):
+    """Groups of `pieces` fresh pieces of a 60/40 two-fibre blend whose mean error is `bias_pp` (the first fibre
+    up, the second down, alternating in sign), every `tail_every`-th group `tail_pp` instead, with 1 pp of
+    piece noise: the shape the calibration data showed for cellulose blends (group numbers from `first`)."""
+    rng = np.random.default_rng(seed)
+    a, b = (FIBRES.index(f) for f in blend.split("/"))
+    pred, truth, group, labels = [], [], [], []
+    for g in range(n_groups):
+        size = tail_pp if tail_every and g % tail_every == 0 else bias_pp
+        bias = size * (1 if g % 2 else -1) / 100.0
+        for _ in range(pieces):
+            t = np.zeros(len(FIBRES))
+            t[a], t[b] = 0.6, 0.4
+            e = np.zeros(len(FIBRES))
+            e[a] = bias + rng.normal(0.0, 0.01)
+            e[b] = -e[a]
+            pred.append(t + e)
+            truth.append(t)
+            group.append(first + g)
+            labels.append(blend)
+    return {"pred": np.array(pred), "truth": np.array(truth), "group": np.array(group),
+            "labels": np.array(labels, dtype=object)}
+
+
+def everything(rows):
+    return np.ones(len(rows["group"]), dtype=bool)
+
+
+def test_the_bound_holds_a_heavy_tail_a_standard_deviation_misses():
+    rows = groups()
+    bounds = systematic_bounds(rows, FIBRES, CLASSES, everything(rows))
+    sd = systematic_error(rows, FIBRES)
+    bound = bounds["per_blend"]["cotton/linen"]["cotton"]
+    # 10 of 100 groups keep 8 pp: the 95 % bound is one of them; 1.96 sd (about 5 pp) falls short of them
+    assert bound == pytest.approx(0.08, abs=0.01)
+    assert Z95 * sd["cotton"] < 0.06
+    assert bounds["per_blend"]["cotton/linen"]["polyester"] == 0.0  # a fibre the blend does not hold
+    # one pool for the cellulose fibres of blends with two of them: cotton's and linen's scores, 200
+    pool = lot_pool("cotton/linen", "cotton")
+    assert bounds["pools"][pool] == {"bound": bound, "scores": 200}
+    assert bounds["per_blend"]["cotton/linen/polyester"]["cotton"] == bound
+    assert lot_pool("cotton/linen/polyester", "linen") == pool != lot_pool("cotton/polyester", "cotton")
+
+
+def test_a_pool_too_small_for_a_conformal_rank_takes_the_larger_of_its_largest_and_the_overall_bound():
+    small = groups(n_groups=9, bias_pp=0.5, tail_every=0)  # 18 scores: no rank ceil((n + 1) 0.95) <= n
+    large = groups("cotton/polyester", n_groups=40, bias_pp=3.0, tail_every=0, first=100, seed=1)
+    rows = {k: np.concatenate([small[k], large[k]]) for k in small}
+    bounds = systematic_bounds(rows, FIBRES, CLASSES, everything(rows))
+    overall = bounds["overall"]["cotton"]
+    assert overall == pytest.approx(0.03, abs=0.01)
+    assert bounds["per_blend"]["cotton/linen"]["cotton"] == pytest.approx(overall, abs=0.01)
+    assert bounds["pools"][lot_pool("cotton/linen", "cotton")]["scores"] == 18
+    # a blend whose pool the calibration never met takes the bound over all pools
+    assert bounds["per_blend"]["cotton/linen/polyester"]["polyester"] > 0.02
+
+
+def shipped_doc():
+    return json.loads(SHIPPED_MANIFEST.read_text())["uncertainty"]
+
+
+def calibration_of(doc):
+    return UncertaintyCalibration(doc, FIBRES, [c for c in json.loads(SHIPPED_MANIFEST.read_text())["blend_classes"]])
+
+
+def with_bounds(doc, per_blend, overall):
+    doc = copy.deepcopy(doc)
+    for path in doc["paths"].values():
+        path["systematic_bound"] = overall
+        path["systematic_bound_per_blend"] = per_blend
+        path["systematic_bound_per_blend_noisy"] = per_blend
+    return doc
+
+
+def without_bounds(doc):
+    doc = copy.deepcopy(doc)
+    for path in doc["paths"].values():
+        for key in [k for k in path if k.startswith("systematic_bound")]:
+            del path[key]
+    return doc
+
+
+def test_the_station_applies_the_bound_over_1_96_and_reads_a_calibration_without_bounds():
+    old = without_bounds(shipped_doc())
+    sd = calibration_of(old).systematic("bimodal", "cotton/linen")
+    assert sd["cotton"] == pytest.approx(old["paths"]["bimodal"]["systematic_per_blend"]["cotton/linen"]["cotton"])
+    zero = dict.fromkeys(FIBRES, 0.0)
+    new = with_bounds(old, {"cotton/linen": dict(zero, cotton=0.08, linen=0.07)}, dict(zero, cotton=0.1))
+    cal = calibration_of(new)
+    assert cal.systematic("bimodal", "cotton/linen")["cotton"] == pytest.approx(0.08 / Z95)
+    assert cal.systematic("signal_only", "cotton/linen", noise=1.0)["linen"] == pytest.approx(0.07 / Z95)
+    # a blend without a row, or no blend: the bound over all groups
+    assert cal.systematic("bimodal", "polyester")["cotton"] == pytest.approx(0.1 / Z95)
+    assert cal.systematic("bimodal")["cotton"] == pytest.approx(0.1 / Z95)
+
+
+def honest_lot(systematic, error_pp=11.0, n=20, seed=1):
+    """20 pieces of a 60/40 cotton/linen lot declared as it is, read `error_pp` high on cotton on average."""
+    rng = np.random.default_rng(seed)
+    spec = LotSpec("L-honest", {"cotton": 0.6, "linen": 0.4}, tolerance_pp=5.0)
+    summary = LotSummary(spec, since="2026-12-01T10:00:00.000Z")
+    readings = 0.6 + error_pp / 100.0 + rng.normal(0.0, 0.01, n)
+    readings += 0.6 + error_pp / 100.0 - readings.mean()  # the lot's mean error is exactly error_pp
+    for cotton in readings:
+        composition = {"cotton": float(cotton), "linen": float(1.0 - cotton)}
+        summary.add(composition, systematic, {f: [v - 0.05, v + 0.05] for f, v in composition.items()},
+                    "undetermined", blend="cotton/linen")
+    return summary.to_dict("st1", "2026-12-01T10:05:00.000Z")
+
+
+def test_a_heavy_tailed_honest_lot_is_undetermined_with_the_bound_and_was_failed_with_the_deviation():
+    rows = groups()
+    bounds = systematic_bounds(rows, FIBRES, CLASSES, everything(rows))
+    old = without_bounds(shipped_doc())
+    for path in old["paths"].values():
+        path["systematic_per_blend"] = {"cotton/linen": systematic_error(rows, FIBRES)}
+    by_sd = honest_lot(calibration_of(old).systematic("bimodal", "cotton/linen"))
+    assert by_sd["verdict"] == "fail"  # the deviation model rejects a true declaration
+    new = with_bounds(old, bounds["per_blend"], bounds["overall"])
+    by_bound = honest_lot(calibration_of(new).systematic("bimodal", "cotton/linen"))
+    assert by_bound["verdict"] == "undetermined" and by_bound["refer_to_lab"]
+    assert by_bound["straddling_fibres"] == ["cotton", "linen"]
+    # a lot 8 pp beyond the tolerance still fails under the bound
+    assert honest_lot(calibration_of(new).systematic("bimodal", "cotton/linen"), error_pp=15.0)["verdict"] == "fail"
+
+
+def test_dim_spectra_take_the_level_factor_and_bright_ones_and_older_calibrations_do_not():
+    """The Mondrian factor by spectrum level (dark dyes and thin fabric err more than the scale model gives)."""
+    from isic_station.uncertainty import SpectrumQuality
+
+    doc = copy.deepcopy(shipped_doc())
+    pred, spread = np.array([0.6, 0.0, 0.0, 0.4, 0.0]), np.full(5, 0.01)
+
+    def half(d, level):
+        cal = calibration_of(d)
+        split = cal.paths["bimodal"].level_split
+        assert split == pytest.approx(0.6)
+        return cal.interval("bimodal", pred, spread, 0.9, SpectrumQuality(0.001, level), 1.0)[0]
+
+    for path in doc["paths"].values():
+        path["level_factor"] = [1.0, 1.0]
+    plain_dim, plain_bright = half(doc, 0.4), half(doc, 0.8)
+    for path in doc["paths"].values():
+        path["level_factor"] = [0.9, 1.5]
+    assert half(doc, 0.4) == pytest.approx(1.5 * plain_dim)
+    assert half(doc, 0.8) == pytest.approx(0.9 * plain_bright)
+    for path in doc["paths"].values():
+        del path["level_factor"]  # a calibration before the factor: unchanged intervals
+    assert half(doc, 0.4) == pytest.approx(plain_dim)
