@@ -565,7 +565,7 @@ def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset
         "locally weighted split conformal per path and fibre (coverage 0.95, fibres present), quality-flag "
         "widening, temperature scaling of the blend probabilities, Q-statistic unknown-fibre check (and a "
         "logistic discriminant with unknown-fibre fabrics), systematic lot error from repeated "
-        "compositions; see isic_station/uncertainty.py"
+        "compositions and its split-conformal 95 % bound per pool of groups (applied); see isic_station/uncertainty.py"
     )
     doc["coverage"] = COVERAGE
     doc["data"] = {
