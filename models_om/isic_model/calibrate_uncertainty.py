@@ -43,6 +43,7 @@ from isic_model.calibration_data import Records, apply_records, collect, mixture
 from isic_model.data import StationSettings
 from isic_model.lot_simulation import judge_lots
 from isic_model.measuring_settings import station_settings, training_settings
+from isic_model.workers import scratch_file
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import (
     BAND_EDGES,
@@ -513,9 +514,9 @@ def _uncalibrated_copy(manifest_path: Path) -> Path:
 
 
 def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    with scratch_file(path.with_suffix(".json.tmp")) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        tmp.replace(path)
 
 
 def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
@@ -529,21 +530,15 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / "manifest.json"
-    source = _uncalibrated_copy(manifest_path)
-    try:
+    with scratch_file(_uncalibrated_copy(manifest_path)) as source:
         doc = _calibrate(source, seed, groups, repeats, preset, heldout_seed, heldout_samples, heldout_presets,
                          unknown, cache_dir, progress, settings or station_settings(), jobs, lots,
                          unknown_samples)
-    finally:
-        source.unlink()
     raw = json.loads(manifest_path.read_text(encoding="utf-8"))
     raw["uncertainty"] = doc
-    check = manifest_path.with_name(".check-" + manifest_path.name)
-    check.write_text(json.dumps(raw), encoding="utf-8")
-    try:
+    with scratch_file(manifest_path.with_name(".check-" + manifest_path.name)) as check:
+        check.write_text(json.dumps(raw), encoding="utf-8")
         UncertaintyCalibration.from_manifest(load_manifest(check))  # schema and runtime accept it first
-    finally:
-        check.unlink()
     _write_json(manifest_path, raw)
     return doc
 
@@ -686,17 +681,11 @@ def _command(args: argparse.Namespace) -> int:
     if args.preset is not None:
         preset = args.preset
     else:
-        source = _uncalibrated_copy(path)
-        try:
+        with scratch_file(_uncalibrated_copy(path)) as source:
             preset = training_presets(load_manifest(source).raw)
-        finally:
-            source.unlink()
     if args.training_settings:
-        source = _uncalibrated_copy(path)
-        try:
+        with scratch_file(_uncalibrated_copy(path)) as source:
             settings = training_settings(load_manifest(source))
-        finally:
-            source.unlink()
     else:
         settings = station_settings(args.config)
     doc = calibrate(path, args.seed, args.groups, args.repeats, preset, args.heldout_seed, args.heldout_samples,

@@ -5,12 +5,19 @@ calibration records), and some of those start workers of their own. A `kill` (SI
 the command's process, and Python's default is to die at once: its workers, orphaned, would run
 their stage to the end (a counter stage: a quarter of an hour on both cores) on a machine someone
 wanted back. Ctrl-C needs none of this: the terminal sends SIGINT to the whole process group.
+The same SIGTERM removes the scratch files a command keeps beside its inputs (`scratch_file`): the
+default action skips every `finally`, and a killed `calibrate-uncertainty` left its uncalibrated copy
+of the manifest in the shipped model's folder.
 """
 
 import multiprocessing
 import os
 import signal
-from typing import Any
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Set
+
+_SCRATCH: Set[Path] = set()  # scratch files of this process, removed on SIGTERM
 
 
 def stop_workers_on_sigterm() -> None:
@@ -19,9 +26,23 @@ def stop_workers_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _terminate_workers)
 
 
+@contextmanager
+def scratch_file(path: Path) -> Iterator[Path]:
+    """`path`, a file written beside a command's inputs, removed when the block ends or the command is
+    killed (SIGTERM, with `stop_workers_on_sigterm` installed)."""
+    _SCRATCH.add(path)
+    try:
+        yield path
+    finally:
+        _SCRATCH.discard(path)
+        path.unlink(missing_ok=True)
+
+
 def _terminate_workers(signum: int, _frame: Any) -> None:
     for child in multiprocessing.active_children():
         child.terminate()
+    for path in list(_SCRATCH):
+        path.unlink(missing_ok=True)
     # Not sys.exit: inside a pool worker SystemExit would be caught as the task's failure and the
     # worker would wait for more work. The default action skips all clean-up too.
     os._exit(128 + signum)

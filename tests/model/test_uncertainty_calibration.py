@@ -2,7 +2,12 @@
 temperature, unknown fibres and the metrics, on the shipped model and the virtual lab (ONNX Runtime)."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -186,3 +191,29 @@ def test_a_station_measuring_otherwise_than_calibrated_is_told():
     assert settings_problem(same, config) is None
     problem = settings_problem(dict(same, coadd=16, camera_um_per_px=1.6), config)
     assert "coadd 16 -> 4" in problem and "camera_um_per_px 1.6 -> 1.0" in problem and "--config" in problem
+
+
+def test_a_killed_calibration_leaves_the_model_folder_as_it_was(tmp_path):
+    """SIGTERM while the records are collected (real process): the manifest is unchanged and the command's
+    scratch copies (`.uncalibrated-manifest.json`) are gone; before, the copy stayed in the model's folder."""
+    for name in ("isicnet.onnx", "isicnet_signal.onnx", "manifest.json"):
+        shutil.copy(SHIPPED_DIR / name, tmp_path / name)
+    before = (tmp_path / "manifest.json").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "isic_model.cli", "calibrate-uncertainty", "--model", str(tmp_path),
+                             "--groups", "400", "--heldout-samples", "8", "--cache", str(tmp_path / "cache"),
+                             "--jobs", "2", "--json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        copy = tmp_path / ".uncalibrated-manifest.json"
+        deadline = time.monotonic() + 120
+        while not copy.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert copy.exists(), "the calibration never started collecting"
+        time.sleep(2)   # its worker processes are rendering the first records
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["isicnet.onnx",
+                                                                              "isicnet_signal.onnx",
+                                                                              "manifest.json"]
+    assert (tmp_path / "manifest.json").read_bytes() == before
