@@ -167,6 +167,8 @@ class PathCalibration:
     systematic_bound_per_blend: Optional[Dict[str, np.ndarray]] = None  # blend class -> [F], clean bright spectra
     systematic_bound_per_blend_noisy: Optional[Dict[str, np.ndarray]] = None  # blend class -> [F], all conditions
     level_factor: Tuple[float, float] = (1.0, 1.0)  # conformal factor for spectra at / above, below level_split
+    # 95 % bounds where the blend read lacks a declared fibre: {"missed": [F], "beside": [F]}; None before them
+    systematic_bound_missed: Optional[Dict[str, np.ndarray]] = None
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], fibres: Sequence[str]) -> "PathCalibration":
@@ -195,6 +197,9 @@ class PathCalibration:
                                         for b, v in doc.get("systematic_bound_per_blend", {}).items()},
             systematic_bound_per_blend_noisy={b: np.array([v[f] for f in fibres], dtype=np.float64)
                                               for b, v in doc.get("systematic_bound_per_blend_noisy", {}).items()},
+            systematic_bound_missed=({role: np.array([doc["systematic_bound_missed"][role][f] for f in fibres],
+                                                     dtype=np.float64) for role in ("missed", "beside")}
+                                     if "systematic_bound_missed" in doc else None),
         )
 
     def temperature_for(self, noise: float, flag_set: str = "") -> float:
@@ -344,7 +349,7 @@ class UncertaintyCalibration:
         )
 
     def systematic(self, path: str, blend: Optional[str] = None, noise: float = 0.0,
-                   level: float = 1.0) -> Dict[str, float]:
+                   level: float = 1.0, declared: Iterable[str] = ()) -> Dict[str, float]:
         """Per fibre, the standard systematic uncertainty of a lot's mean on `path` for results of `blend`
         whose spectrum has this `noise` and median reflectance `level`: clean and bright (noise <= the
         path's noise split, level >= its level split), the table of such spectra; else that of all
@@ -353,7 +358,12 @@ class UncertaintyCalibration:
         With the calibration's 95 % bounds (`systematic_bound*`) it is the bound / 1.96, as a result's
         `uncertainty` is its half-width / 1.96: the lot's interval then holds the bound whatever the shape
         of the error's distribution (heavy-tailed for the cellulose blends). An older calibration has only
-        the standard deviations of the error (`systematic*`): those."""
+        the standard deviations of the error (`systematic*`): those.
+
+        When `blend` lacks one of the lot's `declared` fibres, the tables of lots read so apply where the
+        calibration has them (`systematic_bound_missed`): the declared fibre takes the bound of what the
+        model misses of a fibre, the fibres read take the larger of theirs and that of a fibre read beside
+        a missed one (it took the missed share). Undeclared fibres the blend lacks keep 0."""
         cal = self.paths[path]
         harsh = noise > cal.noise_split or level < cal.level_split
         if cal.systematic_bound is not None:
@@ -364,4 +374,14 @@ class UncertaintyCalibration:
             clean, noisy = cal.systematic_per_blend, cal.systematic_per_blend_noisy
         table = noisy if harsh and noisy else clean
         values = table.get(blend, overall) if blend is not None else overall
-        return {f: float(v) * scale for f, v in zip(self.fibres, values)}
+        out = {f: float(v) * scale for f, v in zip(self.fibres, values)}
+        read = set(blend.split("/")) if blend else set()
+        lacking = set(declared) - read if read else set()
+        if lacking and cal.systematic_bound_missed is not None:
+            for f, missed, beside in zip(self.fibres, cal.systematic_bound_missed["missed"],
+                                         cal.systematic_bound_missed["beside"]):
+                if f in lacking:
+                    out[f] = float(missed) / Z95
+                elif f in read:
+                    out[f] = max(out[f], float(beside) / Z95)
+        return out

@@ -300,13 +300,17 @@ def systematic_error(rows: Mapping[str, np.ndarray], fibres: Sequence[str]) -> D
     return out
 
 
+def fibre_family(fibre: str) -> str:
+    """The fibre's family: cellulose (cotton, linen, viscose, the fibres the model confuses) or synthetic."""
+    return "cellulose" if fibre in CELLULOSE else "synthetic"
+
+
 def lot_pool(blend: str, fibre: str) -> str:
     """The pool of calibration groups whose lot errors bound those of `fibre` in lots of `blend`: the fibre's
     family and how many cellulose fibres the blend holds (the model confuses cotton, linen and viscose, and
     the bias a mean keeps grows with how many of them share the fabric, changing from one composition to the
     next within a blend: a blend of its own has too few groups to bound it)."""
-    family = "cellulose" if fibre in CELLULOSE else "synthetic"
-    return f"{family} fibre, {sum(part in CELLULOSE for part in blend.split('/'))} cellulose in the blend"
+    return f"{fibre_family(fibre)} fibre, {sum(part in CELLULOSE for part in blend.split('/'))} cellulose in the blend"
 
 
 def systematic_bounds(rows: Mapping[str, np.ndarray], fibres: Sequence[str], classes: Sequence[str],
@@ -342,6 +346,55 @@ def systematic_bounds(rows: Mapping[str, np.ndarray], fibres: Sequence[str], cla
     overall = {f: bound(scores[:, j][~np.isnan(scores[:, j])].tolist()) for j, f in enumerate(fibres)}
     return {"per_blend": per_blend, "overall": overall,
             "pools": {name: {"bound": pool_bounds[name], "scores": len(pools[name])} for name in pool_bounds}}
+
+
+def read_blends(rows: Mapping[str, np.ndarray], classes: Sequence[str]) -> np.ndarray:
+    """Per composition group of `rows` (in `group_errors`' order): the blend class most of its pieces were
+    read as, as the station's lot summary takes it (ties: the first in sorted order)."""
+    read = np.argmax(rows["prob"], axis=1)
+    out = np.empty(len(np.unique(rows["group"])), dtype=object)
+    for i, g in enumerate(np.unique(rows["group"])):
+        counts = np.bincount(read[rows["group"] == g], minlength=len(classes))
+        out[i] = min(classes[k] for k in np.flatnonzero(counts == counts.max()))
+    return out
+
+
+def missed_fibre_bounds(rows: Mapping[str, np.ndarray], fibres: Sequence[str],
+                        classes: Sequence[str]) -> Dict[str, Any]:
+    """The 95 % bound of the error a lot's mean keeps when the blend most of its pieces were read as lacks a
+    fibre the fabric holds (at the station: a declared fibre): split conformal over the composition groups of
+    `rows` that were read so, per role and fibre family. `missed`: the fibre the blend lacks (what the model
+    did not see of it); `beside`: the fibres read beside it, which took its share (an honest 34/17/48
+    cotton/linen/polyester lot read as cotton/polyester kept 11 pp more cotton than the cotton/polyester table
+    allows, and its linen had no table at all). A pool under MIN_POOL_SCORES scores takes the larger of its
+    largest and the bound over every score of its role.
+    Returns {missed: {fibre: bound}, beside: {fibre: bound}, pools: {pool: {bound, scores}}}; {} when no group
+    was read without one of its fibres."""
+    labels, means, within = group_errors(rows, fibres)
+    scores = np.sqrt(np.maximum(means ** 2 - within, 0.0))
+    pools: Dict[Tuple[str, str], List[float]] = {}
+    for i, (truth, read) in enumerate(zip(labels, read_blends(rows, classes))):
+        missed = set(truth.split("/")) - set(read.split("/"))
+        for j, f in enumerate(fibres):
+            if missed and not np.isnan(scores[i, j]):
+                role = "missed" if f in missed else "beside"
+                pools.setdefault((role, fibre_family(f)), []).append(float(scores[i, j]))
+    if not pools:
+        return {}
+    roles, families = ("missed", "beside"), ("cellulose", "synthetic")
+    by_role = {role: [v for (r, _), values in pools.items() if r == role for v in values] for role in roles}
+
+    def bound(role: str, family: str) -> float:
+        values, every = pools.get((role, family), []), by_role[role] or by_role["missed"]
+        if len(values) >= MIN_POOL_SCORES:
+            return round(conformal_quantile(np.asarray(values), LOT_BOUND_COVERAGE), 5)
+        return round(max(values + [conformal_quantile(np.asarray(every), LOT_BOUND_COVERAGE)]), 5)
+
+    out: Dict[str, Any] = {role: {f: bound(role, fibre_family(f)) for f in fibres} for role in roles}
+    out["pools"] = {f"{family} fibre, {role}": {"bound": bound(role, family),
+                                                "scores": len(pools.get((role, family), []))}
+                    for role in roles for family in families}
+    return out
 
 
 def fit_unknown(fit: Records, cal: Records, strangers: Optional[Records] = None) -> Dict[str, Any]:
@@ -457,6 +510,9 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
         for suffix, bounds in (("", bright), ("_noisy", every)):
             doc["systematic_bound_per_blend" + suffix] = bounds["per_blend"]
             doc["systematic_bound_pools" + suffix] = bounds["pools"]
+        missed = missed_fibre_bounds(rows, fibres, classes)  # all conditions: such groups are few
+        if missed:
+            doc["systematic_bound_missed"] = missed
         paths[path] = doc
     return {"paths": paths, "unknown_fibre": unknown}
 

@@ -78,7 +78,8 @@ def judge_lots(calibration: Any, records: Any, tolerances: Sequence[float], offs
                     decision = dict(zip(fibres, answers["decision"][i].tolist()))
                     results[case][judge(summary.spec, decision)["verdict"]] += 1
                     summary.add(dict(zip(fibres, records.station_pred[i])),
-                                calibration.systematic(path, blend, float(records.noise[i]), float(records.level[i])),
+                                calibration.systematic(path, blend, float(records.noise[i]), float(records.level[i]),
+                                                       declared=summary.spec.declared_fibres()),
                                 decision, blend=blend)
                 lot = summary.to_dict("sim", "")
                 counts[case][lot["verdict"]] += 1

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from isic_model import SHIPPED_MANIFEST
-from isic_model.calibrate_uncertainty import lot_pool, systematic_bounds, systematic_error
+from isic_model.calibrate_uncertainty import lot_pool, missed_fibre_bounds, systematic_bounds, systematic_error
 from isic_station.daemon.spec_check import LotSpec, LotSummary
+from isic_station.schemas import validation_errors
 from isic_station.uncertainty import Z95, UncertaintyCalibration
 
 FIBRES = ["cotton", "linen", "viscose", "polyester", "nylon"]
@@ -166,3 +167,75 @@ def test_dim_spectra_take_the_level_factor_and_bright_ones_and_older_calibration
     for path in doc["paths"].values():
         del path["level_factor"]  # a calibration before the factor: unchanged intervals
     assert half(doc, 0.4) == pytest.approx(plain_dim)
+
+
+HONEST = {"cotton": 0.343, "linen": 0.174, "polyester": 0.483}  # the held-out lot read as cotton/polyester
+
+
+def missing_linen(n_groups=30, missed_every=2, pieces=4, seed=0):
+    """Groups of the HONEST cotton/linen/polyester composition; every `missed_every`-th one read as
+    cotton/polyester (linen read 5 %, its share read as cotton; none with 0), the others read as they are."""
+    rng = np.random.default_rng(seed)
+    truth = np.array([HONEST.get(f, 0.0) for f in FIBRES])
+    rows = {"pred": [], "truth": [], "group": [], "labels": [], "prob": []}
+    for g in range(n_groups):
+        missed = bool(missed_every) and g % missed_every == 0
+        for _ in range(pieces):
+            pred = truth.copy()
+            if missed:
+                pred[FIBRES.index("linen")], pred[FIBRES.index("cotton")] = 0.05, truth[0] + truth[1] - 0.05
+            pred[0] += rng.normal(0.0, 0.005)
+            rows["pred"].append(pred)
+            rows["truth"].append(truth)
+            rows["group"].append(g)
+            rows["labels"].append("cotton/linen/polyester")
+            rows["prob"].append(np.eye(len(CLASSES))[CLASSES.index("cotton/polyester" if missed else
+                                                                   "cotton/linen/polyester")])
+    return {k: np.array(v, dtype=object if k == "labels" else None) for k, v in rows.items()}
+
+
+def test_groups_read_without_one_of_their_fibres_bound_the_missed_fibre_and_those_read_beside_it():
+    rows = missing_linen()
+    bounds = missed_fibre_bounds(rows, FIBRES, CLASSES)
+    assert bounds["missed"]["linen"] == pytest.approx(0.174 - 0.05, abs=0.005)
+    assert bounds["beside"]["cotton"] == pytest.approx(0.174 - 0.05, abs=0.01)   # cotton took linen's share
+    # polyester (read right beside the missed linen) has its own pool; 15 scores < 19: its largest or the role's
+    assert bounds["pools"]["synthetic fibre, beside"]["scores"] == 15
+    assert bounds["beside"]["polyester"] == bounds["beside"]["cotton"]
+    assert bounds["pools"]["cellulose fibre, missed"] == {"bound": bounds["missed"]["linen"], "scores": 15}
+    # groups read as what they hold lend nothing: no table
+    assert missed_fibre_bounds(missing_linen(missed_every=0), FIBRES, CLASSES) == {}
+
+
+def test_an_honest_lot_read_without_a_declared_fibre_is_referred_and_a_wrong_declaration_is_still_failed():
+    """The honest 34/17/48 lot whose pieces read as cotton/polyester: with the calibration's tables for a missed
+    fibre it is undetermined, and the reason names linen; without them (a calibration before them) the
+    cotton/polyester bound failed it. Declared as the cotton/polyester it reads, 8 pp off: failed."""
+    zero = dict.fromkeys(FIBRES, 0.0)
+    base = with_bounds(without_bounds(shipped_doc()), {"cotton/polyester": dict(zero, cotton=0.022, polyester=0.011)},
+                       dict(zero, cotton=0.1, linen=0.1, polyester=0.03))
+    tables = copy.deepcopy(base)
+    missed = missed_fibre_bounds(missing_linen(), FIBRES, CLASSES)
+    for path in tables["paths"].values():
+        path["systematic_bound_missed"] = missed
+
+    def lot(doc, declared):
+        cal = calibration_of(doc)
+        summary = LotSummary(LotSpec("L2", declared, tolerance_pp=5.0), since="2026-12-01T10:00:00.000Z")
+        for i in range(20):
+            cotton = 0.455 + (0.01 if i % 2 else -0.01)
+            composition = {"cotton": cotton, "linen": 0.05, "polyester": 0.945 - cotton}
+            systematic = cal.systematic("bimodal", "cotton/polyester", declared=summary.spec.declared_fibres())
+            summary.add(composition, systematic, {f: [v - 0.05, v + 0.05] for f, v in composition.items()},
+                        "undetermined", blend="cotton/polyester")
+        return summary.to_dict("st1", "2026-12-01T10:05:00.000Z")
+
+    honest = lot(tables, HONEST)
+    assert honest["verdict"] == "undetermined" and honest["refer_to_lab"] and honest["failing_fibres"] == []
+    assert set(honest["straddling_fibres"]) >= {"cotton", "linen"}
+    assert any("without the declared linen" in r for r in honest["reasons"])
+    assert honest["systematic"]["linen"] == pytest.approx(missed["missed"]["linen"] / Z95, abs=1e-4)
+    assert validation_errors(honest, "lot") == []
+    assert lot(base, HONEST)["verdict"] == "fail"
+    off = {"cotton": 0.375, "polyester": 0.625}
+    assert lot(tables, off)["verdict"] == "fail" and lot(tables, off)["failing_fibres"]

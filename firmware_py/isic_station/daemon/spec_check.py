@@ -72,6 +72,10 @@ class LotSpec:
                 raise InvalidLotSpec(f"composition: unknown fibre(s) {unknown}; the model measures {known}")
         return cls(str(doc["lot_id"]), composition, float(doc.get("tolerance_pp", DEFAULT_TOLERANCE_PP)))
 
+    def declared_fibres(self) -> List[str]:
+        """The fibres the declaration holds (share above 0)."""
+        return sorted(f for f, v in self.composition.items() if v > 0)
+
     def to_dict(self) -> Dict[str, Any]:
         """The set_lot payload that gives this spec back through from_dict."""
         return {"lot_id": self.lot_id, "composition": dict(self.composition), "tolerance_pp": self.tolerance_pp}
@@ -187,15 +191,13 @@ class LotSummary:
         return max(sorted(named), key=lambda b: named[b]) if named else None
 
     def unseen_declared_fibres(self) -> List[str]:
-        """Declared fibres the blend most results were read as does not hold (none without a calibrated blend).
-
-        `to_dict` refers rather than fails a lot on them when the lot's mean still shows some of such a fibre
-        (its interval above 0): the model sees it but under-reads it, by an error no calibration table holds.
-        """
+        """Declared fibres the blend most results were read as does not hold (none without a calibrated blend):
+        their results carry the calibration's bounds for a missed fibre (`systematic(..., declared=...)`), and
+        the lot document names them among its reasons."""
         blend = self.blend()
         if blend is None or not self.calibrated:
             return []
-        return sorted(set(self.spec.composition) - set(blend.split("/")))
+        return sorted(set(self.spec.declared_fibres()) - set(blend.split("/")))
 
     def systematic(self) -> Dict[str, float]:
         """Per fibre, the systematic standard deviation of the lot's mean: the mean over the results of its
@@ -268,21 +270,15 @@ class LotSummary:
         decision = judge(self.spec, interval) if self.n else {"verdict": "undetermined", "failing_fibres": [],
                                                               "straddling_fibres": []}
         reasons = []
-        unseen = [f for f in self.unseen_declared_fibres() if interval.get(f, (0.0, 0.0))[0] > 0.0]
-        if decision["verdict"] == "fail" and unseen:
-            # The calibration's systematic error is the error a mean keeps for the blend the results were
-            # read as: of a declared fibre that blend does not hold it knows nothing, and the share the model
-            # missed went to the fibres it read. Such a lot is referred, not failed (an honest 34/17/48
-            # cotton/linen/polyester lot read as cotton/polyester was failed on linen and cotton, README "Lots").
-            decision = {"verdict": "undetermined", "failing_fibres": [],
-                        "straddling_fibres": sorted(set(decision["straddling_fibres"]) | set(unseen))}
-            reasons.append(f"the results read {self.blend()}, without the declared "
-                           + ", ".join(unseen) + ": the model does not see it, refer to the lab")
         if self.n == 0:
             reasons.append("no results yet")
-        elif decision["verdict"] == "undetermined" and not reasons:
+        elif decision["verdict"] == "undetermined":
             reasons.append("interval of the mean straddles the tolerance for "
                            + ", ".join(decision["straddling_fibres"]))
+        unseen = self.unseen_declared_fibres()
+        if unseen:
+            reasons.append(f"the results read {self.blend()}, without the declared " + ", ".join(unseen)
+                           + ": the calibration's bound for a fibre the model misses applies")
         if self.unknown_fibre_results:
             reasons.append(f"{self.unknown_fibre_results} result(s) likely hold a fibre the model does not know")
         return {

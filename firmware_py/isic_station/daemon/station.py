@@ -370,7 +370,8 @@ class Station:
         calibration = predictor.calibration
         path = "signal_only" if prediction.signal_only else "bimodal"
         summary.add(doc["composition"],
-                    calibration.systematic(path, doc["blend"], quality.noise, quality.level)
+                    calibration.systematic(path, doc["blend"], quality.noise, quality.level,
+                                           declared=summary.spec.declared_fibres())
                     if calibration is not None else {},
                     prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"],
                     blend=doc["blend"])
