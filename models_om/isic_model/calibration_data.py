@@ -121,7 +121,7 @@ def collect(
     settings = settings or station_settings()
     key = cache_key(kind="uncertainty-records", seed=seed, groups=groups, repeats=repeats, preset=preset,
                     unknown=list(unknown), settings=asdict(settings), model=manifest.graphs["bimodal"].sha256,
-                    signal=manifest.graphs["signal_only"].sha256, version=4)
+                    signal=manifest.graphs["signal_only"].sha256, image=manifest.image, version=4)
     path = cache_dir / f"records-{key}.npz" if cache_dir is not None else None
     if path is not None and path.is_file():
         log.info("records seed=%d from cache %s", seed, path)

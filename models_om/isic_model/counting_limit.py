@@ -30,6 +30,7 @@ from isic_common.errors import ConfigError
 from isic_model import SHIPPED_MANIFEST
 from isic_model.scoring import composition_figures
 from isic_station.manifest import load_manifest
+from isic_station.preprocess.image import ImageParams
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +157,13 @@ def _settings_list(manifest: Mapping[str, Any], args: argparse.Namespace) -> Lis
 
 
 def _model_input_share(manifest: Mapping[str, Any], settings: Any) -> float:
-    """Share of the frames' area that the model's tiles cover (it keeps the best `tiles_per_measurement`)."""
+    """Share of the frames' area that the model's tiles cover at most (it keeps the best `tiles_per_measurement`,
+    or up to `max_tiles`)."""
     image = manifest["image"]
     tile_area = (image["tile_px"] * image["um_per_px"]) ** 2
     frame_area = (settings.frame_px * settings.camera_um_per_px) ** 2
-    return min(1.0, image["tiles_per_measurement"] * tile_area / (settings.n_frames * frame_area))
+    rows = ImageParams.from_manifest(image).most_rows
+    return min(1.0, rows * tile_area / (settings.n_frames * frame_area))
 
 
 def _counting_limit_command(args: argparse.Namespace) -> int:

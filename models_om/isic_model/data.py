@@ -266,7 +266,10 @@ def generate(
     `conditions`: each measurement draws its own station settings (else all use `settings`);
     `counter_onnx`: the exported counter graph that fills `counts`; `parts` > 1 splits the draw into
     that many parts seeded (seed, part), generated `jobs` at a time in worker processes.
+    A set holds the graph's batch of tiles per measurement (`tiles_per_measurement`, not the runtime's
+    `max_tiles`): its arrays have one shape, and training draws its subsets of tiles from them.
     """
+    image_params = {k: v for k, v in image_params.items() if k != "max_tiles"}
     key = cache_key(
         seed=seed,
         n=n,

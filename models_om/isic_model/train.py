@@ -90,6 +90,8 @@ def image_params(cfg: Dict[str, Any]) -> Dict[str, Any]:
         "mean": 0.0,
         "std": 1.0,
     }
+    if "max_tiles" in sec:
+        params["max_tiles"] = int(sec["max_tiles"])
     if "camera_um_per_px_range" in sec:
         params["camera_um_per_px_range"] = [float(v) for v in sec["camera_um_per_px_range"]]
     if "conditions" in cfg:   # what training met is what the model accepts

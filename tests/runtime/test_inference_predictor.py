@@ -71,3 +71,36 @@ def test_softmax_does_not_overflow_on_large_logits():
     probabilities = softmax(np.array([[1000.0, 999.0, -1000.0]]))
     assert np.isfinite(probabilities).all()
     np.testing.assert_allclose(probabilities[0, :2], [0.7310586, 0.2689414], atol=1e-6)
+
+
+def test_more_tiles_than_the_graph_batch_run_in_batches_and_average_every_tile(tiny_manifest_path):
+    """`max_tiles` above the graph's static batch (4 rows here): 10 tiles run as 4 + 4 + 2 (padded to 4),
+    the padding's answers dropped, and the fusion averages the 10 tiles' rows."""
+    import json
+
+    from isic_station.manifest import load_manifest
+
+    raw = json.loads(tiny_manifest_path.read_text())
+    raw["image"]["max_tiles"] = 10
+    tiny_manifest_path.write_text(json.dumps(raw))
+    manifest = load_manifest(tiny_manifest_path)
+    backend = OnnxRuntimeBackend(manifest)
+    backend.load()
+    try:
+        rng = np.random.default_rng(6)
+        refl, frames = measurement.reflectance(rng), measurement.frames(rng) + measurement.frames(rng)
+        tiles = build_image_batch(frames, 1.0, manifest.image)
+        assert len(tiles) == 10   # the frames hold more usable tiles than that
+        spectrum = preprocess_spectrum(refl, measurement.INSTRUMENT_NM, manifest.spectrum)
+        predictor = Predictor(manifest, backend)
+        rows = predictor.infer(spectrum, tiles)
+        assert rows["composition"].shape[0] == 10 and rows["blend_logits"].shape[0] == 10
+        padded = np.concatenate([tiles[8:], tiles[8:]])
+        by_hand = [backend.run("bimodal", {"spectrum": np.tile(spectrum, (4, 1)), "image": chunk})["composition"]
+                   for chunk in (tiles[:4], tiles[4:8], padded)]
+        np.testing.assert_allclose(rows["composition"], np.concatenate(by_hand)[:10], atol=1e-6)
+        prediction = predictor.predict(refl, measurement.INSTRUMENT_NM, frames, 1.0)
+        np.testing.assert_allclose(list(prediction.composition.values()), rows["composition"].mean(axis=0),
+                                   atol=1e-6)
+    finally:
+        backend.close()

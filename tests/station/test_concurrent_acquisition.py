@@ -27,7 +27,7 @@ from isic_station.acquisition.calibration import CalibrationStore
 from isic_station.acquisition.quality_gate import QualityGate
 from isic_station.acquisition.sample_label import SampleLabelReader
 from isic_station.daemon.pipeline import MeasureJob
-from isic_station.preprocess.image import build_image_batch
+from isic_station.preprocess.image import build_image_batch, build_image_input
 from isic_station.preprocess.image_stream import ImageBatchBuilder
 
 SAMPLE = Sample({"cotton": 0.6, "polyester": 0.4}, sample_id="LOT7-0042")
@@ -153,18 +153,23 @@ def test_a_failing_spectrometer_stops_the_frame_thread_and_fails_the_measurement
         line.remove()
 
 
-@pytest.mark.parametrize("frames, size", [(1, 640), (6, 640), (16, 640), (2, 160)])
-def test_image_input_built_frame_by_frame_is_build_image_batch(frames: int, size: int) -> None:
-    """The same batch, row for row, as from all frames at once (also with fewer tiles than rows, and
-    with an empty field among them)."""
+@pytest.mark.parametrize("frames, size, max_tiles", [(1, 640, 0), (6, 640, 0), (16, 640, 0), (2, 160, 0),
+                                                     (6, 640, 40), (16, 640, 256), (2, 160, 40)])
+def test_image_input_built_frame_by_frame_is_build_image_batch(frames: int, size: int, max_tiles: int) -> None:
+    """The same batch, row for row, as from all frames at once (also with fewer tiles than rows, with an
+    empty field among them, and with `max_tiles`: every usable tile up to it)."""
     from isic_drivers.lab import ReferenceTile, render_frame
 
     rng = np.random.default_rng(frames)
     images = [render_frame(SAMPLE, rng, size, size * 3 // 4 if size > 200 else size, 1.0)[0] for _ in range(frames)]
     images.append(render_frame(ReferenceTile("white"), rng, size, size, 1.0)[0])
-    builder = ImageBatchBuilder(1.0, IMAGE)
+    params = dict(IMAGE, max_tiles=max_tiles) if max_tiles else IMAGE
+    builder = ImageBatchBuilder(1.0, params)
     for image in images:
         builder.add(image)
     assert builder.frames == len(images)
-    assert np.array_equal(builder.batch(), build_image_batch(images, 1.0, IMAGE))
-    assert ImageBatchBuilder(1.0, IMAGE).batch() is None
+    whole = build_image_input(images, 1.0, params)
+    assert np.array_equal(builder.batch(), whole.batch)
+    # rows: the graph's 16 (the best repeated when fewer are usable), or every usable tile up to max_tiles
+    assert len(whole.batch) == max(16, min(whole.tiles_available, max_tiles or 16))
+    assert ImageBatchBuilder(1.0, params).batch() is None

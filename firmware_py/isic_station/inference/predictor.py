@@ -14,7 +14,7 @@ recalibrated confidence and the unknown-fibre check replace the raw tile spread 
 import dataclasses
 import logging
 import time
-from typing import Dict, Iterable, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -125,19 +125,32 @@ class Predictor:
               fibre_counts: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
         """The raw graph outputs for one measurement: bimodal with tiles, signal-only without.
 
-        A bimodal graph with a `fibre_counts` input needs the counts (ValueError without them)."""
+        A bimodal graph with a `fibre_counts` input needs the counts (ValueError without them). More tiles than
+        the graph's static batch B (`image.tiles_per_measurement`; the manifest's `max_tiles` allows up to that
+        many) run in batches of B, the last one padded with its own first rows, whose answers are dropped: the
+        rows returned are one per tile."""
         spectrum = np.asarray(spectrum, dtype=np.float32)
         if spectrum.ndim != 1:
             raise ValueError(f"spectrum must be one preprocessed vector [S], got shape {list(spectrum.shape)}")
         if tiles is None:
             return self.backend.run(GRAPH_SIGNAL_ONLY, {INPUT_SPECTRUM: spectrum[None, :]})
-        rows = np.repeat(spectrum[None, :], len(tiles), axis=0)
-        inputs = {INPUT_SPECTRUM: rows, INPUT_IMAGE: tiles}
+        batch = int(self.manifest.image["tiles_per_measurement"])
+        inputs = {INPUT_SPECTRUM: np.repeat(spectrum[None, :], batch, axis=0)}
         if any(spec.name == INPUT_FIBRE_COUNTS for spec in self.backend.graph(GRAPH_BIMODAL).inputs):
             if fibre_counts is None:
                 raise ValueError("this model's bimodal graph takes fibre_counts: count the tiles with its counter")
-            inputs[INPUT_FIBRE_COUNTS] = np.repeat(np.asarray(fibre_counts, dtype=np.float32)[None, :], len(tiles), 0)
-        return self.backend.run(GRAPH_BIMODAL, inputs)
+            inputs[INPUT_FIBRE_COUNTS] = np.repeat(np.asarray(fibre_counts, dtype=np.float32)[None, :], batch, 0)
+        answers: List[Dict[str, np.ndarray]] = []
+        for start in range(0, len(tiles), batch):
+            chunk = tiles[start:start + batch]
+            real = len(chunk)
+            if real < batch:
+                chunk = np.concatenate([chunk, chunk[np.arange(batch - real) % real]])
+            out = self.backend.run(GRAPH_BIMODAL, dict(inputs, **{INPUT_IMAGE: chunk}))
+            answers.append({name: value[:real] for name, value in out.items()})
+        if len(answers) == 1:
+            return answers[0]
+        return {name: np.concatenate([a[name] for a in answers]) for name in answers[0]}
 
     def fuse(self, outputs: Mapping[str, np.ndarray], signal_only: bool,
              timings_ms: Optional[Dict[str, float]] = None) -> Prediction:

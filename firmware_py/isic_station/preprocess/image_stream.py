@@ -2,12 +2,13 @@
 
 The station reads frames while the spectrometer integrates; cutting and scoring a frame's tiles as it
 arrives (in the frame thread) leaves only the pick across frames for after the acquisition. Each frame
-goes through `build_image_input` on its own, which keeps its best B tiles (B = tiles per measurement),
-already normalised; the batch is then the best B of those, in the same order. That is exactly
-`build_image_batch` of all the frames (a test checks it): a tile among the best B overall is among its
-own frame's best B, and the sort is stable with ties broken by frame order, then tile position, in
-both. The tiles themselves are still cut, scored and normalised by `preprocess.image` alone, masks
-(label, dust, glare) included: they are per frame, so the argument holds. A frame left without a
+goes through `build_image_input` on its own, which keeps its best N tiles (N: the model's most rows,
+`max_tiles`, at least the graph's batch B), already normalised; the batch is then the best of those, as
+many as `rows_for` gives, in the same order. That is exactly `build_image_batch` of all the frames (a test
+checks it): a tile among the best N overall is among its own frame's best N, and the sort is stable with
+ties broken by frame order, then tile position, in both. The tiles themselves are still cut, scored and
+normalised by `preprocess.image` alone, masks (label, dust, glare) included: they are per frame, so the
+argument holds. A frame left without a
 usable tile (all label, say) adds none; `batch()` logs at DEBUG which tiles went in (`tile_evidence`).
 
 With a `counter` (the model's fibre counter, `inference.counter.FibreCounter`), every usable tile of
@@ -26,6 +27,7 @@ from isic_station.preprocess.image import (
     ImageParams,
     NoUsableTiles,
     cut_frame,
+    rows_for,
     select_tiles,
     tile_evidence,
 )
@@ -44,7 +46,6 @@ class ImageBatchBuilder:
         self.spec = ImageParams.from_manifest(params)
         self.counter = counter
         self._counts: Optional[np.ndarray] = None
-        self.wanted = int(params["tiles_per_measurement"])
         self._rows: List[np.ndarray] = []
         self._scores: List[np.ndarray] = []
         self._origins: List[Tuple[int, int, int]] = []
@@ -52,7 +53,7 @@ class ImageBatchBuilder:
         self._frames = 0
 
     def add(self, frame_bgr: np.ndarray) -> None:
-        """Cut, score and normalise this frame's tiles; keep its best B and count the fibres on all its usable
+        """Cut, score and normalise this frame's tiles; keep its best N and count the fibres on all its usable
         tiles (raises as build_image_input does, except that a frame without a usable tile just adds none)."""
         index = self._frames
         self._frames += 1
@@ -81,16 +82,17 @@ class ImageBatchBuilder:
         return None if self._counts is None else self._counts.astype(np.float32)
 
     def batch(self) -> Optional[np.ndarray]:
-        """float32 [B, C, P, P] over the frames added (None without any): the best B tiles, the best
-        repeated when there are fewer, as `build_image_batch` gives them."""
+        """float32 [N, C, P, P] over the frames added (None without any): the best tiles (`rows_for`), the
+        best repeated when there are fewer than the graph's batch, as `build_image_batch` gives them."""
         if not self._rows:
             return None
         rows, scores = np.concatenate(self._rows), np.concatenate(self._scores)
         order = np.lexsort((-scores,))  # stable: frame order, then the frame's own (position) order
-        chosen = order[np.arange(self.wanted) % len(order)]
+        wanted = rows_for(len(order), self.spec)
+        chosen = order[np.arange(wanted) % len(order)]
         batch = np.ascontiguousarray(rows[chosen])
         if log.isEnabledFor(logging.DEBUG):   # the evidence `bench accuracy` checks label tiles against
             evidence = ImageInput(batch, scores[chosen], tuple(self._origins[i] for i in chosen), len(order),
-                                  max(0, self.wanted - len(order)), *self._masked)
+                                  max(0, wanted - len(order)), *self._masked)
             log.debug("%s", tile_evidence(evidence, self.camera_um_per_px, self.params))
         return batch

@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"camera bench: {args.frames} frames of {args.width}x{args.height} at {args.um_per_px} µm/px per source, "
           f"model input every {args.frames_per_measurement} passing frames (tiles {params['tile_px']} px "
-          f"at {params['um_per_px']} µm/px, {params['tiles_per_measurement']} per measurement)")
+          f"at {params['um_per_px']} µm/px, {params['tiles_per_measurement']} per graph run, up to "
+          f"{max(params.get('max_tiles', 0), params['tiles_per_measurement'])} per measurement)")
     for name, figures in results.items():
         print(f"  {name:10s} {figures['fps']:7.1f} frames/s   capture {figures['capture_ms']:6.2f} ms  "
               f"gate {figures['gate_ms']:5.2f} ms  input {figures['input_ms']:5.2f} ms per frame  "
