@@ -1,8 +1,8 @@
 """The fibre counter at run time: the manifest's `counter` graph over any number of tiles.
 
-The graph has a static tile batch (ATC wants static shapes), so tiles are fed in chunks of that size,
-the last one padded with zeros whose rows are dropped; the per-tile fibre lengths (tile sides per
-fibre type) are summed. `ImageBatchBuilder` calls it on every usable tile of each frame as the frame
+The graph has a static tile batch (ATC wants static shapes), so tiles are fed in chunks of that size
+(`batches.static_batches`: the last one padded, its padding's rows dropped); the per-tile fibre lengths
+(tile sides per fibre type) are summed. `ImageBatchBuilder` calls it on every usable tile of each frame as the frame
 arrives; training data (`isic_model.data`) count with the same class on an ONNX Runtime session.
 """
 
@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from isic_station.inference.base import GRAPH_COUNTER, Backend
+from isic_station.inference.batches import static_batches
 
 INPUT_IMAGE = "image"
 OUTPUT_FIBRE_LENGTH = "fibre_length"
@@ -34,11 +35,7 @@ class FibreCounter:
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         total = np.zeros(self.n_fibres, dtype=np.float64)
-        for start in range(0, len(tiles), self.batch):
-            chunk = tiles[start:start + self.batch]
-            real = len(chunk)
-            if real < self.batch:
-                chunk = np.concatenate([chunk, np.zeros((self.batch - real,) + chunk.shape[1:], np.float32)])
-            total += np.asarray(self.run(np.ascontiguousarray(chunk, dtype=np.float32)))[:real].sum(axis=0)
+        for chunk, real in static_batches(tiles, self.batch):
+            total += np.asarray(self.run(chunk))[:real].sum(axis=0)
         return total
 

@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 import numpy as np
 
 from isic_station.inference.base import GRAPH_BIMODAL, GRAPH_COUNTER, GRAPH_SIGNAL_ONLY, Backend, Prediction
+from isic_station.inference.batches import static_batches
 from isic_station.inference.counter import FibreCounter
 from isic_station.manifest import Manifest
 from isic_station.preprocess.image_stream import ImageBatchBuilder
@@ -127,8 +128,8 @@ class Predictor:
 
         A bimodal graph with a `fibre_counts` input needs the counts (ValueError without them). More tiles than
         the graph's static batch B (`image.tiles_per_measurement`; the manifest's `max_tiles` allows up to that
-        many) run in batches of B, the last one padded with its own first rows, whose answers are dropped: the
-        rows returned are one per tile."""
+        many) run in batches of B (`static_batches`), the rows returned one per tile. A run's rows also see the
+        mean over that run's tiles, so the best B tiles still run together, as with B tiles alone."""
         spectrum = np.asarray(spectrum, dtype=np.float32)
         if spectrum.ndim != 1:
             raise ValueError(f"spectrum must be one preprocessed vector [S], got shape {list(spectrum.shape)}")
@@ -141,11 +142,7 @@ class Predictor:
                 raise ValueError("this model's bimodal graph takes fibre_counts: count the tiles with its counter")
             inputs[INPUT_FIBRE_COUNTS] = np.repeat(np.asarray(fibre_counts, dtype=np.float32)[None, :], batch, 0)
         answers: List[Dict[str, np.ndarray]] = []
-        for start in range(0, len(tiles), batch):
-            chunk = tiles[start:start + batch]
-            real = len(chunk)
-            if real < batch:
-                chunk = np.concatenate([chunk, chunk[np.arange(batch - real) % real]])
+        for chunk, real in static_batches(tiles, batch):
             out = self.backend.run(GRAPH_BIMODAL, dict(inputs, **{INPUT_IMAGE: chunk}))
             answers.append({name: value[:real] for name, value in out.items()})
         if len(answers) == 1:
