@@ -61,6 +61,11 @@ FEATURES = ("balance", "tile_spread", "spectral_noise", "blend_doubt", "atypical
 # Bands of the predicted fraction with their own conformal factor (minor and major parts of a blend
 # err differently from pure fibres): band i holds predictions in [BAND_EDGES[i-1], BAND_EDGES[i]).
 BAND_EDGES = (0.01, 0.05, 0.35, 0.65, 0.95)
+# A declared fibre the lot's blend read lacks: where the calibration missed a fibre of its family at that
+# share in at least MISS_RATE_LEVEL of MIN_MISS_GROUPS or more groups (or had fewer), the reading says
+# nothing against the declaration and the bounds for a missed fibre apply; else it counts against it.
+MISS_RATE_LEVEL = 0.05
+MIN_MISS_GROUPS = 20
 # Flags that say something about this measurement's quality (the others say what the station did).
 QUALITY_FLAGS = ("saturation", "low_signal", "stale_reference", "missing_reference", "white_drift",
                  "blurred_image", "missing_image", "exposure", "empty_field")
@@ -145,6 +150,30 @@ def unknown_fibre_score(spectrum: np.ndarray, noise: float, mean: np.ndarray, co
 
 
 @dataclass(frozen=True)
+class MissedFibres:
+    """The calibration's `systematic_bound_missed`: for a lot whose blend read lacks a declared fibre."""
+
+    missed: Dict[str, float]  # fibre -> 95 % bound of the lot error of a fibre the blend read lacks
+    beside: Dict[str, float]  # fibre -> that of a fibre read beside a missed one (it took the missed share)
+    miss_rate: Dict[str, List[Tuple[float, float, int, int]]]  # fibre -> (low, high share, groups, missed)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> "MissedFibres":
+        return cls(missed={str(f): float(v) for f, v in doc["missed"].items()},
+                   beside={str(f): float(v) for f, v in doc["beside"].items()},
+                   miss_rate={str(f): [(float(b["share"][0]), float(b["share"][1]), int(b["groups"]), int(b["missed"]))
+                                       for b in bands] for f, bands in doc.get("miss_rate", {}).items()})
+
+    def missable(self, fibre: str, share: float) -> bool:
+        """Whether the calibration missed `fibre` at this share often enough (or was too seldom met there) that a
+        reading without it says nothing against a declaration holding it."""
+        for low, high, groups, missed in self.miss_rate.get(fibre, []):
+            if low <= share < high:
+                return groups < MIN_MISS_GROUPS or missed >= MISS_RATE_LEVEL * groups
+        return True
+
+
+@dataclass(frozen=True)
 class PathCalibration:
     """One path's interval model and temperature (the manifest's `uncertainty.paths.<path>`)."""
 
@@ -167,8 +196,7 @@ class PathCalibration:
     systematic_bound_per_blend: Optional[Dict[str, np.ndarray]] = None  # blend class -> [F], clean bright spectra
     systematic_bound_per_blend_noisy: Optional[Dict[str, np.ndarray]] = None  # blend class -> [F], all conditions
     level_factor: Tuple[float, float] = (1.0, 1.0)  # conformal factor for spectra at / above, below level_split
-    # 95 % bounds where the blend read lacks a declared fibre: {"missed": [F], "beside": [F]}; None before them
-    systematic_bound_missed: Optional[Dict[str, np.ndarray]] = None
+    missed_fibres: Optional["MissedFibres"] = None  # where the blend read lacks a declared fibre; None before it
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], fibres: Sequence[str]) -> "PathCalibration":
@@ -197,9 +225,8 @@ class PathCalibration:
                                         for b, v in doc.get("systematic_bound_per_blend", {}).items()},
             systematic_bound_per_blend_noisy={b: np.array([v[f] for f in fibres], dtype=np.float64)
                                               for b, v in doc.get("systematic_bound_per_blend_noisy", {}).items()},
-            systematic_bound_missed=({role: np.array([doc["systematic_bound_missed"][role][f] for f in fibres],
-                                                     dtype=np.float64) for role in ("missed", "beside")}
-                                     if "systematic_bound_missed" in doc else None),
+            missed_fibres=(MissedFibres.from_dict(doc["systematic_bound_missed"])
+                           if "systematic_bound_missed" in doc else None),
         )
 
     def temperature_for(self, noise: float, flag_set: str = "") -> float:
@@ -349,7 +376,7 @@ class UncertaintyCalibration:
         )
 
     def systematic(self, path: str, blend: Optional[str] = None, noise: float = 0.0,
-                   level: float = 1.0, declared: Iterable[str] = ()) -> Dict[str, float]:
+                   level: float = 1.0, declared: Optional[Mapping[str, float]] = None) -> Dict[str, float]:
         """Per fibre, the standard systematic uncertainty of a lot's mean on `path` for results of `blend`
         whose spectrum has this `noise` and median reflectance `level`: clean and bright (noise <= the
         path's noise split, level >= its level split), the table of such spectra; else that of all
@@ -360,10 +387,11 @@ class UncertaintyCalibration:
         of the error's distribution (heavy-tailed for the cellulose blends). An older calibration has only
         the standard deviations of the error (`systematic*`): those.
 
-        When `blend` lacks one of the lot's `declared` fibres, the tables of lots read so apply where the
-        calibration has them (`systematic_bound_missed`): the declared fibre takes the bound of what the
-        model misses of a fibre, the fibres read take the larger of theirs and that of a fibre read beside
-        a missed one (it took the missed share). Undeclared fibres the blend lacks keep 0."""
+        When `blend` lacks one of the lot's `declared` fibres (fibre -> share) that the calibration often
+        missed at that share (`MissedFibres.missable`), the tables of lots read so apply: that fibre takes the
+        bound of what the model misses of a fibre, the fibres read take the larger of theirs and that of a
+        fibre read beside a missed one (it took the missed share). A declared fibre seldom missed at its share
+        keeps 0: reading none of it speaks against the declaration. Undeclared fibres the blend lacks keep 0."""
         cal = self.paths[path]
         harsh = noise > cal.noise_split or level < cal.level_split
         if cal.systematic_bound is not None:
@@ -376,12 +404,13 @@ class UncertaintyCalibration:
         values = table.get(blend, overall) if blend is not None else overall
         out = {f: float(v) * scale for f, v in zip(self.fibres, values)}
         read = set(blend.split("/")) if blend else set()
-        lacking = set(declared) - read if read else set()
-        if lacking and cal.systematic_bound_missed is not None:
-            for f, missed, beside in zip(self.fibres, cal.systematic_bound_missed["missed"],
-                                         cal.systematic_bound_missed["beside"]):
+        missed = cal.missed_fibres
+        lacking = ([f for f, share in (declared or {}).items() if share > 0 and f not in read
+                    and missed.missable(f, share)] if read and missed is not None else [])
+        if lacking:
+            for f in self.fibres:
                 if f in lacking:
-                    out[f] = float(missed) / Z95
+                    out[f] = missed.missed[f] / Z95
                 elif f in read:
-                    out[f] = max(out[f], float(beside) / Z95)
+                    out[f] = max(out[f], missed.beside[f] / Z95)
         return out

@@ -95,6 +95,7 @@ MIN_BLEND_GROUPS = 8  # composition groups of a blend class needed for its own s
 CELLULOSE = ("cotton", "linen", "viscose")
 LOT_BOUND_COVERAGE = 0.95
 MIN_POOL_SCORES = 19
+MISS_SHARE_BANDS = (0.0, 0.1, 0.2, 0.35, 1.01)  # bands of a fibre's true share for its miss rate (lot check)
 NOISY_FACTOR = 3.0  # spectra noisier than this many times the median get their own temperature
 # Median reflectance below which a lot takes the systematic error of all conditions: dark dyes read 0.17-0.44,
 # thin fabric 0.43-0.77, default 0.51-0.85 (1-95 % quantiles, calibration seed 2001); pooled, the bias of dark
@@ -361,36 +362,47 @@ def read_blends(rows: Mapping[str, np.ndarray], classes: Sequence[str]) -> np.nd
 
 def missed_fibre_bounds(rows: Mapping[str, np.ndarray], fibres: Sequence[str],
                         classes: Sequence[str]) -> Dict[str, Any]:
-    """The 95 % bound of the error a lot's mean keeps when the blend most of its pieces were read as lacks a
-    fibre the fabric holds (at the station: a declared fibre): split conformal over the composition groups of
-    `rows` that were read so, per role and fibre family. `missed`: the fibre the blend lacks (what the model
-    did not see of it); `beside`: the fibres read beside it, which took its share (an honest 34/17/48
-    cotton/linen/polyester lot read as cotton/polyester kept 11 pp more cotton than the cotton/polyester table
-    allows, and its linen had no table at all). A pool under MIN_POOL_SCORES scores takes the larger of its
-    largest and the bound over every score of its role.
-    Returns {missed: {fibre: bound}, beside: {fibre: bound}, pools: {pool: {bound, scores}}}; {} when no group
-    was read without one of its fibres."""
+    """What the lot check needs when the blend most of a lot's pieces were read as lacks a declared fibre.
+
+    `miss_rate`: per fibre (pooled over its family), per band of its true share, how many composition groups
+    held it and in how many the blend read lacked it: where a fibre at the declared share is seldom missed,
+    a reading without it speaks against the declaration; where it often is, the reading says nothing.
+    `missed` / `beside`: the 95 % bound of the error a lot's mean keeps in the groups read without one of their
+    fibres (split conformal per role and family): for that fibre (what the model did not see of it), and for
+    the fibres read beside it, which took its share (an honest 34/17/48 cotton/linen/polyester lot read as
+    cotton/polyester kept 11 pp more cotton than the cotton/polyester table allows). A pool under
+    MIN_POOL_SCORES scores takes the larger of its largest and the bound over every score of its role (0
+    when no group was read without one of its fibres). Returns {missed, beside: {fibre: bound}, miss_rate:
+    {fibre: [{share: [low, high], groups, missed}]}, pools: {pool: {bound, scores}}}."""
     labels, means, within = group_errors(rows, fibres)
     scores = np.sqrt(np.maximum(means ** 2 - within, 0.0))
+    truth = np.array([rows["truth"][rows["group"] == g][0] for g in np.unique(rows["group"])])
+    roles, families = ("missed", "beside"), ("cellulose", "synthetic")
     pools: Dict[Tuple[str, str], List[float]] = {}
-    for i, (truth, read) in enumerate(zip(labels, read_blends(rows, classes))):
-        missed = set(truth.split("/")) - set(read.split("/"))
+    bands = list(zip(MISS_SHARE_BANDS[:-1], MISS_SHARE_BANDS[1:]))
+    held = {(family, b): [0, 0] for family in families for b in bands}   # groups, missed
+    for i, (blend, read) in enumerate(zip(labels, read_blends(rows, classes))):
+        missed = set(blend.split("/")) - set(read.split("/"))
         for j, f in enumerate(fibres):
+            band = next((b for b in bands if b[0] <= truth[i, j] < b[1]), None)
+            if truth[i, j] > 0 and band is not None:
+                held[(fibre_family(f), band)][0] += 1
+                held[(fibre_family(f), band)][1] += int(f in missed)
             if missed and not np.isnan(scores[i, j]):
                 role = "missed" if f in missed else "beside"
                 pools.setdefault((role, fibre_family(f)), []).append(float(scores[i, j]))
-    if not pools:
-        return {}
-    roles, families = ("missed", "beside"), ("cellulose", "synthetic")
     by_role = {role: [v for (r, _), values in pools.items() if r == role for v in values] for role in roles}
 
     def bound(role: str, family: str) -> float:
         values, every = pools.get((role, family), []), by_role[role] or by_role["missed"]
         if len(values) >= MIN_POOL_SCORES:
             return round(conformal_quantile(np.asarray(values), LOT_BOUND_COVERAGE), 5)
-        return round(max(values + [conformal_quantile(np.asarray(every), LOT_BOUND_COVERAGE)]), 5)
+        return round(max(values + ([conformal_quantile(np.asarray(every), LOT_BOUND_COVERAGE)] if every else [0.0])), 5)
 
     out: Dict[str, Any] = {role: {f: bound(role, fibre_family(f)) for f in fibres} for role in roles}
+    out["miss_rate"] = {f: [{"share": [low, high], "groups": held[(fibre_family(f), (low, high))][0],
+                             "missed": held[(fibre_family(f), (low, high))][1]} for low, high in bands]
+                        for f in fibres}
     out["pools"] = {f"{family} fibre, {role}": {"bound": bound(role, family),
                                                 "scores": len(pools.get((role, family), []))}
                     for role in roles for family in families}
@@ -510,9 +522,7 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
         for suffix, bounds in (("", bright), ("_noisy", every)):
             doc["systematic_bound_per_blend" + suffix] = bounds["per_blend"]
             doc["systematic_bound_pools" + suffix] = bounds["pools"]
-        missed = missed_fibre_bounds(rows, fibres, classes)  # all conditions: such groups are few
-        if missed:
-            doc["systematic_bound_missed"] = missed
+        doc["systematic_bound_missed"] = missed_fibre_bounds(rows, fibres, classes)  # all conditions: few misses
         paths[path] = doc
     return {"paths": paths, "unknown_fibre": unknown}
 

@@ -79,7 +79,7 @@ def judge_lots(calibration: Any, records: Any, tolerances: Sequence[float], offs
                     results[case][judge(summary.spec, decision)["verdict"]] += 1
                     summary.add(dict(zip(fibres, records.station_pred[i])),
                                 calibration.systematic(path, blend, float(records.noise[i]), float(records.level[i]),
-                                                       declared=summary.spec.declared_fibres()),
+                                                       declared=summary.spec.composition),
                                 decision, blend=blend)
                 lot = summary.to_dict("sim", "")
                 counts[case][lot["verdict"]] += 1

@@ -192,8 +192,8 @@ class LotSummary:
 
     def unseen_declared_fibres(self) -> List[str]:
         """Declared fibres the blend most results were read as does not hold (none without a calibrated blend):
-        their results carry the calibration's bounds for a missed fibre (`systematic(..., declared=...)`), and
-        the lot document names them among its reasons."""
+        the lot document names them among its reasons (their results carry the calibration's bounds for a
+        missed fibre where it often missed one at that share: `UncertaintyCalibration.systematic`)."""
         blend = self.blend()
         if blend is None or not self.calibrated:
             return []
@@ -277,8 +277,7 @@ class LotSummary:
                            + ", ".join(decision["straddling_fibres"]))
         unseen = self.unseen_declared_fibres()
         if unseen:
-            reasons.append(f"the results read {self.blend()}, without the declared " + ", ".join(unseen)
-                           + ": the calibration's bound for a fibre the model misses applies")
+            reasons.append(f"the results read {self.blend()}, without the declared " + ", ".join(unseen))
         if self.unknown_fibre_results:
             reasons.append(f"{self.unknown_fibre_results} result(s) likely hold a fibre the model does not know")
         return {

@@ -371,7 +371,7 @@ class Station:
         path = "signal_only" if prediction.signal_only else "bimodal"
         summary.add(doc["composition"],
                     calibration.systematic(path, doc["blend"], quality.noise, quality.level,
-                                           declared=summary.spec.declared_fibres())
+                                           declared=summary.spec.composition)
                     if calibration is not None else {},
                     prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"],
                     blend=doc["blend"])
