@@ -74,3 +74,17 @@ def test_measurements_follow_the_station_settings_training_recorded(tiny_manifes
     tiny_manifest_path.write_text(json.dumps(doc))
     settings = lab_settings(load_manifest(tiny_manifest_path))
     assert settings == {"coadd": 16, "n_frames": 2, "frame_size": 128, "frame_height": 96, "um_per_px": 1.6}
+
+
+def test_settings_file_measures_as_it_says(tiny_manifest_path, tmp_path, capsys):
+    """`--settings` (as `bench pipeline` takes it): its [camera] and [spectrometer] keys over the manifest's."""
+    doc = json.loads(tiny_manifest_path.read_text())
+    doc["training"] = {"station": {"coadd": 16, "n_frames": 2, "frame_px": 128, "frame_height": 96,
+                                   "camera_um_per_px": 1.6}}
+    tiny_manifest_path.write_text(json.dumps(doc))
+    settings = tmp_path / "settings.toml"
+    settings.write_text("[camera]\nframes_per_measurement = 3\nwidth = 160\nheight = 120\n[spectrometer]\ncoadd = 4\n")
+    result = _bench_json(capsys, "--manifest", str(tiny_manifest_path), "--backend", "onnxruntime",
+                         "--settings", str(settings))
+    assert result["settings"] == {"frames": 3, "frame_px": [160, 120], "camera_um_per_px": 1.6, "coadd": 4,
+                                  "counter": False}

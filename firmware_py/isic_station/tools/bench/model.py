@@ -6,8 +6,9 @@ the counter graph), then after the last frame: that frame's share, the spectrum 
 bimodal graph and the fusion (`Predictor.predict` with the built input). `after_last_frame_ms` is what
 the user waits for beyond acquisition, `total_ms` all of it per measurement (`frames_ms`: the work
 done while later frames were still arriving). Inputs are measurements of the virtual lab
-(`isic_drivers.lab.simulate_measurement`) with the manifest's station settings, generated before
-timing starts so only the station's own work is timed.
+(`isic_drivers.lab.simulate_measurement`) with the manifest's station settings (or `--settings`, as
+`bench pipeline` takes them: `config/settings/production-settings.toml`), generated before timing starts
+so only the station's own work is timed.
 """
 
 import argparse
@@ -22,6 +23,7 @@ from isic_common.errors import ModelError
 from isic_common.percentile import percentile
 from isic_station.inference.registry import KINDS
 from isic_station.manifest import Manifest, load_manifest
+from isic_station.tools.bench.pipeline import load_settings
 
 # Distinct virtual-lab measurements cycled through (generating one costs more than predicting it).
 DISTINCT_MEASUREMENTS = 16
@@ -62,6 +64,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
                         help="model manifest.json (default: the shipped model)")
     parser.add_argument("--repeats", type=positive_int, default=200,
                         help="measurements timed (default: 200)")
+    parser.add_argument("--settings", type=Path, metavar="TOML",
+                        help="measurement settings from this file's [spectrometer] and [camera] tables (as bench "
+                             "pipeline takes them), e.g. config/settings/production-settings.toml (16 scans, 16 "
+                             "frames of 640x480); default: the manifest's station settings")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object: {"backend", "after_last_frame_ms", "total_ms", "frames_ms", '
                              '"preprocess_ms", "infer_ms", "settings"}, each timing {"p50", "p99"}')
@@ -79,16 +85,27 @@ def _manifest_path(given: Optional[Path]) -> Path:
     return SHIPPED_MANIFEST
 
 
-def lab_settings(manifest: Manifest) -> Dict[str, Any]:
-    """`simulate_measurement` options for how the model was trained to be used.
+# `--settings` keys (table, key) -> `simulate_measurement` options
+SETTINGS_OPTIONS = {("camera", "frames_per_measurement"): "n_frames", ("camera", "width"): "frame_size",
+                    ("camera", "height"): "frame_height", ("camera", "um_per_px"): "um_per_px",
+                    ("spectrometer", "coadd"): "coadd"}
+
+
+def lab_settings(manifest: Manifest, settings: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """`simulate_measurement` options for how the model was trained to be used, or as `settings` say.
 
     The manifest's `training.station` (frames per measurement, frame size, camera µm/px), when
-    training recorded it; otherwise the lab's defaults.
+    training recorded it; otherwise the lab's defaults; then the keys `settings` (`load_settings`) hold.
     """
     station = manifest.raw.get("training", {}).get("station", {})
     names = {"n_frames": "n_frames", "frame_px": "frame_size", "frame_height": "frame_height",
              "camera_um_per_px": "um_per_px", "coadd": "coadd"}
-    return {names[key]: value for key, value in station.items() if key in names and value is not None}
+    options = {names[key]: value for key, value in station.items() if key in names and value is not None}
+    given = settings or {}
+    for (table, key), option in SETTINGS_OPTIONS.items():
+        if key in given.get(table, {}):
+            options[option] = given[table][key]
+    return options
 
 
 def _percentiles(values_ms: List[float]) -> Dict[str, float]:
@@ -104,7 +121,7 @@ def run_model_bench(args: argparse.Namespace) -> int:
     manifest = load_manifest(_manifest_path(args.manifest))
     rng = np.random.default_rng(SEED)
     count = min(args.repeats, DISTINCT_MEASUREMENTS)
-    settings = lab_settings(manifest)
+    settings = lab_settings(manifest, load_settings(args.settings) if args.settings else None)
     measurements = [simulate_measurement(draw_sample(rng), rng, **settings) for _ in range(count)]
     backend = create_backend(args.backend, manifest, {"threads": args.threads})
     timings: Dict[str, List[float]] = {key: [] for key in TIMINGS}
