@@ -196,7 +196,7 @@ class PathCalibration:
     systematic_bound_per_blend: Optional[Dict[str, np.ndarray]] = None  # blend class -> [F], clean bright spectra
     systematic_bound_per_blend_noisy: Optional[Dict[str, np.ndarray]] = None  # blend class -> [F], all conditions
     level_factor: Tuple[float, float] = (1.0, 1.0)  # conformal factor for spectra at / above, below level_split
-    missed_fibres: Optional["MissedFibres"] = None  # where the blend read lacks a declared fibre; None before it
+    missed_fibres: Optional[MissedFibres] = None  # where the blend read lacks a declared fibre; None before it
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], fibres: Sequence[str]) -> "PathCalibration":
@@ -403,14 +403,14 @@ class UncertaintyCalibration:
         table = noisy if harsh and noisy else clean
         values = table.get(blend, overall) if blend is not None else overall
         out = {f: float(v) * scale for f, v in zip(self.fibres, values)}
-        read = set(blend.split("/")) if blend else set()
         missed = cal.missed_fibres
-        lacking = ([f for f, share in (declared or {}).items() if share > 0 and f not in read
-                    and missed.missable(f, share)] if read and missed is not None else [])
-        if lacking:
-            for f in self.fibres:
-                if f in lacking:
-                    out[f] = missed.missed[f] / Z95
-                elif f in read:
-                    out[f] = max(out[f], missed.beside[f] / Z95)
+        if not blend or not declared or missed is None:
+            return out
+        read = set(blend.split("/"))
+        lacking = {f for f, share in declared.items() if share > 0 and f not in read and missed.missable(f, share)}
+        for f in self.fibres if lacking else ():
+            if f in lacking:
+                out[f] = missed.missed[f] / Z95
+            elif f in read:
+                out[f] = max(out[f], missed.beside[f] / Z95)
         return out
