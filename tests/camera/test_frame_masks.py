@@ -132,3 +132,23 @@ def test_a_sharp_label_does_not_let_a_blurred_frame_through_the_gate(tmp_path):
     gate = QualityGate(um_per_px=CAMERA_UM_PER_PX)
     blurred = [image for image, _ in line_frames(tmp_path, "label=1&fault=blur", 4)]
     assert all("blurred" in gate.assess(image).reasons for image in blurred)
+
+
+def test_a_label_found_in_one_frame_blocks_its_tiles_in_every_frame_of_the_measurement(tmp_path):
+    """The label detector misses a label now and then; camera and sample hold still within a measurement, so
+    the tiles where one frame shows the label are left out of every frame (here the other frame shows fabric
+    there, which it alone would give the model)."""
+    scale = CAMERA_UM_PER_PX / IMAGE["um_per_px"]
+    (labelled, sample_id), = line_frames(tmp_path / "a", "label=1", 1)
+    (plain, _), = line_frames(tmp_path / "b", "", 1, seed=42)
+    left, top, side = label_box(sample_id, 640, 480)
+    label = (left, top, left + side, top + side)
+    params = dict(IMAGE, max_tiles=96)
+
+    def at_label(info, frame):
+        return [o for o in info.origins if o[0] == frame and overlaps(tile_box(o, scale, IMAGE["tile_px"]), label)]
+
+    assert at_label(build_image_input([plain], CAMERA_UM_PER_PX, params), 0)   # alone, its tiles there are used
+    both = build_image_input([labelled, plain], CAMERA_UM_PER_PX, params)
+    assert at_label(both, 0) == [] and at_label(both, 1) == []
+    assert both.tiles_masked >= 2 * len(set(at_label(build_image_input([plain], CAMERA_UM_PER_PX, params), 0)))

@@ -23,13 +23,16 @@ def reflectance(rng: np.random.Generator, wavelengths_nm: np.ndarray = INSTRUMEN
 
 
 def frames(rng: np.random.Generator, count: int = 2, shape: Tuple[int, int] = (64, 80)) -> List[np.ndarray]:
-    """Bright-field BGR frames with a few dark fibre strokes each."""
+    """Bright-field BGR frames with two dark fibre strokes each, one in each half of the frame, far enough
+    apart that the label detector never closes them into one printed code (three strokes drawn anywhere
+    sometimes made a whole frame "label", and a label in one frame blocks its tiles in every frame)."""
     out = []
+    half = shape[0] // 2
     for _ in range(count):
         frame = np.full(shape + (3,), 210, np.uint8)
         frame += rng.integers(0, 6, frame.shape, dtype=np.uint8)
-        for _ in range(3):
-            row = int(rng.integers(0, shape[0] - 4))
+        for low in (0, half + 8):
+            row = int(rng.integers(low, low + half - 12))
             frame[row : row + 4, :] = int(rng.integers(20, 80))
         out.append(frame)
     return out

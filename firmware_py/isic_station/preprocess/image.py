@@ -268,8 +268,8 @@ class FrameTiles:
 
     `tiles` uint8 [n, P, P(, 3)] in the manifest's channels (row-major over the frame, ragged edge
     dropped), `scores` their fibre coverage over valid pixels, `usable` False where a tile touches a
-    label or is mostly dust/glare, `origins` (top, left) in the rescaled frame; `label_px` and
-    `ignored_px` count the masked pixels.
+    label or is mostly dust/glare, `labelled` True where it touches a label, `origins` (top, left) in the
+    rescaled frame; `label_px` and `ignored_px` count the masked pixels.
     """
 
     tiles: np.ndarray
@@ -278,6 +278,7 @@ class FrameTiles:
     origins: Tuple[Tuple[int, int], ...]
     label_px: int
     ignored_px: int
+    labelled: np.ndarray
 
     def normalised(self, rows: np.ndarray, spec: ImageParams) -> np.ndarray:
         """float32 [len(rows), C, P, P]: these tiles scaled to [0, 1] and normalised as the manifest says."""
@@ -316,13 +317,15 @@ def cut_frame(frame: np.ndarray, camera_um_per_px: float, spec: ImageParams) -> 
     image = _to_channels(scaled, spec.channels)
     if masks.ignored.any():   # painted with the glass around them: the model sees no dust or glare
         image = paint_glass(image, masks.ignored, background, ~(fibre | masks.ignored | masks.label))
+    labelled = _tile_grid(masks.label, p).any(axis=(1, 2))
     return FrameTiles(
         tiles=_tile_grid(image, p),
         scores=np.divide(fibre_px, valid_px, out=np.zeros_like(valid_px), where=valid_px > 0),
-        usable=~_tile_grid(masks.label, p).any(axis=(1, 2)) & (ignored_share <= MAX_IGNORED_FRACTION),
+        usable=~labelled & (ignored_share <= MAX_IGNORED_FRACTION),
         origins=tuple((r * p, c * p) for r in range(rows) for c in range(cols)),
         label_px=int(np.count_nonzero(masks.label)),
         ignored_px=int(np.count_nonzero(masks.ignored)),
+        labelled=labelled,
     )
 
 
@@ -352,7 +355,13 @@ def select_tiles(cut: Sequence[FrameTiles], spec: ImageParams) -> ImageInput:
     """The best usable tiles over these frames' tiles, `rows_for(available, spec)` of them (`build_image_input`
     once they are cut)."""
     all_scores = np.concatenate([frame.scores for frame in cut])
-    all_usable = np.concatenate([frame.usable for frame in cut])
+    # A label found in one frame blocks its tiles in every frame of the measurement: camera and sample hold
+    # still within one, and the label detector misses a label now and then (a fibre across its quiet zone);
+    # with up to max_tiles tiles a frame's unmasked label tiles reached the model (4 tiles in one of 318
+    # measurements at the station, where the best 16 had left them out).
+    blocked = {origin for frame in cut for origin, hit in zip(frame.origins, frame.labelled) if hit}
+    all_usable = np.concatenate([frame.usable & ~np.array([o in blocked for o in frame.origins], dtype=bool)
+                                 for frame in cut])
     origins = [(index, top, left) for index, frame in enumerate(cut) for top, left in frame.origins]
     # lexsort is stable: equal scores keep frame order, then row-major tile order.
     order = np.lexsort((-all_scores,))
