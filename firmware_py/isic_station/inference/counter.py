@@ -2,8 +2,9 @@
 
 The graph has a static tile batch (ATC wants static shapes), so tiles are fed in chunks of that size
 (`batches.static_batches`: the last one padded, its padding's rows dropped); the per-tile fibre lengths
-(tile sides per fibre type) are summed. `ImageBatchBuilder` calls it on every usable tile of each frame as the frame
-arrives; training data (`isic_model.data`) count with the same class on an ONNX Runtime session.
+(tile sides per fibre type) are summed. `ImageBatchBuilder` calls it on every usable tile of each frame
+as the frame arrives; training data (`isic_model.data`) count with the same class on an ONNX Runtime
+session.
 """
 
 from typing import Callable

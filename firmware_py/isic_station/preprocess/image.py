@@ -12,7 +12,8 @@ best-scoring usable tiles across all frames, scale to [0, 1] and normalise (x - 
 How many: the graph's batch B (`tiles_per_measurement`, the best repeated when fewer are usable) or,
 when more are usable, up to `max_tiles` of them, which the predictor runs through the graph in
 batches of B and averages (the graph answers per tile: at the production settings' 16 frames, the
-best 16 of about 130 usable tiles left cotton/linen at 0.043 MAE, all of them 0.027).
+best 16 of about 128 usable tiles left cotton/linen at 0.046 MAE, up to 96 of them 0.035; README,
+"Every tile").
 Frames that failed the quality gate are never passed in (the caller's job).
 
 Masks (the partial-convolution idea, ../shared/seeds: invalid pixels are left out, not read as content):
