@@ -44,6 +44,7 @@ from isic_model.data import StationSettings
 from isic_model.lot_simulation import judge_lots
 from isic_model.measuring_settings import station_settings, training_settings
 from isic_model.workers import scratch_file
+from isic_station.daemon.spec_check import majority_blend
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import (
     BAND_EDGES,
@@ -351,12 +352,12 @@ def systematic_bounds(rows: Mapping[str, np.ndarray], fibres: Sequence[str], cla
 
 def read_blends(rows: Mapping[str, np.ndarray], classes: Sequence[str]) -> np.ndarray:
     """Per composition group of `rows` (in `group_errors`' order): the blend class most of its pieces were
-    read as, as the station's lot summary takes it (ties: the first in sorted order)."""
+    read as, by the station lot summary's rule (`majority_blend`)."""
     read = np.argmax(rows["prob"], axis=1)
     out = np.empty(len(np.unique(rows["group"])), dtype=object)
     for i, g in enumerate(np.unique(rows["group"])):
         counts = np.bincount(read[rows["group"] == g], minlength=len(classes))
-        out[i] = min(classes[k] for k in np.flatnonzero(counts == counts.max()))
+        out[i] = majority_blend(dict(zip(classes, counts.tolist())))
     return out
 
 

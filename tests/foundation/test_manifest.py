@@ -86,6 +86,7 @@ def test_corrupt_json_is_reported(tmp_path):
         (lambda d: d["spectrum"].update(std=[1.0] * 3), "spectrum.std has 3 values"),
         (lambda d: d["blend_classes"].append("cotton/wool"), "wool"),
         (lambda d: d["graphs"]["bimodal"].update(sha256="abc"), "sha256"),
+        (lambda d: d["image"].update(max_tiles=0), "image.max_tiles"),
     ],
 )
 def test_invalid_manifest_names_the_problem(model_dir, mutate, expected):

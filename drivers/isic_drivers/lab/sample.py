@@ -52,6 +52,9 @@ class Nuisance:
 
 
 NUISANCE_KEYS = tuple(f.name for f in fields(Nuisance))
+# The instrument's own state, which its dark and white references share with the samples measured after them
+# (the wavelength axis error is the instrument's too, but a reference does not take it away: it stays per sample).
+REFERENCED_KEYS = ("stray_light", "detector_noise", "dark_current_factor", "lamp_intensity")
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,41 @@ def _draw_value(rng: np.random.Generator, spec: Any, key: str) -> float:
         lo, hi = spec.get("clip", (-math.inf, math.inf))
         return float(np.clip(rng.normal(mean, sd), lo, hi))
     raise LabConfigError(f"parameter {key!r}: unknown distribution {spec!r} (uniform, loguniform, normal)")
+
+
+def typical_value(spec: Any, key: str) -> float:
+    """The middle of a preset parameter's distribution: a number itself, the middle of a uniform range, the
+    geometric middle of a log-uniform one, a normal's mean (clipped); 0 when it is more often 0 than not."""
+    if isinstance(spec, (int, float)):
+        return float(spec)
+    if not isinstance(spec, Mapping):
+        raise LabConfigError(f"parameter {key!r}: {spec!r} is neither a number nor a distribution")
+    if float(spec.get("p_zero", 0.0)) > 0.5:
+        return 0.0
+    if "uniform" in spec:
+        return float(sum(spec["uniform"]) / 2.0)
+    if "loguniform" in spec:
+        lo, hi = spec["loguniform"]
+        return float(math.sqrt(lo * hi))
+    if "normal" in spec:
+        lo, hi = spec.get("clip", (-math.inf, math.inf))
+        return float(np.clip(spec["normal"][0], lo, hi))
+    raise LabConfigError(f"parameter {key!r}: unknown distribution {spec!r} (uniform, loguniform, normal)")
+
+
+def instrument_state(preset: str = "default") -> Dict[str, float]:
+    """The state of one instrument in `preset`'s conditions: each of `REFERENCED_KEYS` at its typical value.
+
+    The lab draws these per sample and takes each sample's dark and white references in the same state
+    (`simulate_measurement`): the station's reflectance divides them away. A bench instrument has one lamp
+    and one detector, referenced once before the line: pinned to this state (the emulator's overrides), its
+    references and its samples share it, as in the lab. Left per sample, a low_snr sample's 10-30 % lamp
+    was divided by a white taken at the full lamp: 3-10 times too dark a spectrum, which the lab never made.
+    """
+    if preset not in PRESETS:
+        raise LabConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    params = PRESETS[preset]["params"]
+    return {key: typical_value(params[key], key) for key in REFERENCED_KEYS if key in params}
 
 
 def draw_nuisance(rng: np.random.Generator, preset: str = "default",

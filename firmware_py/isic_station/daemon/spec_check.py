@@ -132,6 +132,13 @@ def check_composition(spec: LotSpec, measured: Mapping[str, float],
     }
 
 
+def majority_blend(counts: Mapping[str, int]) -> Optional[str]:
+    """The blend class read most often among `counts` (blend -> results; '' counts for none), ties to the first
+    in sorted order; None when no blend was read. The lot's blend, and the calibration's for its groups."""
+    named = {b: c for b, c in counts.items() if b and c > 0}
+    return max(sorted(named), key=lambda b: named[b]) if named else None
+
+
 def t975(dof: int) -> float:
     """Two-sided 95 % Student t quantile for `dof` >= 1 degrees of freedom."""
     return T975[dof - 1] if dof <= len(T975) else 1.96
@@ -187,8 +194,7 @@ class LotSummary:
 
     def blend(self) -> Optional[str]:
         """The blend class most of the lot's results were read as (None before any result or without blends)."""
-        named = {b: c for b, c in self._blends.items() if b}
-        return max(sorted(named), key=lambda b: named[b]) if named else None
+        return majority_blend(self._blends)
 
     def unseen_declared_fibres(self) -> List[str]:
         """Declared fibres the blend most results were read as does not hold (none without a calibrated blend):

@@ -33,6 +33,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from isic_common.errors import DeviceError, StationError
+from isic_drivers.lab.sample import instrument_state
 from isic_drivers.lab.stage import ProductionLine, SampleStage
 from isic_model import SHIPPED_MANIFEST
 from isic_station.config import _toml_value
@@ -185,10 +186,13 @@ class DemoBench:
                  interval_s: float = 1.0, model: Optional[Path] = None, extra_config: str = "",
                  log_level: str = "INFO", camera: bool = True, broker: Optional[Tuple[str, int]] = None,
                  settings: Optional[Mapping[str, Mapping[str, Any]]] = None, pace: bool = True,
-                 emulator_args: Sequence[str] = ()) -> None:
-        """`emulator_args` go to `isic-station emulate spectrometer` too (e.g. `--set wavelength_shift_nm=3`)."""
+                 emulator_args: Sequence[str] = (), preset: str = "default") -> None:
+        """`emulator_args` go to `isic-station emulate spectrometer` too (e.g. `--set wavelength_shift_nm=3`).
+        `preset`: the lab's conditions of the lines this bench runs; its instrument is in that preset's state
+        (`instrument_state`) for the references and the samples alike."""
         self.workdir = Path(workdir)
         self.emulator_args = list(emulator_args)
+        self.preset = preset
         self.station_id = station_id
         self.mode = mode
         self.interval_s = interval_s
@@ -253,9 +257,11 @@ class DemoBench:
         self.pty_path = first.strip()
 
     def emulator_options(self) -> List[str]:
-        """The emulator's line options: the config's baud rate, paced unless `pace` is False, then `emulator_args`."""
+        """The emulator's line options: the config's baud rate, paced unless `pace` is False, the preset's
+        instrument state, then `emulator_args` (a later `--set` of the same key wins)."""
+        state = [arg for key, value in instrument_state(self.preset).items() for arg in ("--set", f"{key}={value:g}")]
         return (["--baud", str(self.spectrometer["baud"])] + ([] if self.pace else ["--no-pace"])
-                + self.emulator_args)
+                + state + self.emulator_args)
 
     def write_config(self) -> Path:
         """The station's TOML config for this bench (the model, when given, replaces the shipped one)."""
@@ -302,9 +308,9 @@ interval_s = 5
             if proc.returncode != 0:
                 raise DeviceError(f"calibrate {kind} failed ({proc.returncode}): {proc.stderr.strip()}")
 
-    def put_line(self, seed: int, dwell_s: float, preset: str = "default") -> None:
-        """A production line of samples (of the lab's condition `preset`) under the probe."""
-        self.stage.put_line(seed, dwell_s, preset)
+    def put_line(self, seed: int, dwell_s: float) -> None:
+        """A production line of samples (in the bench's `preset` conditions) under the probe."""
+        self.stage.put_line(seed, dwell_s, self.preset)
 
     def start_station(self) -> subprocess.Popen:
         """`isic-station run --config ...` with its log in station.log."""

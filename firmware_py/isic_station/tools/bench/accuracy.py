@@ -148,7 +148,7 @@ def _score_line(bench: Any, watcher: Any, seed: int, args: argparse.Namespace, f
     from isic_drivers.lab.stage import ProductionLine
 
     start = time.time()
-    bench.put_line(seed, args.dwell, args.preset)
+    bench.put_line(seed, args.dwell)
     line = ProductionLine(seed, args.dwell, args.preset, start_time=start)
     scores: List[Dict[str, Any]] = []
     straddled = before_line = received = 0
@@ -206,7 +206,7 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
     try:
         # a station id of its own: two benches on one broker must not take each other's client id and results
         with DemoBench(workdir, station_id=f"accuracy-{uuid.uuid4().hex[:8]}", mode="continuous",
-                       interval_s=args.interval,
+                       interval_s=args.interval, preset=args.preset,
                        model=args.model, log_level="DEBUG") as bench:
             bench.config_path.write_text(apply_settings(bench.write_config().read_text(encoding="utf-8"),
                                                         args.settings), encoding="utf-8")
