@@ -102,7 +102,7 @@ def reference_problem(kind: str, counts: np.ndarray, dark: Optional[np.ndarray] 
     if float(signal.max()) < WHITE_MIN_SIGNAL_FRACTION * full_scale:
         return (f"white reference refused: too little light ({signal.max():.0f} counts above the dark, at least "
                 f"{WHITE_MIN_SIGNAL_FRACTION * full_scale:.0f} needed): put the white tile under the probe, "
-                "check the lamp")
+                "check the lamp (a weak one: raise spectrometer.integration_us, then calibrate dark and white)")
     lit = float(np.mean(signal > 0))
     if lit < WHITE_MIN_LIT_SHARE:
         return f"white reference refused: only {lit:.0%} of the pixels are above the dark"
