@@ -30,6 +30,10 @@ def test_a_short_line_is_scored_and_no_label_tile_reaches_the_model(tmp_path):
     assert result["label_tiles"] == 0
     assert result["settings"]["camera_um_per_px"] == 1.0
     assert len(result["per_seed"][0]["sample_indices"]) == 4
+    # the emulated instrument ran in the default preset's typical state, references and samples alike
+    assert result["settings"]["instrument"]["lamp_intensity"] == 0.95
+    log = (tmp_path / "bench" / "spectrometer.log").read_text(encoding="utf-8")
+    assert "state pinned for every scan:" in log and "lamp_intensity=0.95" in log
 
 
 def test_label_tiles_are_found_in_the_station_log():

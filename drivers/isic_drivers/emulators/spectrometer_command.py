@@ -67,6 +67,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 def run(args: Any) -> int:
     """Serve until SIGTERM/SIGINT; exit 0."""
+    # the docstring's promise: without a handler Python drops INFO records (the start line, NACKs, faults)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     from isic_drivers.emulators.pseudo_terminal import PseudoTerminal
     from isic_drivers.emulators.spectrometer import (
         BAUD_RATES,
@@ -101,10 +104,11 @@ def run(args: Any) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop())
     print(line.path, flush=True)
-    log.info("emulated spectrometer %s (%d px, %.0f-%.0f nm) on %s, %s, %s", instrument.serial,
-             instrument.n_pixels, instrument.wavelengths_nm[0], instrument.wavelengths_nm[-1], line.path,
-             f"paced at {args.baud} baud 8N1" if args.pace else "unpaced (no line clock)",
-             "on-instrument averaging" if args.averaging else "no on-instrument averaging")
+    log.info("emulated spectrometer %s (%d px, %.0f-%.0f nm) on %s, %s, %s; state pinned for every scan: %s",
+             instrument.serial, instrument.n_pixels, instrument.wavelengths_nm[0], instrument.wavelengths_nm[-1],
+             line.path, f"paced at {args.baud} baud 8N1" if args.pace else "unpaced (no line clock)",
+             "on-instrument averaging" if args.averaging else "no on-instrument averaging",
+             " ".join(f"{k}={v:g}" for k, v in device.overrides.items()) or "none")
     try:
         server.serve()
     finally:

@@ -70,7 +70,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--count", type=positive_int, default=60, help="scored results per line seed (default: 60)")
     parser.add_argument("--preset", default="default", metavar="NAME",
                         help="the lab's condition preset of the line's samples: default, humid, dark_dyes, low_snr, "
-                             "thin (default: %(default)s)")
+                             "thin (default: %(default)s); the emulated instrument takes the preset's typical lamp "
+                             "and detector for its references and samples alike (low_snr's weak lamp needs "
+                             "--set spectrometer.integration_us=16000 for the white to pass)")
     parser.add_argument("--dwell", type=float, default=1.5, help="seconds each sample stays under the probe "
                         "(default: 1.5, so most samples give one or two results)")
     parser.add_argument("--interval", type=float, default=1.0, help="station measurement interval, s (default: 1)")
@@ -189,7 +191,7 @@ def _score_line(bench: Any, watcher: Any, seed: int, args: argparse.Namespace, f
 def run_accuracy_bench(args: argparse.Namespace) -> int:
     """Set up the bench, run the station over each line, print the pooled figures."""
     from isic_drivers.emulators.microscope import label_box
-    from isic_drivers.lab.sample import PRESETS
+    from isic_drivers.lab.sample import PRESETS, instrument_state
     from isic_station.config import load_config
     from isic_station.tools.demo import DemoBench, ResultWatcher
 
@@ -247,7 +249,7 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
                   "camera_um_per_px": config.camera.um_per_px,
                   "frames_per_measurement": config.camera.frames_per_measurement,
                   "coadd": config.spectrometer.coadd, "dwell_s": args.dwell, "interval_s": args.interval,
-                  "preset": args.preset,
+                  "preset": args.preset, "instrument": instrument_state(args.preset),
                   "set": list(args.settings)},
         per_seed=[dict(pooled_figures(r["scores"]), line_seed=r["line_seed"], straddled=r["straddled"],
                        sample_indices=[s["index"] for s in r["scores"]]) for r in runs],
