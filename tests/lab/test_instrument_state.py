@@ -54,3 +54,20 @@ def test_pinned_bench_instrument_gives_the_lab_reflectance_level(tmp_path) -> No
     assert float(np.median(pinned[band])) == pytest.approx(level, rel=0.1)
     # the sample's own 10-30 % lamp over a white taken at the full lamp: far too dark
     assert float(np.median(unpinned[band])) < 0.5 * level
+
+
+def test_the_station_refuses_a_white_under_low_snr_typical_lamp_until_the_integration_is_raised(tmp_path) -> None:
+    from isic_station.acquisition.calibration import reference_problem
+
+    stage = SampleStage(tmp_path / "stage.json")
+    device = EmulatedSpectrometer(stage, InstrumentModel(), overrides=instrument_state("low_snr"))
+    problems = []
+    for integration_us in (8000, 16000):
+        device.integration_us = integration_us
+        stage.put_reference("dark")
+        dark = np.mean([device.scan() for _ in range(4)], axis=0)
+        stage.put_reference("white")
+        white = np.mean([device.scan() for _ in range(4)], axis=0)
+        problems.append(reference_problem("white", white, dark))
+    assert problems[0] is not None and "too little light" in problems[0] and "integration_us" in problems[0]
+    assert problems[1] is None
