@@ -93,7 +93,20 @@ def _measure(camera: Any, frames: int, per_measurement: int, um_per_px: float,
     }
 
 
-def _write_video(path: Path, frames: int, width: int, height: int, um_per_px: float) -> None:
+def _virtual_source(folder: Path) -> str:
+    """The virtual microscope on one fixed sample (line 1's first, on a stage file in `folder`).
+
+    Its own line follows the wall clock: which sample it shows, and so whether every frame passes the
+    quality gate (`frames_passed`), would depend on the time of day.
+    """
+    from isic_drivers.lab.stage import ProductionLine, SampleStage
+
+    stage = SampleStage(folder / "stage.json")
+    stage.put_sample(ProductionLine(1, 1.0).sample(0))
+    return f"virtual:?seed=1&stage={stage.path}"
+
+
+def _write_video(path: Path, source: str, frames: int, width: int, height: int, um_per_px: float) -> None:
     import cv2
 
     from isic_drivers.camera import CameraSource
@@ -101,7 +114,7 @@ def _write_video(path: Path, frames: int, width: int, height: int, um_per_px: fl
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 15.0, (width, height))
     if not writer.isOpened():
         raise StationError(f"OpenCV cannot write an MJPG video to {path}")
-    with CameraSource("virtual:?seed=1", width=width, height=height, um_per_px=um_per_px) as virtual:
+    with CameraSource(source, width=width, height=height, um_per_px=um_per_px) as virtual:
         for frame in virtual.frames(limit=frames):
             writer.write(frame.image)
     writer.release()
@@ -142,11 +155,12 @@ def run(args: argparse.Namespace) -> int:
         raise StationError("--frames and --frames-per-measurement must be at least 1")
     params = _image_params(args.manifest)
     results: Dict[str, Dict[str, Any]] = {}
-    with CameraSource("virtual:?seed=1", width=args.width, height=args.height, um_per_px=args.um_per_px) as camera:
-        results["virtual"] = _measure(camera, args.frames, args.frames_per_measurement, args.um_per_px, params)
     with tempfile.TemporaryDirectory(prefix="isic-bench-camera-") as folder:
+        source = _virtual_source(Path(folder))
+        with CameraSource(source, width=args.width, height=args.height, um_per_px=args.um_per_px) as camera:
+            results["virtual"] = _measure(camera, args.frames, args.frames_per_measurement, args.um_per_px, params)
         video = Path(folder) / "virtual.avi"
-        _write_video(video, args.frames, args.width, args.height, args.um_per_px)
+        _write_video(video, source, args.frames, args.width, args.height, args.um_per_px)
         with CameraSource(str(video)) as camera:
             results["video_mjpg"] = _measure(camera, args.frames, args.frames_per_measurement,
                                              args.um_per_px, params)
