@@ -131,44 +131,50 @@ def _load_presets() -> Dict[str, Dict[str, Any]]:
 PRESETS: Dict[str, Dict[str, Any]] = _load_presets()
 
 
-def _draw_value(rng: np.random.Generator, spec: Any, key: str) -> float:
+def _distribution(spec: Any, key: str) -> Optional[Mapping[str, Any]]:
+    """A preset parameter's distribution (uniform, loguniform or normal, maybe with p_zero and clip), None for
+    a fixed number; LabConfigError naming the parameter for anything else."""
     if isinstance(spec, (int, float)):
-        return float(spec)
+        return None
     if not isinstance(spec, Mapping):
         raise LabConfigError(f"parameter {key!r}: {spec!r} is neither a number nor a distribution")
-    if rng.random() < float(spec.get("p_zero", 0.0)):
+    if not any(name in spec for name in ("uniform", "loguniform", "normal")):
+        raise LabConfigError(f"parameter {key!r}: unknown distribution {spec!r} (uniform, loguniform, normal)")
+    return spec
+
+
+def _draw_value(rng: np.random.Generator, spec: Any, key: str) -> float:
+    dist = _distribution(spec, key)
+    if dist is None:
+        return float(spec)
+    if rng.random() < float(dist.get("p_zero", 0.0)):
         return 0.0
-    if "uniform" in spec:
-        lo, hi = spec["uniform"]
+    if "uniform" in dist:
+        lo, hi = dist["uniform"]
         return float(rng.uniform(lo, hi))
-    if "loguniform" in spec:
-        lo, hi = spec["loguniform"]
+    if "loguniform" in dist:
+        lo, hi = dist["loguniform"]
         return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-    if "normal" in spec:
-        mean, sd = spec["normal"]
-        lo, hi = spec.get("clip", (-math.inf, math.inf))
-        return float(np.clip(rng.normal(mean, sd), lo, hi))
-    raise LabConfigError(f"parameter {key!r}: unknown distribution {spec!r} (uniform, loguniform, normal)")
+    mean, sd = dist["normal"]
+    lo, hi = dist.get("clip", (-math.inf, math.inf))
+    return float(np.clip(rng.normal(mean, sd), lo, hi))
 
 
 def typical_value(spec: Any, key: str) -> float:
     """The middle of a preset parameter's distribution: a number itself, the middle of a uniform range, the
     geometric middle of a log-uniform one, a normal's mean (clipped); 0 when it is more often 0 than not."""
-    if isinstance(spec, (int, float)):
+    dist = _distribution(spec, key)
+    if dist is None:
         return float(spec)
-    if not isinstance(spec, Mapping):
-        raise LabConfigError(f"parameter {key!r}: {spec!r} is neither a number nor a distribution")
-    if float(spec.get("p_zero", 0.0)) > 0.5:
+    if float(dist.get("p_zero", 0.0)) > 0.5:
         return 0.0
-    if "uniform" in spec:
-        return float(sum(spec["uniform"]) / 2.0)
-    if "loguniform" in spec:
-        lo, hi = spec["loguniform"]
+    if "uniform" in dist:
+        return float(sum(dist["uniform"]) / 2.0)
+    if "loguniform" in dist:
+        lo, hi = dist["loguniform"]
         return float(math.sqrt(lo * hi))
-    if "normal" in spec:
-        lo, hi = spec.get("clip", (-math.inf, math.inf))
-        return float(np.clip(spec["normal"][0], lo, hi))
-    raise LabConfigError(f"parameter {key!r}: unknown distribution {spec!r} (uniform, loguniform, normal)")
+    lo, hi = dist.get("clip", (-math.inf, math.inf))
+    return float(np.clip(dist["normal"][0], lo, hi))
 
 
 def instrument_state(preset: str = "default") -> Dict[str, float]:

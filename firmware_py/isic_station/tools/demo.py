@@ -256,10 +256,15 @@ class DemoBench:
             raise DeviceError(f"the emulated spectrometer printed no pty path; see {self.workdir / 'spectrometer.log'}")
         self.pty_path = first.strip()
 
+    @property
+    def instrument(self) -> Dict[str, float]:
+        """The state the emulated instrument is pinned to for every scan: the preset's (`instrument_state`)."""
+        return instrument_state(self.preset)
+
     def emulator_options(self) -> List[str]:
         """The emulator's line options: the config's baud rate, paced unless `pace` is False, the preset's
         instrument state, then `emulator_args` (a later `--set` of the same key wins)."""
-        state = [arg for key, value in instrument_state(self.preset).items() for arg in ("--set", f"{key}={value:g}")]
+        state = [arg for key, value in self.instrument.items() for arg in ("--set", f"{key}={value:g}")]
         return (["--baud", str(self.spectrometer["baud"])] + ([] if self.pace else ["--no-pace"])
                 + state + self.emulator_args)
 

@@ -151,7 +151,7 @@ def _score_line(bench: Any, watcher: Any, seed: int, args: argparse.Namespace, f
 
     start = time.time()
     bench.put_line(seed, args.dwell)
-    line = ProductionLine(seed, args.dwell, args.preset, start_time=start)
+    line = ProductionLine(seed, args.dwell, bench.preset, start_time=start)
     scores: List[Dict[str, Any]] = []
     straddled = before_line = received = 0
     deadline = time.monotonic() + STARTUP_TIMEOUT_S + args.count * max(args.interval, args.dwell) * 4
@@ -191,7 +191,7 @@ def _score_line(bench: Any, watcher: Any, seed: int, args: argparse.Namespace, f
 def run_accuracy_bench(args: argparse.Namespace) -> int:
     """Set up the bench, run the station over each line, print the pooled figures."""
     from isic_drivers.emulators.microscope import label_box
-    from isic_drivers.lab.sample import PRESETS, instrument_state
+    from isic_drivers.lab.sample import PRESETS
     from isic_station.config import load_config
     from isic_station.tools.demo import DemoBench, ResultWatcher
 
@@ -213,6 +213,7 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
             bench.config_path.write_text(apply_settings(bench.write_config().read_text(encoding="utf-8"),
                                                         args.settings), encoding="utf-8")
             config = load_config(bench.config_path)
+            instrument = bench.instrument
             if not args.json:
                 print(f"bench accuracy: {manifest.name} {manifest.version}; camera {config.camera.width}x"
                       f"{config.camera.height} at {config.camera.um_per_px:g} um/px, "
@@ -249,7 +250,7 @@ def run_accuracy_bench(args: argparse.Namespace) -> int:
                   "camera_um_per_px": config.camera.um_per_px,
                   "frames_per_measurement": config.camera.frames_per_measurement,
                   "coadd": config.spectrometer.coadd, "dwell_s": args.dwell, "interval_s": args.interval,
-                  "preset": args.preset, "instrument": instrument_state(args.preset),
+                  "preset": args.preset, "instrument": instrument,
                   "set": list(args.settings)},
         per_seed=[dict(pooled_figures(r["scores"]), line_seed=r["line_seed"], straddled=r["straddled"],
                        sample_indices=[s["index"] for s in r["scores"]]) for r in runs],
