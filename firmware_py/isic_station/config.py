@@ -61,6 +61,7 @@ class SpectrometerSection:
     timeout_s: float
     integration_us: int
     coadd: int
+    temperature_offset_c: float
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from isic_common.errors import ModelError
+from isic_drivers.lab.sample import trained_ranges
 from isic_model.net import BimodalGraph, CounterGraph, FibreCounter, ISiCNet, NetConfig, SignalOnlyGraph
 from isic_station.manifest import file_sha256
 
@@ -267,6 +268,8 @@ def export_model(
         "graphs": graphs,
         "training": dict(training, network=cfg.to_dict()),
     }
+    if "preset" in training:  # the conditions its training met, which the station checks what it measures of
+        manifest["conditions"] = trained_ranges(training["preset"])
     if metrics is not None:
         manifest["metrics"] = metrics
     path = out_dir / MANIFEST_NAME

@@ -9,6 +9,8 @@ emulator on a pseudo-terminal (the end-to-end tests use it). What it follows of 
   (`averaging_supported` False);
 - every failure is a DeviceError (the driver raises ObpError, a DeviceError), here on demand: `fail(message)`
   makes each request fail until `recover()`;
+- `temperature_c()` is the sensor's reading, `room_c` (None: firmware without a sensor, as the driver answers
+  when the instrument NACKs the temperature messages);
 - `transport` counts its opens (`TransportStats.opens`), which the Acquirer uses to prepare the instrument
   again after a reopen; `health()` has the keys `SerialTransport.health()` gives.
 """
@@ -59,6 +61,7 @@ class FakeSpectrometer:
         self._rng = np.random.default_rng(seed)
         self._sample = reflectance(np.random.default_rng(seed + 1), self.instrument.wavelengths_nm)
         self._failure: Optional[str] = None
+        self.room_c: Optional[float] = 22.0
 
     def fail(self, message: str) -> None:
         """From now on every request raises DeviceError(message), as a lost or silent instrument does."""
@@ -103,6 +106,10 @@ class FakeSpectrometer:
         if scans < 1:
             raise ValueError(f"co-adding needs at least one scan, got {scans}")
         return np.mean([self.raw_spectrum().astype(np.float64) for _ in range(scans)], axis=0)
+
+    def temperature_c(self, sensor: int = 0) -> Optional[float]:
+        self._request()
+        return self.room_c if sensor == 0 else None
 
     def health(self) -> Dict[str, Any]:
         figures: Dict[str, Any] = asdict(self.transport.stats)

@@ -13,7 +13,7 @@ from isic_drivers.lab import (
     draw_sample,
 )
 from isic_drivers.lab.fibres import load_fibres
-from isic_drivers.lab.sample import PRESETS, parse_overrides
+from isic_drivers.lab.sample import PRESETS, parse_overrides, trained_ranges, value_range
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -90,3 +90,17 @@ def test_sample_round_trips_through_a_dict() -> None:
 def test_default_nuisance_is_nominal() -> None:
     nu = Nuisance()
     assert nu.humidity == 0.65 and nu.scatter_b == 1.0 and nu.stray_light == 0.0 and nu.lamp_drift == 0.0
+
+
+def test_trained_ranges_span_every_preset_of_the_mixture():
+    assert value_range({"uniform": [18.0, 30.0]}, "t") == (18.0, 30.0)
+    assert value_range({"uniform": [0.1, 0.6], "p_zero": 0.3}, "d") == (0.0, 0.6)
+    assert value_range({"normal": [0.0, 0.5], "clip": [-1.5, 1.5]}, "w") == (-1.5, 1.5)
+    assert value_range({"normal": [1.0, 0.25]}, "n") == (0.0, 2.0)
+    assert value_range(22.0, "c") == (22.0, 22.0)
+    ranges = trained_ranges({"default": 0.5, "humid": 0.5, "plant": 0.0})
+    humid = PRESETS["humid"]["params"]["temperature_c"]["uniform"]
+    assert ranges["temperature_c"] == [18.0, humid[1]]  # default's floor, humid's ceiling; plant weighs 0
+    assert trained_ranges({"default": 0.7, "plant": 0.3})["temperature_c"] == [5.0, 45.0]
+    with pytest.raises(LabConfigError, match="unknown preset"):
+        trained_ranges({"tropical": 1.0})

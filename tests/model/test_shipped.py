@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from isic_drivers.lab.sample import trained_ranges
 from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
 from isic_model.evaluate import run_evaluation
 from isic_model.export import graph_op_types, graph_problems, load_allowlist
@@ -52,6 +53,15 @@ def test_metrics_come_from_a_heldout_seed_with_the_contract_keys(manifest):
     assert metrics["seed"] == training["heldout_seed"] != training["seed"]
     assert metrics["preset"] == "default"
     assert {"pls", "svm", "plsda"} <= set(metrics["baselines"])
+
+
+def test_the_conditions_are_those_of_the_training_mixture(manifest):
+    """What the station checks a room against is what the recorded training drew from, not a hand-set range."""
+    conditions = manifest.raw["conditions"]
+    assert conditions == trained_ranges(manifest.raw["training"]["preset"])
+    assert conditions["temperature_c"][0] <= 18.0 and conditions["temperature_c"][1] >= 30.0
+    assert manifest.condition_problem(conditions["temperature_c"][0] - 0.5) is not None
+    assert manifest.condition_problem(sum(conditions["temperature_c"]) / 2) is None
 
 
 def test_evaluate_on_the_heldout_seed_reproduces_the_recorded_run(manifest):

@@ -27,6 +27,9 @@ SAMPLE_PAYLOADS = {
     MessageType.GET_WAVELENGTH_COEFFICIENT: (
         codec.pack_request(MessageType.GET_WAVELENGTH_COEFFICIENT, 2),
         codec.pack_reply(MessageType.GET_WAVELENGTH_COEFFICIENT, -1.25e-4)),
+    MessageType.GET_TEMPERATURE_COUNT: (b"", codec.pack_reply(MessageType.GET_TEMPERATURE_COUNT, 3)),
+    MessageType.GET_TEMPERATURE: (codec.pack_request(MessageType.GET_TEMPERATURE, 0),
+                                  codec.pack_reply(MessageType.GET_TEMPERATURE, 31.5)),
 }
 
 
@@ -129,3 +132,8 @@ def test_payload_layouts():
     # scans to average: an unsigned short both ways (libseabreeze's OBPSetScansToAverageExchange)
     assert codec.pack_request(MessageType.SET_SCANS_TO_AVERAGE, 16) == b"\x10\x00"
     assert codec.unpack_reply(MessageType.GET_SCANS_TO_AVERAGE, b"\x00\x01") == (256,)
+    # temperature (libseabreeze OBPTemperatureProtocol.cpp): a one-byte count, a one-byte sensor index in,
+    # a little-endian float32 in degrees Celsius out
+    assert codec.unpack_reply(MessageType.GET_TEMPERATURE_COUNT, b"\x02") == (2,)
+    assert codec.pack_request(MessageType.GET_TEMPERATURE, 1) == b"\x01"
+    assert codec.unpack_reply(MessageType.GET_TEMPERATURE, b"\x00\x00\xc8\x41") == (25.0,)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from isic_drivers.lab.instrument import InstrumentModel
-from isic_drivers.lab.sample import Sample
+from isic_drivers.lab.sample import Sample, with_nuisance
 from isic_drivers.lab.spectra import reflectance as lab_reflectance
 from isic_drivers.lab.stage import SampleStage
 from isic_drivers.obp.codec import InvalidPayload
@@ -146,3 +146,27 @@ def test_silent_port_is_a_clear_timeout_after_bounded_retries(tmp_path):
         spectrometer.transport.close()
     finally:
         line.remove()
+
+
+def test_temperature_sensor_reads_the_room_of_the_sample(start_emulator, tmp_path):
+    """The emulated sensor reads the lab's temperature_c of what is on the stage (a pinned `--set` wins);
+    firmware without a sensor NACKs, and the driver answers None instead of failing."""
+    stage = SampleStage(tmp_path / "stage.json")
+    stage.put_sample(with_nuisance(COTTON, temperature_c=27.25))
+    spectrometer = driver(start_emulator("--stage", str(stage.path)).port)
+    try:
+        assert spectrometer.temperature_c() == pytest.approx(27.25)
+        assert spectrometer.temperature_sensors == 1 and spectrometer.temperature_c(sensor=1) is None
+        stage.put_sample(with_nuisance(COTTON, temperature_c=9.5))
+        assert spectrometer.temperature_c() == pytest.approx(9.5)
+    finally:
+        spectrometer.transport.close()
+    pinned = driver(start_emulator("--stage", str(stage.path), "--set", "temperature_c=41").port)
+    without = driver(start_emulator("--stage", str(stage.path), "--no-temperature").port)
+    try:
+        assert pinned.temperature_c() == pytest.approx(41.0)
+        assert without.temperature_c() is None and without.temperature_sensors == 0
+        assert without.serial_number()  # the NACK left the link usable
+    finally:
+        pinned.transport.close()
+        without.transport.close()

@@ -88,6 +88,17 @@ def test_flagged_known_counts_the_results_published_with_unknown_fibre():
     assert "flagged_known" not in pooled_figures([score_result(truth, "x", truth, "x")])  # no flags read
 
 
+def test_results_outside_the_trained_range_are_counted_apart():
+    truth = {"cotton": 0.6, "polyester": 0.4}
+    scores = [score_result(truth, blend, truth, "cotton/polyester", flags=flags)
+              for blend, flags in (("cotton", ["outside_trained_range", "refer_to_lab"]), ("cotton/polyester", []),
+                                   ("cotton", []), ("cotton/polyester", []))]
+    figures = pooled_figures(scores)
+    assert figures["accuracy"] == 0.5 and figures["outside_trained_range"] == 0.25
+    assert abs(figures["accuracy_within_trained"] - 2 / 3) < 1e-3  # the flagged wrong result left out
+    assert pooled_figures(scores[:1])["accuracy_within_trained"] is None
+
+
 def _descendants(pid: int) -> set:
     """Every living process below `pid` (read from /proc)."""
     parents = {}

@@ -50,10 +50,12 @@ class Plant:
 @pytest.fixture
 def running(tmp_path: Path, mqtt_broker):
     manifest = write_tiny_model(tmp_path / "model", om=False)
+    doc = json.loads(manifest.read_text(encoding="utf-8"))
+    manifest.write_text(json.dumps(dict(doc, conditions={"temperature_c": [15.0, 35.0]})), encoding="utf-8")
     station_id = f"inproc-{uuid.uuid4().hex[:8]}"
     path = tmp_path / "station.toml"
     path.write_text(tiny_station_config(manifest, station_id, f"{tmp_path}/state", "fake:spectrometer",
-                                        spectrometer="coadd = 2", mqtt=f'host = "{mqtt_broker[0]}"\n'
+                                        spectrometer="coadd = 2\ntemperature_offset_c = 1.5", mqtt=f'host = "{mqtt_broker[0]}"\n'
                                         f"port = {mqtt_broker[1]}\ndiscovery = false"), encoding="utf-8")
     config = load_config(path)
     spectrometer = FakeSpectrometer(seed=3)
@@ -133,3 +135,27 @@ def test_a_spectrometer_fault_raises_the_alarm_once_and_clears_on_recovery(runni
     assert plant.command("measure", {})["status"] == "ok"
     assert len(plant.published("alarm")) == 1, "one alarm per fault, not one per failed measurement"
     assert "DEGRADED" not in station.status_line()
+
+
+def test_a_room_outside_the_trained_range_is_referred_to_the_lab(running) -> None:
+    """The sensor's room temperature (less the configured offset) goes into every result; outside the
+    manifest's trained range the result says so and a refer_to_lab alarm names the temperature."""
+    station, spectrometer, plant = running
+    calibrate(plant, spectrometer)
+    assert plant.command("measure", {"sample_id": "warm-enough"})["status"] == "ok"
+    spectrometer.room_c = 9.0
+    assert plant.command("measure", {"sample_id": "cold-room"})["status"] == "ok"
+    spectrometer.room_c = None
+    assert plant.command("measure", {"sample_id": "no-sensor"})["status"] == "ok"
+    results = {r["sample_id"]: r for r in plant.recorder.wait_count(f"{plant.base}/result", 3)}
+    assert all(validation_errors(r, "result") == [] for r in results.values())
+    assert results["warm-enough"]["temperature_c"] == pytest.approx(20.5)
+    assert "outside_trained_range" not in results["warm-enough"]["flags"]
+    cold = results["cold-room"]
+    assert cold["temperature_c"] == pytest.approx(7.5)
+    assert {"outside_trained_range", "refer_to_lab"} <= set(cold["flags"])
+    assert results["no-sensor"]["temperature_c"] is None
+    assert "outside_trained_range" not in results["no-sensor"]["flags"]
+    alarms = [a for a in plant.recorder.wait_count(f"{plant.base}/alarm", 1) if a["kind"] == "refer_to_lab"]
+    assert [a["details"]["sample_id"] for a in alarms] == ["cold-room"]
+    assert "room temperature 7.5 degC is outside the 15-35 degC the model was trained in" in alarms[0]["message"]

@@ -1,13 +1,15 @@
 """An emulated OBP spectrometer on a pseudo-terminal, measuring the virtual lab's sample stage.
 
 It answers the OBP messages the station's driver sends (serial number, wavelength coefficients,
-integration time, trigger mode, scans to average, raw spectrum, baud rate) as an InGaAs instrument
+integration time, trigger mode, scans to average, raw spectrum, baud rate, temperature) as an InGaAs instrument
 would (900-1700 nm, 256 pixels, 16-bit counts by default), with counts from the virtual lab's
 `scan_counts` of whatever `SampleStage.current()` holds. The physics is the lab's; this module adds
 only what an instrument and its cable add: the protocol, on-instrument averaging (a spectrum request
 returns the mean of `scans to average` scans, rounded to the wire's uint16, as the STS does; with
 `averaging=False` the firmware lacks it and NACKs both messages with error 2, unknown message type),
-a lamp that ages, the time it all takes, and faults switched on by rate.
+a lamp that ages, the time it all takes, and faults switched on by rate. Its one temperature sensor reads the
+lab's `temperature_c` of what is on the stage (the room the sample is measured in; with
+`temperature_sensor=False` the firmware has none and NACKs both temperature messages with error 2).
 
 Time (`Server(pace=True)`, the default of `isic-station emulate spectrometer`): a request counts as
 received when its last byte would have arrived on an 8N1 line at the instrument's baud rate (10 bits
@@ -45,7 +47,7 @@ from isic_drivers.emulators.pseudo_terminal import PseudoTerminal
 from isic_drivers.lab.instrument import InstrumentModel
 from isic_drivers.lab.measurement import scan_counts
 from isic_drivers.lab.sample import Nuisance, Sample
-from isic_drivers.lab.stage import SampleStage
+from isic_drivers.lab.stage import SampleStage, StageContent
 from isic_drivers.obp.codec import (
     DeviceRejected,
     Flag,
@@ -68,6 +70,7 @@ BAUD_RATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 TRIGGER_MODES = range(0, 5)
 SCANS_TO_AVERAGE = range(1, 0x10000)  # what the message's unsigned short holds; 0 is refused
 AVERAGING_MESSAGES = (MessageType.GET_SCANS_TO_AVERAGE, MessageType.SET_SCANS_TO_AVERAGE)
+TEMPERATURE_MESSAGES = (MessageType.GET_TEMPERATURE_COUNT, MessageType.GET_TEMPERATURE)
 SPECTRUM_MESSAGES = (MessageType.GET_RAW_SPECTRUM,)
 # Longest sleep between checks of `Server.stop()` while the instrument integrates or transmits.
 STOP_CHECK_S = 0.1
@@ -132,7 +135,7 @@ class EmulatedSpectrometer:
     def __init__(self, stage: SampleStage, instrument: InstrumentModel, faults: FaultRates = FaultRates(),
                  seed: int = 0, baud: int = 115200, lamp_drift_per_h: float = 0.0, delay_s: float = 1.5,
                  clock: Callable[[], float] = time.monotonic, averaging: bool = True,
-                 overrides: Optional[Mapping[str, float]] = None) -> None:
+                 overrides: Optional[Mapping[str, float]] = None, temperature_sensor: bool = True) -> None:
         """`overrides` pins Nuisance fields (e.g. wavelength_shift_nm) for every scan, reference tiles included."""
         self.stage = stage
         self.overrides = dict(overrides or {})
@@ -144,6 +147,7 @@ class EmulatedSpectrometer:
         self.integration_us = instrument.default_integration_us
         self.trigger_mode = 0
         self.averaging = averaging
+        self.temperature_sensor = temperature_sensor
         self.scans_to_average = 1
         self.requests = 0
         self._clock = clock
@@ -155,11 +159,15 @@ class EmulatedSpectrometer:
         hours = (self._clock() - self._started) / 3600.0
         return max(0.0, 1.0 - self.lamp_drift_per_h * hours)
 
-    def scan(self) -> np.ndarray:
-        """One raw scan of what is on the stage now, with the aged lamp."""
+    def _state(self) -> Tuple[StageContent, Nuisance]:
+        """What is on the stage now and the conditions it is measured in (the overrides applied)."""
         target = self.stage.current()
         base = target.nuisance if isinstance(target, Sample) else Nuisance()
-        state = dataclasses.replace(base, **self.overrides)
+        return target, dataclasses.replace(base, **self.overrides)
+
+    def scan(self) -> np.ndarray:
+        """One raw scan of what is on the stage now, with the aged lamp."""
+        target, state = self._state()
         state = dataclasses.replace(state, lamp_intensity=state.lamp_intensity * self.lamp_factor())
         return scan_counts(self.instrument, target, self.integration_us, self._rng, state)
 
@@ -195,6 +203,9 @@ class EmulatedSpectrometer:
         if kind in AVERAGING_MESSAGES and not self.averaging:
             raise UnknownMessageType(f"this firmware has no scans to average (0x{kind:08x})", error_number=2,
                                      message_type=kind)
+        if kind in TEMPERATURE_MESSAGES and not self.temperature_sensor:
+            raise UnknownMessageType(f"this firmware has no temperature sensor (0x{kind:08x})", error_number=2,
+                                     message_type=kind)
         values = unpack_request(kind, request.payload)
         if kind == MessageType.GET_SERIAL_NUMBER:
             return self.instrument.serial.encode("ascii")
@@ -226,6 +237,11 @@ class EmulatedSpectrometer:
         if kind == MessageType.GET_WAVELENGTH_COEFFICIENT:
             index = int(_check(values[0], range(len(self.instrument.wavelength_coeffs)), "coefficient index"))
             return pack_reply(kind, self.instrument.wavelength_coeffs[index])
+        if kind == MessageType.GET_TEMPERATURE_COUNT:
+            return pack_reply(kind, 1)
+        if kind == MessageType.GET_TEMPERATURE:
+            _check(values[0], range(1), "temperature sensor index")
+            return pack_reply(kind, self._state()[1].temperature_c)
         raise UnknownMessageType(f"message type 0x{kind:08x} is not implemented", error_number=2, message_type=kind)
 
     def reply_to(self, request: Frame) -> "Reply":

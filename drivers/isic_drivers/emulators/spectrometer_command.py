@@ -47,6 +47,9 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--no-averaging", dest="averaging", action="store_false",
                         help="firmware without on-instrument averaging: NACK scans-to-average (error 2), so "
                              "the station co-adds single scans itself")
+    parser.add_argument("--no-temperature", dest="temperature_sensor", action="store_false",
+                        help="firmware without a temperature sensor: NACK both temperature messages (error 2), "
+                             "so results carry no temperature and the trained-range check cannot run")
     parser.add_argument("--fault", action="append", default=[], metavar="NAME=RATE",
                         help="fault probability per request; NAME is garbage, checksum, drop, delay, nack or "
                              "reopen; repeat for several (e.g. --fault garbage=0.05 --fault drop=0.02)")
@@ -94,7 +97,8 @@ def run(args: Any) -> int:
     stage.current()  # a bad stage file or preset fails now, with its message, not on the first request
     device = EmulatedSpectrometer(stage, instrument, faults, seed=args.noise_seed, baud=args.baud,
                                   lamp_drift_per_h=args.lamp_drift, delay_s=args.delay_s, averaging=args.averaging,
-                                  overrides=parse_overrides(args.overrides))
+                                  overrides=parse_overrides(args.overrides),
+                                  temperature_sensor=args.temperature_sensor)
     try:
         line = PseudoTerminal(args.link)
     except OSError as exc:

@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -55,6 +55,10 @@ NUISANCE_KEYS = tuple(f.name for f in fields(Nuisance))
 # The instrument's own state, which its dark and white references share with the samples measured after them
 # (the wavelength axis error is the instrument's too, but a reference does not take it away: it stays per sample).
 REFERENCED_KEYS = ("stray_light", "detector_noise", "dark_current_factor", "lamp_intensity")
+# The room, fabric and instrument conditions plants meet beyond the lab's (the `plant` preset widens these):
+# a model's manifest records the range of each that its training met (`trained_ranges`).
+CONDITION_KEYS = ("temperature_c", "humidity", "wavelength_shift_nm", "dye_darkness", "dye_carbon", "defocus_um",
+                  "lamp_drift", "lamp_intensity")
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,37 @@ def typical_value(spec: Any, key: str) -> float:
         return float(math.sqrt(lo * hi))
     lo, hi = dist.get("clip", (-math.inf, math.inf))
     return float(np.clip(dist["normal"][0], lo, hi))
+
+
+def value_range(spec: Any, key: str) -> Tuple[float, float]:
+    """The values a preset parameter can take: a number itself, a (log-)uniform range, a normal's clip (its mean
+    +- 4 sd without one), with 0 when `p_zero` can give it."""
+    dist = _distribution(spec, key)
+    if dist is None:
+        return float(spec), float(spec)
+    if "uniform" in dist or "loguniform" in dist:
+        lo, hi = dist["uniform"] if "uniform" in dist else dist["loguniform"]
+    else:
+        mean, sd = dist["normal"]
+        lo, hi = dist.get("clip", (mean - 4.0 * sd, mean + 4.0 * sd))
+    if float(dist.get("p_zero", 0.0)) > 0.0:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    return float(lo), float(hi)
+
+
+def trained_ranges(weights: Mapping[str, float]) -> Dict[str, List[float]]:
+    """Per `CONDITION_KEYS` parameter, [low, high] over the presets a training mixture draws from (weight > 0)."""
+    unknown = [name for name in weights if name not in PRESETS]
+    if unknown:
+        raise LabConfigError(f"unknown preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}")
+    ranges: Dict[str, List[float]] = {}
+    for name in (name for name, weight in weights.items() if float(weight) > 0.0):
+        params = PRESETS[name]["params"]
+        for key in CONDITION_KEYS:
+            lo, hi = value_range(params[key], key) if key in params else (getattr(Nuisance(), key),) * 2
+            seen = ranges.setdefault(key, [lo, hi])
+            seen[0], seen[1] = min(seen[0], lo), max(seen[1], hi)
+    return ranges
 
 
 def instrument_state(preset: str = "default") -> Dict[str, float]:

@@ -61,6 +61,11 @@ class MessageType(enum.IntEnum):
     both ways (OBPSetScansToAverageExchange.cpp, OBPSpectrumProcessingProtocol.cpp); the STS and Spark
     offer it. pyseabreeze's own OBPProtocol does not list these two (its spectrum-processing feature is
     not implemented), so their bytes are checked against its generic frame encoder.
+
+    Temperature: the same header ("Temperature control and sensing": OBP_GET_TEMPERATURE_COUNT 0x00400000,
+    OBP_GET_TEMPERATURE 0x00400001); libseabreeze's OBPTemperatureProtocol.cpp reads the count as one byte
+    and a sensor's reading, asked by a one-byte index, as a little-endian float32 in degrees Celsius.
+    pyseabreeze leaves its temperature feature unimplemented.
     """
 
     GET_SERIAL_NUMBER = 0x00000100
@@ -76,6 +81,8 @@ class MessageType(enum.IntEnum):
     SET_SCANS_TO_AVERAGE = 0x00120010
     GET_WAVELENGTH_COEFFICIENT_COUNT = 0x00180100
     GET_WAVELENGTH_COEFFICIENT = 0x00180101
+    GET_TEMPERATURE_COUNT = 0x00400000
+    GET_TEMPERATURE = 0x00400001
 
 
 # Fixed payload layouts (struct formats); types absent here carry no payload in the request, or
@@ -86,6 +93,7 @@ REQUEST_LAYOUT: Dict[int, struct.Struct] = {
     MessageType.SET_TRIGGER_MODE: struct.Struct("<B"),
     MessageType.SET_SCANS_TO_AVERAGE: struct.Struct("<H"),
     MessageType.GET_WAVELENGTH_COEFFICIENT: struct.Struct("<B"),
+    MessageType.GET_TEMPERATURE: struct.Struct("<B"),
 }
 REPLY_LAYOUT: Dict[int, struct.Struct] = {
     MessageType.GET_SERIAL_NUMBER_LENGTH: struct.Struct("<B"),
@@ -94,6 +102,8 @@ REPLY_LAYOUT: Dict[int, struct.Struct] = {
     MessageType.GET_SCANS_TO_AVERAGE: struct.Struct("<H"),
     MessageType.GET_WAVELENGTH_COEFFICIENT_COUNT: struct.Struct("<B"),
     MessageType.GET_WAVELENGTH_COEFFICIENT: struct.Struct("<f"),
+    MessageType.GET_TEMPERATURE_COUNT: struct.Struct("<B"),
+    MessageType.GET_TEMPERATURE: struct.Struct("<f"),
 }
 
 Number = Union[int, float]

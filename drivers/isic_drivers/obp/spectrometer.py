@@ -60,6 +60,9 @@ class ObpSpectrometer:
         self.averaging_supported: Optional[bool] = None
         self.scans_to_average = 1
         self._averaging_open = -1
+        # Temperature sensors: their count on the connection `_sensors_open` (0: the firmware has none).
+        self.temperature_sensors: Optional[int] = None
+        self._sensors_open = -1
         self.retried_requests = 0
         self.stale_replies = 0
         self._regarding = int(time.monotonic() * 1000) & 0xFFFFFFFF
@@ -179,6 +182,22 @@ class ObpSpectrometer:
         self.averaging_supported, self.scans_to_average = True, int(scans)
         self._averaging_open = self.transport.stats.opens
         return True
+
+    def temperature_c(self, sensor: int = 0) -> Optional[float]:
+        """Sensor `sensor`'s temperature in degrees Celsius, or None when the instrument has no such sensor
+        (a count below `sensor` + 1, or a firmware that NACKs the message: asked once per connection)."""
+        if self._sensors_open != self.transport.stats.opens:
+            kind = MessageType.GET_TEMPERATURE_COUNT
+            try:
+                (count,) = unpack_reply(kind, self.request(kind).payload)
+            except (UnknownMessageType, DeviceNack) as exc:
+                log.info("spectrometer on %s reports no temperature (%s)", self.transport.port, exc)
+                count = 0
+            self.temperature_sensors, self._sensors_open = int(count), self.transport.stats.opens
+        if not 0 <= sensor < (self.temperature_sensors or 0):
+            return None
+        kind = MessageType.GET_TEMPERATURE
+        return float(unpack_reply(kind, self.request(kind, pack_request(kind, sensor)).payload)[0])
 
     def set_trigger_mode(self, mode: int) -> None:
         """Set the trigger mode (0 = free running; other modes as the instrument defines them)."""

@@ -72,6 +72,7 @@ class Measurement:
     image_batch: Optional[np.ndarray] = None
     image_params: Optional[Mapping[str, Any]] = None
     fibre_counts: Optional[np.ndarray] = None  # the fibre counts over every usable tile (models with a counter)
+    temperature_c: Optional[float] = None  # the room by the spectrometer's sensor (None: it has none)
 
 
 class NotCalibrated(StationError, MeasurementRefused):
@@ -124,6 +125,8 @@ class Spectrometer(Protocol):
     def raw_spectrum(self) -> np.ndarray: ...
 
     def coadd(self, scans: int) -> np.ndarray: ...
+
+    def temperature_c(self, sensor: int = 0) -> Optional[float]: ...
 
     def health(self) -> Dict[str, Any]: ...
 
@@ -186,6 +189,7 @@ class Acquirer:
         min_signal_fraction: float,
         frame_timeout_s: float = 2.0,
         image_batch: Optional[ImageBatchFactory] = None,
+        temperature_offset_c: float = 0.0,
     ) -> None:
         self.spectrometer = spectrometer
         self.camera = camera
@@ -199,6 +203,7 @@ class Acquirer:
         self.min_signal_fraction = min_signal_fraction
         self.frame_timeout_s = frame_timeout_s
         self.image_batch = image_batch
+        self.temperature_offset_c = temperature_offset_c
         # One frame thread for the Acquirer's life (not one per measurement: each new thread may take
         # another malloc arena, and resident memory grows with them).
         self._frame_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="frames")
@@ -261,6 +266,7 @@ class Acquirer:
                        if self.camera is not None else None)
         try:
             counts, reflectance, flags = self._spectrum()
+            temperature_c = self.spectrometer.temperature_c()
         except BaseException:
             stop.set()
             raise
@@ -289,6 +295,7 @@ class Acquirer:
             image_batch=images.batch() if images is not None else None,
             image_params=images.params if images is not None else None,
             fibre_counts=images.fibre_counts() if images is not None else None,
+            temperature_c=None if temperature_c is None else round(temperature_c - self.temperature_offset_c, 2),
         )
 
     def _spectrum(self) -> Tuple[np.ndarray, np.ndarray, Set[str]]:

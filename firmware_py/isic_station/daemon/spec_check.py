@@ -147,7 +147,8 @@ def t975(dof: int) -> float:
 class LotSummary:
     """The running judgement of a lot since `set_lot`: n, mean, sd and the 95 % interval of the mean per fibre.
 
-    `add(composition, systematic, interval=None, verdict=None, unknown_fibre=False, blend=None)` per
+    `add(composition, systematic, interval=None, verdict=None, unknown_fibre=False, blend=None,
+    outside_trained=False)` per
     result: `systematic` is the calibration's per-fibre systematic standard deviation for the result's
     path and `blend` (its blend class; {} for an uncalibrated model), `interval` the result's own 95 %
     interval (the lot's interval while n = 1). The lot's systematic part is that of the blend most of
@@ -169,11 +170,12 @@ class LotSummary:
         self._first_interval: Optional[Dict[str, Sequence[float]]] = None
         self.verdicts = {v: 0 for v in VERDICTS}
         self.unknown_fibre_results = 0
+        self.outside_trained_results = 0  # results measured outside the model's trained conditions
         self.calibrated = True
 
     def add(self, composition: Mapping[str, float], systematic: Mapping[str, float],
             interval: Optional[Mapping[str, Sequence[float]]] = None, verdict: Optional[str] = None,
-            unknown_fibre: bool = False, blend: Optional[str] = None) -> None:
+            unknown_fibre: bool = False, blend: Optional[str] = None, outside_trained: bool = False) -> None:
         """Count one result of the lot (its composition, blend, the systematic part, its own verdict)."""
         self.n += 1
         for f, v in composition.items():
@@ -191,6 +193,7 @@ class LotSummary:
         if verdict in self.verdicts:
             self.verdicts[verdict] += 1
         self.unknown_fibre_results += int(bool(unknown_fibre))
+        self.outside_trained_results += int(bool(outside_trained))
 
     def blend(self) -> Optional[str]:
         """The blend class most of the lot's results were read as (None before any result or without blends)."""
@@ -224,7 +227,8 @@ class LotSummary:
                 "sum_sq": dict(self._sum_sq), "systematic_sum": {b: dict(v) for b, v in self._systematic.items()},
                 "blends": dict(self._blends),
                 "first_interval": self._first_interval, "verdicts": dict(self.verdicts),
-                "unknown_fibre_results": self.unknown_fibre_results, "calibrated": self.calibrated}
+                "unknown_fibre_results": self.unknown_fibre_results,
+                "outside_trained_results": self.outside_trained_results, "calibrated": self.calibrated}
 
     @classmethod
     def from_state(cls, doc: Mapping[str, Any]) -> "LotSummary":
@@ -248,6 +252,7 @@ class LotSummary:
                                                               for k, v in first.items()}
         summary.verdicts = {v: int(doc["verdicts"].get(v, 0)) for v in VERDICTS}
         summary.unknown_fibre_results = int(doc["unknown_fibre_results"])
+        summary.outside_trained_results = int(doc.get("outside_trained_results", 0))  # kept before the check
         summary.calibrated = bool(doc["calibrated"])
         return summary
 
@@ -286,6 +291,9 @@ class LotSummary:
             reasons.append(f"the results read {self.blend()}, without the declared " + ", ".join(unseen))
         if self.unknown_fibre_results:
             reasons.append(f"{self.unknown_fibre_results} result(s) likely hold a fibre the model does not know")
+        if self.outside_trained_results:
+            reasons.append(f"{self.outside_trained_results} result(s) measured outside the conditions the model "
+                           "was trained in")
         return {
             "schema_version": 1,
             "station": station,
@@ -303,10 +311,12 @@ class LotSummary:
             "verdict": decision["verdict"],
             "failing_fibres": decision["failing_fibres"],
             "straddling_fibres": decision["straddling_fibres"],
-            "refer_to_lab": decision["verdict"] == "undetermined" or self.unknown_fibre_results > 0,
+            "refer_to_lab": (decision["verdict"] == "undetermined" or self.unknown_fibre_results > 0
+                             or self.outside_trained_results > 0),
             "reasons": reasons,
             "results": dict(self.verdicts),
             "unknown_fibre_results": self.unknown_fibre_results,
+            "outside_trained_results": self.outside_trained_results,
             "rule": RULE_INTERVAL if self.calibrated else RULE_POINT,
             "replayed": False,
         }

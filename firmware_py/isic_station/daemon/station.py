@@ -324,7 +324,8 @@ class Station:
                                            m.image_batch if m.image_params is manifest.image else None,
                                            flags=m.flags,
                                            fibre_counts=m.fibre_counts if m.image_params is manifest.image else None)
-        flags = set(m.flags)
+        condition_problem = manifest.condition_problem(m.temperature_c)
+        flags = set(m.flags) | ({"outside_trained_range"} if condition_problem else set())
         if prediction.signal_only:
             flags.add("signal_only")
         if prediction.unknown_fibre:
@@ -344,12 +345,14 @@ class Station:
                         "infer": prediction.timings_ms.get("infer_ms", 0.0), "total": total_ms},
             sample_id=m.sample_id, lot_id=m.lot_id, spec=spec, measured_at=m.measured_at,
             interval_95=prediction.interval_95, unknown_fibre_score=prediction.unknown_fibre_score,
+            temperature_c=m.temperature_c,
         )
         if spec is not None:
             self._count_in_lot(doc, predictor, prediction, spectrum_quality(m.reflectance))
         row = self.link.publish_result(doc)
         self.time_to_result.published(row, m.requested_at, m.acquire_ms)
-        for alarm in (out_of_spec_alarm(doc), refer_to_lab_alarm(doc, prediction.uncalibrated_flags)):
+        for alarm in (out_of_spec_alarm(doc), refer_to_lab_alarm(doc, prediction.uncalibrated_flags,
+                                                                 condition_problem)):
             if alarm is not None:
                 log.warning("%s", alarm["message"])
                 self.link.publish_alarm(alarm)
@@ -374,7 +377,7 @@ class Station:
                                            declared=summary.spec.composition)
                     if calibration is not None else {},
                     prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"],
-                    blend=doc["blend"])
+                    blend=doc["blend"], outside_trained="outside_trained_range" in doc["flags"])
         self.lot.keep()
         self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()), **delivery("lot"))
 

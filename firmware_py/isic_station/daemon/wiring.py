@@ -165,5 +165,5 @@ def make_acquirer(config: Config, parts: StationParts, calibration: CalibrationS
         parts.spectrometer, parts.camera, parts.gate, parts.label_reader, calibration=calibration,
         integration_us=c.spectrometer.integration_us, context=context, coadd=c.spectrometer.coadd,
         frames_per_measurement=c.camera.frames_per_measurement, min_signal_fraction=c.quality.min_signal_fraction,
-        image_batch=image_batch,
+        image_batch=image_batch, temperature_offset_c=c.spectrometer.temperature_offset_c,
     )

@@ -44,13 +44,16 @@ def build_result(
     measured_at: Optional[datetime] = None,
     interval_95: Optional[Mapping[str, Any]] = None,
     unknown_fibre_score: Optional[float] = None,
+    temperature_c: Optional[float] = None,
 ) -> Dict[str, Any]:
     """A result document (schema `result`); `out_of_spec` is added to the flags when `spec`'s verdict
-    is fail, `refer_to_lab` when it is undetermined (or when `unknown_fibre` is among the flags).
+    is fail, `refer_to_lab` when it is undetermined (or when `unknown_fibre` or `outside_trained_range` is
+    among the flags).
 
     `model` is {name, version, sha256, manifest_sha256?}; `timings_ms` is {acquire, preprocess, infer, total};
     `spec` is what `spec_check.check_composition` returned, or None when no lot is set;
-    `interval_95` {fibre: [low, high]} and `unknown_fibre_score` come from the calibration (None without).
+    `interval_95` {fibre: [low, high]} and `unknown_fibre_score` come from the calibration (None without);
+    `temperature_c` is the room by the spectrometer's sensor (None: it has none).
     """
     flag_set = set(flags)
     unknown = sorted(flag_set - set(RESULT_FLAGS))
@@ -58,7 +61,7 @@ def build_result(
         raise ValueError(f"unknown result flag(s) {unknown}; known: {list(RESULT_FLAGS)}")
     if spec is not None and spec["verdict"] == "fail":
         flag_set.add("out_of_spec")
-    if "unknown_fibre" in flag_set or (spec is not None and spec["refer_to_lab"]):
+    if flag_set & {"unknown_fibre", "outside_trained_range"} or (spec is not None and spec["refer_to_lab"]):
         flag_set.add("refer_to_lab")
     flag_list = [f for f in RESULT_FLAGS if f in flag_set]  # in a stable order
     return {
@@ -75,6 +78,7 @@ def build_result(
         "uncertainty": {k: float(v) for k, v in uncertainty.items()},
         "interval_95": None if interval_95 is None else {k: [float(v[0]), float(v[1])] for k, v in interval_95.items()},
         "unknown_fibre_score": None if unknown_fibre_score is None else float(unknown_fibre_score),
+        "temperature_c": None if temperature_c is None else float(temperature_c),
         "flags": flag_list,
         "model": {"name": model["name"], "version": model["version"], "sha256": model["sha256"],
                   **({"manifest_sha256": model["manifest_sha256"]} if "manifest_sha256" in model else {})},
@@ -126,8 +130,10 @@ def out_of_spec_alarm(result: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     )
 
 
-def refer_to_lab_alarm(result: Mapping[str, Any], uncalibrated_flags: Iterable[str] = ()) -> Optional[Dict[str, Any]]:
-    """The alarm for a result the lab must decide (flag `refer_to_lab`), naming why; None otherwise."""
+def refer_to_lab_alarm(result: Mapping[str, Any], uncalibrated_flags: Iterable[str] = (),
+                       condition_problem: Optional[str] = None) -> Optional[Dict[str, Any]]:
+    """The alarm for a result the lab must decide (flag `refer_to_lab`), naming why (`condition_problem`:
+    `Manifest.condition_problem`'s words for an `outside_trained_range` result); None otherwise."""
     if "refer_to_lab" not in result["flags"]:
         return None
     reasons = []
@@ -138,6 +144,8 @@ def refer_to_lab_alarm(result: Mapping[str, Any], uncalibrated_flags: Iterable[s
                        f"({straddling})")
     if "unknown_fibre" in result["flags"]:
         reasons.append(f"likely holds a fibre the model does not know (score {result.get('unknown_fibre_score')})")
+    if "outside_trained_range" in result["flags"]:
+        reasons.append(condition_problem or "measured outside the conditions the model was trained in")
     untrusted = sorted(set(uncalibrated_flags))
     if untrusted:
         reasons.append("quality flag(s) the uncertainty calibration never saw: " + ", ".join(untrusted))

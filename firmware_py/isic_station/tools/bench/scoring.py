@@ -36,7 +36,8 @@ def score_result(composition: Mapping[str, float], blend: str, truth: Mapping[st
     the sample contains (as `isic-model evaluate` counts MAE); `blend`: the true blend. With the
     result's `confidence` and `interval_95` (as published), also `confidence` and, per fibre the
     sample contains, `present_truth` and `present_intervals` for the coverage figures. With the
-    result's `flags`, `unknown_fibre`: whether it was flagged as holding a fibre the model does not know.
+    result's `flags`, `unknown_fibre`: whether it was flagged as holding a fibre the model does not know, and
+    `outside_trained_range`: whether it was measured in a room outside the model's trained range.
     """
     present = [f for f, v in truth.items() if v > 0]
     error = sum(abs(float(composition.get(f, 0.0)) - float(truth[f])) for f in present) / len(present)
@@ -48,6 +49,7 @@ def score_result(composition: Mapping[str, float], blend: str, truth: Mapping[st
         score["present_intervals"] = [[float(v) for v in interval_95[f]] for f in present]
     if flags is not None:
         score["unknown_fibre"] = "unknown_fibre" in flags
+        score["outside_trained_range"] = "outside_trained_range" in flags
     return score
 
 
@@ -55,7 +57,8 @@ def uncertainty_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """`coverage_95`, `median_interval_width` and `ece` of scored results that carry intervals and
     confidences (the definitions of `uncertainty_metrics`, as `isic-model evaluate` uses them), and
     `flagged_known`, the share of results with flags that were flagged `unknown_fibre` (the samples
-    scored hold known fibres only)."""
+    scored hold known fibres only); `outside_trained_range`, the share flagged so, and `accuracy_within_trained`,
+    the accuracy of the others (what the station vouches for; None when all were flagged)."""
     figures: Dict[str, Any] = {}
     with_intervals = [s for s in scores if "present_intervals" in s]
     if with_intervals:
@@ -71,6 +74,10 @@ def uncertainty_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     with_flags = [s for s in scores if "unknown_fibre" in s]
     if with_flags:
         figures["flagged_known"] = round(sum(bool(s["unknown_fibre"]) for s in with_flags) / len(with_flags), 4)
+        within = [s for s in with_flags if not s.get("outside_trained_range")]
+        figures["outside_trained_range"] = round(1.0 - len(within) / len(with_flags), 4)
+        figures["accuracy_within_trained"] = (round(sum(bool(s["correct"]) for s in within) / len(within), 4)
+                                              if within else None)
     return figures
 
 
