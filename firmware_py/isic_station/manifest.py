@@ -86,13 +86,17 @@ class Manifest:
 
     def condition_problem(self, temperature_c: Optional[float]) -> Optional[str]:
         """Why a measurement in a room at `temperature_c` lies outside what the model was trained in (the
-        manifest's `conditions`), or None: within it, no reading, or no recorded range. The spectrum does not
-        show a cold room (a 10 degC room cost the v4 model 19 points with nothing flagged): the sensor does."""
-        span = self.raw.get("conditions", {}).get("temperature_c")
-        if temperature_c is None or span is None or span[0] <= temperature_c <= span[1]:
+        manifest's `conditions`) or its uncertainty calibrated in (`uncertainty.data.conditions`), or None:
+        within both, no reading, or no recorded range. The spectrum does not show a cold room (a 10 degC room
+        cost the version-4 model 19 points with nothing flagged): the sensor does."""
+        spans = {"trained": self.raw.get("conditions", {}).get("temperature_c"),
+                 "calibrated": self.raw.get("uncertainty", {}).get("data", {}).get("conditions", {})
+                 .get("temperature_c")}
+        outside = [f"{span[0]:g}-{span[1]:g} degC the model was {kind} in" for kind, span in spans.items()
+                   if span is not None and temperature_c is not None and not span[0] <= temperature_c <= span[1]]
+        if not outside:
             return None
-        return (f"room temperature {temperature_c:.1f} degC is outside the {span[0]:g}-{span[1]:g} degC the model "
-                "was trained in")
+        return f"room temperature {temperature_c:.1f} degC is outside the " + " and the ".join(outside)
 
 
 def _tensor(doc: Dict[str, Any]) -> TensorSpec:

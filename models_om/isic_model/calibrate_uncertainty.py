@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 import numpy as np
 
 from isic_common.errors import ModelError
+from isic_drivers.lab.sample import trained_ranges
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibration_data import Records, apply_records, collect, mixture_text, presets_arg, training_presets
 from isic_model.data import StationSettings
@@ -635,6 +636,7 @@ def _calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset
         "preset": mixture_text(preset), "split": "half the composition groups fit, half calibrate (rng 0)",
         "station": asdict(settings),
         "graphs": {k: g.sha256 for k, g in manifest.graphs.items()},
+        "conditions": trained_ranges(preset),
     }
     if strangers is not None:
         doc["data"]["unknown_fibre"] = {"seed": seed + UNKNOWN_SEED_OFFSET, "samples": len(strangers),

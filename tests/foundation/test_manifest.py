@@ -1,6 +1,7 @@
 """The manifest loader accepts a well-formed manifest and names every problem of a bad one."""
 
 import copy
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -107,3 +108,20 @@ def test_replaced_model_file_fails_the_checksum(model_dir):
     (folder / "m.onnx").unlink()
     with pytest.raises(ModelError, match="model file missing"):
         verify_graph_file(manifest.graphs["bimodal"])
+
+
+def test_a_room_is_checked_against_the_trained_and_the_calibrated_range(model_dir):
+    folder, sha = model_dir
+    doc = dict(_manifest_doc(sha), conditions={"temperature_c": [5.0, 45.0], "humidity": [0.2, 0.9]})
+    manifest = load_manifest(_write(folder, doc))
+    assert manifest.condition_problem(None) is None and manifest.condition_problem(44.0) is None
+    assert manifest.condition_problem(4.5) == "room temperature 4.5 degC is outside the 5-45 degC the model was trained in"
+    manifest = load_manifest(_write(folder, dict(doc, conditions={})))
+    assert manifest.condition_problem(-30.0) is None  # no recorded range: no check
+    # a calibration fitted on a narrower mixture (only its data matters here): its range decides too
+    calibrated = dict(copy.deepcopy(doc), uncertainty={"data": {"conditions": {"temperature_c": [18.0, 35.0]}}})
+    manifest = dataclasses.replace(load_manifest(_write(folder, doc)), raw=calibrated)
+    assert manifest.condition_problem(25.0) is None
+    assert manifest.condition_problem(10.0) == ("room temperature 10.0 degC is outside the 18-35 degC the model "
+                                                "was calibrated in")
+    assert "trained in and the 18-35 degC the model was calibrated in" in manifest.condition_problem(2.0)

@@ -102,5 +102,6 @@ def test_trained_ranges_span_every_preset_of_the_mixture():
     humid = PRESETS["humid"]["params"]["temperature_c"]["uniform"]
     assert ranges["temperature_c"] == [18.0, humid[1]]  # default's floor, humid's ceiling; plant weighs 0
     assert trained_ranges({"default": 0.7, "plant": 0.3})["temperature_c"] == [5.0, 45.0]
+    assert trained_ranges("humid") == trained_ranges({"humid": 1.0})  # a single preset, as train.toml may name
     with pytest.raises(LabConfigError, match="unknown preset"):
         trained_ranges({"tropical": 1.0})

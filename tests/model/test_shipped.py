@@ -6,6 +6,7 @@ import pytest
 
 from isic_drivers.lab.sample import trained_ranges
 from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
+from isic_model.calibration_data import presets_arg
 from isic_model.evaluate import run_evaluation
 from isic_model.export import graph_op_types, graph_problems, load_allowlist
 from isic_station.manifest import load_manifest, verify_graph_file
@@ -59,6 +60,8 @@ def test_the_conditions_are_those_of_the_training_mixture(manifest):
     """What the station checks a room against is what the recorded training drew from, not a hand-set range."""
     conditions = manifest.raw["conditions"]
     assert conditions == trained_ranges(manifest.raw["training"]["preset"])
+    data = manifest.raw["uncertainty"]["data"]  # the calibration's: this model was calibrated on its own mixture
+    assert data["conditions"] == trained_ranges(presets_arg(data["preset"]))
     assert conditions["temperature_c"][0] <= 18.0 and conditions["temperature_c"][1] >= 30.0
     assert manifest.condition_problem(conditions["temperature_c"][0] - 0.5) is not None
     assert manifest.condition_problem(sum(conditions["temperature_c"]) / 2) is None

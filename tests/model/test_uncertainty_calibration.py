@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from isic_drivers.lab.sample import trained_ranges
 from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
 from isic_model.calibrate_uncertainty import conformal_quantile
 from isic_model.cli import main
@@ -64,6 +65,9 @@ def measure(composition, seed, preset="default"):
 def test_the_command_records_data_method_and_heldout_figures(calibrated_copy):
     doc = load_manifest(calibrated_copy).raw["uncertainty"]
     assert doc["data"]["seed"] == 77 and doc["data"]["measurements"] == 48 and doc["data"]["repeats"] == 2
+    # the conditions its data spans (the training mixture's: no --preset), against which the station checks a room
+    raw = load_manifest(calibrated_copy).raw
+    assert doc["data"]["conditions"] == trained_ranges(raw["training"]["preset"])
     assert "conformal" in doc["method"] and doc["coverage"] == 0.95
     for path in ("bimodal", "signal_only"):
         p = doc["paths"][path]

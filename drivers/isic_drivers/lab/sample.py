@@ -197,8 +197,10 @@ def value_range(spec: Any, key: str) -> Tuple[float, float]:
     return float(lo), float(hi)
 
 
-def trained_ranges(weights: Mapping[str, float]) -> Dict[str, List[float]]:
-    """Per `CONDITION_KEYS` parameter, [low, high] over the presets a training mixture draws from (weight > 0)."""
+def trained_ranges(weights: Union[str, Mapping[str, float]]) -> Dict[str, List[float]]:
+    """Per `CONDITION_KEYS` parameter, [low, high] over the presets a training mixture draws from (weight > 0;
+    a preset's name alone: that one)."""
+    weights = {weights: 1.0} if isinstance(weights, str) else weights
     unknown = [name for name in weights if name not in PRESETS]
     if unknown:
         raise LabConfigError(f"unknown preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}")
