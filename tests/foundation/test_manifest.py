@@ -115,7 +115,8 @@ def test_a_room_is_checked_against_the_trained_and_the_calibrated_range(model_di
     doc = dict(_manifest_doc(sha), conditions={"temperature_c": [5.0, 45.0], "humidity": [0.2, 0.9]})
     manifest = load_manifest(_write(folder, doc))
     assert manifest.condition_problem(None) is None and manifest.condition_problem(44.0) is None
-    assert manifest.condition_problem(4.5) == "room temperature 4.5 degC is outside the 5-45 degC the model was trained in"
+    assert manifest.condition_problem(4.5) == ("room temperature 4.5 degC is outside the 5-45 degC the model was "
+                                               "trained in")
     manifest = load_manifest(_write(folder, dict(doc, conditions={})))
     assert manifest.condition_problem(-30.0) is None  # no recorded range: no check
     # a calibration fitted on a narrower mixture (only its data matters here): its range decides too

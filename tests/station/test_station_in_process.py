@@ -55,8 +55,9 @@ def running(tmp_path: Path, mqtt_broker):
     station_id = f"inproc-{uuid.uuid4().hex[:8]}"
     path = tmp_path / "station.toml"
     path.write_text(tiny_station_config(manifest, station_id, f"{tmp_path}/state", "fake:spectrometer",
-                                        spectrometer="coadd = 2\ntemperature_offset_c = 1.5", mqtt=f'host = "{mqtt_broker[0]}"\n'
-                                        f"port = {mqtt_broker[1]}\ndiscovery = false"), encoding="utf-8")
+                                        spectrometer="coadd = 2\ntemperature_offset_c = 1.5",
+                                        mqtt=f'host = "{mqtt_broker[0]}"\nport = {mqtt_broker[1]}\ndiscovery = false'),
+                    encoding="utf-8")
     config = load_config(path)
     spectrometer = FakeSpectrometer(seed=3)
     parts = replace(build_parts(config), spectrometer=spectrometer)

@@ -143,6 +143,30 @@ def check_scale(config: Config) -> CheckResult:
                   "to it; if it is right, the objective does not suit this model", probe)
 
 
+def check_room(config: Config) -> CheckResult:
+    """The room by the spectrometer's temperature sensor, within what the model was trained and calibrated in."""
+    spec = config.spectrometer
+
+    def probe() -> str:
+        manifest = _manifest_first(ModelLoader(config))
+        instrument = make_spectrometer(config)
+        with instrument.transport as transport:
+            transport.open()
+            reading = instrument.temperature_c()
+        if reading is None:
+            return "the spectrometer has no temperature sensor: the room is not checked"
+        room = reading - spec.temperature_offset_c
+        problem = manifest.condition_problem(room)
+        if problem:
+            raise ValueError(problem)
+        return (f"room {room:.1f} degC by the spectrometer's sensor (offset {spec.temperature_offset_c:g}), "
+                "within the model's range")
+
+    return _guard("room", "bring the probe's room within the range, or, if a room thermometer disagrees, set "
+                  "spectrometer.temperature_offset_c to what the sensor reads above it; results outside are "
+                  "flagged outside_trained_range and referred to the lab", probe)
+
+
 def check_backend(config: Config) -> CheckResult:
     """Start the configured inference backend with the model."""
 
@@ -289,7 +313,7 @@ def run_checks(config: Config, only: Optional[List[str]] = None) -> List[CheckRe
     """Every check (or those named in `only`), in the order a technician would go through them."""
     checks = {
         "spectrometer": check_serial, "camera": check_camera, "model": check_model, "scale": check_scale,
-        "backend": check_backend,
+        "room": check_room, "backend": check_backend,
         "broker": check_broker, "state": check_state,
     }
     return [check(config) for name, check in checks.items() if only is None or name in only]

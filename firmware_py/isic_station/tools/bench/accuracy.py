@@ -71,9 +71,10 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     parser.add_argument("--preset", default="default", metavar="NAME",
                         help="the lab's condition preset of the line's samples: default, humid, dark_dyes, low_snr, "
                              "thin, plant (rooms 5-45 degC, axis +-3 nm, dyes to black: results outside the model's "
-                             "trained range are flagged and counted in outside_trained_range) (default: %(default)s); the emulated instrument takes the preset's typical lamp "
-                             "and detector for its references and samples alike (low_snr's weak lamp needs "
-                             "--set spectrometer.integration_us=16000 for the white to pass)")
+                             "trained range are flagged and counted in outside_trained_range) (default: "
+                             "%(default)s); the emulated instrument takes the preset's typical lamp and detector "
+                             "for its references and samples alike (low_snr's weak lamp needs --set "
+                             "spectrometer.integration_us=16000 for the white to pass)")
     parser.add_argument("--dwell", type=float, default=1.5, help="seconds each sample stays under the probe "
                         "(default: 1.5, so most samples give one or two results)")
     parser.add_argument("--interval", type=float, default=1.0, help="station measurement interval, s (default: 1)")
