@@ -22,8 +22,15 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Ink against paper: a pixel whose 3x3 neighbourhood spans more than this many grey levels (of 255)
-# sits on a module edge; fibre edges reach it too, but only along lines.
+# sits on a module edge in a sharp frame; fibre edges reach it too, but only along lines. Defocus lowers
+# every edge alike: the threshold is LABEL_CONTRAST_SHARE of the frame's strongest edges (its 99.9th
+# percentile), at most LABEL_CONTRAST_GREY and at least LABEL_CONTRAST_MIN, and the ring test's edge
+# level scales with it. At a fixed 150 the lab's labels went unfound from 3 um of defocus on (at the
+# model's 2.4 um/px; 1.5 um at the camera's 1.0) and their tiles reached the model as fibre.
 LABEL_CONTRAST_GREY = 150
+LABEL_CONTRAST_SHARE = 0.7
+LABEL_CONTRAST_MIN = 30
+STRONGEST_EDGES = 0.999
 # Gaps closed and slivers opened away at this size: about four modules of a printed code (6 µm
 # modules in the virtual lab's labels), wider than a fibre's edge band.
 LABEL_MORPH_UM = 24.0
@@ -47,6 +54,14 @@ LABEL_SPILL_PX = 2
 Box = Tuple[int, int, int, int]  # x, y, width, height in pixels
 
 
+def edge_contrast(spread: np.ndarray) -> float:
+    """The module-edge threshold for a frame whose 3x3 grey spread is `spread` (uint8): LABEL_CONTRAST_SHARE
+    of its strongest edges, within LABEL_CONTRAST_MIN..LABEL_CONTRAST_GREY (a histogram: no sort)."""
+    counts = np.cumsum(np.bincount(spread.ravel(), minlength=256))
+    strongest = int(np.searchsorted(counts, STRONGEST_EDGES * counts[-1]))
+    return float(min(LABEL_CONTRAST_GREY, max(LABEL_CONTRAST_MIN, LABEL_CONTRAST_SHARE * strongest)))
+
+
 def label_boxes(grey: np.ndarray, um_per_px: float) -> List[Box]:
     """Printed codes (QR or barcode) in a grey uint8 frame at `um_per_px`, each box with its quiet zone.
 
@@ -55,7 +70,9 @@ def label_boxes(grey: np.ndarray, um_per_px: float) -> List[Box]:
     """
     kernel = np.ones((3, 3), np.uint8)
     spread = cv2.morphologyEx(grey, cv2.MORPH_GRADIENT, kernel)
-    ink = cv2.threshold(spread, LABEL_CONTRAST_GREY, 1, cv2.THRESH_BINARY)[1]
+    contrast = edge_contrast(spread)
+    ink = cv2.threshold(spread, contrast, 1, cv2.THRESH_BINARY)[1]
+    ring_edge = RING_EDGE_GREY * contrast / LABEL_CONTRAST_GREY
     size = max(3, int(round(LABEL_MORPH_UM / um_per_px)) | 1)
     square = cv2.getStructuringElement(cv2.MORPH_RECT, (size, size))
     ink = cv2.morphologyEx(cv2.morphologyEx(ink, cv2.MORPH_CLOSE, square), cv2.MORPH_OPEN, square)
@@ -73,13 +90,13 @@ def label_boxes(grey: np.ndarray, um_per_px: float) -> List[Box]:
         gap = LABEL_SPILL_PX + 1
         ring = gap + max(2, int(round(RING_FRACTION * long_side)))
         x0, y0, x1, y1 = max(0, x - ring), max(0, y - ring), min(width, x + w + ring), min(height, y + h + ring)
-        busy = (spread[y0:y1, x0:x1] > RING_EDGE_GREY) | (grey[y0:y1, x0:x1] < RING_INK_GREY)
+        busy = (spread[y0:y1, x0:x1] > ring_edge) | (grey[y0:y1, x0:x1] < RING_INK_GREY)
         ix0, iy0 = max(0, x - gap) - x0, max(0, y - gap) - y0
         ix1, iy1 = min(width, x + w + gap) - x0, min(height, y + h + gap) - y0
         busy[iy0:iy1, ix0:ix1] = False
         ring_px = (y1 - y0) * (x1 - x0) - (iy1 - iy0) * (ix1 - ix0)
-        if ring_px > 0 and np.count_nonzero(busy) > RING_MAX_BUSY * ring_px:
-            continue   # edges all around: a tangle of fibres, not a code on blank paper
+        if ring_px == 0 or np.count_nonzero(busy) > RING_MAX_BUSY * ring_px:
+            continue   # edges all around (a tangle of fibres), or no paper seen at all: not a code on blank paper
         margin = int(round(QUIET_ZONE_FRACTION * long_side)) + LABEL_SPILL_PX
         x0, y0 = max(0, x - margin), max(0, y - margin)
         boxes.append((x0, y0, min(width, x + w + margin) - x0, min(height, y + h + margin) - y0))
