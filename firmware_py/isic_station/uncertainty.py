@@ -256,20 +256,64 @@ class Calibrated:
     uncalibrated_flags: Tuple[str, ...]  # quality flags the calibration never saw: refer to the lab
 
 
+# The measuring settings a calibration holds for when a station uses them or richer ones: more co-added
+# scans, more frames and a larger field (in µm², frame pixels x scale²) average more and err less, so
+# the calibrated intervals hold there or are wider than needed (the shipped calibration, fitted at the
+# demo settings, covered 0.948-0.956 at the station at production settings: README, "Every tile").
+# Fewer of any err more than the calibration saw: its intervals would be too narrow.
+RICHER_IS_SAFE = ("coadd", "n_frames", "field_um2")
+
+
+def _measuring(settings: Mapping[str, Any]) -> Dict[str, float]:
+    """The settings `RICHER_IS_SAFE` compares, from a station-settings dict (the manifest's
+    `uncertainty.data.station` keys); a key it lacks is left out."""
+    out = {key: float(settings[key]) for key in ("coadd", "n_frames") if settings.get(key) is not None}
+    if all(settings.get(key) is not None for key in ("frame_px", "frame_height", "camera_um_per_px")):
+        out["field_um2"] = (float(settings["frame_px"]) * float(settings["frame_height"])
+                            * float(settings["camera_um_per_px"]) ** 2)
+    return out
+
+
+def station_settings_of(config: Any) -> Dict[str, Any]:
+    """A station config's (`config.Config`) measuring settings under the calibration's key names; without
+    a camera (`camera.source` empty: signal-only, whose calibration frames do not touch) the spectrometer's."""
+    own = {"coadd": config.spectrometer.coadd, "integration_us": config.spectrometer.integration_us}
+    if config.camera.source:
+        own.update(n_frames=config.camera.frames_per_measurement, frame_px=config.camera.width,
+                   frame_height=config.camera.height, camera_um_per_px=config.camera.um_per_px)
+    return own
+
+
+def _shown(key: str, value: float) -> str:
+    return f"{value:.0f}" if key == "field_um2" else f"{value:g}"
+
+
 def settings_problem(calibrated: Mapping[str, Any], config: Any) -> Optional[str]:
-    """Why this station's measuring settings (`config.Config`) are not those the calibration was fitted
-    for (the manifest's `uncertainty.data.station`), or None: fewer scans or frames widen the real error."""
-    own = {"coadd": config.spectrometer.coadd, "n_frames": config.camera.frames_per_measurement,
-           "frame_px": config.camera.width, "frame_height": config.camera.height,
-           "camera_um_per_px": config.camera.um_per_px, "integration_us": config.spectrometer.integration_us}
-    differ = [f"{key} {calibrated[key]} -> {value}" for key, value in own.items()
-              if key in calibrated and calibrated[key] is not None and value is not None
-              and not math.isclose(float(calibrated[key]), float(value), rel_tol=1e-6)]
-    if not differ:
+    """Why the calibration (fitted at the manifest's `uncertainty.data.station`) does not hold for this
+    station's measuring settings (`config.Config`), or None: the station takes fewer co-added scans, fewer
+    frames or a smaller field than the calibration data (its error is larger than the intervals allow)."""
+    theirs, own = _measuring(calibrated), _measuring(station_settings_of(config))
+    fewer = [f"{key} {_shown(key, theirs[key])} -> {_shown(key, own[key])}"
+             for key in RICHER_IS_SAFE if key in theirs and key in own and own[key] < theirs[key] * (1 - 1e-6)]
+    if not fewer:
         return None
-    return ("the uncertainty calibration was fitted for other station settings (" + ", ".join(differ)
-            + "): its intervals and confidence may not hold here; run `isic-model calibrate-uncertainty "
-            "--config` with this station's config")
+    return ("the uncertainty calibration was fitted on richer measurements than this station takes ("
+            + ", ".join(fewer) + "): its intervals would be too narrow here, so results are flagged "
+            "uncalibrated_settings and referred to the lab; run `isic-model calibrate-uncertainty --config` "
+            "with this station's config")
+
+
+def settings_note(calibrated: Mapping[str, Any], config: Any) -> Optional[str]:
+    """How this station's settings differ from the calibration's where that is safe (richer, or a
+    setting the calibration does not depend on), or None when they are the same."""
+    own = station_settings_of(config)
+    differ = [f"{key} {calibrated[key]} -> {value}" for key, value in own.items()
+              if calibrated.get(key) is not None and value is not None
+              and not math.isclose(float(calibrated[key]), float(value), rel_tol=1e-6)]
+    if not differ or settings_problem(calibrated, config):
+        return None
+    return ("the uncertainty calibration was fitted at other station settings (" + ", ".join(differ)
+            + "); this station measures at least as much, so its intervals hold (or are wider than needed)")
 
 
 class UncertaintyCalibration:

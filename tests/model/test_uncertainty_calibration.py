@@ -187,18 +187,32 @@ def test_metrics_on_known_values():
     assert rates["flagged_unknown"] == 0.75 and rates["flagged_known"] == 0.1
 
 
-def test_a_station_measuring_otherwise_than_calibrated_is_told():
+def test_a_station_measuring_less_than_calibrated_is_told_and_one_measuring_more_is_not():
+    """Fewer scans, frames or field than the calibration data err more than its intervals allow: a problem.
+    More of them (production's 16 scans and 16 frames over the demo's 4 and 3) err less: only a note."""
     from types import SimpleNamespace
 
-    from isic_station.uncertainty import settings_problem
+    from isic_station.uncertainty import settings_note, settings_problem
 
-    config = SimpleNamespace(spectrometer=SimpleNamespace(coadd=4, integration_us=None),
-                             camera=SimpleNamespace(frames_per_measurement=3, width=640, height=480, um_per_px=1.0))
-    same = {"coadd": 4, "n_frames": 3, "frame_px": 640, "frame_height": 480, "camera_um_per_px": 1.0,
-            "integration_us": None, "label": True}
-    assert settings_problem(same, config) is None
-    problem = settings_problem(dict(same, coadd=16, camera_um_per_px=1.6), config)
-    assert "coadd 16 -> 4" in problem and "camera_um_per_px 1.6 -> 1.0" in problem and "--config" in problem
+    def config(coadd=4, frames=3, width=640, height=480, um_per_px=1.0, source="emulated:lab"):
+        return SimpleNamespace(spectrometer=SimpleNamespace(coadd=coadd, integration_us=8000),
+                               camera=SimpleNamespace(source=source, frames_per_measurement=frames, width=width,
+                                                      height=height, um_per_px=um_per_px))
+
+    calibrated = {"coadd": 4, "n_frames": 3, "frame_px": 640, "frame_height": 480, "camera_um_per_px": 1.0,
+                  "integration_us": 8000, "label": True}
+    assert settings_problem(calibrated, config()) is None and settings_note(calibrated, config()) is None
+    richer = config(coadd=16, frames=16, width=1280, height=720, um_per_px=0.8)
+    assert settings_problem(calibrated, richer) is None
+    assert "coadd 4 -> 16" in settings_note(calibrated, richer) and "at least as much" in settings_note(
+        calibrated, richer)
+    problem = settings_problem(calibrated, config(coadd=2, frames=1))
+    assert "coadd 4 -> 2" in problem and "n_frames 3 -> 1" in problem and "--config" in problem
+    assert settings_note(calibrated, config(coadd=2, frames=1)) is None
+    # a finer camera scale over the same pixels sees a smaller field: fewer fibres than calibrated
+    assert "field_um2 307200 -> 196608" in settings_problem(calibrated, config(um_per_px=0.8))
+    # without a camera the signal-only calibration holds whatever the frames would have been
+    assert settings_problem(calibrated, config(frames=1, source="")) is None
 
 
 def test_a_killed_calibration_leaves_the_model_folder_as_it_was(tmp_path):

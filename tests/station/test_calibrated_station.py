@@ -56,6 +56,7 @@ def test_a_lot_result_carries_intervals_a_verdict_and_the_lot_summary(bench: Dem
     spec = result["spec"]
     assert spec["rule"] == "interval_95" and spec["verdict"] in ("pass", "undetermined", "fail")
     assert ("refer_to_lab" in result["flags"]) == spec["refer_to_lab"]
+    assert "uncalibrated_settings" not in result["flags"], "the bench measures as the calibration data were taken"
     _, lot = watch.wait_for(lambda t, d: t.endswith("/lot") and isinstance(d, dict) and d.get("lot_id") == lot_id)
     assert validation_errors(lot, "lot") == []
     assert lot["n"] == 1 and lot["rule"] == "interval_95" and lot["interval_95"]["cotton"] == result["interval_95"][
@@ -97,3 +98,26 @@ def test_zz_the_lot_summary_survives_a_station_restart(bench: DemoBench, watch: 
     expected = (first["composition"]["cotton"] + second["composition"]["cotton"]) / 2
     assert after["mean"]["cotton"] == pytest.approx(expected, abs=1e-4)
     assert sum(after["results"].values()) == 2
+
+
+def test_a_station_measuring_less_than_calibrated_refers_every_result(tmp_path, mqtt_broker) -> None:
+    """Two frames where the calibration saw three: the intervals would be too narrow, so the result is flagged
+    uncalibrated_settings and referred to the lab, and the alarm names the setting and the fix."""
+    with DemoBench(tmp_path, station_id=f"few-{uuid.uuid4().hex[:8]}", mode="triggered", broker=mqtt_broker,
+                   settings={"camera": {"frames_per_measurement": 2}}) as few:
+        few.calibrate()
+        watcher = ResultWatcher(few.broker.host, few.broker.port, [f"{few.topic_base}/#"])
+        try:
+            w = Watch(watcher)
+            few.start_station()
+            wait_until_serving(w, few)
+            put_named_sample(few, "CP-F1", {"cotton": 0.6, "polyester": 0.4})
+            result = measure(few, w, "CP-F1")
+            assert {"uncalibrated_settings", "refer_to_lab"} <= set(result["flags"])
+            _, alarm = w.wait_for(lambda t, d: t.endswith("/alarm") and d.get("kind") == "refer_to_lab"
+                                  and d.get("details", {}).get("sequence") == result["sequence"])
+            assert validation_errors(alarm, "alarm") == []
+            assert "n_frames 3 -> 2" in alarm["message"] and "calibrate-uncertainty --config" in alarm["message"]
+        finally:
+            watcher.close()
+    assert "uncertainty calibration was fitted on richer measurements" in few.station_log.read_text(encoding="utf-8")

@@ -332,6 +332,8 @@ class Station:
             flags.add("unknown_fibre")
         if prediction.uncalibrated_flags:
             flags.add("refer_to_lab")
+        if predictor.settings_problem:
+            flags.add("uncalibrated_settings")
         lot = self.lot.spec
         spec = (check_composition(lot, prediction.composition, prediction.decision_interval_95)
                 if lot is not None and lot.lot_id == m.lot_id else None)
@@ -352,7 +354,7 @@ class Station:
         row = self.link.publish_result(doc)
         self.time_to_result.published(row, m.requested_at, m.acquire_ms)
         for alarm in (out_of_spec_alarm(doc), refer_to_lab_alarm(doc, prediction.uncalibrated_flags,
-                                                                 condition_problem)):
+                                                                 condition_problem, predictor.settings_problem)):
             if alarm is not None:
                 log.warning("%s", alarm["message"])
                 self.link.publish_alarm(alarm)

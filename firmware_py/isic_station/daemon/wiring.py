@@ -33,7 +33,7 @@ from isic_station.manifest import Manifest, load_manifest
 from isic_station.messaging.mqtt_link import MqttSettings
 from isic_station.messaging.outbox import Outbox
 from isic_station.preprocess.image import scale_problem
-from isic_station.uncertainty import settings_problem
+from isic_station.uncertainty import settings_note, settings_problem
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +83,21 @@ class ModelLoader:
 
     def load(self, manifest: Optional[Manifest] = None) -> Predictor:
         """A predictor for `manifest` (default: read it now) with its backend loaded; the caller closes
-        `predictor.backend`."""
+        `predictor.backend`. A calibration fitted on richer measurements than this station's is named in
+        `predictor.settings_problem` (and warned of)."""
         manifest = manifest if manifest is not None else self.manifest()
-        predictor = Predictor(manifest, create_backend(self.kind, manifest, self.options))
-        log.info("model %s %s on %s", manifest.name, manifest.version, predictor.backend.name)
-        problem = scale_problem(self.camera_um_per_px, manifest.image) if self.camera_um_per_px else None
-        if problem:
-            log.warning("%s", problem)
         calibrated_for = manifest.raw.get("uncertainty", {}).get("data", {}).get("station", {})
         problem = settings_problem(calibrated_for, self.config) if calibrated_for else None
+        predictor = Predictor(manifest, create_backend(self.kind, manifest, self.options), settings_problem=problem)
+        log.info("model %s %s on %s", manifest.name, manifest.version, predictor.backend.name)
+        scale = scale_problem(self.camera_um_per_px, manifest.image) if self.camera_um_per_px else None
+        if scale:
+            log.warning("%s", scale)
         if problem:
             log.warning("%s", problem)
+        note = settings_note(calibrated_for, self.config) if calibrated_for else None
+        if note:
+            log.info("%s", note)
         return predictor
 
 

@@ -50,11 +50,15 @@ def _milliseconds(start: float, end: float) -> float:
 class Predictor:
     """Joins the manifest's preprocessing, a loaded backend and the fusion over tiles."""
 
-    def __init__(self, manifest: Manifest, backend: Backend, calibrated: bool = True) -> None:
-        """`calibrated=False` ignores the manifest's uncertainty calibration (raw answers, to calibrate on)."""
+    def __init__(self, manifest: Manifest, backend: Backend, calibrated: bool = True,
+                 settings_problem: Optional[str] = None) -> None:
+        """`calibrated=False` ignores the manifest's uncertainty calibration (raw answers, to calibrate on);
+        `settings_problem` says why that calibration does not hold at the station's measuring settings
+        (`uncertainty.settings_problem`: the station flags every result `uncalibrated_settings`)."""
         self.manifest = manifest
         self.backend = backend
         self.calibration = UncertaintyCalibration.from_manifest(manifest) if calibrated else None
+        self.settings_problem = settings_problem if self.calibration is not None else None
         self.counter = FibreCounter.on_backend(backend) if GRAPH_COUNTER in manifest.graphs else None
 
     def image_builder(self, camera_um_per_px: float) -> ImageBatchBuilder:

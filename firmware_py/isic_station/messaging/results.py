@@ -16,6 +16,8 @@ SCHEMA_VERSION = 1
 
 # The quality flags a result may carry, in the order results list them: the result schema's enum.
 RESULT_FLAGS = tuple(load_schema("result")["properties"]["flags"]["items"]["enum"])
+# A result flagged with any of these is the lab's to decide (`refer_to_lab`), whatever its spec check says.
+REFERRING_FLAGS = frozenset({"unknown_fibre", "outside_trained_range", "uncalibrated_settings"})
 
 
 def utc_iso(moment: Optional[datetime] = None) -> str:
@@ -47,8 +49,8 @@ def build_result(
     temperature_c: Optional[float] = None,
 ) -> Dict[str, Any]:
     """A result document (schema `result`); `out_of_spec` is added to the flags when `spec`'s verdict
-    is fail, `refer_to_lab` when it is undetermined (or when `unknown_fibre` or `outside_trained_range` is
-    among the flags).
+    is fail, `refer_to_lab` when it is undetermined (or when `unknown_fibre`, `outside_trained_range` or
+    `uncalibrated_settings` is among the flags).
 
     `model` is {name, version, sha256, manifest_sha256?}; `timings_ms` is {acquire, preprocess, infer, total};
     `spec` is what `spec_check.check_composition` returned, or None when no lot is set;
@@ -61,7 +63,7 @@ def build_result(
         raise ValueError(f"unknown result flag(s) {unknown}; known: {list(RESULT_FLAGS)}")
     if spec is not None and spec["verdict"] == "fail":
         flag_set.add("out_of_spec")
-    if flag_set & {"unknown_fibre", "outside_trained_range"} or (spec is not None and spec["refer_to_lab"]):
+    if flag_set & REFERRING_FLAGS or (spec is not None and spec["refer_to_lab"]):
         flag_set.add("refer_to_lab")
     flag_list = [f for f in RESULT_FLAGS if f in flag_set]  # in a stable order
     return {
@@ -131,9 +133,11 @@ def out_of_spec_alarm(result: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
 
 
 def refer_to_lab_alarm(result: Mapping[str, Any], uncalibrated_flags: Iterable[str] = (),
-                       condition_problem: Optional[str] = None) -> Optional[Dict[str, Any]]:
+                       condition_problem: Optional[str] = None,
+                       settings_problem: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """The alarm for a result the lab must decide (flag `refer_to_lab`), naming why (`condition_problem`:
-    `Manifest.condition_problem`'s words for an `outside_trained_range` result); None otherwise."""
+    `Manifest.condition_problem`'s words for an `outside_trained_range` result; `settings_problem`:
+    `uncertainty.settings_problem`'s for an `uncalibrated_settings` one); None otherwise."""
     if "refer_to_lab" not in result["flags"]:
         return None
     reasons = []
@@ -146,6 +150,8 @@ def refer_to_lab_alarm(result: Mapping[str, Any], uncalibrated_flags: Iterable[s
         reasons.append(f"likely holds a fibre the model does not know (score {result.get('unknown_fibre_score')})")
     if "outside_trained_range" in result["flags"]:
         reasons.append(condition_problem or "measured outside the conditions the model was trained in")
+    if "uncalibrated_settings" in result["flags"]:
+        reasons.append(settings_problem or "measured at settings the uncertainty calibration does not hold for")
     untrusted = sorted(set(uncalibrated_flags))
     if untrusted:
         reasons.append("quality flag(s) the uncertainty calibration never saw: " + ", ".join(untrusted))
