@@ -267,9 +267,9 @@ def test_zzz_doctor_passes_on_the_bench(bench: DemoBench) -> None:
                           text=True, timeout=120)
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in ("spectrometer", "camera", "model", "scale", "room", "backend", "broker", "state"):
+    for name in ("spectrometer", "camera", "model", "scale", "settings", "room", "backend", "broker", "state"):
         assert any(line.startswith("OK") and name in line for line in lines), (name, proc.stdout)
-    assert "sha256 ok" in proc.stdout and "8 of 8 checks passed" in proc.stdout
+    assert "sha256 ok" in proc.stdout and "9 of 9 checks passed" in proc.stdout
     assert "degC by the spectrometer's sensor" in proc.stdout  # the emulated instrument reports its room
 
 
@@ -291,7 +291,7 @@ port = {free_port()}
                           timeout=120)
     assert proc.returncode == 69, proc.stdout + proc.stderr
     out = proc.stdout
-    for name in ("spectrometer", "model", "room", "backend", "broker", "state"):
+    for name in ("spectrometer", "model", "settings", "room", "backend", "broker", "state"):
         assert f"FAIL {name}" in out, (name, out)
     assert "no-such-tty" in out and "dialout" in out and "manifest" in out and "-> " in out
     assert "OK   camera" in out and "signal-only" in out

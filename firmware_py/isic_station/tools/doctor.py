@@ -36,6 +36,7 @@ from isic_station.inference.registry import om_files_present
 from isic_station.manifest import Manifest, verify_graph_file
 from isic_station.messaging.mqtt_link import MqttSettings
 from isic_station.preprocess.image import scale_problem
+from isic_station.uncertainty import settings_note, settings_problem
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,25 @@ def check_scale(config: Config) -> CheckResult:
 
     return _guard("scale", "measure the microscope's scale with a stage micrometer and set camera.um_per_px "
                   "to it; if it is right, the objective does not suit this model", probe)
+
+
+def check_settings(config: Config) -> CheckResult:
+    """The station measures at least as much as the data its model's uncertainty calibration was fitted on."""
+
+    def probe() -> str:
+        manifest = _manifest_first(ModelLoader(config))
+        calibrated = manifest.raw.get("uncertainty", {}).get("data", {}).get("station")
+        if not calibrated:
+            return "the model carries no uncertainty calibration: results have no calibrated intervals"
+        problem = settings_problem(calibrated, config)
+        if problem:
+            raise ValueError(problem)
+        return "the uncertainty calibration holds here: " + (settings_note(calibrated, config)
+                                                              or "the station measures as its data were taken")
+
+    return _guard("settings", "measure with at least the calibration's scans, frames and field (the manifest's "
+                  "uncertainty.data.station), or calibrate for these settings; until then every result is "
+                  "flagged uncalibrated_settings and referred to the lab", probe)
 
 
 def check_room(config: Config) -> CheckResult:
@@ -313,7 +333,7 @@ def run_checks(config: Config, only: Optional[List[str]] = None) -> List[CheckRe
     """Every check (or those named in `only`), in the order a technician would go through them."""
     checks = {
         "spectrometer": check_serial, "camera": check_camera, "model": check_model, "scale": check_scale,
-        "room": check_room, "backend": check_backend,
+        "settings": check_settings, "room": check_room, "backend": check_backend,
         "broker": check_broker, "state": check_state,
     }
     return [check(config) for name, check in checks.items() if only is None or name in only]
