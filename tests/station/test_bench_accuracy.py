@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from isic_station.tools.bench.accuracy import apply_settings, label_tile_count, tile_origins
-from isic_station.tools.bench.scoring import pooled_figures, score_result
+from isic_station.tools.bench.scoring import figures_line, pooled_figures, score_result
 from isic_station.tools.demo import station_command
 
 
@@ -139,3 +139,25 @@ def test_a_killed_bench_stops_its_station_emulator_and_broker(tmp_path):
     finally:
         if bench.poll() is None:
             bench.kill()
+
+
+def test_results_of_one_piece_widen_the_interval_by_sample():
+    """Four results of each of 40 pieces: when each piece is right or wrong as a whole, the by-sample bootstrap
+    interval is about twice the Wilson interval of 160 independent results; coverage likewise by piece."""
+    truth = {"cotton": 0.6, "polyester": 0.4}
+    inside = {"cotton": [0.5, 0.7], "polyester": [0.3, 0.5]}
+    outside = {"cotton": [0.7, 0.8], "polyester": [0.2, 0.3]}
+    scores = [score_result(truth, "cotton/polyester" if piece % 5 else "cotton", truth, "cotton/polyester", 0.9,
+                           inside if piece % 10 else outside, sample=f"7001:{piece}")
+              for piece in range(40) for _ in range(4)]
+    figures = pooled_figures(scores)
+    assert figures["samples"] == 40 and figures["n"] == 160 and figures["accuracy"] == 0.8
+    lo, hi = figures["accuracy_ci95_by_sample"]
+    wilson_lo, wilson_hi = figures["accuracy_ci95"]
+    assert lo < 0.8 < hi and (hi - lo) > 1.6 * (wilson_hi - wilson_lo)
+    assert figures["coverage_95"] == 0.9
+    clo, chi = figures["coverage_95_ci95"]
+    assert clo < 0.9 < chi and chi - clo > 0.1
+    assert pooled_figures(scores) == figures, "the same scores give the same interval"
+    assert "samples" not in pooled_figures([score_result(truth, "x", truth, "x")])  # unnamed: results independent
+    assert "of 40 samples" in figures_line(figures) and "by sample" in figures_line(figures)

@@ -181,7 +181,7 @@ def _score_line(bench: Any, watcher: Any, seed: int, args: argparse.Namespace, f
         truth = {f: float(sample.composition.get(f, 0.0)) for f in fibres}
         scores.append(dict(score_result(doc["composition"], doc["blend"], truth, blend_label(sample),
                                         confidence=doc.get("confidence"), interval_95=doc.get("interval_95"),
-                                        flags=doc["flags"]),
+                                        flags=doc["flags"], sample=f"{seed}:{index}"),
                            index=index))
         if not args.json:
             print(f"  line {seed}: {len(scores)}/{args.count} scored ({straddled} straddled)", end="\r",

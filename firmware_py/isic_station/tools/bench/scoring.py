@@ -8,7 +8,11 @@ calibration error, say) is one more key in `score_result`'s dict and one more en
 
 Intervals: accuracy with Wilson's score interval (right near 100 %, where the normal
 approximation leaves [0, 1]); MAE with the normal approximation of the mean of per-result errors
-(hundreds of results, errors independent between samples).
+(hundreds of results, errors independent between samples). At the station several results come
+from the same piece of fabric under the probe and share its error, so they are not independent:
+scores that name their `sample` also get `accuracy_ci95_by_sample` and `coverage_95_ci95`, percentile
+intervals of a bootstrap that draws whole samples (each with all its results), and `samples`, how
+many distinct pieces were scored. Offline every measurement is its own piece: the two agree there.
 """
 
 import math
@@ -24,13 +28,16 @@ from isic_station.uncertainty_metrics import (
 )
 
 Z95 = 1.959964
+BOOTSTRAP_DRAWS = 2000
+BOOTSTRAP_SEED = 0  # the same scores give the same interval
 
 
 def score_result(composition: Mapping[str, float], blend: str, truth: Mapping[str, float],
                  true_blend: str, confidence: Optional[float] = None,
                  interval_95: Optional[Mapping[str, Sequence[float]]] = None,
-                 flags: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """One result against the sample that was measured.
+                 flags: Optional[Sequence[str]] = None, sample: Optional[str] = None) -> Dict[str, Any]:
+    """One result against the sample that was measured (`sample`: which piece of fabric, when several
+    results may come from one; None: this result's own).
 
     `correct`: the blend class matches; `abs_error`: |predicted - true| averaged over the fibres
     the sample contains (as `isic-model evaluate` counts MAE); `blend`: the true blend. With the
@@ -42,6 +49,8 @@ def score_result(composition: Mapping[str, float], blend: str, truth: Mapping[st
     present = [f for f, v in truth.items() if v > 0]
     error = sum(abs(float(composition.get(f, 0.0)) - float(truth[f])) for f in present) / len(present)
     score: Dict[str, Any] = {"correct": blend == true_blend, "abs_error": error, "blend": true_blend}
+    if sample is not None:
+        score["sample"] = sample
     if confidence is not None:
         score["confidence"] = float(confidence)
     if interval_95 is not None:
@@ -79,6 +88,38 @@ def uncertainty_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         figures["accuracy_within_trained"] = (round(sum(bool(s["correct"]) for s in within) / len(within), 4)
                                               if within else None)
     return figures
+
+
+def sample_bootstrap_interval(hits: Sequence[float], counts: Sequence[float], samples: Sequence[str]) -> List[float]:
+    """95 % percentile interval of sum(hits) / sum(counts) when whole samples are drawn with replacement
+    (`hits[i]`, `counts[i]` are result i's, `samples[i]` its piece of fabric)."""
+    keys = sorted(set(samples))
+    index = {key: i for i, key in enumerate(keys)}
+    per_hits, per_counts = np.zeros(len(keys)), np.zeros(len(keys))
+    for h, c, key in zip(hits, counts, samples):
+        per_hits[index[key]] += h
+        per_counts[index[key]] += c
+    draws = np.random.default_rng(BOOTSTRAP_SEED).integers(0, len(keys), size=(BOOTSTRAP_DRAWS, len(keys)))
+    ratios = per_hits[draws].sum(axis=1) / np.maximum(per_counts[draws].sum(axis=1), 1e-12)
+    return [round(float(v), 4) for v in np.percentile(ratios, [2.5, 97.5])]
+
+
+def _by_sample(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """`samples`, `accuracy_ci95_by_sample` and (with intervals) `coverage_95_ci95` of scores that name
+    their sample; {} when they do not."""
+    named = [s for s in scores if "sample" in s]
+    if not named or len(named) < len(scores):
+        return {}
+    keys = [str(s["sample"]) for s in named]
+    out: Dict[str, Any] = {"samples": len(set(keys)), "accuracy_ci95_by_sample": sample_bootstrap_interval(
+        [float(bool(s["correct"])) for s in named], [1.0] * len(named), keys)}
+    with_intervals = [s for s in named if "present_intervals" in s]
+    if with_intervals:
+        inside = [sum(lo - 1e-9 <= t <= hi + 1e-9 for t, (lo, hi) in zip(s["present_truth"], s["present_intervals"]))
+                  for s in with_intervals]
+        out["coverage_95_ci95"] = sample_bootstrap_interval(
+            inside, [len(s["present_truth"]) for s in with_intervals], [str(s["sample"]) for s in with_intervals])
+    return out
 
 
 def wilson_interval(successes: int, n: int) -> List[float]:
@@ -122,6 +163,7 @@ def pooled_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "mae_ci95": [round(v, 4) for v in mean_interval(errors)],
         "mae_per_blend": {b: round(sum(v) / len(v), 4) for b, v in sorted(per_blend.items())},
         **uncertainty_figures(scores),
+        **_by_sample(scores),
     }
 
 
@@ -133,8 +175,15 @@ def figures_line(figures: Mapping[str, Any]) -> str:
     mlo, mhi = figures["mae_ci95"]
     line = (f"accuracy {100 * figures['accuracy']:.1f} % (95 % CI {100 * lo:.1f}-{100 * hi:.1f}), "
             f"MAE {figures['mae']:.4f} ({mlo:.4f}-{mhi:.4f}), n {figures['n']}")
+    if figures.get("samples") is not None:
+        slo, shi = figures["accuracy_ci95_by_sample"]
+        line += f" of {figures['samples']} samples (accuracy {100 * slo:.1f}-{100 * shi:.1f} by sample)"
     if figures.get("coverage_95") is not None:
-        line += f", coverage_95 {figures['coverage_95']:.3f} (median width {figures['median_interval_width']:.3f})"
+        line += f", coverage_95 {figures['coverage_95']:.3f} (median width {figures['median_interval_width']:.3f}"
+        if figures.get("coverage_95_ci95") is not None:
+            clo, chi = figures["coverage_95_ci95"]
+            line += f"; {clo:.3f}-{chi:.3f} by sample"
+        line += ")"
     if figures.get("ece") is not None:
         line += f", ECE {figures['ece']:.3f} (a perfectly calibrated model: {figures['ece_noise_floor']:.3f})"
     if figures.get("flagged_known") is not None:
