@@ -12,16 +12,20 @@ from isic_station.preprocess.image import scale_problem
 from isic_station.tools.doctor import check_scale
 
 
-def config_with_scale(tmp_path: Path, um_per_px: float):
+def config_with_scale(tmp_path: Path, um_per_px: float, spectrometer: str = "", camera: str = "",
+                      source: str = "virtual:"):
+    """A station config with this camera scale (and more [spectrometer] / [camera] lines)."""
     path = tmp_path / "station.toml"
     path.write_text(f"""[station]
 id = "scale-1"
 state_dir = "state"
 [spectrometer]
 port = "/dev/null"
+{spectrometer}
 [camera]
-source = "virtual:"
+source = "{source}"
 um_per_px = {um_per_px}
+{camera}
 """, encoding="utf-8")
     return load_config(path)
 

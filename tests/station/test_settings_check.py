@@ -3,27 +3,15 @@ doctor fails naming the setting when the station measures less, and the loaded p
 
 from pathlib import Path
 
-from isic_station.config import load_config
 from isic_station.daemon.wiring import build_parts
 from isic_station.tools.doctor import check_settings
 
+from .test_scale_check import config_with_scale
+
 
 def station_config(tmp_path: Path, coadd: int, frames: int, source: str = "virtual:"):
-    path = tmp_path / "station.toml"
-    path.write_text(f"""[station]
-id = "settings-1"
-state_dir = "state"
-[spectrometer]
-port = "/dev/null"
-coadd = {coadd}
-[camera]
-source = "{source}"
-width = 640
-height = 480
-um_per_px = 1.0
-frames_per_measurement = {frames}
-""", encoding="utf-8")
-    return load_config(path)
+    return config_with_scale(tmp_path, 1.0, spectrometer=f"coadd = {coadd}",
+                             camera=f"width = 640\nheight = 480\nframes_per_measurement = {frames}", source=source)
 
 
 def test_doctor_fails_a_station_measuring_less_than_the_calibration(tmp_path):
