@@ -304,8 +304,9 @@ def settings_problem(calibrated: Mapping[str, Any], config: Any) -> Optional[str
 
 
 def settings_note(calibrated: Mapping[str, Any], config: Any) -> Optional[str]:
-    """How this station's settings differ from the calibration's where that is safe (richer, or a
-    setting the calibration does not depend on), or None when they are the same."""
+    """How this station's settings differ from the calibration's where that is safe (richer scans, frames
+    or field; another integration time, whose noise the interval's scale follows), or None when they are
+    the same or not safe."""
     own = station_settings_of(config)
     differ = [f"{key} {calibrated[key]} -> {value}" for key, value in own.items()
               if calibrated.get(key) is not None and value is not None
@@ -313,7 +314,9 @@ def settings_note(calibrated: Mapping[str, Any], config: Any) -> Optional[str]:
     if not differ or settings_problem(calibrated, config):
         return None
     return ("the uncertainty calibration was fitted at other station settings (" + ", ".join(differ)
-            + "); this station measures at least as much, so its intervals hold (or are wider than needed)")
+            + "); this station measures at least as much (co-added scans, frames, field), so its intervals hold "
+            "or are wider than needed (the integration time is not compared: the intervals follow the spectrum's "
+            "measured noise)")
 
 
 class UncertaintyCalibration:
