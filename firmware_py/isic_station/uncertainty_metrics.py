@@ -10,14 +10,18 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 
+def inside_interval(truth: np.ndarray, intervals: np.ndarray) -> np.ndarray:
+    """Whether each true fraction lies in its [low, high] interval ([N, F] and [N, F, 2]; 1e-9 of rounding)."""
+    truth, intervals = np.asarray(truth, dtype=np.float64), np.asarray(intervals, dtype=np.float64)
+    return (intervals[..., 0] <= truth + 1e-9) & (truth - 1e-9 <= intervals[..., 1])
+
+
 def coverage_95(truth: np.ndarray, intervals: np.ndarray) -> Optional[float]:
     """Share of true fractions inside their interval, over the fibres present ([N, F] and [N, F, 2])."""
-    truth, intervals = np.asarray(truth, dtype=np.float64), np.asarray(intervals, dtype=np.float64)
-    present = truth > 0
+    present = np.asarray(truth, dtype=np.float64) > 0
     if not present.any():
         return None
-    inside = (intervals[..., 0] <= truth + 1e-9) & (truth - 1e-9 <= intervals[..., 1])
-    return round(float(inside[present].mean()), 4)
+    return round(float(inside_interval(truth, intervals)[present].mean()), 4)
 
 
 def median_interval_width(truth: np.ndarray, intervals: np.ndarray) -> Optional[float]:

@@ -24,6 +24,7 @@ from isic_station.uncertainty_metrics import (
     coverage_95,
     ece_noise_floor,
     expected_calibration_error,
+    inside_interval,
     median_interval_width,
 )
 
@@ -115,8 +116,7 @@ def _by_sample(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         [float(bool(s["correct"])) for s in named], [1.0] * len(named), keys)}
     with_intervals = [s for s in named if "present_intervals" in s]
     if with_intervals:
-        inside = [sum(lo - 1e-9 <= t <= hi + 1e-9 for t, (lo, hi) in zip(s["present_truth"], s["present_intervals"]))
-                  for s in with_intervals]
+        inside = [float(inside_interval(s["present_truth"], s["present_intervals"]).sum()) for s in with_intervals]
         out["coverage_95_ci95"] = sample_bootstrap_interval(
             inside, [len(s["present_truth"]) for s in with_intervals], [str(s["sample"]) for s in with_intervals])
     return out
