@@ -151,7 +151,7 @@ def test_results_of_one_piece_widen_the_interval_by_sample():
                            inside if piece % 10 else outside, sample=f"7001:{piece}")
               for piece in range(40) for _ in range(4)]
     figures = pooled_figures(scores)
-    assert figures["samples"] == 40 and figures["n"] == 160 and figures["accuracy"] == 0.8
+    assert figures["pieces"] == 40 and figures["n"] == 160 and figures["accuracy"] == 0.8
     lo, hi = figures["accuracy_ci95_by_sample"]
     wilson_lo, wilson_hi = figures["accuracy_ci95"]
     assert lo < 0.8 < hi and (hi - lo) > 1.6 * (wilson_hi - wilson_lo)
@@ -159,5 +159,5 @@ def test_results_of_one_piece_widen_the_interval_by_sample():
     clo, chi = figures["coverage_95_ci95"]
     assert clo < 0.9 < chi and chi - clo > 0.1
     assert pooled_figures(scores) == figures, "the same scores give the same interval"
-    assert "samples" not in pooled_figures([score_result(truth, "x", truth, "x")])  # unnamed: results independent
-    assert "of 40 samples" in figures_line(figures) and "by sample" in figures_line(figures)
+    assert "pieces" not in pooled_figures([score_result(truth, "x", truth, "x")])  # unnamed: results independent
+    assert "of 40 pieces" in figures_line(figures) and "by sample" in figures_line(figures)

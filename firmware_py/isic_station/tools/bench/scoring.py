@@ -11,8 +11,9 @@ approximation leaves [0, 1]); MAE with the normal approximation of the mean of p
 (hundreds of results, errors independent between samples). At the station several results come
 from the same piece of fabric under the probe and share its error, so they are not independent:
 scores that name their `sample` also get `accuracy_ci95_by_sample` and `coverage_95_ci95`, percentile
-intervals of a bootstrap that draws whole samples (each with all its results), and `samples`, how
-many distinct pieces were scored. Offline every measurement is its own piece: the two agree there.
+intervals of a bootstrap that draws whole samples (each with all its results), and `pieces`, how
+many distinct pieces were scored (`isic-model evaluate`'s `samples` is its count of measurements).
+Offline every measurement is its own piece: the two agree there.
 """
 
 import math
@@ -106,13 +107,13 @@ def sample_bootstrap_interval(hits: Sequence[float], counts: Sequence[float], sa
 
 
 def _by_sample(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """`samples`, `accuracy_ci95_by_sample` and (with intervals) `coverage_95_ci95` of scores that name
+    """`pieces`, `accuracy_ci95_by_sample` and (with intervals) `coverage_95_ci95` of scores that name
     their sample; {} when they do not."""
     named = [s for s in scores if "sample" in s]
     if not named or len(named) < len(scores):
         return {}
     keys = [str(s["sample"]) for s in named]
-    out: Dict[str, Any] = {"samples": len(set(keys)), "accuracy_ci95_by_sample": sample_bootstrap_interval(
+    out: Dict[str, Any] = {"pieces": len(set(keys)), "accuracy_ci95_by_sample": sample_bootstrap_interval(
         [float(bool(s["correct"])) for s in named], [1.0] * len(named), keys)}
     with_intervals = [s for s in named if "present_intervals" in s]
     if with_intervals:
@@ -175,9 +176,9 @@ def figures_line(figures: Mapping[str, Any]) -> str:
     mlo, mhi = figures["mae_ci95"]
     line = (f"accuracy {100 * figures['accuracy']:.1f} % (95 % CI {100 * lo:.1f}-{100 * hi:.1f}), "
             f"MAE {figures['mae']:.4f} ({mlo:.4f}-{mhi:.4f}), n {figures['n']}")
-    if figures.get("samples") is not None:
+    if figures.get("accuracy_ci95_by_sample") is not None:
         slo, shi = figures["accuracy_ci95_by_sample"]
-        line += f" of {figures['samples']} samples (accuracy {100 * slo:.1f}-{100 * shi:.1f} by sample)"
+        line += f" of {figures['pieces']} pieces (accuracy {100 * slo:.1f}-{100 * shi:.1f} by sample)"
     if figures.get("coverage_95") is not None:
         line += f", coverage_95 {figures['coverage_95']:.3f} (median width {figures['median_interval_width']:.3f}"
         if figures.get("coverage_95_ci95") is not None:
