@@ -84,14 +84,19 @@ class Manifest:
     def wavelengths_nm(self) -> List[float]:
         return list(self.raw["spectrum"]["wavelengths_nm"])
 
+    @property
+    def calibration_data(self) -> Dict[str, Any]:
+        """What the uncertainty calibration was fitted on (`uncertainty.data`: station settings, conditions,
+        seeds); {} without a calibration."""
+        return dict(self.raw.get("uncertainty", {}).get("data", {}))
+
     def condition_problem(self, temperature_c: Optional[float]) -> Optional[str]:
         """Why a measurement in a room at `temperature_c` lies outside what the model was trained in (the
         manifest's `conditions`) or its uncertainty calibrated in (`uncertainty.data.conditions`), or None:
         within both, no reading, or no recorded range. The spectrum does not show a cold room (a 10 degC room
         cost the version-4 model 19 points with nothing flagged): the sensor does."""
         spans = {"trained": self.raw.get("conditions", {}).get("temperature_c"),
-                 "calibrated": self.raw.get("uncertainty", {}).get("data", {}).get("conditions", {})
-                 .get("temperature_c")}
+                 "calibrated": self.calibration_data.get("conditions", {}).get("temperature_c")}
         outside = [f"{span[0]:g}-{span[1]:g} degC the model was {kind} in" for kind, span in spans.items()
                    if span is not None and temperature_c is not None and not span[0] <= temperature_c <= span[1]]
         if not outside:

@@ -86,7 +86,7 @@ class ModelLoader:
         `predictor.backend`. A calibration fitted on richer measurements than this station's is named in
         `predictor.settings_problem` (and warned of)."""
         manifest = manifest if manifest is not None else self.manifest()
-        calibrated_for = manifest.raw.get("uncertainty", {}).get("data", {}).get("station", {})
+        calibrated_for = manifest.calibration_data.get("station")
         problem = settings_problem(calibrated_for, self.config) if calibrated_for else None
         predictor = Predictor(manifest, create_backend(self.kind, manifest, self.options), settings_problem=problem)
         log.info("model %s %s on %s", manifest.name, manifest.version, predictor.backend.name)
@@ -95,7 +95,7 @@ class ModelLoader:
             log.warning("%s", scale)
         if problem:
             log.warning("%s", problem)
-        note = settings_note(calibrated_for, self.config) if calibrated_for else None
+        note = settings_note(calibrated_for, self.config) if calibrated_for and not problem else None
         if note:
             log.info("%s", note)
         return predictor

@@ -149,7 +149,7 @@ def check_settings(config: Config) -> CheckResult:
 
     def probe() -> str:
         manifest = _manifest_first(ModelLoader(config))
-        calibrated = manifest.raw.get("uncertainty", {}).get("data", {}).get("station")
+        calibrated = manifest.calibration_data.get("station")
         if not calibrated:
             return "the model carries no uncertainty calibration: results have no calibrated intervals"
         problem = settings_problem(calibrated, config)
