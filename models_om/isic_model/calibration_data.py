@@ -27,7 +27,7 @@ import numpy as np
 
 from isic_model.data import Presets, StationSettings, cache_key, draw_preset
 from isic_model.measuring_settings import station_settings
-from isic_model.workers import stop_workers_on_sigterm
+from isic_model.workers import save_npz, stop_workers_on_sigterm
 from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, SpectrumQuality
 
 log = logging.getLogger(__name__)
@@ -141,10 +141,7 @@ def collect(
                                   [1] * jobs))
         records = Records(**{k: np.concatenate([getattr(part, k) for part in parts]) for k in asdict(parts[0])})
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **asdict(records))
-        tmp.replace(path)
+        save_npz(path, asdict(records))
     return records
 
 

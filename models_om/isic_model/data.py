@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from isic_drivers.lab.microscope import CENTRELINE_STEP_PX
-from isic_model.workers import stop_workers_on_sigterm
+from isic_model.workers import save_npz, stop_workers_on_sigterm
 from isic_station.preprocess.image import ImageParams, cut_frame
 from isic_station.preprocess.image_stream import ImageBatchBuilder
 from isic_station.preprocess.spectrum import preprocess_spectra
@@ -304,10 +304,7 @@ def generate(
         labels=np.concatenate([c["labels"] for c in chunks]),
     )
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **asdict(lab_set))
-        tmp.replace(path)
+        save_npz(path, asdict(lab_set))
     return lab_set
 
 
@@ -345,10 +342,7 @@ def counter_tiles(
     chunks = _run_parts(task, seed, n, parts, jobs)
     tiles, lengths = np.concatenate([c["tiles"] for c in chunks]), np.concatenate([c["lengths"] for c in chunks])
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, tiles=tiles, lengths=lengths)
-        tmp.replace(path)
+        save_npz(path, {"tiles": tiles, "lengths": lengths})
     return tiles, lengths
 
 

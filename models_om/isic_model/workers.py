@@ -15,7 +15,9 @@ import os
 import signal
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Set
+from typing import Any, Iterator, Mapping, Set
+
+import numpy as np
 
 _SCRATCH: Set[Path] = set()  # scratch files of this process, removed on SIGTERM
 
@@ -36,6 +38,16 @@ def scratch_file(path: Path) -> Iterator[Path]:
     finally:
         _SCRATCH.discard(path)
         path.unlink(missing_ok=True)
+
+
+def save_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write a cache file whole or not at all: into a scratch name of this process, then renamed over
+    `path`. Two trainings sharing a cache folder write the same key at once; with one shared
+    temporary name the second rename found nothing and killed its training (FileNotFoundError)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with scratch_file(path.with_name(f".{path.stem}-{os.getpid()}.tmp.npz")) as tmp:
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
 
 
 def _terminate_workers(signum: int, _frame: Any) -> None:

@@ -1,4 +1,5 @@
-"""`kill` of an `isic-model` command stops its worker processes and theirs (real spawned processes).
+"""`kill` of an `isic-model` command stops its worker processes and theirs (real spawned processes); two
+commands writing one cache file at once both finish.
 
 The command's process starts a spawned pool (as `train` starts its counter stage), whose worker starts
 a pool of its own (as the counter stage renders its tiles); every process writes its pid and sleeps.
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 # Imported by the spawned workers from the module file written below (a test module is not importable
 # by name from another process).
@@ -72,3 +75,30 @@ def test_sigterm_to_the_command_stops_its_workers_and_theirs(tmp_path: Path) -> 
         for p in [int(p) for p in pids.read_text().split()] if pids.exists() else []:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+WRITER = '''
+import sys
+from pathlib import Path
+import numpy as np
+from isic_model.workers import save_npz
+
+value = int(sys.argv[2])
+for _ in range(200):
+    save_npz(Path(sys.argv[1]), {"x": np.full(20000, value)})
+'''
+
+
+def test_two_commands_writing_the_same_cache_file_both_finish_and_leave_it_whole(tmp_path: Path) -> None:
+    """Two trainings sharing a cache folder write the same lab set at once (seen: the second one died)."""
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    target = tmp_path / "cache" / "lab-key.npz"
+    writers = [subprocess.Popen([sys.executable, str(script), str(target), str(v)], stderr=subprocess.PIPE)
+               for v in (1, 2)]
+    for proc in writers:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    with np.load(target) as data:
+        assert len(set(data["x"].tolist())) == 1 and int(data["x"][0]) in (1, 2)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["lab-key.npz"]
