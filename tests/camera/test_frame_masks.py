@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from isic_drivers.camera import CameraSource
-from isic_drivers.emulators.microscope import label_box
+from isic_drivers.emulators.microscope import label_box, label_decorator
 from isic_drivers.lab import SampleStage, render_frame
 from isic_drivers.lab.sample import draw_sample
 from isic_model import SHIPPED_MANIFEST
@@ -59,24 +59,32 @@ def test_no_tile_touching_a_printed_label_reaches_the_model(tmp_path):
         assert not any(overlaps(tile_box(o, scale, IMAGE["tile_px"]), label) for o in info.origins)
 
 
-def test_the_label_mask_covers_the_code_opencv_finds_and_its_quiet_zone(tmp_path):
+def test_the_label_mask_covers_the_code_opencv_finds_and_its_quiet_zone():
+    """Labelled frames drawn from fixed seeds: a line paced by the clock showed other samples on a loaded
+    machine, and once a second, false box beside the code (the detector's rare false box, as on
+    unlabelled frames in the next test)."""
+    rng = np.random.default_rng(41)
     detector = cv2.QRCodeDetector()
-    checked = 0
-    for image, _sample_id in line_frames(tmp_path, "label=1", 6):
-        grey = to_grey(rescale_frame(image, CAMERA_UM_PER_PX, IMAGE["um_per_px"]))
+    scale = CAMERA_UM_PER_PX / IMAGE["um_per_px"]
+    quiet = 4 * 6 * scale            # the label's 4-module quiet zone of 6 px modules, at model scale
+    checked = extra = 0
+    for index in range(8):
+        frame, _truth = render_frame(draw_sample(rng, "default"), rng, 640, 480, CAMERA_UM_PER_PX,
+                                     decorate=label_decorator(f"L0041-{index:06d}"))
+        grey = to_grey(rescale_frame(frame, CAMERA_UM_PER_PX, IMAGE["um_per_px"]))
         boxes = label_boxes(grey, IMAGE["um_per_px"])
-        assert len(boxes) == 1
-        x, y, w, h = boxes[0]
-        found, points = detector.detect(image)
+        found, points = detector.detect(frame)
         if not found:   # OpenCV reads about 89 in 90 of these codes: a fibre over the code can hide a finder
             continue
         checked += 1
-        scale = CAMERA_UM_PER_PX / IMAGE["um_per_px"]
         code = points.reshape(-1, 2) * scale
-        quiet = 4 * 6 * scale            # the label's 4-module quiet zone of 6 px modules, at model scale
-        assert x <= code[:, 0].min() - quiet + 1 and x + w >= code[:, 0].max() + quiet - 1
-        assert y <= code[:, 1].min() - quiet + 1 and y + h >= code[:, 1].max() + quiet - 1
-    assert checked >= 5
+        covering = [(x, y, w, h) for x, y, w, h in boxes
+                    if x <= code[:, 0].min() - quiet + 1 and x + w >= code[:, 0].max() + quiet - 1
+                    and y <= code[:, 1].min() - quiet + 1 and y + h >= code[:, 1].max() + quiet - 1]
+        assert len(covering) == 1, (index, boxes)
+        extra += len(boxes) - 1
+    assert checked >= 6
+    assert extra <= 1
 
 
 def test_frames_without_a_label_rarely_lose_a_tile_to_a_false_label():
@@ -95,8 +103,6 @@ def test_a_defocused_label_is_still_found(defocus_um):
     """Defocus up to the plant's 3 um lowers every edge alike: at a fixed ink threshold the labels went unfound
     from 3 um on and reached the model as fibre (`bench accuracy --preset plant`: 208 label tiles in 339
     measurements)."""
-    from isic_drivers.emulators.microscope import label_decorator
-
     rng = np.random.default_rng(23)
     scale = CAMERA_UM_PER_PX / IMAGE["um_per_px"]
     for index in range(8):
