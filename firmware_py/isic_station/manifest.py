@@ -85,6 +85,12 @@ class Manifest:
         return list(self.raw["spectrum"]["wavelengths_nm"])
 
     @property
+    def temperature_input(self) -> Optional[Dict[str, float]]:
+        """How the graphs' `temperature` input scales the sensor's reading (`preprocess.room`); None: no such input."""
+        doc = self.raw.get("temperature_input")
+        return None if doc is None else dict(doc)
+
+    @property
     def calibration_data(self) -> Dict[str, Any]:
         """What the uncertainty calibration was fitted on (`uncertainty.data`: station settings, conditions,
         seeds); {} without a calibration."""
@@ -128,6 +134,11 @@ def _consistency_problems(raw: Dict[str, Any]) -> List[str]:
     for key in ("mean", "std"):
         if len(spectrum[key]) != n_points:
             problems.append(f"spectrum.{key} has {len(spectrum[key])} values, wavelengths_nm has {n_points}")
+    takers = sorted(key for key, graph in raw["graphs"].items()
+                    if any(t["name"] == "temperature" for t in graph["inputs"]))
+    if bool(takers) != ("temperature_input" in raw):
+        problems.append(f"graphs {takers} take 'temperature' but there is no temperature_input" if takers else
+                        "temperature_input is given but no graph takes 'temperature'")
     fibres = set(raw["fibres"])
     for label in raw["blend_classes"]:
         unknown = [f for f in label.split("/") if f not in fibres]

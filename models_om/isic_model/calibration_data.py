@@ -182,8 +182,10 @@ def _simulate(manifest_path: Path, settings: StationSettings, seed: int, groups:
                     flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
                     if quality.passed:
                         passed.append(frame)
-                station = predictor.predict(m.reflectance, m.wavelengths_nm, passed or None, settings.camera_um_per_px)
-                signal = predictor.predict(m.reflectance, m.wavelengths_nm, None, settings.camera_um_per_px)
+                station = predictor.predict(m.reflectance, m.wavelengths_nm, passed or None, settings.camera_um_per_px,
+                                            temperature_c=m.temperature_c)
+                signal = predictor.predict(m.reflectance, m.wavelengths_nm, None, settings.camera_um_per_px,
+                                           temperature_c=m.temperature_c)
                 rows["truth"].append([sample.composition.get(f, 0.0) for f in fibres])
                 rows["unknown_share"].append(sum(v for k, v in sample.composition.items() if k not in fibres))
                 rows["unknown_name"].append(",".join(sorted(k for k in sample.composition if k not in fibres)))

@@ -166,7 +166,8 @@ class LabSet:
     `reflectance` float32 [N, L] on `wavelengths_nm` (the station's R, for the baselines' own
     preprocessing); `tiles` uint8 [N, B, C, P, P]; `counts` float32 [N, F]: the fibre length per
     type the counter found on every usable tile of every frame (zeros without a counter);
-    `composition` float32 [N, F]; `labels` int [N] indexes `blend_classes`.
+    `composition` float32 [N, F]; `labels` int [N] indexes `blend_classes`; `temperature_c` float32 [N]:
+    the room by the spectrometer's sensor.
     """
 
     features: np.ndarray
@@ -176,6 +177,7 @@ class LabSet:
     counts: np.ndarray
     composition: np.ndarray
     labels: np.ndarray
+    temperature_c: np.ndarray
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -302,6 +304,7 @@ def generate(
         counts=np.concatenate([c["counts"] for c in chunks]),
         composition=np.concatenate([c["composition"] for c in chunks]),
         labels=np.concatenate([c["labels"] for c in chunks]),
+        temperature_c=np.concatenate([c["temperature_c"] for c in chunks]),
     )
     if path is not None:
         save_npz(path, asdict(lab_set))
@@ -396,7 +399,7 @@ def _generate_part(task: Dict[str, Any]) -> Dict[str, Any]:
     counter = _onnx_counter(task["counter_onnx"]) if task.get("counter_onnx") else None
     class_index = {label: i for i, label in enumerate(task["blend_classes"])}
     out: Dict[str, List[Any]] = {"reflectance": [], "tiles": [], "counts": [], "composition": [], "labels": [],
-                                 "lengths": []}
+                                 "lengths": [], "temperature_c": []}
     axis = None
     bar = tqdm(total=task["n"], desc=f"lab seed {task['seed']}", unit="meas", disable=not task["progress"],
                leave=False, position=int(task["part"]))
@@ -428,6 +431,7 @@ def _generate_part(task: Dict[str, Any]) -> Dict[str, Any]:
             out["counts"].append(np.zeros(len(fibres), np.float32) if counts is None else counts)
             out["composition"].append(m.truth.composition.astype(np.float32))
             out["labels"].append(class_index[m.truth.blend])
+            out["temperature_c"].append(m.temperature_c)
         done += 1
         bar.update(1)
     bar.close()
@@ -435,7 +439,8 @@ def _generate_part(task: Dict[str, Any]) -> Dict[str, Any]:
         return {"tiles": np.concatenate(out["tiles"]), "lengths": np.concatenate(out["lengths"])}
     return {"axis": np.asarray(axis, dtype=np.float64), "reflectance": np.stack(out["reflectance"]),
             "tiles": np.stack(out["tiles"]), "counts": np.stack(out["counts"]).astype(np.float32),
-            "composition": np.stack(out["composition"]), "labels": np.asarray(out["labels"], dtype=np.int64)}
+            "composition": np.stack(out["composition"]), "labels": np.asarray(out["labels"], dtype=np.int64),
+            "temperature_c": np.asarray(out["temperature_c"], dtype=np.float32)}
 
 
 def generate_spectra(
@@ -444,7 +449,7 @@ def generate_spectra(
     """`n` spectrum-only measurements (no frames; `tiles` is empty): what the chemometric baselines fit on."""
     rng = np.random.default_rng(seed)
     class_index = {label: i for i, label in enumerate(blend_classes)}
-    reflectances, compositions, labels = [], [], []
+    reflectances, compositions, labels, rooms = [], [], [], []
     axis = None
     for _ in range(n):
         m = settings.measure(rng, preset, None, fibres, with_frames=False)
@@ -452,6 +457,7 @@ def generate_spectra(
         reflectances.append(m.reflectance.astype(np.float32))
         compositions.append(m.truth.composition.astype(np.float32))
         labels.append(class_index[m.truth.blend])
+        rooms.append(m.temperature_c)
     return LabSet(
         features=np.zeros((n, 0), np.float32),
         reflectance=np.stack(reflectances),
@@ -460,4 +466,5 @@ def generate_spectra(
         counts=np.zeros((n, 0), np.float32),
         composition=np.stack(compositions),
         labels=np.asarray(labels, dtype=np.int64),
+        temperature_c=np.asarray(rooms, dtype=np.float32),
     )

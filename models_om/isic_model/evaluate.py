@@ -84,7 +84,8 @@ class _Runner:
 
     def add(self, measurement: Any, with_frames: bool) -> None:
         frames = measurement.frames if with_frames else None
-        p = self.predictor.predict(measurement.reflectance, measurement.wavelengths_nm, frames, measurement.um_per_px)
+        p = self.predictor.predict(measurement.reflectance, measurement.wavelengths_nm, frames, measurement.um_per_px,
+                                   temperature_c=measurement.temperature_c)
         self.compositions.append(np.array([p.composition[f] for f in self.manifest.fibres]))
         self.blends.append(p.blend)
         self.predictions.append(p)

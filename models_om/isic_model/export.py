@@ -2,6 +2,8 @@
 
 The graphs: `bimodal` (spectrum, tiles and, with a fibre counter, the counted `fibre_counts`),
 `signal_only`, and `counter` (the per-tile fibre counter, a static batch of tiles) when there is one.
+A network trained with the room temperature (`use_temperature`) has a `temperature` input on both
+of its graphs, and the manifest a `temperature_input` saying how the station scales the reading.
 
 Both graphs are ONNX opset 11 with static shapes (what ATC on CANN 5.x accepts), every node's op
 type must be on `atc_allowlist.txt`, `onnx.checker` must pass, and ONNX Runtime must reproduce
@@ -22,6 +24,7 @@ from isic_common.errors import ModelError
 from isic_drivers.lab.sample import trained_ranges
 from isic_model.net import BimodalGraph, CounterGraph, FibreCounter, ISiCNet, NetConfig, SignalOnlyGraph
 from isic_station.manifest import file_sha256
+from isic_station.preprocess.room import DEFAULT_TEMPERATURE_INPUT, TEMPERATURE_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -122,14 +125,19 @@ def _tensor(name: str, shape: Sequence[int], meaning: str) -> Dict[str, Any]:
 def example_inputs(
     cfg: NetConfig, tiles: int, seed: int = 0
 ) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
-    """Random inputs of the exported shapes: (bimodal, signal-only)."""
+    """Random inputs of the exported shapes: (bimodal, signal-only); `temperature` only with `use_temperature`."""
     gen = torch.Generator().manual_seed(seed)
     spectrum = torch.randn(1, cfg.spectrum_points, generator=gen)
     image = torch.randn(tiles, cfg.channels, cfg.tile_px, cfg.tile_px, generator=gen)
     counts = torch.rand(1, cfg.n_fibres, generator=gen) * 50.0
     bimodal = {"spectrum": spectrum.expand(tiles, -1).contiguous(), "image": image,
                "fibre_counts": counts.expand(tiles, -1).contiguous()}
-    return bimodal, {"spectrum": spectrum}
+    signal = {"spectrum": spectrum}
+    if cfg.use_temperature:
+        room = torch.tensor([[0.6, 1.0]])   # a 34 degC room, read by the sensor
+        bimodal["temperature"] = room.expand(tiles, -1).contiguous()
+        signal["temperature"] = room
+    return bimodal, signal
 
 
 def _checked(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor], output_names: Sequence[str],
@@ -217,7 +225,7 @@ def export_model(
     outputs = ("composition", "blend_logits")
     graphs = {}
     for key, module, inputs, fname in (
-        ("bimodal", BimodalGraph(net), bimodal_inputs, BIMODAL_ONNX),
+        ("bimodal", BimodalGraph(net, with_counts=counter is not None), bimodal_inputs, BIMODAL_ONNX),
         ("signal_only", SignalOnlyGraph(net), signal_inputs, SIGNAL_ONNX),
     ):
         path = out_dir / fname
@@ -235,6 +243,10 @@ def export_model(
             tensor_inputs.append(_tensor("fibre_counts", inputs["fibre_counts"].shape,
                                          "fibre length per type the counter found on every usable tile of every "
                                          "frame (tile sides), one row per tile"))
+        if "temperature" in inputs:
+            tensor_inputs.append(_tensor("temperature", (b, TEMPERATURE_FEATURES),
+                                         "the room by the spectrometer's sensor, scaled as `temperature_input` says, "
+                                         "and 1; zeros without a reading; one row per tile"))
         graphs[key] = {
             "onnx": fname,
             "sha256": file_sha256(path),
@@ -268,6 +280,8 @@ def export_model(
         "graphs": graphs,
         "training": dict(training, network=cfg.to_dict()),
     }
+    if cfg.use_temperature:
+        manifest["temperature_input"] = dict(DEFAULT_TEMPERATURE_INPUT)
     if "preset" in training:  # the conditions its training met, which the station checks what it measures of
         manifest["conditions"] = trained_ranges(training["preset"])
     if metrics is not None:

@@ -1,7 +1,10 @@
 """ISiC-Net: the image-signal correlation network of the seed talk, small enough for a 2-core trainer.
 
 Modules, each switchable so the ablation (signal; + image; + RG; + ISiCA; + REC) is this same code:
-- signal encoder: signal tokens Q = W2·ReLU(W1·C) from the preprocessed spectrum C;
+- signal encoder: signal tokens Q = W2·ReLU(W1·C) from the preprocessed spectrum C; with a measured
+  room temperature (`use_temperature`, our addition) W1·C is scaled and shifted by it (FiLM), because a
+  room's temperature moves the water bands against the fibres' (0.4 nm/K) and the spectrum alone cannot
+  tell a cold room from another fibre mix; "no sensor" is an input of its own, trained by dropout;
 - image encoder: ViT-style (convolutional patch embedding, class token, position embedding,
   pre-norm transformer encoder) over one microscope tile;
 - candidate region generation (RG): cosine similarity SIM_ij between patch features P_i and
@@ -34,6 +37,8 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from isic_station.preprocess.room import TEMPERATURE_FEATURES
+
 # Share below which a counted fibre adds no more evidence of absence (log 0.02 = -3.9 in the logits):
 # the counter mistakes a few per cent of the length, so a smaller floor would veto present fibres.
 COUNT_SKIP_FLOOR = 0.02
@@ -62,6 +67,7 @@ class NetConfig:
     rec_mask_ratio: float = 0.15
     use_counts: bool = True
     count_skip: bool = False   # log of the unmixed counted shares added to the composition logits
+    use_temperature: bool = False  # the graphs take `temperature` [B, 2] (`isic_station.preprocess.room`)
 
     @property
     def patch_px(self) -> int:
@@ -155,10 +161,21 @@ class SignalEncoder(nn.Module):
         self.w2 = nn.Linear(cfg.signal_hidden, cfg.signal_tokens * cfg.dim)
         self.pos_embedding = nn.Parameter(torch.randn(1, cfg.signal_tokens, cfg.dim) * 0.02)
         self.norm = nn.LayerNorm(cfg.dim)
+        if cfg.use_temperature:
+            # FiLM of the hidden layer by the room: zero at the start, so training begins from the
+            # spectrum-only encoder and learns what the temperature changes.
+            self.film_scale = nn.Linear(TEMPERATURE_FEATURES, cfg.signal_hidden)
+            self.film_shift = nn.Linear(TEMPERATURE_FEATURES, cfg.signal_hidden)
+            for layer in (self.film_scale, self.film_shift):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
-    def forward(self, spectrum: torch.Tensor) -> torch.Tensor:
-        """spectrum [T, S] -> signal tokens [T, Nq, d]."""
-        q = self.w2(torch.relu(self.w1(spectrum))).reshape(-1, self.tokens, self.dim)
+    def forward(self, spectrum: torch.Tensor, temperature: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """spectrum [T, S], temperature [T, 2] (models with `use_temperature`) -> signal tokens [T, Nq, d]."""
+        hidden = self.w1(spectrum)
+        if temperature is not None:
+            hidden = hidden * (1.0 + self.film_scale(temperature)) + self.film_shift(temperature)
+        q = self.w2(torch.relu(hidden)).reshape(-1, self.tokens, self.dim)
         return self.norm(q + self.pos_embedding)
 
 
@@ -355,11 +372,13 @@ class ISiCNet(nn.Module):
         image_present: Optional[torch.Tensor] = None,
         patch_mask: Optional[torch.Tensor] = None,
         counts: Optional[torch.Tensor] = None,
+        temperature: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """spectrum [N, S] (one per measurement) or [N, B, S] (one per tile row); tiles [N, B, C, P, P]
         or None (signal only); image_present [N] bool (modality dropout); patch_mask [N*B, Np] bool
         (REC masking, training); counts [N, F] or [N, B, F]: the fibre length per type the counter
-        found over all tiles of all frames (None: the null stand-in, as without an image).
+        found over all tiles of all frames (None: the null stand-in, as without an image);
+        temperature [N, 2] or [N, B, 2] (`isic_station.preprocess.room`; None: no sensor, all zeros).
 
         Returns composition [N, B, F] (rows sum to 1), blend_logits [N, B, K], and in training
         the REC reconstructions. Sizes come from the config and from the tiles' static size, never
@@ -375,7 +394,15 @@ class ISiCNet(nn.Module):
             if b > 1:
                 spectrum = spectrum.expand(-1, b, -1)
         flat_spectrum = spectrum.reshape(-1, cfg.spectrum_points)
-        tokens = self.signal(flat_spectrum)  # [T, Nq, d], T = N*B
+        room = None
+        if cfg.use_temperature:
+            if temperature is None:
+                room = flat_spectrum[:, :TEMPERATURE_FEATURES] * 0
+            else:
+                if temperature.dim() == 2 and b > 1:
+                    temperature = temperature.unsqueeze(1).expand(-1, b, -1)
+                room = temperature.reshape(-1, TEMPERATURE_FEATURES)
+        tokens = self.signal(flat_spectrum, room)  # [T, Nq, d], T = N*B
         signal_vec = self.signal_pool(tokens.reshape(-1, cfg.signal_tokens * d))
         absent = signal_vec * 0  # [T, d] zeros, broadcast target for the null stand-ins
         out: Dict[str, torch.Tensor] = {}
@@ -420,17 +447,22 @@ class ISiCNet(nn.Module):
 
 
 class BimodalGraph(nn.Module):
-    """The exported bimodal graph: spectrum [B, S], image [B, C, P, P], fibre_counts [B, F]
-    -> composition [B, F], blend_logits [B, K]."""
+    """The exported bimodal graph: spectrum [B, S], image [B, C, P, P], then fibre_counts [B, F] (`with_counts`)
+    and temperature [B, 2] (a net with `use_temperature`) -> composition [B, F], blend_logits [B, K]."""
 
-    def __init__(self, net: ISiCNet) -> None:
+    def __init__(self, net: ISiCNet, with_counts: bool = True) -> None:
         super().__init__()
         self.net = net
+        self.with_counts = with_counts
 
-    def forward(self, spectrum: torch.Tensor, image: torch.Tensor, fibre_counts: Optional[torch.Tensor] = None):
-        """Without `fibre_counts` (a model exported without a counter) the null counts stand in."""
+    def forward(self, spectrum: torch.Tensor, image: torch.Tensor, *optional: torch.Tensor):
+        """`optional` in the order above (the exporter passes inputs by position). Without `fibre_counts`
+        (a model exported without a counter) the null counts stand in."""
+        fibre_counts = optional[0] if self.with_counts else None
+        temperature = optional[-1] if self.net.cfg.use_temperature else None
         counts = None if fibre_counts is None else fibre_counts.unsqueeze(0)
-        out = self.net(spectrum.unsqueeze(0), image.unsqueeze(0), counts=counts)
+        room = None if temperature is None else temperature.unsqueeze(0)
+        out = self.net(spectrum.unsqueeze(0), image.unsqueeze(0), counts=counts, temperature=room)
         composition, logits = out["composition"][0], out["blend_logits"][0]
         # The ablation variants keep the contract's inputs (the exporter would drop an unused input);
         # what they do not use contributes exactly zero.
@@ -453,12 +485,13 @@ class CounterGraph(nn.Module):
 
 
 class SignalOnlyGraph(nn.Module):
-    """The exported signal-only graph (camera failed): spectrum [1, S] -> composition [1, F], blend_logits [1, K]."""
+    """The exported signal-only graph (camera failed): spectrum [1, S] (and temperature [1, 2] with
+    `use_temperature`) -> composition [1, F], blend_logits [1, K]."""
 
     def __init__(self, net: ISiCNet) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, spectrum: torch.Tensor):
-        out = self.net(spectrum)
+    def forward(self, spectrum: torch.Tensor, temperature: Optional[torch.Tensor] = None):
+        out = self.net(spectrum, temperature=temperature)
         return out["composition"][:, 0], out["blend_logits"][:, 0]

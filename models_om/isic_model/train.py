@@ -7,7 +7,7 @@ Two stages, sized for the project's 2-core machine:
    exported counter finds on every usable tile of every frame, counted as the station counts them),
    then ISiC-Net itself (and the ablation variants, `--jobs 2` at once): a random subset of each
    measurement's tiles per step, modality dropout so the signal-only graph is trained too, the REC
-   losses while `use_rec` is on.
+   losses while `use_rec` is on; with `use_temperature` the room as the sensor reads it (noise, dropout).
 Each measurement meets the plant's range of station settings (`[conditions]`) and of fabric and room
 conditions (the `[preset]` mixture). The spectrum mean/std and the image mean/std written to the
 manifest are the training sets'. Progress bars on stderr, one log line per epoch.
@@ -30,6 +30,7 @@ from isic_drivers.lab.fibres import load_fibres
 from isic_drivers.lab.sample import blend_classes
 from isic_model.data import Conditions, LabSet, StationSettings, counter_tiles, generate
 from isic_model.workers import stop_workers_on_sigterm
+from isic_station.preprocess.room import DEFAULT_TEMPERATURE_INPUT, temperature_input
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,18 @@ def _patch_pixels(tiles, patch_px: int):
     return x.reshape(t, g * g, c * patch_px * patch_px)
 
 
+def _sensor_reading(rooms: Any, opt_cfg: Dict[str, Any], gen: Any) -> Any:
+    """The `temperature` input as a station's sensor gives it: off by `temperature_noise_k` (sd, kelvin: the
+    sensor sits in the spectrometer, not in the fabric) and missing for `temperature_dropout` of the rows
+    (a firmware without a sensor), so the model learns to answer without it too."""
+    import torch
+
+    noise = torch.randn(len(rooms), generator=gen) * float(opt_cfg.get("temperature_noise_k", 0.0))
+    scaled = rooms[:, 0] + noise / float(DEFAULT_TEMPERATURE_INPUT["scale_k"])
+    read = (torch.rand(len(rooms), generator=gen) >= float(opt_cfg.get("temperature_dropout", 0.0))).float()
+    return torch.stack([scaled * read, rooms[:, 1] * read], dim=-1)
+
+
 def train_network(
     cfg: Dict[str, Any], data: LabSet, flags: Dict[str, bool], seed: int, n_classes: int, desc: str = "train",
     image_norm: Optional[Tuple[float, float]] = None,
@@ -243,6 +256,7 @@ def train_network(
     net_cfg.use_counts = counts is not None
     target = torch.from_numpy(data.composition).float()
     labels = torch.from_numpy(data.labels).long()
+    rooms = torch.from_numpy(np.stack([temperature_input(t, DEFAULT_TEMPERATURE_INPUT) for t in data.temperature_c]))
     n, b_all = len(data), data.tiles.shape[1]
     b_train = min(int(opt_cfg["train_tiles"]), b_all)
     batch, epochs = int(opt_cfg["batch"]), int(opt_cfg["epochs"])
@@ -275,7 +289,9 @@ def train_network(
                     patch_mask = (
                         torch.rand(len(idx) * b_train, net_cfg.n_patches, generator=gen) < net_cfg.rec_mask_ratio
                     )
-            out = net(x, tiles, present, patch_mask, counts[idx] if tiles is not None and counts is not None else None)
+            room = _sensor_reading(rooms[idx], opt_cfg, gen) if net_cfg.use_temperature else None
+            out = net(x, tiles, present, patch_mask, counts[idx] if tiles is not None and counts is not None else None,
+                      room)
             rows = out["composition"].shape[1]
             comp_loss = (out["composition"] - target[idx].unsqueeze(1)).abs().sum(-1).mean()
             blend_loss = tf.cross_entropy(

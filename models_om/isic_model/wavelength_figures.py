@@ -67,7 +67,7 @@ def shift_figures(manifest_path: Path, shifts: Sequence[float], seed: int, sampl
                 m = settings.measure(np.random.default_rng([seed, i]), preset, {"wavelength_shift_nm": shift}, fibres)
                 present = m.truth.composition > 0
                 for name, axis in (("uncorrected", m.wavelengths_nm), ("corrected", m.wavelengths_nm + offset)):
-                    p = predictor.predict(m.reflectance, axis, m.frames, m.um_per_px)
+                    p = predictor.predict(m.reflectance, axis, m.frames, m.um_per_px, temperature_c=m.temperature_c)
                     hits[name].append(p.blend == m.truth.blend)
                     pred = np.array([p.composition[f] for f in fibres])
                     errors[name].append(float(np.abs(pred - m.truth.composition)[present].mean()))

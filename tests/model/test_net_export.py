@@ -210,3 +210,59 @@ def test_count_skip_starts_from_the_counted_shares_and_exports_on_the_allowlist(
     export_graph(module, bimodal, ("composition", "blend_logits"), path)
     assert graph_problems(path) == [] and graph_op_types(path) <= load_allowlist()
     assert max_difference(module, bimodal, path) <= ORT_TOLERANCE
+
+
+def _export_with_temperature(tmp_path):
+    """A small model trained-looking with the room temperature: FiLM weights set, so the reading matters."""
+    net = _net(use_temperature=True).eval()
+    with torch.no_grad():
+        net.signal.film_scale.weight.normal_(0.0, 0.5)
+        net.signal.film_shift.weight.normal_(0.0, 0.5)
+    grid = np.linspace(950, 1650, 40).tolist()
+    spectrum = {"wavelengths_nm": grid, "reflectance_clip": [0.01, 1.2], "scatter": "snv", "savgol": None,
+                "mean": [0.0] * 40, "std": [1.0] * 40}
+    image = {"tile_px": 32, "um_per_px": 1.0, "channels": 1, "tiles_per_measurement": 4, "mean": 0.5, "std": 0.2}
+    fibres = ["cotton", "linen", "viscose", "polyester", "nylon"]
+    classes = ["cotton", "linen", "viscose", "polyester", "nylon", "cotton/linen", "cotton/linen/nylon"]
+    return net, export_model(net, tmp_path, fibres, classes, spectrum, image, {"seed": 1})
+
+
+def test_a_model_with_the_room_temperature_takes_it_on_both_graphs_and_the_station_feeds_it(tmp_path):
+    from isic_station.inference.predictor import Predictor
+    from isic_station.inference.registry import create_backend
+
+    net, path = _export_with_temperature(tmp_path)
+    manifest = load_manifest(path)
+    assert manifest.temperature_input == {"reference_c": 22.0, "scale_k": 20.0}
+    assert [t.name for t in manifest.graphs["bimodal"].inputs] == ["spectrum", "image", "temperature"]
+    assert [(t.name, t.shape) for t in manifest.graphs["signal_only"].inputs] == [("spectrum", (1, 40)),
+                                                                                 ("temperature", (1, 2))]
+    for graph in manifest.graphs.values():
+        assert graph_problems(graph.onnx_path) == []
+    rng = np.random.default_rng(3)
+    spectrum = rng.normal(size=40).astype(np.float32)
+    tiles = rng.normal(size=(4, 1, 32, 32)).astype(np.float32)
+    with create_backend("onnxruntime", manifest, {"threads": 1}) as backend:
+        backend.load()
+        predictor = Predictor(manifest, backend)
+        for batch in (tiles, None):
+            cold = predictor.predict_preprocessed(spectrum, batch, temperature_c=8.0).composition
+            warm = predictor.predict_preprocessed(spectrum, batch, temperature_c=40.0).composition
+            unread = predictor.predict_preprocessed(spectrum, batch, temperature_c=None).composition
+            assert not np.allclose(list(cold.values()), list(warm.values()), atol=1e-4)
+            # No reading is the [0, 0] row torch sees when it is given no temperature at all.
+            with torch.no_grad():
+                args = (torch.from_numpy(spectrum)[None], None if batch is None else torch.from_numpy(batch)[None])
+                expected = net(*args)["composition"][0].mean(dim=0).numpy()
+            np.testing.assert_allclose(list(unread.values()), expected, atol=1e-4)
+
+
+def test_a_manifest_whose_graphs_take_temperature_without_temperature_input_is_refused(tmp_path):
+    from isic_common.errors import ModelError
+
+    _, path = _export_with_temperature(tmp_path)
+    doc = json.loads(path.read_text())
+    del doc["temperature_input"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match=r"take 'temperature' but there is no temperature_input"):
+        load_manifest(path)

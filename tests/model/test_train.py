@@ -112,6 +112,38 @@ def test_parallel_variants_train_the_same_graphs_as_one_process(tiny_config, tmp
     assert runs["1"] == runs["2"] and runs["1"][0] != runs["1"][1]
 
 
+def test_a_model_trained_with_the_room_temperature_takes_the_sensor_s_reading(tmp_path):
+    """`use_temperature`: both graphs take `temperature`, the manifest says how to scale it, and the station's
+    evaluation feeds the lab's room to it (the held-out figures run through the Predictor)."""
+    path = tmp_path / "tiny.toml"
+    text = TINY.format(work=tmp_path / "work").replace("rec_mask_ratio = 0.2", "rec_mask_ratio = 0.2\nuse_temperature = true")
+    sensor = "modality_dropout = 0.5\ntemperature_dropout = 0.5\ntemperature_noise_k = 1.0"
+    path.write_text(text.replace("modality_dropout = 0.5", sensor))
+    out = tmp_path / "model"
+    assert main(["train", "--config", str(path), "--out", str(out), "--no-evaluate"]) == 0
+    manifest = load_manifest(out / "manifest.json")
+    assert manifest.temperature_input == {"reference_c": 22.0, "scale_k": 20.0}
+    for graph in ("bimodal", "signal_only"):
+        assert manifest.graphs[graph].inputs[-1].name == "temperature"
+    assert json.loads((out / "manifest.json").read_text())["training"]["network"]["use_temperature"] is True
+
+
+def test_the_sensor_reading_training_sees_is_noisy_and_sometimes_missing():
+    import torch
+
+    from isic_model.train import _sensor_reading
+
+    rooms = torch.tensor([[0.5, 1.0]] * 2000)
+    gen = torch.Generator().manual_seed(0)
+    exact = _sensor_reading(rooms, {}, gen)
+    torch.testing.assert_close(exact, rooms)
+    read = _sensor_reading(rooms, {"temperature_dropout": 0.25, "temperature_noise_k": 2.0}, gen)
+    missing = read[:, 1] == 0
+    assert 0.2 < float(missing.float().mean()) < 0.3 and bool((read[missing] == 0).all())
+    # 2 K of sensor noise on a 20 K scale: sd 0.1 around the room.
+    assert abs(float(read[~missing, 0].std()) - 0.1) < 0.01 and abs(float(read[~missing, 0].mean()) - 0.5) < 0.01
+
+
 def test_training_on_the_heldout_seed_is_refused(tiny_config, capsys):
     assert main(["train", "--config", str(tiny_config), "--seed", "4"]) == ConfigError.exit_code
     assert "heldout_seed" in capsys.readouterr().err

@@ -51,6 +51,7 @@ class Measurement:
     frames: List[np.ndarray] = field(default_factory=list)
     um_per_px: float = 0.8
     truth: Optional[MeasurementTruth] = None
+    temperature_c: Optional[float] = None  # what the spectrometer's sensor reads: the room the sample is in
 
 
 def scan_counts(instrument: InstrumentModel, target: Union[Sample, ReferenceTile], integration_us: float,
@@ -110,4 +111,4 @@ def simulate_measurement(sample: Sample, rng: np.random.Generator, instrument: O
     truth = MeasurementTruth(list(fibre_set), composition_vector(sample, fibre_set),
                              blend_label(sample, fibre_set), counts, sample, drawn)
     return Measurement(instrument.wavelengths_nm, integration_us, coadd, raw, dark, white,
-                       reflectance_from_counts(raw, dark, white), frames, um_per_px, truth)
+                       reflectance_from_counts(raw, dark, white), frames, um_per_px, truth, float(nu.temperature_c))

@@ -323,7 +323,8 @@ class Station:
                                            self.config.camera.um_per_px,
                                            m.image_batch if m.image_params is manifest.image else None,
                                            flags=m.flags,
-                                           fibre_counts=m.fibre_counts if m.image_params is manifest.image else None)
+                                           fibre_counts=m.fibre_counts if m.image_params is manifest.image else None,
+                                           temperature_c=m.temperature_c)
         condition_problem = manifest.condition_problem(m.temperature_c)
         flags = set(m.flags) | ({"outside_trained_range"} if condition_problem else set())
         if prediction.signal_only:

@@ -6,6 +6,7 @@ frames the signal-only graph answers alone (uncertainty 0, `signal_only` set), s
 degrades the result instead of stopping the station. A manifest with a `counter` graph also counts
 the fibres on every usable tile of every frame (`FibreCounter`, as the frames arrive when the station
 builds the input with `image_builder`) and gives the totals to the bimodal graph as `fibre_counts`.
+A model trained with the room temperature gets the sensor's reading as `temperature` (`preprocess.room`).
 When the manifest carries an `uncertainty` calibration (`isic-model calibrate-uncertainty`), `predict`
 applies it (`uncertainty.py`): the calibrated standard uncertainty and 95 % interval per fibre, the
 recalibrated confidence and the unknown-fibre check replace the raw tile spread and blend probability.
@@ -23,6 +24,7 @@ from isic_station.inference.batches import static_batches
 from isic_station.inference.counter import FibreCounter
 from isic_station.manifest import Manifest
 from isic_station.preprocess.image_stream import ImageBatchBuilder
+from isic_station.preprocess.room import temperature_input
 from isic_station.preprocess.spectrum import preprocess_spectrum
 from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration, spectrum_quality
 
@@ -30,6 +32,7 @@ from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, Uncertainty
 INPUT_SPECTRUM = "spectrum"
 INPUT_IMAGE = "image"
 INPUT_FIBRE_COUNTS = "fibre_counts"
+INPUT_TEMPERATURE = "temperature"
 OUTPUT_COMPOSITION = "composition"
 OUTPUT_BLEND_LOGITS = "blend_logits"
 
@@ -74,14 +77,16 @@ class Predictor:
         image_batch: Optional[np.ndarray] = None,
         flags: Iterable[str] = (),
         fibre_counts: Optional[np.ndarray] = None,
+        temperature_c: Optional[float] = None,
     ) -> Prediction:
         """The fused result for one measurement; no frames (None or empty) means signal-only.
 
         `image_batch`, when given, is these frames' image input already built (`image_builder`, while
         they arrived), and `fibre_counts` that builder's counts (counted here from the frames when the
         model has a counter and they are not given). `flags` are the measurement's quality flags (they
-        widen a calibrated interval). `timings_ms` holds `preprocess_ms` (spectrum and image
-        preprocessing, counting included) and `infer_ms`.
+        widen a calibrated interval). `temperature_c` is the room by the spectrometer's sensor (None: no
+        reading; models without a temperature input ignore it). `timings_ms` holds `preprocess_ms`
+        (spectrum and image preprocessing, counting included) and `infer_ms`.
         """
         start = time.perf_counter()
         spectrum = preprocess_spectrum(reflectance, wavelengths_nm, self.manifest.spectrum)
@@ -98,7 +103,7 @@ class Predictor:
                     log.warning("no image input: every tile of %d frame(s) touches a sample label or is mostly "
                                 "dust/glare; measuring signal-only", len(frames_bgr))
         preprocessed = time.perf_counter()
-        outputs = self.infer(spectrum, tiles, fibre_counts)
+        outputs = self.infer(spectrum, tiles, fibre_counts, temperature_c)
         done = time.perf_counter()
         timings = {"preprocess_ms": _milliseconds(start, preprocessed), "infer_ms": _milliseconds(preprocessed, done)}
         fused = self.fuse(outputs, signal_only=tiles is None, timings_ms=timings)
@@ -114,20 +119,22 @@ class Predictor:
                                    uncalibrated_flags=c.uncalibrated_flags)
 
     def predict_preprocessed(self, spectrum: np.ndarray, tiles: Optional[np.ndarray],
-                             fibre_counts: Optional[np.ndarray] = None) -> Prediction:
+                             fibre_counts: Optional[np.ndarray] = None,
+                             temperature_c: Optional[float] = None) -> Prediction:
         """The fused result from already preprocessed inputs (evaluation builds them itself).
 
         `spectrum` is float32 [S] from `preprocess_spectrum`, `tiles` float32 [B, C, P, P] from
         `build_image_batch` or None for signal-only, `fibre_counts` [F] from the counter (models with
-        one). `timings_ms` holds `infer_ms` only.
+        one), `temperature_c` as for `predict`. `timings_ms` holds `infer_ms` only.
         """
         start = time.perf_counter()
-        outputs = self.infer(spectrum, tiles, fibre_counts)
+        outputs = self.infer(spectrum, tiles, fibre_counts, temperature_c)
         timings = {"infer_ms": _milliseconds(start, time.perf_counter())}
         return self.fuse(outputs, signal_only=tiles is None, timings_ms=timings)
 
     def infer(self, spectrum: np.ndarray, tiles: Optional[np.ndarray],
-              fibre_counts: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+              fibre_counts: Optional[np.ndarray] = None,
+              temperature_c: Optional[float] = None) -> Dict[str, np.ndarray]:
         """The raw graph outputs for one measurement: bimodal with tiles, signal-only without.
 
         A bimodal graph with a `fibre_counts` input needs the counts (ValueError without them). More tiles than
@@ -137,10 +144,16 @@ class Predictor:
         spectrum = np.asarray(spectrum, dtype=np.float32)
         if spectrum.ndim != 1:
             raise ValueError(f"spectrum must be one preprocessed vector [S], got shape {list(spectrum.shape)}")
+        room = self.manifest.temperature_input
         if tiles is None:
-            return self.backend.run(GRAPH_SIGNAL_ONLY, {INPUT_SPECTRUM: spectrum[None, :]})
+            inputs = {INPUT_SPECTRUM: spectrum[None, :]}
+            if room is not None:
+                inputs[INPUT_TEMPERATURE] = temperature_input(temperature_c, room)[None, :]
+            return self.backend.run(GRAPH_SIGNAL_ONLY, inputs)
         batch = int(self.manifest.image["tiles_per_measurement"])
         inputs = {INPUT_SPECTRUM: np.repeat(spectrum[None, :], batch, axis=0)}
+        if room is not None:
+            inputs[INPUT_TEMPERATURE] = np.repeat(temperature_input(temperature_c, room)[None, :], batch, axis=0)
         if any(spec.name == INPUT_FIBRE_COUNTS for spec in self.backend.graph(GRAPH_BIMODAL).inputs):
             if fibre_counts is None:
                 raise ValueError("this model's bimodal graph takes fibre_counts: count the tiles with its counter")
