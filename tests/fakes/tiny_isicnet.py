@@ -2,7 +2,10 @@
 
 With `counter=True` (the v5 layout) a third graph, the per-tile fibre counter (image [COUNTER_TILES,
 C, P, P] -> fibre_length [COUNTER_TILES, F] = ReLU(pixels @ w_count)), and the bimodal graph's
-third input `fibre_counts` [B, F] (added to the composition logits through w_counts_comp).
+third input `fibre_counts` [B, F] (added to the composition logits through w_counts_comp). With
+`temperature=True` both graphs take `temperature` [B, 2] as a model trained with the room does, added to
+the composition logits through w_temp_comp: +-20 per scaled unit, so a warm room reads cotton and a cold
+one polyester whatever the spectrum (a test can see that the sensor's reading reached the graph).
 
 Built with `onnx.helper` (no torch), so the runtime's tests do not depend on a trained model. The
 graphs keep the real contract (input/output names and shapes, composition rows summing to 1,
@@ -40,6 +43,7 @@ def model_weights(seed: int) -> Dict[str, np.ndarray]:
         "w_img_blend": rng.normal(0, 0.1, (n_pixels, n_classes)).astype(np.float32),
         "w_count": rng.normal(0, 0.1, (n_pixels, n_fibres)).astype(np.float32),
         "w_counts_comp": rng.normal(0, 0.5, (n_fibres, n_fibres)).astype(np.float32),
+        "w_temp_comp": np.array([[20.0, -20.0] + [0.0] * (n_fibres - 2), [0.0] * n_fibres], np.float32),
     }
 
 
@@ -64,8 +68,9 @@ def build_counter_graph(seed: int = 7) -> Any:
     return model
 
 
-def build_graph(bimodal: bool, seed: int = 7, counts: bool = False) -> Any:
-    """The ONNX ModelProto of the bimodal graph (spectrum + image [+ fibre_counts]) or the signal-only one."""
+def build_graph(bimodal: bool, seed: int = 7, counts: bool = False, temperature: bool = False) -> Any:
+    """The ONNX ModelProto of the bimodal graph (spectrum + image [+ fibre_counts] [+ temperature]) or the
+    signal-only one (spectrum [+ temperature])."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -97,6 +102,12 @@ def build_graph(bimodal: bool, seed: int = 7, counts: bool = False) -> Any:
             used.append("w_counts_comp")
     else:
         nodes.append(helper.make_node("Identity", ["spec_blend"], ["blend_logits"]))
+    if temperature:
+        inputs.append(helper.make_tensor_value_info("temperature", TensorProto.FLOAT, [batch, 2]))
+        nodes += [helper.make_node("MatMul", ["temperature", "w_temp_comp"], ["temp_comp"]),
+                  helper.make_node("Add", [comp_sum, "temp_comp"], ["tempered_comp"])]
+        comp_sum = "tempered_comp"
+        used.append("w_temp_comp")
     nodes += [
         helper.make_node("Add", [comp_sum, "b_comp"], ["comp_logits"]),
         helper.make_node("Softmax", ["comp_logits"], ["composition"], axis=-1),
@@ -119,9 +130,9 @@ def _tensor(name: str, shape: Tuple[int, ...]) -> Dict[str, Any]:
     return {"name": name, "shape": list(shape), "dtype": "float32"}
 
 
-def manifest_document(shas: Dict[str, str], om: bool, seed: int = 11) -> Dict[str, Any]:
+def manifest_document(shas: Dict[str, str], om: bool, seed: int = 11, temperature: bool = False) -> Dict[str, Any]:
     """A manifest for the tiny graphs (valid against schemas/manifest.schema.json); with a counter when
-    `shas` has one."""
+    `shas` has one, with the `temperature` input when `temperature`."""
     rng = np.random.default_rng(seed)
     outputs = [_tensor("composition", (TILES, len(FIBRES))), _tensor("blend_logits", (TILES, len(BLEND_CLASSES)))]
     signal_outputs = [_tensor("composition", (1, len(FIBRES))), _tensor("blend_logits", (1, len(BLEND_CLASSES)))]
@@ -146,10 +157,13 @@ def manifest_document(shas: Dict[str, str], om: bool, seed: int = 11) -> Dict[st
             "inputs": [_tensor("image", (COUNTER_TILES, CHANNELS, TILE_PX, TILE_PX))],
             "outputs": [_tensor("fibre_length", (COUNTER_TILES, len(FIBRES)))],
         }
+    if temperature:
+        bimodal["inputs"].append(_tensor("temperature", (TILES, 2)))
+        signal_only["inputs"].append(_tensor("temperature", (1, 2)))
     if om:
         for graph in graphs.values():
             graph["om"] = graph["onnx"].replace(".onnx", ".om")
-    return {
+    doc = {
         "manifest_version": 1,
         "model": {"name": "tiny-isicnet", "version": "0.0.0-test"},
         "fibres": list(FIBRES),
@@ -166,21 +180,26 @@ def manifest_document(shas: Dict[str, str], om: bool, seed: int = 11) -> Dict[st
                   "tiles_per_measurement": TILES, "mean": 0.5, "std": 0.25},
         "graphs": graphs,
     }
+    if temperature:
+        doc["temperature_input"] = {"reference_c": 22.0, "scale_k": 20.0}
+    return doc
 
 
-def write_tiny_model(folder: Path, om: bool = True, seed: Optional[int] = None, counter: bool = False) -> Path:
+def write_tiny_model(folder: Path, om: bool = True, seed: Optional[int] = None, counter: bool = False,
+                     temperature: bool = False) -> Path:
     """Write the graphs, placeholder .om files (when `om`) and manifest.json into `folder`.
 
     Returns the manifest's path. `seed` changes the weights (same seed, same bytes); `counter` adds
-    the fibre counter graph and the bimodal graph's `fibre_counts` input.
+    the fibre counter graph and the bimodal graph's `fibre_counts` input; `temperature` both graphs'
+    `temperature` input.
     """
     import onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     shas = {}
     weights_seed = 7 if seed is None else seed
-    graphs = [("bimodal", "isicnet.onnx", build_graph(True, seed=weights_seed, counts=counter)),
-              ("signal_only", "isicnet_signal.onnx", build_graph(False, seed=weights_seed))]
+    graphs = [("bimodal", "isicnet.onnx", build_graph(True, seed=weights_seed, counts=counter, temperature=temperature)),
+              ("signal_only", "isicnet_signal.onnx", build_graph(False, seed=weights_seed, temperature=temperature))]
     if counter:
         graphs.append(("counter", "isicnet_counter.onnx", build_counter_graph(seed=weights_seed)))
     for key, file_name, model in graphs:
@@ -190,7 +209,8 @@ def write_tiny_model(folder: Path, om: bool = True, seed: Optional[int] = None, 
         if om:
             path.with_suffix(".om").write_bytes(OM_PLACEHOLDER)
     manifest_path = folder / "manifest.json"
-    manifest_path.write_text(json.dumps(manifest_document(shas, om), indent=1), encoding="utf-8")
+    manifest_path.write_text(json.dumps(manifest_document(shas, om, temperature=temperature), indent=1),
+                             encoding="utf-8")
     return manifest_path
 
 

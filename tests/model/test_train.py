@@ -113,10 +113,10 @@ def test_parallel_variants_train_the_same_graphs_as_one_process(tiny_config, tmp
 
 
 def test_a_model_trained_with_the_room_temperature_takes_the_sensor_s_reading(tmp_path):
-    """`use_temperature`: both graphs take `temperature`, the manifest says how to scale it, and the station's
-    evaluation feeds the lab's room to it (the held-out figures run through the Predictor)."""
+    """`use_temperature`: both graphs take `temperature` and the manifest says how to scale it."""
     path = tmp_path / "tiny.toml"
-    text = TINY.format(work=tmp_path / "work").replace("rec_mask_ratio = 0.2", "rec_mask_ratio = 0.2\nuse_temperature = true")
+    text = TINY.format(work=tmp_path / "work")
+    text = text.replace("rec_mask_ratio = 0.2", "rec_mask_ratio = 0.2\nuse_temperature = true")
     sensor = "modality_dropout = 0.5\ntemperature_dropout = 0.5\ntemperature_noise_k = 1.0"
     path.write_text(text.replace("modality_dropout = 0.5", sensor))
     out = tmp_path / "model"

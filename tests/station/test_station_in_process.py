@@ -7,6 +7,7 @@ alarms out - and check what arrives against the payload schemas.
 
 import json
 import uuid
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,9 +48,10 @@ class Plant:
         return self.recorder.payloads(f"{self.base}/{kind}")
 
 
-@pytest.fixture
-def running(tmp_path: Path, mqtt_broker):
-    manifest = write_tiny_model(tmp_path / "model", om=False)
+@contextmanager
+def station_on_tiny_model(tmp_path: Path, mqtt_broker, temperature: bool = False):
+    """The station running the tiny model (`temperature`: one that takes the room as an input)."""
+    manifest = write_tiny_model(tmp_path / "model", om=False, temperature=temperature)
     doc = json.loads(manifest.read_text(encoding="utf-8"))
     manifest.write_text(json.dumps(dict(doc, conditions={"temperature_c": [15.0, 35.0]})), encoding="utf-8")
     station_id = f"inproc-{uuid.uuid4().hex[:8]}"
@@ -71,6 +73,12 @@ def running(tmp_path: Path, mqtt_broker):
     finally:
         station.stop(flush_timeout_s=2.0)
         plant.recorder.close()
+
+
+@pytest.fixture
+def running(tmp_path: Path, mqtt_broker):
+    with station_on_tiny_model(tmp_path, mqtt_broker) as parts:
+        yield parts
 
 
 def calibrate(plant: Plant, spectrometer: FakeSpectrometer) -> None:
@@ -160,3 +168,20 @@ def test_a_room_outside_the_trained_range_is_referred_to_the_lab(running) -> Non
     alarms = [a for a in plant.recorder.wait_count(f"{plant.base}/alarm", 1) if a["kind"] == "refer_to_lab"]
     assert [a["details"]["sample_id"] for a in alarms] == ["cold-room"]
     assert "room temperature 7.5 degC is outside the 15-35 degC the model was trained in" in alarms[0]["message"]
+
+
+def test_a_model_trained_with_the_room_gets_the_sensor_s_reading_less_the_offset(tmp_path, mqtt_broker) -> None:
+    """The tiny model's `temperature` input outweighs its spectrum (tests/fakes/tiny_isicnet.py): a warm room
+    answers cotton, a cold one polyester - so the reading (less the configured 1.5 degC offset, scaled as the
+    manifest says) is what reached the graph; without a sensor the station still answers (the zero row the
+    Predictor feeds then is tests/model/test_net_export.py's)."""
+    with station_on_tiny_model(tmp_path, mqtt_broker, temperature=True) as (station, spectrometer, plant):
+        calibrate(plant, spectrometer)
+        for sample, room in (("warm", 33.5), ("cold", 11.5), ("unread", None)):
+            spectrometer.room_c = room
+            assert plant.command("measure", {"sample_id": sample})["status"] == "ok"
+        results = {r["sample_id"]: r for r in plant.recorder.wait_count(f"{plant.base}/result", 3)}
+    assert results["warm"]["temperature_c"] == pytest.approx(32.0)
+    assert results["warm"]["composition"]["cotton"] > 0.99
+    assert results["cold"]["composition"]["polyester"] > 0.99
+    assert results["unread"]["temperature_c"] is None
