@@ -198,7 +198,8 @@ def write_tiny_model(folder: Path, om: bool = True, seed: Optional[int] = None, 
     folder.mkdir(parents=True, exist_ok=True)
     shas = {}
     weights_seed = 7 if seed is None else seed
-    graphs = [("bimodal", "isicnet.onnx", build_graph(True, seed=weights_seed, counts=counter, temperature=temperature)),
+    bimodal = build_graph(True, seed=weights_seed, counts=counter, temperature=temperature)
+    graphs = [("bimodal", "isicnet.onnx", bimodal),
               ("signal_only", "isicnet_signal.onnx", build_graph(False, seed=weights_seed, temperature=temperature))]
     if counter:
         graphs.append(("counter", "isicnet_counter.onnx", build_counter_graph(seed=weights_seed)))
