@@ -13,7 +13,7 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 
 TEMPERATURE_FEATURES = 2
-# What a model is trained with unless its config says otherwise (the manifest records what it used).
+# What training scales the room with; the manifest records it, so the station reads it from there.
 DEFAULT_TEMPERATURE_INPUT: Dict[str, float] = {"reference_c": 22.0, "scale_k": 20.0}
 
 
