@@ -33,6 +33,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
         "--out", type=Path, default=None, help="output folder (default: the config's out, else ./out/model)"
     )
     train.add_argument("--ablation", action="store_true", help="also train the ablation variants into OUT/ablation/")
+    train.add_argument(
+        "--ablation-only", action="store_true",
+        help="train only the ablation variants into OUT/ablation/, beside the full model already in OUT "
+        "(it must come from the same config and seed; its manifest and figures are left as they are)",
+    )
     train.add_argument("--no-evaluate", action="store_true", help="skip the held-out evaluation after training")
     train.add_argument(
         "--jobs", type=int, default=1,
@@ -119,7 +124,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
 def _train(args: argparse.Namespace) -> int:
     from isic_model.train import train_command
 
-    return train_command(args.config, args.seed, args.out, args.ablation, not args.no_evaluate, args.jobs)
+    return train_command(args.config, args.seed, args.out, args.ablation or args.ablation_only,
+                         not args.no_evaluate, args.jobs, train_full=not args.ablation_only)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ manifest are the training sets'. Progress bars on stderr, one log line per epoch
 """
 
 import copy
+import json
 import logging
 import math
 import sys
@@ -256,7 +257,8 @@ def train_network(
     net_cfg.use_counts = counts is not None
     target = torch.from_numpy(data.composition).float()
     labels = torch.from_numpy(data.labels).long()
-    rooms = torch.from_numpy(np.stack([temperature_input(t, DEFAULT_TEMPERATURE_INPUT) for t in data.temperature_c]))
+    rooms = (torch.from_numpy(np.stack([temperature_input(t, DEFAULT_TEMPERATURE_INPUT) for t in data.temperature_c]))
+             if net_cfg.use_temperature else None)
     n, b_all = len(data), data.tiles.shape[1]
     b_train = min(int(opt_cfg["train_tiles"]), b_all)
     batch, epochs = int(opt_cfg["batch"]), int(opt_cfg["epochs"])
@@ -492,6 +494,18 @@ def _train_variant(variant: str) -> Tuple[str, Path, float]:
     return variant, export_checkpoint(ckpt, target), info["train_seconds"]
 
 
+def _check_full_model(out: Path, cfg: Dict[str, Any], seed: int) -> None:
+    """The ablation compares against the full model: refuse one trained on other data or another recipe."""
+    path = out / "manifest.json"
+    if not path.is_file():
+        raise ConfigError(f"no full model at {path}: train it first (without --ablation-only) or give --out")
+    training = json.loads(path.read_text())["training"]
+    expected = {"seed": seed, "samples": int(cfg["train_samples"]), "model_version": str(cfg.get("model_version", "1"))}
+    found = {key: training.get(key) for key in expected}
+    if found != expected:
+        raise ConfigError(f"the full model at {path} was trained with {found}, this config and seed give {expected}")
+
+
 def _spawned(function: Any, *args: Any) -> Any:
     """`function(*args)` in a fresh spawned process (a torch-free parent can still fork afterwards)."""
     import multiprocessing
@@ -503,10 +517,12 @@ def _spawned(function: Any, *args: Any) -> Any:
 
 
 def train_command(
-    config: Path, seed: Optional[int], out: Optional[Path], ablation: bool, evaluate: bool, jobs: int = 1
+    config: Path, seed: Optional[int], out: Optional[Path], ablation: bool, evaluate: bool, jobs: int = 1,
+    train_full: bool = True,
 ) -> int:
     """Train the counter, generate and count the data, train the full model (and the ablation variants,
-    `jobs` at a time), export, evaluate."""
+    `jobs` at a time), export, evaluate. Without `train_full` only the ablation variants are trained, beside
+    the full model already in `out`, which must come from this config and seed."""
     cfg = load_config(config)
     seed = int(cfg["seed"] if seed is None else seed)
     if seed == int(cfg["heldout_seed"]):
@@ -514,6 +530,8 @@ def train_command(
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     out = Path(out or cfg.get("out", "out/model"))
+    if not train_full:
+        _check_full_model(out, cfg, seed)
     work = Path(cfg.get("work_dir", "out/model-work"))
     cache = Path(cfg["cache_dir"]) if cfg.get("cache_dir") else None
     fibres, classes = fibre_set()
@@ -544,7 +562,7 @@ def train_command(
     data_seconds = time.perf_counter() - t1
     log.info("ISiC-Net data: %d measurements in %.0f s (the counter stage took %.0f s)", len(data), data_seconds,
              t1 - t0)
-    variants = ["full"] + (list(_section(cfg, "ablation")["variants"]) if ablation else [])
+    variants = (["full"] if train_full else []) + (list(_section(cfg, "ablation")["variants"]) if ablation else [])
     _SHARED.update(cfg=cfg, data=data, seed=seed, classes=classes, fibres=fibres, data_seconds=data_seconds,
                    work=work, out=out, counter=counter)
     if jobs > 1 and len(variants) > 1:
@@ -562,7 +580,7 @@ def train_command(
         manifests[variant] = manifest
         print(f"{variant}: data {data_seconds:.0f} s, training {train_seconds:.0f} s -> {manifest}", flush=True)
     print(f"total {time.perf_counter() - t0:.0f} s", flush=True)
-    if evaluate:
+    if evaluate and train_full:
         from isic_model.evaluate import record_metrics
 
         record_metrics(manifests["full"], cfg, copy.deepcopy(classes))

@@ -3,9 +3,11 @@
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
+from isic_common.errors import ModelError
 from isic_model.export import (
     ORT_TOLERANCE,
     example_inputs,
@@ -26,6 +28,8 @@ from isic_model.net import (
     NetConfig,
     SignalOnlyGraph,
 )
+from isic_station.inference.predictor import Predictor
+from isic_station.inference.registry import create_backend
 from isic_station.manifest import load_manifest, verify_graph_file
 
 SMALL = dict(
@@ -50,9 +54,22 @@ ABLATION = {
 }
 
 
+FIBRES = ["cotton", "linen", "viscose", "polyester", "nylon"]
+CLASSES = FIBRES + ["cotton/linen", "cotton/linen/nylon"]
+
+
 def _net(**flags):
     torch.manual_seed(0)
     return ISiCNet(NetConfig(**SMALL, **flags))
+
+
+def _preprocessing(savgol=None, **image_extra):
+    """The spectrum and image preprocessing records `export_model` writes into a small model's manifest."""
+    spectrum = {"wavelengths_nm": np.linspace(950, 1650, 40).tolist(), "reflectance_clip": [0.01, 1.2],
+                "scatter": "snv", "savgol": savgol, "mean": [0.0] * 40, "std": [1.0] * 40}
+    image = {"tile_px": 32, "um_per_px": 1.0, "channels": 1, "tiles_per_measurement": 4, "mean": 0.5, "std": 0.2,
+             **image_extra}
+    return spectrum, image
 
 
 @pytest.mark.parametrize("variant", sorted(ABLATION))
@@ -117,21 +134,10 @@ def test_graph_problems_names_an_op_atc_cannot_parse(tmp_path):
 
 def test_export_model_writes_a_manifest_the_station_loads(tmp_path):
     net = _net().eval()
-    grid = np.linspace(950, 1650, 40).tolist()
-    spectrum = {
-        "wavelengths_nm": grid,
-        "reflectance_clip": [0.01, 1.2],
-        "scatter": "snv",
-        "savgol": {"window": 7, "polyorder": 2, "deriv": 1},
-        "mean": [0.0] * 40,
-        "std": [1.0] * 40,
-    }
-    image = {"tile_px": 32, "um_per_px": 1.0, "channels": 1, "tiles_per_measurement": 4, "mean": 0.5, "std": 0.2}
-    fibres = ["cotton", "linen", "viscose", "polyester", "nylon"]
-    classes = ["cotton", "linen", "viscose", "polyester", "nylon", "cotton/linen", "cotton/linen/nylon"]
-    path = export_model(net, tmp_path, fibres, classes, spectrum, image, {"seed": 1}, metrics={"accuracy": 0.5})
+    spectrum, image = _preprocessing(savgol={"window": 7, "polyorder": 2, "deriv": 1})
+    path = export_model(net, tmp_path, FIBRES, CLASSES, spectrum, image, {"seed": 1}, metrics={"accuracy": 0.5})
     manifest = load_manifest(path)
-    assert manifest.fibres == tuple(fibres) and manifest.blend_classes == tuple(classes)
+    assert manifest.fibres == tuple(FIBRES) and manifest.blend_classes == tuple(CLASSES)
     assert manifest.graphs["bimodal"].inputs[1].shape == (4, 1, 32, 32)
     assert manifest.graphs["signal_only"].inputs[0].shape == (1, 40)
     assert manifest.graphs["bimodal"].output("composition").shape == (4, 5)
@@ -162,17 +168,9 @@ def test_counter_graph_is_static_opset11_allowlisted_and_counts_per_tile(tmp_pat
 
 
 def test_export_with_a_counter_writes_three_graphs_and_the_counts_reach_the_answer(tmp_path):
-    import onnxruntime as ort
-
     net = _net().eval()
-    grid = np.linspace(950, 1650, 40).tolist()
-    spectrum = {"wavelengths_nm": grid, "reflectance_clip": [0.01, 1.2], "scatter": "snv", "savgol": None,
-                "mean": [0.0] * 40, "std": [1.0] * 40}
-    image = {"tile_px": 32, "um_per_px": 1.0, "channels": 1, "tiles_per_measurement": 4, "mean": 0.5, "std": 0.2,
-             "camera_um_per_px_range": [0.8, 1.6]}
-    fibres = ["cotton", "linen", "viscose", "polyester", "nylon"]
-    classes = ["cotton", "linen", "viscose", "polyester", "nylon", "cotton/linen", "cotton/linen/nylon"]
-    path = export_model(net, tmp_path, fibres, classes, spectrum, image, {"counter": {"config": {"tiles_per_run": 3}}},
+    spectrum, image = _preprocessing(camera_um_per_px_range=[0.8, 1.6])
+    path = export_model(net, tmp_path, FIBRES, CLASSES, spectrum, image, {"counter": {"config": {"tiles_per_run": 3}}},
                         counter=_counter())
     manifest = load_manifest(path)
     assert sorted(manifest.graphs) == ["bimodal", "counter", "signal_only"]
@@ -218,19 +216,11 @@ def _export_with_temperature(tmp_path):
     with torch.no_grad():
         net.signal.film_scale.weight.normal_(0.0, 0.5)
         net.signal.film_shift.weight.normal_(0.0, 0.5)
-    grid = np.linspace(950, 1650, 40).tolist()
-    spectrum = {"wavelengths_nm": grid, "reflectance_clip": [0.01, 1.2], "scatter": "snv", "savgol": None,
-                "mean": [0.0] * 40, "std": [1.0] * 40}
-    image = {"tile_px": 32, "um_per_px": 1.0, "channels": 1, "tiles_per_measurement": 4, "mean": 0.5, "std": 0.2}
-    fibres = ["cotton", "linen", "viscose", "polyester", "nylon"]
-    classes = ["cotton", "linen", "viscose", "polyester", "nylon", "cotton/linen", "cotton/linen/nylon"]
-    return net, export_model(net, tmp_path, fibres, classes, spectrum, image, {"seed": 1})
+    spectrum, image = _preprocessing()
+    return net, export_model(net, tmp_path, FIBRES, CLASSES, spectrum, image, {"seed": 1})
 
 
 def test_a_model_with_the_room_temperature_takes_it_on_both_graphs_and_the_station_feeds_it(tmp_path):
-    from isic_station.inference.predictor import Predictor
-    from isic_station.inference.registry import create_backend
-
     net, path = _export_with_temperature(tmp_path)
     manifest = load_manifest(path)
     assert manifest.temperature_input == {"reference_c": 22.0, "scale_k": 20.0}
@@ -258,8 +248,6 @@ def test_a_model_with_the_room_temperature_takes_it_on_both_graphs_and_the_stati
 
 
 def test_a_manifest_whose_graphs_take_temperature_without_temperature_input_is_refused(tmp_path):
-    from isic_common.errors import ModelError
-
     _, path = _export_with_temperature(tmp_path)
     doc = json.loads(path.read_text())
     del doc["temperature_input"]

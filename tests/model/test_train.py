@@ -3,10 +3,11 @@
 import json
 
 import pytest
+import torch
 
 from isic_common.errors import ConfigError
 from isic_model.cli import main
-from isic_model.train import ABLATION_FLAGS, load_config, spectrum_params
+from isic_model.train import ABLATION_FLAGS, _sensor_reading, load_config, spectrum_params
 from isic_station.manifest import load_manifest
 
 TINY = """
@@ -112,6 +113,23 @@ def test_parallel_variants_train_the_same_graphs_as_one_process(tiny_config, tmp
     assert runs["1"] == runs["2"] and runs["1"][0] != runs["1"][1]
 
 
+def test_the_ablation_alone_trains_beside_the_full_model_it_was_recorded_with(tiny_config, tmp_path, capsys):
+    """`--ablation-only` adds OUT/ablation/ and leaves the full model as it is; it refuses another recipe's."""
+    out = tmp_path / "model"
+    assert main(["train", "--config", str(tiny_config), "--out", str(out), "--ablation-only"]) == ConfigError.exit_code
+    assert "no full model" in capsys.readouterr().err
+    assert main(["train", "--config", str(tiny_config), "--out", str(out), "--no-evaluate"]) == 0
+    full = (out / "manifest.json").read_bytes()
+    assert not (out / "ablation").exists()
+    assert main(["train", "--config", str(tiny_config), "--out", str(out), "--ablation-only"]) == 0
+    assert (out / "manifest.json").read_bytes() == full
+    signal = json.loads((out / "ablation" / "signal" / "manifest.json").read_text())["training"]
+    assert signal["variant"] == "signal" and signal["seed"] == 3
+    assert main(["train", "--config", str(tiny_config), "--out", str(out), "--ablation-only", "--seed", "5"]) \
+        == ConfigError.exit_code
+    assert "'seed': 3" in capsys.readouterr().err
+
+
 def test_a_model_trained_with_the_room_temperature_takes_the_sensor_s_reading(tmp_path):
     """`use_temperature`: both graphs take `temperature` and the manifest says how to scale it."""
     path = tmp_path / "tiny.toml"
@@ -129,10 +147,6 @@ def test_a_model_trained_with_the_room_temperature_takes_the_sensor_s_reading(tm
 
 
 def test_the_sensor_reading_training_sees_is_noisy_and_sometimes_missing():
-    import torch
-
-    from isic_model.train import _sensor_reading
-
     rooms = torch.tensor([[0.5, 1.0]] * 2000)
     gen = torch.Generator().manual_seed(0)
     exact = _sensor_reading(rooms, {}, gen)
