@@ -73,10 +73,12 @@ def method_figures(
 
 
 class _Runner:
-    """One model's Predictor over ONNX Runtime; collects compositions and blend labels."""
+    """One model's Predictor over ONNX Runtime; collects compositions and blend labels. Without
+    `room_sensor` the model is given no room temperature, as at a station whose sensor reads nothing."""
 
-    def __init__(self, manifest_path: Path) -> None:
+    def __init__(self, manifest_path: Path, room_sensor: bool = True) -> None:
         self.manifest = load_manifest(manifest_path)
+        self.room_sensor = room_sensor
         self.predictor = Predictor(self.manifest, create_backend("onnxruntime", self.manifest, {"threads": 2}))
         self.compositions: List[np.ndarray] = []
         self.blends: List[str] = []
@@ -85,7 +87,7 @@ class _Runner:
     def add(self, measurement: Any, with_frames: bool) -> None:
         frames = measurement.frames if with_frames else None
         p = self.predictor.predict(measurement.reflectance, measurement.wavelengths_nm, frames, measurement.um_per_px,
-                                   temperature_c=measurement.temperature_c)
+                                   temperature_c=measurement.temperature_c if self.room_sensor else None)
         self.compositions.append(np.array([p.composition[f] for f in self.manifest.fibres]))
         self.blends.append(p.blend)
         self.predictions.append(p)
@@ -150,16 +152,18 @@ def run_evaluation(
     settings: Optional[StationSettings] = None,
     scores: Optional[List[Dict[str, Any]]] = None,
     unknown_fibres: Sequence[str] = (),
+    room_sensor: bool = True,
 ) -> Dict[str, Any]:
     """The evaluation figures (the object `evaluate --json` prints) with `settings` (default: training's).
 
-    `scores`, when given, receives one `score_result` per measurement of the bimodal model.
+    `scores`, when given, receives one `score_result` per measurement of the bimodal model. Without
+    `room_sensor` the models are scored as at a station without a room temperature reading.
     """
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / "manifest.json"
-    main = _Runner(manifest_path)
-    signal = _Runner(manifest_path)
+    main = _Runner(manifest_path, room_sensor)
+    signal = _Runner(manifest_path, room_sensor)
     manifest = main.manifest
     fibres = list(manifest.fibres)
     settings = settings or training_settings(manifest)
@@ -168,7 +172,7 @@ def run_evaluation(
         for name in ABLATION_ORDER[:-1]:
             path = manifest_path.parent / "ablation" / name / "manifest.json"
             if path.is_file():
-                variants[name] = _Runner(path)
+                variants[name] = _Runner(path, room_sensor)
 
     counter = CountingOracle(fibres, preset)
     truths, labels, reflectances = [], [], []
@@ -204,6 +208,7 @@ def run_evaluation(
         "samples": samples,
         "overrides": dict(overrides or {}),
         "settings": asdict(settings),
+        "room_sensor": room_sensor,
         "n": pooled["n"],
         "accuracy_ci95": pooled["accuracy_ci95"],
         "mae_ci95": pooled["mae_ci95"],
@@ -234,7 +239,7 @@ def run_seeds(manifest_path: Path, seeds: Sequence[int], samples: int, **options
     scores: List[Dict[str, Any]] = []
     per_seed = [run_evaluation(manifest_path, seed, samples, scores=scores, **options) for seed in seeds]
     first = per_seed[0]
-    result: Dict[str, Any] = {key: first[key] for key in ("model", "preset", "overrides", "settings")}
+    result: Dict[str, Any] = {key: first[key] for key in ("model", "preset", "overrides", "settings", "room_sensor")}
     result.update(seeds=list(seeds), samples_per_seed=samples, **pooled_figures(scores))
     result["per_seed"] = per_seed
     result["seconds"] = round(sum(r["seconds"] for r in per_seed), 1)
@@ -323,7 +328,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     settings = training_settings(manifest) if args.training_settings else station_settings(args.config)
     options = dict(preset=args.preset, overrides=parse_overrides(args.overrides), baselines=not args.no_baselines,
                    ablation=not args.no_ablation, progress=not args.json, settings=settings,
-                   unknown_fibres=[f for f in getattr(args, "unknown_fibres", "").split(",") if f])
+                   unknown_fibres=[f for f in getattr(args, "unknown_fibres", "").split(",") if f],
+                   room_sensor=not getattr(args, "no_temperature", False))
     if args.seeds:
         result = run_seeds(args.model, args.seeds, args.samples, **options)
         text = format_pooled(result, manifest.fibres)

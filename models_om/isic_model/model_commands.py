@@ -77,6 +77,11 @@ def register(sub: "argparse._SubParsersAction") -> None:
     evaluate.add_argument("--no-baselines", action="store_true", help="skip PLS/SVM (faster)")
     evaluate.add_argument("--no-ablation", action="store_true", help="skip the ablation models")
     evaluate.add_argument(
+        "--no-temperature", action="store_true",
+        help="give the models no room temperature, as at a station whose sensor reads nothing (a model "
+        "trained with the room as an input then falls back to what it learnt without it); JSON room_sensor",
+    )
+    evaluate.add_argument(
         "--unknown-fibres", default="", metavar="F1,F2",
         help="also measure fabrics holding one of these lab fibres the model does not know (e.g. "
         "wool,silk,acrylic,elastane): adds `unknown_fibre` {flagged_unknown, flagged_known} to the JSON",

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from fakes.tiny_isicnet import write_tiny_model
 from isic_model.cli import main
 
 from .test_train import TINY
@@ -90,3 +91,15 @@ def test_seeds_must_be_numbers(tiny_model, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--model", str(tiny_model), "--seeds", "a,b", "--samples", "1"])
     assert "comma-separated whole numbers" in capsys.readouterr().err
+
+
+def test_no_temperature_scores_the_models_as_at_a_station_without_a_room_sensor(tmp_path, capsys):
+    """A model whose `temperature` input outweighs its spectrum answers otherwise when given no reading."""
+    manifest = write_tiny_model(tmp_path / "model", om=False, temperature=True)
+    args = ["evaluate", "--model", str(manifest), "--seed", "5", "--samples", "3", "--no-baselines", "--json"]
+    runs = {}
+    for flag in ([], ["--no-temperature"]):
+        assert main(args + flag) == 0
+        runs[bool(flag)] = json.loads(capsys.readouterr().out)
+    assert runs[False]["room_sensor"] is True and runs[True]["room_sensor"] is False
+    assert runs[False]["mae_per_fibre"] != runs[True]["mae_per_fibre"]
