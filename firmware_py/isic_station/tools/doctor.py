@@ -174,6 +174,12 @@ def check_room(config: Config) -> CheckResult:
             transport.open()
             reading = instrument.temperature_c()
         if reading is None:
+            if manifest.temperature_input is not None:
+                # How much worse: `isic-model evaluate --no-temperature` (README, "Version 9t").
+                raise ValueError(f"the spectrometer has no temperature sensor, and model {manifest.version} takes "
+                                 "the room temperature as an input: without it, its results in rooms away from "
+                                 f"{manifest.temperature_input['reference_c']:g} degC lose accuracy, and no range "
+                                 "check flags them")
             return "the spectrometer has no temperature sensor: the room is not checked"
         room = reading - spec.temperature_offset_c
         problem = manifest.condition_problem(room)
@@ -184,7 +190,8 @@ def check_room(config: Config) -> CheckResult:
 
     return _guard("room", "bring the probe's room within the range, or, if a room thermometer disagrees, set "
                   "spectrometer.temperature_offset_c to what the sensor reads above it; results outside are "
-                  "flagged outside_trained_range and referred to the lab", probe)
+                  "flagged outside_trained_range and referred to the lab. Without a sensor: a spectrometer "
+                  "with one, or a model that does not take the room (model.manifest)", probe)
 
 
 def check_backend(config: Config) -> CheckResult:
