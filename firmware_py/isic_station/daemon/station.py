@@ -153,6 +153,7 @@ class Station:
         self.wavelength: Optional[WavelengthStore] = None  # the axis offset from the last wavelength check
         self._faults: Dict[str, str] = {}  # device -> fault message, while an alarm is standing
         self._storage_fault: Optional[str] = None  # the outbox's, as STATUS= last showed it
+        self._room_unread_alarmed = False  # a model taking the room got no reading (alarmed once until one comes)
 
     # ----- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -326,6 +327,7 @@ class Station:
                                            fibre_counts=m.fibre_counts if m.image_params is manifest.image else None,
                                            temperature_c=m.temperature_c)
         condition_problem = manifest.condition_problem(m.temperature_c)
+        self._check_room_reading(manifest, m.temperature_c)
         flags = set(m.flags) | ({"outside_trained_range"} if condition_problem else set())
         if prediction.signal_only:
             flags.add("signal_only")
@@ -383,6 +385,24 @@ class Station:
                     blend=doc["blend"], outside_trained="outside_trained_range" in doc["flags"])
         self.lot.keep()
         self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()), **delivery("lot"))
+
+    def _check_room_reading(self, manifest: Manifest, temperature_c: Optional[float]) -> None:
+        """A model taking the room as an input answers without it, but worse away from its reference room, and
+        with no reading no range check flags a cold one: a person must give the spectrometer a sensor (or
+        the station a model without the input). One warning alarm, again only after a reading came back."""
+        if temperature_c is not None or manifest.temperature_input is None:
+            self._room_unread_alarmed = False
+            return
+        if self._room_unread_alarmed or self.link is None:
+            return
+        self._room_unread_alarmed = True
+        message = (f"spectrometer: no room temperature reading, and model {manifest.version} takes the room as an "
+                   f"input; results in rooms away from {manifest.temperature_input['reference_c']:g} degC lose "
+                   "accuracy and no range check flags them (a spectrometer with a sensor, or a model without "
+                   "the input)")
+        log.warning("%s", message)
+        self.link.publish_alarm(build_alarm(station=self.config.station.id, kind="device_fault", severity="warning",
+                                            message=message, details={"device": "spectrometer"}))
 
     # ----- status and health ------------------------------------------------------------------
     def status_document(self, pipeline: Pipeline) -> Dict[str, Any]:
