@@ -499,7 +499,7 @@ def _check_full_model(out: Path, cfg: Dict[str, Any], seed: int) -> None:
     path = out / "manifest.json"
     if not path.is_file():
         raise ConfigError(f"no full model at {path}: train it first (without --ablation-only) or give --out")
-    training = json.loads(path.read_text())["training"]
+    training = json.loads(path.read_text(encoding="utf-8"))["training"]
     expected = {"seed": seed, "samples": int(cfg["train_samples"]), "model_version": str(cfg.get("model_version", "1"))}
     found = {key: training.get(key) for key in expected}
     if found != expected:
