@@ -328,8 +328,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     settings = training_settings(manifest) if args.training_settings else station_settings(args.config)
     options = dict(preset=args.preset, overrides=parse_overrides(args.overrides), baselines=not args.no_baselines,
                    ablation=not args.no_ablation, progress=not args.json, settings=settings,
-                   unknown_fibres=[f for f in getattr(args, "unknown_fibres", "").split(",") if f],
-                   room_sensor=not getattr(args, "no_temperature", False))
+                   unknown_fibres=[f for f in args.unknown_fibres.split(",") if f],
+                   room_sensor=not args.no_temperature)
     if args.seeds:
         result = run_seeds(args.model, args.seeds, args.samples, **options)
         text = format_pooled(result, manifest.fibres)
