@@ -111,17 +111,20 @@ def collect(
     progress: bool = True,
     settings: Optional[StationSettings] = None,
     jobs: int = 1,
+    room_sensor: bool = True,
 ) -> Records:
     """`groups` x `repeats` measurements with seed `seed` taken with `settings` (default: the demo
-    bench's station settings), answered by the uncalibrated model; `jobs` processes share the groups
-    (the same records whatever the number)."""
+    bench's station settings), answered by the uncalibrated model (without `room_sensor`, given no room
+    temperature, as at a station whose sensor reads nothing); `jobs` processes share the groups (the same
+    records whatever the number)."""
     from isic_station.manifest import load_manifest
 
     manifest = load_manifest(manifest_path)
     settings = settings or station_settings()
     key = cache_key(kind="uncertainty-records", seed=seed, groups=groups, repeats=repeats, preset=preset,
                     unknown=list(unknown), settings=asdict(settings), model=manifest.graphs["bimodal"].sha256,
-                    signal=manifest.graphs["signal_only"].sha256, image=manifest.image, version=4)
+                    signal=manifest.graphs["signal_only"].sha256, image=manifest.image, version=4,
+                    **({} if room_sensor else {"room_sensor": False}))
     path = cache_dir / f"records-{key}.npz" if cache_dir is not None else None
     if path is not None and path.is_file():
         log.info("records seed=%d from cache %s", seed, path)
@@ -129,7 +132,8 @@ def collect(
             return Records(**{name: data[name] for name in data.files})
     jobs = max(1, min(int(jobs), groups))
     if jobs == 1:
-        records = _simulate(manifest_path, settings, seed, range(groups), preset, repeats, unknown, progress, 2)
+        records = _simulate(manifest_path, settings, seed, range(groups), preset, repeats, unknown, progress, 2,
+                            room_sensor)
     else:
         # groups are drawn from their own generators: split into contiguous chunks, one process each
         bounds = np.linspace(0, groups, jobs + 1).astype(int)
@@ -138,7 +142,7 @@ def collect(
             parts = list(pool.map(_simulate, [manifest_path] * jobs, [settings] * jobs, [seed] * jobs,
                                   [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])], [preset] * jobs,
                                   [repeats] * jobs, [list(unknown)] * jobs, [progress] + [False] * (jobs - 1),
-                                  [1] * jobs))
+                                  [1] * jobs, [room_sensor] * jobs))
         records = Records(**{k: np.concatenate([getattr(part, k) for part in parts]) for k in asdict(parts[0])})
     if path is not None:
         save_npz(path, asdict(records))
@@ -146,7 +150,7 @@ def collect(
 
 
 def _simulate(manifest_path: Path, settings: StationSettings, seed: int, groups: range, preset: Presets,
-              repeats: int, unknown: Sequence[str], progress: bool, threads: int) -> Records:
+              repeats: int, unknown: Sequence[str], progress: bool, threads: int, room_sensor: bool = True) -> Records:
     """The records of composition groups `groups` (one process's share of a run)."""
     from tqdm import tqdm
 
@@ -182,10 +186,11 @@ def _simulate(manifest_path: Path, settings: StationSettings, seed: int, groups:
                     flags |= {GATE_FLAGS[r] for r in quality.reasons if r in GATE_FLAGS}
                     if quality.passed:
                         passed.append(frame)
+                room = m.temperature_c if room_sensor else None
                 station = predictor.predict(m.reflectance, m.wavelengths_nm, passed or None, settings.camera_um_per_px,
-                                            temperature_c=m.temperature_c)
+                                            temperature_c=room)
                 signal = predictor.predict(m.reflectance, m.wavelengths_nm, None, settings.camera_um_per_px,
-                                           temperature_c=m.temperature_c)
+                                           temperature_c=room)
                 rows["truth"].append([sample.composition.get(f, 0.0) for f in fibres])
                 rows["unknown_share"].append(sum(v for k, v in sample.composition.items() if k not in fibres))
                 rows["unknown_name"].append(",".join(sorted(k for k in sample.composition if k not in fibres)))

@@ -228,7 +228,7 @@ def run_evaluation(
         from isic_model.uncertainty_figures import unknown_fibre_figures
 
         result["unknown_fibre"] = unknown_fibre_figures(manifest_path, seed, samples, preset, unknown_fibres,
-                                                        main.predictions, progress, settings)
+                                                        main.predictions, progress, settings, room_sensor)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 

@@ -1,7 +1,8 @@
 """Export a trained ISiC-Net to the ONNX graphs the station runs, and write their manifest.
 
 The graphs: `bimodal` (spectrum, tiles and, with a fibre counter, the counted `fibre_counts`),
-`signal_only`, and `counter` (the per-tile fibre counter, a static batch of tiles) when there is one.
+`signal_only`, `tile_encoder` and `fusion` (the bimodal graph cut after its image encoder, `split_graph`),
+and `counter` (the per-tile fibre counter, a static batch of tiles) when there is one.
 A network trained with the room temperature (`use_temperature`) has a `temperature` input on both
 of its graphs, and the manifest a `temperature_input` saying how the station scales the reading.
 
@@ -22,61 +23,21 @@ import torch
 
 from isic_common.errors import ModelError
 from isic_drivers.lab.sample import trained_ranges
+from isic_model.graph_checks import OPSET, ORT_TOLERANCE, graph_problems
 from isic_model.net import BimodalGraph, CounterGraph, FibreCounter, ISiCNet, NetConfig, SignalOnlyGraph
+from isic_model.split_graph import split_bimodal
 from isic_station.manifest import file_sha256
 from isic_station.preprocess.room import DEFAULT_TEMPERATURE_INPUT, TEMPERATURE_FEATURES
 
 log = logging.getLogger(__name__)
 
-OPSET = 11
-ALLOWLIST_PATH = Path(__file__).resolve().parent / "atc_allowlist.txt"
 BIMODAL_ONNX = "isicnet.onnx"
 SIGNAL_ONNX = "isicnet_signal.onnx"
 COUNTER_ONNX = "isicnet_counter.onnx"
 MANIFEST_NAME = "manifest.json"
-# ONNX Runtime must agree with torch to this absolute tolerance on every output.
-ORT_TOLERANCE = 1e-4
 # The counter's outputs are lengths (not fractions) through BatchNorm-folded convolutions: relative to
 # its largest output, 10x looser (a 1e-3 relative error in a count is far below its sampling noise).
 COUNTER_TOLERANCE_FACTOR = 10.0
-
-
-def load_allowlist(path: Path = ALLOWLIST_PATH) -> frozenset:
-    """The ONNX op types ATC accepts, one per line in the repo's allow-list ('#' comments)."""
-    names = (line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
-    return frozenset(name for name in names if name)
-
-
-def graph_op_types(path: Path) -> frozenset:
-    """Every op type used by the graph's nodes (top level; our graphs have no subgraphs)."""
-    import onnx
-
-    return frozenset(node.op_type for node in onnx.load(str(path)).graph.node)
-
-
-def graph_problems(path: Path, allowlist: Optional[frozenset] = None) -> List[str]:
-    """Why ATC would reject this graph: checker errors, opset, ops off the allow-list, dynamic dims."""
-    import onnx
-
-    allowlist = load_allowlist() if allowlist is None else allowlist
-    model = onnx.load(str(path))
-    problems = []
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        problems.append(f"onnx.checker: {exc}")
-    opsets = {imp.domain or "ai.onnx": imp.version for imp in model.opset_import}
-    if opsets.get("ai.onnx") != OPSET:
-        problems.append(f"opset {opsets} is not ai.onnx {OPSET}")
-    off_list = sorted({node.op_type for node in model.graph.node} - allowlist)
-    if off_list:
-        problems.append(f"ops not on the ATC allow-list {ALLOWLIST_PATH.name}: {off_list}")
-    inferred = onnx.shape_inference.infer_shapes(model)
-    for value in list(inferred.graph.input) + list(inferred.graph.output) + list(inferred.graph.value_info):
-        dims = value.type.tensor_type.shape.dim
-        if any(not dim.HasField("dim_value") for dim in dims):
-            problems.append(f"tensor '{value.name}' has a dynamic shape")
-    return problems
 
 
 def export_graph(
@@ -206,8 +167,9 @@ def export_model(
     model_version: str = "1",
     counter: Optional[FibreCounter] = None,
 ) -> Path:
-    """Write isicnet.onnx, isicnet_signal.onnx (and isicnet_counter.onnx with a `counter`) and manifest.json
-    into out_dir; return the manifest path. Without a counter the bimodal graph has no `fibre_counts`.
+    """Write isicnet.onnx, isicnet_signal.onnx, the tile encoder and fusion cut from isicnet.onnx (a net with an
+    image encoder), isicnet_counter.onnx with a `counter`, and manifest.json into out_dir; return the manifest
+    path. Without a counter the bimodal graph has no `fibre_counts`.
 
     ModelError when a graph fails the ATC checks or ONNX Runtime disagrees with torch.
     """
@@ -263,6 +225,7 @@ def export_model(
             ],
         }
         log.info("exported %s (%d bytes, ORT-torch max diff %.1e)", path, path.stat().st_size, diff)
+    graphs.update(split_bimodal(out_dir, graphs))
     if counter is not None:
         tiles_per_run = int(training.get("counter", {}).get("config", {}).get("tiles_per_run", 8))
         graphs["counter"] = export_counter_graph(counter, tiles_per_run, out_dir / COUNTER_ONNX)

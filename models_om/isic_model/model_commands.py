@@ -1,4 +1,4 @@
-"""`isic-model train | evaluate | export | build-om`: the model's life from virtual lab to .om.
+"""`isic-model train | evaluate | export | split-graph | build-om`: the model's life from virtual lab to .om.
 
 Heavy imports (torch, onnx, scikit-learn) stay inside the handlers so `--help` is instant.
 """
@@ -98,6 +98,19 @@ def register(sub: "argparse._SubParsersAction") -> None:
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.set_defaults(handler=_export)
 
+    split = sub.add_parser(
+        "split-graph",
+        help="add the tile-encoder and fusion graphs, cut from the bimodal graph, to an exported model",
+        description="Cut the model's bimodal graph after its image encoder into isicnet_tile_encoder.onnx (one "
+        "tile at a time, so the station encodes tiles as the frames arrive) and isicnet_fusion.onnx (the rest), "
+        "check that encoder-then-fusion reproduces the bimodal graph on ONNX Runtime and that both are ATC-ready, "
+        "and add them to the manifest. `export` and `train` do this themselves; this is for a model exported "
+        "before. Compiled .om files must be built again (`build-om`) for the new graphs.",
+    )
+    split.add_argument("--model", type=Path, default=SHIPPED_MANIFEST, help="manifest.json or its folder "
+                       "(default: the shipped model)")
+    split.set_defaults(handler=_split_graph)
+
     build = sub.add_parser(
         "build-om",
         help="compile the manifest's ONNX graphs to Ascend .om files with ATC",
@@ -143,6 +156,16 @@ def _export(args: argparse.Namespace) -> int:
     from isic_model.train import export_checkpoint
 
     print(export_checkpoint(args.checkpoint, args.out))
+    return 0
+
+
+def _split_graph(args: argparse.Namespace) -> int:
+    from isic_model.split_graph import add_split_graphs
+
+    manifest = args.model / "manifest.json" if args.model.is_dir() else args.model
+    added = add_split_graphs(load_manifest(manifest))
+    print(f"{manifest}: " + (", ".join(f"{key} ({doc['onnx']})" for key, doc in added.items()) if added
+                             else "no image encoder in the bimodal graph: nothing to cut"))
     return 0
 
 

@@ -39,14 +39,15 @@ def interval_figures(predictions: Sequence[Any], truth: np.ndarray, labels: Sequ
 
 def unknown_fibre_figures(manifest_path: Path, seed: int, samples: int, preset: str, unknown: Sequence[str],
                           known_predictions: Sequence[Any], progress: bool = True,
-                          settings: Any = None) -> Dict[str, Any]:
+                          settings: Any = None, room_sensor: bool = True) -> Dict[str, Any]:
     """flagged_unknown over `samples` fabrics each holding one `unknown` fibre (seed + 100, measured with the
-    evaluation's `settings`), flagged_known over the evaluation's own (known-fibre) Predictions."""
+    evaluation's `settings`, and like it without a room reading unless `room_sensor`), flagged_known over the
+    evaluation's own (known-fibre) Predictions."""
     calibration = UncertaintyCalibration.from_manifest(load_manifest(manifest_path))
     if calibration is None:
         raise ModelError(f"{manifest_path} has no uncertainty calibration: run `isic-model calibrate-uncertainty`")
     records = collect(manifest_path, seed + 100, samples, preset, unknown=list(unknown), progress=progress,
-                      settings=settings)
+                      settings=settings, room_sensor=room_sensor)
     rates = unknown_fibre_rates(apply_records(calibration, records)["unknown"],
                                 [p.unknown_fibre for p in known_predictions])
     return dict(rates, fibres=list(unknown), seed=seed + 100)

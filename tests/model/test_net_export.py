@@ -8,17 +8,8 @@ import pytest
 import torch
 
 from isic_common.errors import ModelError
-from isic_model.export import (
-    ORT_TOLERANCE,
-    example_inputs,
-    export_counter_graph,
-    export_graph,
-    export_model,
-    graph_op_types,
-    graph_problems,
-    load_allowlist,
-    max_difference,
-)
+from isic_model.export import example_inputs, export_counter_graph, export_graph, export_model, max_difference
+from isic_model.graph_checks import ORT_TOLERANCE, graph_op_types, graph_problems, load_allowlist
 from isic_model.net import (
     COUNT_SKIP_FLOOR,
     BimodalGraph,
@@ -28,6 +19,7 @@ from isic_model.net import (
     NetConfig,
     SignalOnlyGraph,
 )
+from isic_model.split_graph import TILE_ENCODER_BATCH
 from isic_station.inference.predictor import Predictor
 from isic_station.inference.registry import create_backend
 from isic_station.manifest import load_manifest, verify_graph_file
@@ -146,6 +138,39 @@ def test_export_model_writes_a_manifest_the_station_loads(tmp_path):
     assert json.loads(path.read_text())["training"]["network"]["dim"] == 16
 
 
+@pytest.mark.parametrize("variant", ["image", "full"])
+def test_the_bimodal_graph_cut_after_its_image_encoder_answers_as_torch_does(tmp_path, variant):
+    """Tiles through the tile encoder (its own static batch, padded), their tokens through the fusion: the
+    bimodal graph's answer, as torch gives it."""
+    net = _net(**ABLATION[variant]).eval()
+    spectrum, image = _preprocessing()
+    manifest = load_manifest(export_model(net, tmp_path, FIBRES, CLASSES, spectrum, image, {"seed": 1}))
+    encoder, fusion = manifest.graphs["tile_encoder"], manifest.graphs["fusion"]
+    assert encoder.inputs[0].shape == (TILE_ENCODER_BATCH, 1, 32, 32)
+    assert encoder.output("tile_tokens").shape == (TILE_ENCODER_BATCH, 17, 16)   # class token + 4x4 patches, dim 16
+    assert [(t.name, t.shape) for t in fusion.inputs] == [("spectrum", (4, 40)), ("tile_tokens", (4, 17, 16))]
+    for graph in (encoder, fusion):
+        verify_graph_file(graph)
+        assert graph_problems(graph.onnx_path) == []
+    rng = np.random.default_rng(3)
+    rows = np.repeat(rng.normal(size=(1, 40)), 4, 0).astype(np.float32)
+    tiles = rng.normal(size=(4, 1, 32, 32)).astype(np.float32)
+    padded = np.concatenate([tiles, tiles[:TILE_ENCODER_BATCH - 4]])
+    tokens = ort.InferenceSession(str(encoder.onnx_path)).run(None, {"image": padded})[0][:4]
+    got = ort.InferenceSession(str(fusion.onnx_path)).run(None, {"spectrum": rows, "tile_tokens": tokens})
+    with torch.no_grad():
+        expected = BimodalGraph(net, with_counts=False)(torch.from_numpy(rows), torch.from_numpy(tiles))
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b.numpy(), atol=ORT_TOLERANCE)
+
+
+def test_a_net_without_an_image_encoder_has_nothing_to_cut(tmp_path):
+    spectrum, image = _preprocessing()
+    manifest = load_manifest(export_model(_net(**ABLATION["signal"]).eval(), tmp_path, FIBRES, CLASSES, spectrum,
+                                          image, {"seed": 1}))
+    assert sorted(manifest.graphs) == ["bimodal", "signal_only"]
+
+
 def _counter():
     torch.manual_seed(1)
     return FibreCounter(CounterConfig(n_fibres=5, channels=1, tile_px=32, widths=(4, 8, 8, 8))).eval()
@@ -173,7 +198,8 @@ def test_export_with_a_counter_writes_three_graphs_and_the_counts_reach_the_answ
     path = export_model(net, tmp_path, FIBRES, CLASSES, spectrum, image, {"counter": {"config": {"tiles_per_run": 3}}},
                         counter=_counter())
     manifest = load_manifest(path)
-    assert sorted(manifest.graphs) == ["bimodal", "counter", "signal_only"]
+    assert sorted(manifest.graphs) == ["bimodal", "counter", "fusion", "signal_only", "tile_encoder"]
+    assert [t.name for t in manifest.graphs["fusion"].inputs] == ["spectrum", "tile_tokens", "fibre_counts"]
     assert [t.name for t in manifest.graphs["bimodal"].inputs] == ["spectrum", "image", "fibre_counts"]
     assert manifest.graphs["bimodal"].inputs[2].shape == (4, 5)
     assert manifest.graphs["counter"].inputs[0].shape == (3, 1, 32, 32)

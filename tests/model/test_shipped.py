@@ -2,14 +2,19 @@
 
 import json
 
+import numpy as np
 import pytest
 
+from isic_drivers.lab import draw_sample, simulate_measurement
 from isic_drivers.lab.sample import trained_ranges
 from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
 from isic_model.calibration_data import presets_arg
 from isic_model.evaluate import run_evaluation
-from isic_model.export import graph_op_types, graph_problems, load_allowlist
+from isic_model.graph_checks import graph_op_types, graph_problems, load_allowlist
+from isic_station.inference.predictor import Predictor
+from isic_station.inference.registry import create_backend
 from isic_station.manifest import load_manifest, verify_graph_file
+from isic_station.preprocess.image_stream import ImageBatchBuilder
 
 METRIC_KEYS = (
     "accuracy",
@@ -83,3 +88,39 @@ def test_evaluate_on_the_heldout_seed_reproduces_the_recorded_run(manifest):
     # the recorded figures (the uncertainty figures came later, with the calibration)
     recorded = {k: result["signal_only"][k] for k in check["signal_only"]}
     assert json.dumps(recorded, sort_keys=True) == json.dumps(check["signal_only"], sort_keys=True)
+
+
+def test_the_station_encodes_tiles_as_frames_arrive_and_answers_as_the_bimodal_graph(manifest, monkeypatch):
+    """The shipped model's tile encoder runs while frames arrive, only its fusion after the last one, and the
+    answer is the bimodal graph's on the same frames; tiles picked only at the end (a later frame's label
+    blocked better ones) are encoded then, to the same tokens."""
+    rng = np.random.default_rng(14)
+    m = simulate_measurement(draw_sample(rng), rng, n_frames=4, frame_size=640, frame_height=480, um_per_px=1.6)
+    backend = create_backend("onnxruntime", manifest, {"threads": 1})
+    ran = []
+    run = backend.run
+    monkeypatch.setattr(backend, "run", lambda key, inputs: ran.append(key) or run(key, inputs))
+    try:
+        predictor = Predictor(manifest, backend)
+        builder = predictor.image_builder(m.um_per_px)
+        for frame in m.frames:
+            builder.add(frame)
+        assert set(ran) == {"tile_encoder"}
+        streamed = builder.built()
+        assert streamed.tile_tokens.shape == (len(streamed.batch),) + manifest.graphs["fusion"].inputs[1].shape[1:]
+        ran.clear()
+        split = predictor.predict(m.reflectance, m.wavelengths_nm, m.frames, m.um_per_px, streamed,
+                                  temperature_c=m.temperature_c)
+        assert set(ran) == {"fusion"}
+        whole = predictor.predict(m.reflectance, m.wavelengths_nm, m.frames, m.um_per_px,
+                                  temperature_c=m.temperature_c)
+        assert "bimodal" in ran and not split.signal_only
+        assert split.composition == pytest.approx(whole.composition, abs=1e-5)
+        assert split.confidence == pytest.approx(whole.confidence, abs=1e-5)
+        monkeypatch.setattr(ImageBatchBuilder, "_among_best", lambda self, cut: np.zeros(len(cut.scores), bool))
+        late = predictor.image_builder(m.um_per_px)
+        for frame in m.frames:
+            late.add(frame)
+        np.testing.assert_allclose(late.tile_tokens(), streamed.tile_tokens, atol=1e-6)
+    finally:
+        backend.close()

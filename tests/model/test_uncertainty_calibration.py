@@ -15,6 +15,7 @@ import pytest
 from isic_drivers.lab.sample import trained_ranges
 from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
 from isic_model.calibrate_uncertainty import conformal_quantile
+from isic_model.calibration_data import collect
 from isic_model.cli import main
 from isic_model.measuring_settings import station_settings
 from isic_station.inference import create_backend
@@ -30,12 +31,19 @@ from isic_station.uncertainty_metrics import (
 )
 
 
+def copy_model(folder):
+    """The shipped model's graphs and manifest (not its ablation) into `folder`; their names, sorted."""
+    files = sorted(p.name for p in SHIPPED_DIR.iterdir() if p.suffix in (".onnx", ".json"))
+    for name in files:
+        shutil.copy(SHIPPED_DIR / name, folder / name)
+    return files
+
+
 @pytest.fixture(scope="module")
 def calibrated_copy(tmp_path_factory):
     """The shipped graphs with a small calibration written by the command (a few hundred measurements)."""
     folder = tmp_path_factory.mktemp("calibrated")
-    for name in ("isicnet.onnx", "isicnet_signal.onnx", "manifest.json"):
-        shutil.copy(SHIPPED_DIR / name, folder / name)
+    copy_model(folder)
     raw = json.loads((folder / "manifest.json").read_text())
     raw.pop("uncertainty", None)
     (folder / "manifest.json").write_text(json.dumps(raw))
@@ -218,8 +226,7 @@ def test_a_station_measuring_less_than_calibrated_is_told_and_one_measuring_more
 def test_a_killed_calibration_leaves_the_model_folder_as_it_was(tmp_path):
     """SIGTERM while the records are collected (real process): the manifest is unchanged and the command's
     scratch copies (`.uncalibrated-manifest.json`) are gone; before, the copy stayed in the model's folder."""
-    for name in ("isicnet.onnx", "isicnet_signal.onnx", "manifest.json"):
-        shutil.copy(SHIPPED_DIR / name, tmp_path / name)
+    files = copy_model(tmp_path)
     before = (tmp_path / "manifest.json").read_bytes()
     proc = subprocess.Popen([sys.executable, "-m", "isic_model.cli", "calibrate-uncertainty", "--model", str(tmp_path),
                              "--groups", "400", "--heldout-samples", "8", "--cache", str(tmp_path / "cache"),
@@ -235,7 +242,14 @@ def test_a_killed_calibration_leaves_the_model_folder_as_it_was(tmp_path):
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     finally:
         proc.kill()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["isicnet.onnx",
-                                                                              "isicnet_signal.onnx",
-                                                                              "manifest.json"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == files
     assert (tmp_path / "manifest.json").read_bytes() == before
+
+
+def test_records_without_a_room_sensor_give_the_model_no_room():
+    """`evaluate --unknown-fibres ... --no-temperature` scores the unknown-fibre fabrics as the known ones: the
+    shipped model (it takes the room) answers the same measurements otherwise without a reading."""
+    with_room, without = (collect(SHIPPED_MANIFEST, 91, 2, unknown=["wool"], progress=False, room_sensor=sensor)
+                          for sensor in (True, False))
+    assert np.array_equal(with_room.truth, without.truth) and with_room.unknown_share.min() > 0
+    assert not np.allclose(with_room.station_pred, without.station_pred, atol=1e-4)

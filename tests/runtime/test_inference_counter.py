@@ -20,6 +20,7 @@ from isic_station.inference.onnxruntime_backend import OnnxRuntimeBackend
 from isic_station.inference.predictor import Predictor
 from isic_station.manifest import load_manifest
 from isic_station.preprocess.image import ImageParams, cut_frame
+from isic_station.preprocess.image_stream import StreamedImage
 
 
 @pytest.fixture
@@ -73,8 +74,7 @@ def test_streamed_input_and_counts_give_the_one_shot_prediction(counter_manifest
     builder = predictor.image_builder(1.0)
     for frame in frames:
         builder.add(frame)
-    streamed = predictor.predict(refl, measurement.INSTRUMENT_NM, frames, 1.0, image_batch=builder.batch(),
-                                 fibre_counts=builder.fibre_counts())
+    streamed = predictor.predict(refl, measurement.INSTRUMENT_NM, frames, 1.0, builder.built())
     one_shot = predictor.predict(refl, measurement.INSTRUMENT_NM, frames, 1.0)
     assert streamed.composition == pytest.approx(one_shot.composition, abs=1e-6)
     assert not one_shot.signal_only
@@ -88,10 +88,10 @@ def test_the_counts_reach_the_answer(counter_manifest, backend):
     for frame in frames:
         builder.add(frame)
     batch, counts = builder.batch(), builder.fibre_counts()
-    as_counted = predictor.predict(refl, measurement.INSTRUMENT_NM, frames, 1.0, image_batch=batch,
-                                   fibre_counts=counts)
-    other = predictor.predict(refl, measurement.INSTRUMENT_NM, frames, 1.0, image_batch=batch,
-                              fibre_counts=counts[::-1] * 3.0)
+    as_counted = predictor.predict(refl, measurement.INSTRUMENT_NM, frames, 1.0,
+                                   StreamedImage(counter_manifest.image, batch, counts))
+    other = predictor.predict(refl, measurement.INSTRUMENT_NM, frames, 1.0,
+                              StreamedImage(counter_manifest.image, batch, counts[::-1] * 3.0))
     assert as_counted.composition != pytest.approx(other.composition, abs=1e-4)
     with pytest.raises(ValueError, match="fibre_counts"):
         predictor.infer(np.zeros(32, np.float32), batch)

@@ -100,8 +100,8 @@ def test_a_slow_camera_does_not_delay_the_spectrum(spectrometer, stage, tmp_path
     assert measurement.acquire_ms < measurement.frames_ms + 0.5 * measurement.spectrum_ms
     assert measurement.sample_id == "LOT7-0042" and measurement.sample_id_source == "label"
     # the tiles cut while the frames arrived are the image input inference would build from them
-    assert measurement.image_params is IMAGE
-    assert np.array_equal(measurement.image_batch, build_image_batch(measurement.frames, 1.0, IMAGE))
+    assert measurement.image.params is IMAGE
+    assert np.array_equal(measurement.image.batch, build_image_batch(measurement.frames, 1.0, IMAGE))
     assert not measurement.flags & {"missing_image", "low_signal", "saturation"}
     taker.camera.close()
 

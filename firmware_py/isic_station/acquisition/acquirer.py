@@ -24,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Set, Tuple
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from isic_station.acquisition.calibration import CalibrationStore, Reference
 from isic_station.acquisition.quality_gate import QualityGate
 from isic_station.acquisition.sample_label import SampleLabelReader
 from isic_station.daemon.pipeline import MeasureJob, MeasurementRefused
-from isic_station.preprocess.image_stream import ImageBatchBuilder
+from isic_station.preprocess.image_stream import ImageBatchBuilder, StreamedImage
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,8 @@ class Measurement:
     flags: Set[str] = field(default_factory=set)
     spectrum_ms: float = 0.0  # trigger to the spectrum's reflectance (the spectrometer's share)
     frames_ms: float = 0.0  # trigger to the last frame gated (the camera's share)
-    # The passed frames' image input, built as they arrived, and the manifest `image` object it was built for.
-    image_batch: Optional[np.ndarray] = None
-    image_params: Optional[Mapping[str, Any]] = None
-    fibre_counts: Optional[np.ndarray] = None  # the fibre counts over every usable tile (models with a counter)
+    # The passed frames' image input, built as they arrived, for the model it was built for.
+    image: Optional[StreamedImage] = None
     temperature_c: Optional[float] = None  # the room by the spectrometer's sensor (None: it has none)
 
 
@@ -292,9 +290,7 @@ class Acquirer:
             counts=counts, wavelengths_nm=self.wavelengths_nm, reflectance=reflectance, frames=grab.passed,
             flags=flags, spectrum_ms=(spectrum_done - started) * 1000.0,
             frames_ms=(grab.done_at - started) * 1000.0 if frames_done is not None else 0.0,
-            image_batch=images.batch() if images is not None else None,
-            image_params=images.params if images is not None else None,
-            fibre_counts=images.fibre_counts() if images is not None else None,
+            image=images.built() if images is not None else None,
             temperature_c=None if temperature_c is None else round(temperature_c - self.temperature_offset_c, 2),
         )
 

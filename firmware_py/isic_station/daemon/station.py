@@ -320,12 +320,8 @@ class Station:
         with self.model.using() as predictor:
             manifest = predictor.manifest
             axis = self.wavelength.corrected_axis(m.wavelengths_nm)
-            prediction = predictor.predict(m.reflectance, axis, m.frames or None,
-                                           self.config.camera.um_per_px,
-                                           m.image_batch if m.image_params is manifest.image else None,
-                                           flags=m.flags,
-                                           fibre_counts=m.fibre_counts if m.image_params is manifest.image else None,
-                                           temperature_c=m.temperature_c)
+            prediction = predictor.predict(m.reflectance, axis, m.frames or None, self.config.camera.um_per_px,
+                                           m.image, flags=m.flags, temperature_c=m.temperature_c)
         condition_problem = manifest.condition_problem(m.temperature_c)
         self._check_room_reading(manifest, m.temperature_c)
         flags = set(m.flags) | ({"outside_trained_range"} if condition_problem else set())

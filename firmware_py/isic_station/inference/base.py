@@ -1,6 +1,6 @@
 """What every inference backend promises, and what the runtime hands on after fusing its outputs.
 
-A backend runs one of the manifest's graphs (`bimodal`, `signal_only`) on named float32 arrays and
+A backend runs one of the manifest's graphs (`bimodal`, `signal_only`, ...) on named float32 arrays and
 returns named float32 arrays; it knows nothing about spectra, frames or fibres. Keeping that seam
 narrow lets the same `Predictor` drive the NPU (pyACL) and the CPU (ONNX Runtime), and lets the
 tests check one backend against the other array for array.
@@ -18,6 +18,9 @@ from isic_station.manifest import GraphSpec, Manifest
 GRAPH_BIMODAL = "bimodal"
 GRAPH_SIGNAL_ONLY = "signal_only"
 GRAPH_COUNTER = "counter"   # optional: the per-tile fibre counter (models with a `fibre_counts` input)
+# Optional pair: the bimodal graph cut after its image encoder, so tiles are encoded as the frames arrive.
+GRAPH_TILE_ENCODER = "tile_encoder"
+GRAPH_FUSION = "fusion"
 
 
 def whole_number_option(options: Mapping[str, Any], key: str, default: int, minimum: int) -> int:

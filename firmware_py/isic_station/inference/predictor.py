@@ -6,6 +6,9 @@ frames the signal-only graph answers alone (uncertainty 0, `signal_only` set), s
 degrades the result instead of stopping the station. A manifest with a `counter` graph also counts
 the fibres on every usable tile of every frame (`FibreCounter`, as the frames arrive when the station
 builds the input with `image_builder`) and gives the totals to the bimodal graph as `fibre_counts`.
+A manifest with `tile_encoder` and `fusion` graphs (the bimodal graph cut after its image encoder) has the
+station's builder encode the tiles that may be picked as their frame arrives, and `predict` then runs only
+the fusion on the picked tiles' tokens: the same answers (the cut is checked), less work after the last frame.
 A model trained with the room temperature gets the sensor's reading as `temperature` (`preprocess.room`).
 When the manifest carries an `uncertainty` calibration (`isic-model calibrate-uncertainty`), `predict`
 applies it (`uncertainty.py`): the calibrated standard uncertainty and 95 % interval per fibre, the
@@ -19,11 +22,20 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from isic_station.inference.base import GRAPH_BIMODAL, GRAPH_COUNTER, GRAPH_SIGNAL_ONLY, Backend, Prediction
+from isic_station.inference.base import (
+    GRAPH_BIMODAL,
+    GRAPH_COUNTER,
+    GRAPH_FUSION,
+    GRAPH_SIGNAL_ONLY,
+    GRAPH_TILE_ENCODER,
+    Backend,
+    Prediction,
+)
 from isic_station.inference.batches import static_batches
 from isic_station.inference.counter import FibreCounter
+from isic_station.inference.tile_encoder import OUTPUT_TILE_TOKENS, TileEncoder
 from isic_station.manifest import Manifest
-from isic_station.preprocess.image_stream import ImageBatchBuilder
+from isic_station.preprocess.image_stream import ImageBatchBuilder, StreamedImage
 from isic_station.preprocess.room import temperature_input
 from isic_station.preprocess.spectrum import preprocess_spectrum
 from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration, spectrum_quality
@@ -63,10 +75,12 @@ class Predictor:
         self.calibration = UncertaintyCalibration.from_manifest(manifest) if calibrated else None
         self.settings_problem = settings_problem if self.calibration is not None else None
         self.counter = FibreCounter.on_backend(backend) if GRAPH_COUNTER in manifest.graphs else None
+        split = GRAPH_TILE_ENCODER in manifest.graphs and GRAPH_FUSION in manifest.graphs
+        self.encoder = TileEncoder.on_backend(backend) if split else None
 
     def image_builder(self, camera_um_per_px: float) -> ImageBatchBuilder:
-        """A fresh builder of one measurement's image input (and fibre counts) to feed frame by frame."""
-        return ImageBatchBuilder(camera_um_per_px, self.manifest.image, self.counter)
+        """A fresh builder of one measurement's image input (fibre counts, tile tokens) to feed frame by frame."""
+        return ImageBatchBuilder(camera_um_per_px, self.manifest.image, self.counter, self.encoder)
 
     def predict(
         self,
@@ -74,36 +88,36 @@ class Predictor:
         wavelengths_nm: np.ndarray,
         frames_bgr: Optional[Sequence[np.ndarray]],
         camera_um_per_px: float,
-        image_batch: Optional[np.ndarray] = None,
+        streamed: Optional[StreamedImage] = None,
         flags: Iterable[str] = (),
-        fibre_counts: Optional[np.ndarray] = None,
         temperature_c: Optional[float] = None,
     ) -> Prediction:
         """The fused result for one measurement; no frames (None or empty) means signal-only.
 
-        `image_batch`, when given, is these frames' image input already built (`image_builder`, while
-        they arrived), and `fibre_counts` that builder's counts (counted here from the frames when the
-        model has a counter and they are not given). `flags` are the measurement's quality flags (they
-        widen a calibrated interval). `temperature_c` is the room by the spectrometer's sensor (None: no
-        reading; models without a temperature input ignore it). `timings_ms` holds `preprocess_ms`
-        (spectrum and image preprocessing, counting included) and `infer_ms`.
+        `streamed`, when given, is these frames' image input already built (`image_builder(...).built()`,
+        while they arrived); built here from the frames when it is not given or was built for another model
+        (then without the tile encoder: the bimodal graph reads the picked tiles). `flags` are the
+        measurement's quality flags (they widen a calibrated interval). `temperature_c` is the room by the
+        spectrometer's sensor (None: no reading; models without a temperature input ignore it). `timings_ms`
+        holds `preprocess_ms` (spectrum and image preprocessing, counting included) and `infer_ms`.
         """
         start = time.perf_counter()
         spectrum = preprocess_spectrum(reflectance, wavelengths_nm, self.manifest.spectrum)
-        tiles = None
+        image = None
         if frames_bgr is not None and len(frames_bgr) > 0:
-            tiles = image_batch
-            if tiles is None or (self.counter is not None and fibre_counts is None):
-                builder = self.image_builder(camera_um_per_px)
+            image = streamed if streamed is not None and streamed.params is self.manifest.image else None
+            if image is None:
+                builder = ImageBatchBuilder(camera_um_per_px, self.manifest.image, self.counter)
                 for frame in frames_bgr:
                     builder.add(frame)
-                tiles = builder.batch() if tiles is None else tiles
-                fibre_counts = builder.fibre_counts()
-                if tiles is None:
-                    log.warning("no image input: every tile of %d frame(s) touches a sample label or is mostly "
-                                "dust/glare; measuring signal-only", len(frames_bgr))
+                image = builder.built()
+            if image is not None and image.batch is None:
+                log.warning("no image input: every tile of %d frame(s) touches a sample label or is mostly "
+                            "dust/glare; measuring signal-only", len(frames_bgr))
+        tiles = None if image is None else image.batch
         preprocessed = time.perf_counter()
-        outputs = self.infer(spectrum, tiles, fibre_counts, temperature_c)
+        outputs = self.infer(spectrum, tiles, None if image is None else image.fibre_counts, temperature_c,
+                             None if tiles is None else image.tile_tokens)
         done = time.perf_counter()
         timings = {"preprocess_ms": _milliseconds(start, preprocessed), "infer_ms": _milliseconds(preprocessed, done)}
         fused = self.fuse(outputs, signal_only=tiles is None, timings_ms=timings)
@@ -134,8 +148,10 @@ class Predictor:
 
     def infer(self, spectrum: np.ndarray, tiles: Optional[np.ndarray],
               fibre_counts: Optional[np.ndarray] = None,
-              temperature_c: Optional[float] = None) -> Dict[str, np.ndarray]:
-        """The raw graph outputs for one measurement: bimodal with tiles, signal-only without.
+              temperature_c: Optional[float] = None,
+              tile_tokens: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """The raw graph outputs for one measurement: bimodal with tiles, signal-only without; the fusion graph
+        instead of the bimodal one when the tiles' `tile_tokens` [N, T, d] are given (the tile encoder's).
 
         A bimodal graph with a `fibre_counts` input needs the counts (ValueError without them). More tiles than
         the graph's static batch B (`image.tiles_per_measurement`; the manifest's `max_tiles` allows up to that
@@ -154,13 +170,15 @@ class Predictor:
         inputs = {INPUT_SPECTRUM: np.repeat(spectrum[None, :], batch, axis=0)}
         if room is not None:
             inputs[INPUT_TEMPERATURE] = np.repeat(temperature_input(temperature_c, room)[None, :], batch, axis=0)
-        if any(spec.name == INPUT_FIBRE_COUNTS for spec in self.backend.graph(GRAPH_BIMODAL).inputs):
+        graph, rows, row_input = ((GRAPH_BIMODAL, tiles, INPUT_IMAGE) if tile_tokens is None
+                                  else (GRAPH_FUSION, tile_tokens, OUTPUT_TILE_TOKENS))
+        if any(spec.name == INPUT_FIBRE_COUNTS for spec in self.backend.graph(graph).inputs):
             if fibre_counts is None:
-                raise ValueError("this model's bimodal graph takes fibre_counts: count the tiles with its counter")
+                raise ValueError(f"this model's {graph} graph takes fibre_counts: count the tiles with its counter")
             inputs[INPUT_FIBRE_COUNTS] = np.repeat(np.asarray(fibre_counts, dtype=np.float32)[None, :], batch, 0)
         answers: List[Dict[str, np.ndarray]] = []
-        for chunk, real in static_batches(tiles, batch):
-            out = self.backend.run(GRAPH_BIMODAL, dict(inputs, **{INPUT_IMAGE: chunk}))
+        for chunk, real in static_batches(rows, batch):
+            out = self.backend.run(graph, dict(inputs, **{row_input: chunk}))
             answers.append({name: value[:real] for name, value in out.items()})
         if len(answers) == 1:
             return answers[0]

@@ -109,7 +109,8 @@ class ImageInput:
 
     `batch` is float32 [N, C, P, P], N = the usable tiles up to max_tiles and at least the graph's batch B;
     `scores[i]` is the fibre coverage (0..1) of the tile in row i,
-    `origins[i]` = (frame index, top, left) in the rescaled frame. When fewer tiles exist than B,
+    `origins[i]` = (frame index, top, left) in the rescaled frame, `picked[i]` its index among all the frames'
+    tiles in frame order (each frame's row-major). When fewer tiles exist than B,
     the best ones are repeated and `repeated` says how many rows are repeats. `tiles_masked` tiles
     were left out for touching a label or being mostly dust/glare; `label_px` and `ignored_px`
     count the masked pixels over all frames (at the model's scale).
@@ -118,6 +119,7 @@ class ImageInput:
     batch: np.ndarray
     scores: np.ndarray
     origins: Tuple[Tuple[int, int, int], ...]
+    picked: np.ndarray
     tiles_available: int
     repeated: int
     tiles_masked: int = 0
@@ -387,6 +389,7 @@ def select_tiles(cut: Sequence[FrameTiles], spec: ImageParams) -> ImageInput:
         batch=batch,
         scores=all_scores[chosen].astype(np.float32),
         origins=tuple(origins[i] for i in chosen),
+        picked=chosen,
         tiles_available=available,
         repeated=max(0, wanted - available),
         tiles_masked=int(np.count_nonzero(~all_usable)),

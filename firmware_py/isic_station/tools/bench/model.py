@@ -136,8 +136,7 @@ def run_model_bench(args: argparse.Namespace) -> int:
             last = time.perf_counter()
             builder.add(m.frames[-1])
             prediction = predictor.predict(m.reflectance, m.wavelengths_nm, m.frames, m.um_per_px,
-                                           image_batch=builder.batch(), fibre_counts=builder.fibre_counts(),
-                                           temperature_c=m.temperature_c)
+                                           builder.built(), temperature_c=m.temperature_c)
             end = time.perf_counter()
             if index >= 0:
                 timings["frames_ms"].append((last - start) * 1000.0)
