@@ -109,6 +109,17 @@ class Manifest:
             return None
         return f"room temperature {temperature_c:.1f} degC is outside the " + " and the ".join(outside)
 
+    def unread_room_problem(self, temperature_c: Optional[float]) -> Optional[str]:
+        """Why a measurement with no room reading cannot be vouched for, or None: the graphs take the room as an
+        input and were given none. They still answer (trained with readings dropped), but away from the
+        reference room they lose accuracy, the intervals calibrated with readings do not hold, and no range
+        check can flag a cold room."""
+        if temperature_c is not None or self.temperature_input is None:
+            return None
+        return (f"no room temperature reading, and model {self.version} takes the room as an input: away from "
+                f"{self.temperature_input['reference_c']:g} degC its answer and interval do not hold, and no "
+                "range check can flag the room")
+
 
 def _tensor(doc: Dict[str, Any]) -> TensorSpec:
     return TensorSpec(doc["name"], tuple(int(d) for d in doc["shape"]), doc["dtype"], doc.get("meaning", ""))

@@ -174,8 +174,9 @@ def test_a_model_trained_with_the_room_gets_the_sensor_s_reading_less_the_offset
     """The tiny model's `temperature` input outweighs its spectrum (tests/fakes/tiny_isicnet.py): a warm room
     answers cotton, a cold one polyester - so the reading (less the configured 1.5 degC offset, scaled as the
     manifest says) is what reached the graph; without a sensor the station still answers (the zero row the
-    Predictor feeds then is tests/model/test_net_export.py's), and one warning alarm says the model goes
-    without its input, raised again only after a reading came back."""
+    Predictor feeds then is tests/model/test_net_export.py's) but flags each such result no_room_reading and
+    refers it (alarm naming why), and one device_fault warning says the model goes without its input, raised
+    again only after a reading came back."""
     with station_on_tiny_model(tmp_path, mqtt_broker, temperature=True) as (station, spectrometer, plant):
         calibrate(plant, spectrometer)
         rooms = (("warm", 33.5), ("cold", 11.5), ("unread", None), ("still-unread", None), ("read", 25.0),
@@ -184,7 +185,8 @@ def test_a_model_trained_with_the_room_gets_the_sensor_s_reading_less_the_offset
             spectrometer.room_c = room
             assert plant.command("measure", {"sample_id": sample})["status"] == "ok"
         results = {r["sample_id"]: r for r in plant.recorder.wait_count(f"{plant.base}/result", len(rooms))}
-        alarms = [a for a in plant.published("alarm") if "no room temperature reading" in a["message"]]
+        alarms = [a for a in plant.published("alarm") if a["kind"] == "device_fault"]
+        referred = [a for a in plant.published("alarm") if a["kind"] == "refer_to_lab"]
     assert results["warm"]["temperature_c"] == pytest.approx(32.0)
     assert results["warm"]["composition"]["cotton"] > 0.99
     assert results["cold"]["composition"]["polyester"] > 0.99
@@ -193,3 +195,9 @@ def test_a_model_trained_with_the_room_gets_the_sensor_s_reading_less_the_offset
     assert (alarms[0]["kind"], alarms[0]["severity"], alarms[0]["details"]["device"]) == \
            ("device_fault", "warning", "spectrometer")
     assert "takes the room as an input" in alarms[0]["message"] and "22 degC" in alarms[0]["message"]
+    unread = {sample for sample, room in rooms if room is None}
+    for sample, result in results.items():
+        assert validation_errors(result, "result") == []
+        assert ({"no_room_reading", "refer_to_lab"} <= set(result["flags"])) == (sample in unread), sample
+    assert sorted(a["details"]["sample_id"] for a in referred if "no room temperature reading" in a["message"]) \
+           == sorted(unread)

@@ -148,7 +148,7 @@ class LotSummary:
     """The running judgement of a lot since `set_lot`: n, mean, sd and the 95 % interval of the mean per fibre.
 
     `add(composition, systematic, interval=None, verdict=None, unknown_fibre=False, blend=None,
-    outside_trained=False)` per
+    outside_trained=False, unread_room=False)` per
     result: `systematic` is the calibration's per-fibre systematic standard deviation for the result's
     path and `blend` (its blend class; {} for an uncalibrated model), `interval` the result's own 95 %
     interval (the lot's interval while n = 1). The lot's systematic part is that of the blend most of
@@ -171,11 +171,13 @@ class LotSummary:
         self.verdicts = {v: 0 for v in VERDICTS}
         self.unknown_fibre_results = 0
         self.outside_trained_results = 0  # results measured outside the model's trained conditions
+        self.unread_room_results = 0  # results flagged no_room_reading
         self.calibrated = True
 
     def add(self, composition: Mapping[str, float], systematic: Mapping[str, float],
             interval: Optional[Mapping[str, Sequence[float]]] = None, verdict: Optional[str] = None,
-            unknown_fibre: bool = False, blend: Optional[str] = None, outside_trained: bool = False) -> None:
+            unknown_fibre: bool = False, blend: Optional[str] = None, outside_trained: bool = False,
+            unread_room: bool = False) -> None:
         """Count one result of the lot (its composition, blend, the systematic part, its own verdict)."""
         self.n += 1
         for f, v in composition.items():
@@ -194,6 +196,7 @@ class LotSummary:
             self.verdicts[verdict] += 1
         self.unknown_fibre_results += int(bool(unknown_fibre))
         self.outside_trained_results += int(bool(outside_trained))
+        self.unread_room_results += int(bool(unread_room))
 
     def blend(self) -> Optional[str]:
         """The blend class most of the lot's results were read as (None before any result or without blends)."""
@@ -228,7 +231,8 @@ class LotSummary:
                 "blends": dict(self._blends),
                 "first_interval": self._first_interval, "verdicts": dict(self.verdicts),
                 "unknown_fibre_results": self.unknown_fibre_results,
-                "outside_trained_results": self.outside_trained_results, "calibrated": self.calibrated}
+                "outside_trained_results": self.outside_trained_results,
+                "unread_room_results": self.unread_room_results, "calibrated": self.calibrated}
 
     @classmethod
     def from_state(cls, doc: Mapping[str, Any]) -> "LotSummary":
@@ -253,6 +257,7 @@ class LotSummary:
         summary.verdicts = {v: int(doc["verdicts"].get(v, 0)) for v in VERDICTS}
         summary.unknown_fibre_results = int(doc["unknown_fibre_results"])
         summary.outside_trained_results = int(doc.get("outside_trained_results", 0))  # kept before the check
+        summary.unread_room_results = int(doc.get("unread_room_results", 0))  # kept before the flag
         summary.calibrated = bool(doc["calibrated"])
         return summary
 
@@ -294,6 +299,9 @@ class LotSummary:
         if self.outside_trained_results:
             reasons.append(f"{self.outside_trained_results} result(s) measured outside the conditions the model "
                            "was trained in")
+        if self.unread_room_results:
+            reasons.append(f"{self.unread_room_results} result(s) measured without the room temperature the model "
+                           "takes as an input")
         return {
             "schema_version": 1,
             "station": station,
@@ -312,11 +320,12 @@ class LotSummary:
             "failing_fibres": decision["failing_fibres"],
             "straddling_fibres": decision["straddling_fibres"],
             "refer_to_lab": (decision["verdict"] == "undetermined" or self.unknown_fibre_results > 0
-                             or self.outside_trained_results > 0),
+                             or self.outside_trained_results > 0 or self.unread_room_results > 0),
             "reasons": reasons,
             "results": dict(self.verdicts),
             "unknown_fibre_results": self.unknown_fibre_results,
             "outside_trained_results": self.outside_trained_results,
+            "unread_room_results": self.unread_room_results,
             "rule": RULE_INTERVAL if self.calibrated else RULE_POINT,
             "replayed": False,
         }

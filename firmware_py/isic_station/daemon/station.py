@@ -323,8 +323,11 @@ class Station:
             prediction = predictor.predict(m.reflectance, axis, m.frames or None, self.config.camera.um_per_px,
                                            m.image, flags=m.flags, temperature_c=m.temperature_c)
         condition_problem = manifest.condition_problem(m.temperature_c)
-        self._check_room_reading(manifest, m.temperature_c)
+        room_problem = manifest.unread_room_problem(m.temperature_c)
+        self._check_room_reading(room_problem)
         flags = set(m.flags) | ({"outside_trained_range"} if condition_problem else set())
+        if room_problem:
+            flags.add("no_room_reading")
         if prediction.signal_only:
             flags.add("signal_only")
         if prediction.unknown_fibre:
@@ -352,8 +355,8 @@ class Station:
             self._count_in_lot(doc, predictor, prediction, spectrum_quality(m.reflectance))
         row = self.link.publish_result(doc)
         self.time_to_result.published(row, m.requested_at, m.acquire_ms)
-        for alarm in (out_of_spec_alarm(doc), refer_to_lab_alarm(doc, prediction.uncalibrated_flags,
-                                                                 condition_problem, predictor.settings_problem)):
+        for alarm in (out_of_spec_alarm(doc), refer_to_lab_alarm(doc, prediction.uncalibrated_flags, condition_problem,
+                                                                 predictor.settings_problem, room_problem)):
             if alarm is not None:
                 log.warning("%s", alarm["message"])
                 self.link.publish_alarm(alarm)
@@ -378,24 +381,23 @@ class Station:
                                            declared=summary.spec.composition)
                     if calibration is not None else {},
                     prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"],
-                    blend=doc["blend"], outside_trained="outside_trained_range" in doc["flags"])
+                    blend=doc["blend"], outside_trained="outside_trained_range" in doc["flags"],
+                    unread_room="no_room_reading" in doc["flags"])
         self.lot.keep()
         self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()), **delivery("lot"))
 
-    def _check_room_reading(self, manifest: Manifest, temperature_c: Optional[float]) -> None:
+    def _check_room_reading(self, room_problem: Optional[str]) -> None:
         """A model taking the room as an input answers without it, but worse away from its reference room, and
-        with no reading no range check flags a cold one: a person must give the spectrometer a sensor (or
-        the station a model without the input). One warning alarm, again only after a reading came back."""
-        if temperature_c is not None or manifest.temperature_input is None:
+        with no reading no range check flags a cold one: each such result is flagged `no_room_reading` and
+        referred, and a person must give the spectrometer a sensor (or the station a model without the
+        input). One warning alarm, again only after a reading came back."""
+        if room_problem is None:
             self._room_unread_alarmed = False
             return
         if self._room_unread_alarmed or self.link is None:
             return
         self._room_unread_alarmed = True
-        message = (f"spectrometer: no room temperature reading, and model {manifest.version} takes the room as an "
-                   f"input; results in rooms away from {manifest.temperature_input['reference_c']:g} degC lose "
-                   "accuracy and no range check flags them (a spectrometer with a sensor, or a model without "
-                   "the input)")
+        message = (f"spectrometer: {room_problem} (a spectrometer with a sensor, or a model without the input)")
         log.warning("%s", message)
         self.link.publish_alarm(build_alarm(station=self.config.station.id, kind="device_fault", severity="warning",
                                             message=message, details={"device": "spectrometer"}))

@@ -17,7 +17,8 @@ SCHEMA_VERSION = 1
 # The quality flags a result may carry, in the order results list them: the result schema's enum.
 RESULT_FLAGS = tuple(load_schema("result")["properties"]["flags"]["items"]["enum"])
 # A result flagged with any of these is the lab's to decide (`refer_to_lab`), whatever its spec check says.
-REFERRING_FLAGS = frozenset({"unknown_fibre", "outside_trained_range", "uncalibrated_settings"})
+REFERRING_FLAGS = frozenset({"unknown_fibre", "outside_trained_range", "uncalibrated_settings",
+                             "no_room_reading"})
 
 
 def utc_iso(moment: Optional[datetime] = None) -> str:
@@ -49,8 +50,7 @@ def build_result(
     temperature_c: Optional[float] = None,
 ) -> Dict[str, Any]:
     """A result document (schema `result`); `out_of_spec` is added to the flags when `spec`'s verdict
-    is fail, `refer_to_lab` when it is undetermined (or when `unknown_fibre`, `outside_trained_range` or
-    `uncalibrated_settings` is among the flags).
+    is fail, `refer_to_lab` when it is undetermined (or when one of REFERRING_FLAGS is among the flags).
 
     `model` is {name, version, sha256, manifest_sha256?}; `timings_ms` is {acquire, preprocess, infer, total};
     `spec` is what `spec_check.check_composition` returned, or None when no lot is set;
@@ -134,10 +134,12 @@ def out_of_spec_alarm(result: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
 
 def refer_to_lab_alarm(result: Mapping[str, Any], uncalibrated_flags: Iterable[str] = (),
                        condition_problem: Optional[str] = None,
-                       settings_problem: Optional[str] = None) -> Optional[Dict[str, Any]]:
+                       settings_problem: Optional[str] = None,
+                       room_problem: Optional[str] = None) -> Optional[Dict[str, Any]]:
     """The alarm for a result the lab must decide (flag `refer_to_lab`), naming why (`condition_problem`:
     `Manifest.condition_problem`'s words for an `outside_trained_range` result; `settings_problem`:
-    `uncertainty.settings_problem`'s for an `uncalibrated_settings` one); None otherwise."""
+    `uncertainty.settings_problem`'s for an `uncalibrated_settings` one; `room_problem`:
+    `Manifest.unread_room_problem`'s for a `no_room_reading` one); None otherwise."""
     if "refer_to_lab" not in result["flags"]:
         return None
     reasons = []
@@ -152,6 +154,8 @@ def refer_to_lab_alarm(result: Mapping[str, Any], uncalibrated_flags: Iterable[s
         reasons.append(condition_problem or "measured outside the conditions the model was trained in")
     if "uncalibrated_settings" in result["flags"]:
         reasons.append(settings_problem or "measured at settings the uncertainty calibration does not hold for")
+    if "no_room_reading" in result["flags"]:
+        reasons.append(room_problem or "measured without the room temperature the model takes as an input")
     untrusted = sorted(set(uncalibrated_flags))
     if untrusted:
         reasons.append("quality flag(s) the uncertainty calibration never saw: " + ", ".join(untrusted))

@@ -178,8 +178,8 @@ def check_room(config: Config) -> CheckResult:
                 # How much worse: `isic-model evaluate --no-temperature` (README, "Version 9t").
                 raise ValueError(f"the spectrometer has no temperature sensor, and model {manifest.version} takes "
                                  "the room temperature as an input: without it, its results in rooms away from "
-                                 f"{manifest.temperature_input['reference_c']:g} degC lose accuracy, and no range "
-                                 "check flags them")
+                                 f"{manifest.temperature_input['reference_c']:g} degC lose accuracy, and every "
+                                 "result is flagged no_room_reading and referred to the lab")
             return "the spectrometer has no temperature sensor: the room is not checked"
         room = reading - spec.temperature_offset_c
         problem = manifest.condition_problem(room)
