@@ -60,6 +60,15 @@ def ece_noise_floor(confidence: Sequence[float], bins: int = 10, draws: int = 20
     return round(float(np.median(values)), 4)
 
 
+def confidence_figures(confidence: Sequence[float], correct: Sequence[bool]) -> Dict[str, Optional[float]]:
+    """{ece, ece_noise_floor, mean_confidence} of blend answers: how far the confidence is from the hit rate,
+    what counting noise alone would read at this sample size, and the mean confidence (against the accuracy
+    it tells over- from underconfidence, which ECE does not)."""
+    conf = [float(c) for c in confidence]
+    return {"ece": expected_calibration_error(conf, correct), "ece_noise_floor": ece_noise_floor(conf),
+            "mean_confidence": round(float(np.mean(conf)), 4) if conf else None}
+
+
 def unknown_fibre_rates(flags_unknown: Sequence[bool], flags_known: Sequence[bool]) -> Dict[str, Optional[float]]:
     """{flagged_unknown: share of samples holding an unknown fibre that were flagged, flagged_known:
     share of ordinary samples flagged, n_unknown, n_known}."""

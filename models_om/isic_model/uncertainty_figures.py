@@ -14,9 +14,8 @@ from isic_model.calibration_data import apply_records, collect
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import UncertaintyCalibration
 from isic_station.uncertainty_metrics import (
+    confidence_figures,
     coverage_95,
-    ece_noise_floor,
-    expected_calibration_error,
     median_interval_width,
     unknown_fibre_rates,
 )
@@ -24,16 +23,16 @@ from isic_station.uncertainty_metrics import (
 
 def interval_figures(predictions: Sequence[Any], truth: np.ndarray, labels: Sequence[str],
                      fibres: Sequence[str]) -> Dict[str, Any]:
-    """{coverage_95, median_interval_width, ece} of a path's Predictions ({} without a calibration)."""
+    """{coverage_95, median_interval_width, ece, ece_noise_floor, mean_confidence} of a path's Predictions ({}
+    without a calibration)."""
     if not predictions or predictions[0].interval_95 is None:
         return {}
     intervals = np.array([[p.interval_95[f] for f in fibres] for p in predictions])
     return {
         "coverage_95": coverage_95(truth, intervals),
         "median_interval_width": median_interval_width(truth, intervals),
-        "ece": expected_calibration_error([p.confidence for p in predictions],
-                                          [p.blend == label for p, label in zip(predictions, labels)]),
-        "ece_noise_floor": ece_noise_floor([p.confidence for p in predictions]),
+        **confidence_figures([p.confidence for p in predictions],
+                             [p.blend == label for p, label in zip(predictions, labels)]),
     }
 
 

@@ -23,6 +23,7 @@ from isic_station.inference.predictor import Predictor
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import spectrum_quality, temper
 from isic_station.uncertainty_metrics import (
+    confidence_figures,
     coverage_95,
     ece_noise_floor,
     expected_calibration_error,
@@ -191,6 +192,11 @@ def test_metrics_on_known_values():
     # counting noise alone: a perfectly calibrated model reads ECE > 0, less the more results
     assert ece_noise_floor([1.0] * 50) == 0.0
     assert ece_noise_floor([0.9] * 180) > ece_noise_floor([0.9] * 900) > 0.0
+    # the same ECE from an over- and an underconfident model: the mean confidence tells them apart
+    nine_of_ten = [True] * 9 + [False]
+    over, under = confidence_figures([0.95] * 10, nine_of_ten), confidence_figures([0.85] * 10, nine_of_ten)
+    assert over["ece"] == under["ece"] == pytest.approx(0.05) and over["ece_noise_floor"] > 0
+    assert (over["mean_confidence"], under["mean_confidence"]) == (0.95, 0.85)
     rates = unknown_fibre_rates([True, True, False, True], [False] * 9 + [True])
     assert rates["flagged_unknown"] == 0.75 and rates["flagged_known"] == 0.1
 

@@ -22,9 +22,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from isic_station.uncertainty_metrics import (
+    confidence_figures,
     coverage_95,
-    ece_noise_floor,
-    expected_calibration_error,
     inside_interval,
     median_interval_width,
 )
@@ -65,8 +64,9 @@ def score_result(composition: Mapping[str, float], blend: str, truth: Mapping[st
 
 
 def uncertainty_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """`coverage_95`, `median_interval_width` and `ece` of scored results that carry intervals and
-    confidences (the definitions of `uncertainty_metrics`, as `isic-model evaluate` uses them), and
+    """`coverage_95`, `median_interval_width`, `ece` (with its noise floor and the mean confidence) of scored
+    results that carry intervals and confidences (the definitions of `uncertainty_metrics`, as `isic-model
+    evaluate` uses them), and
     `flagged_known`, the share of results with flags that were flagged `unknown_fibre` (the samples
     scored hold known fibres only); `outside_trained_range`, the share flagged so, and `accuracy_within_trained`,
     the accuracy of the others (what the station vouches for; None when all were flagged)."""
@@ -79,9 +79,8 @@ def uncertainty_figures(scores: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
                        median_interval_width=median_interval_width(truth, intervals))
     with_confidence = [s for s in scores if "confidence" in s]
     if with_confidence:
-        figures["ece"] = expected_calibration_error([s["confidence"] for s in with_confidence],
-                                                    [bool(s["correct"]) for s in with_confidence])
-        figures["ece_noise_floor"] = ece_noise_floor([s["confidence"] for s in with_confidence])
+        figures.update(confidence_figures([s["confidence"] for s in with_confidence],
+                                          [bool(s["correct"]) for s in with_confidence]))
     with_flags = [s for s in scores if "unknown_fibre" in s]
     if with_flags:
         figures["flagged_known"] = round(sum(bool(s["unknown_fibre"]) for s in with_flags) / len(with_flags), 4)
@@ -186,7 +185,8 @@ def figures_line(figures: Mapping[str, Any]) -> str:
             line += f"; {clo:.3f}-{chi:.3f} by sample"
         line += ")"
     if figures.get("ece") is not None:
-        line += f", ECE {figures['ece']:.3f} (a perfectly calibrated model: {figures['ece_noise_floor']:.3f})"
+        line += (f", ECE {figures['ece']:.3f} (a perfectly calibrated model: {figures['ece_noise_floor']:.3f}; "
+                 f"mean confidence {figures['mean_confidence']:.3f})")
     if figures.get("flagged_known") is not None:
         line += f", flagged unknown_fibre {100 * figures['flagged_known']:.1f} %"
     return line
