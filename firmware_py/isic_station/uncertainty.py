@@ -319,10 +319,48 @@ def settings_note(calibrated: Mapping[str, Any], config: Any) -> Optional[str]:
             "measured noise)")
 
 
-class UncertaintyCalibration:
-    """The manifest's `uncertainty` object, ready to apply to one measurement at a time."""
+# What a confidence profile (`uncertainty.confidence_profiles[i].paths.<path>`) replaces in a path's calibration.
+TEMPERATURE_KEYS = ("temperature", "noisy_temperature", "flag_temperature")
 
-    def __init__(self, doc: Mapping[str, Any], fibres: Sequence[str], blend_classes: Sequence[str]) -> None:
+
+def measures_at_least(measuring: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
+    """Whether settings `measuring` take at least the co-added scans, frames and field of `other` (each a
+    station-settings dict; a key `other` has and `measuring` lacks fails)."""
+    own = _measuring(measuring)
+    return all(key in own and own[key] >= value * (1 - 1e-6) for key, value in _measuring(other).items())
+
+
+def confidence_profile(doc: Mapping[str, Any], measuring: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Any]]:
+    """The confidence profile of calibration `doc` for a station measuring with `measuring` (station-settings
+    keys, as `station_settings_of`), or None: the richest profile whose co-added scans, frames and field the
+    station meets. The model errs less with more of them, so the blend probabilities tempered at the
+    calibration's own (poorer) settings are underconfident there; a profile holds temperatures refit at
+    richer settings (`isic-model calibrate-confidence`)."""
+    if not measuring:
+        return None
+    met = [p for p in doc.get("confidence_profiles", []) if measures_at_least(measuring, p["station"])]
+    if not met:
+        return None
+    return dict(max(met, key=lambda p: tuple(_measuring(p["station"]).get(k, 0.0) for k in RICHER_IS_SAFE)))
+
+
+def with_confidence_profile(doc: Mapping[str, Any], profile: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Calibration `doc` with `profile`'s temperatures in place of each path's own (`doc` itself without one)."""
+    if profile is None:
+        return dict(doc)
+    paths = {name: dict(path, **{k: profile["paths"][name][k] for k in TEMPERATURE_KEYS if k in profile["paths"][name]})
+             for name, path in doc["paths"].items()}
+    return dict(doc, paths=paths)
+
+
+class UncertaintyCalibration:
+    """The manifest's `uncertainty` object, ready to apply to one measurement at a time (`profile`: the
+    confidence profile in use, None for the calibration's own temperatures)."""
+
+    def __init__(self, doc: Mapping[str, Any], fibres: Sequence[str], blend_classes: Sequence[str],
+                 measuring: Optional[Mapping[str, Any]] = None) -> None:
+        self.profile = confidence_profile(doc, measuring)
+        doc = with_confidence_profile(doc, self.profile)
         self.doc = doc
         self.fibres = tuple(fibres)
         self.blend_classes = tuple(blend_classes)
@@ -361,10 +399,12 @@ class UncertaintyCalibration:
         return score > self.discriminant_thresholds[self._noise_band(noise)]
 
     @classmethod
-    def from_manifest(cls, manifest: Any) -> Optional["UncertaintyCalibration"]:
-        """The manifest's calibration, or None when the model was never calibrated."""
+    def from_manifest(cls, manifest: Any,
+                      measuring: Optional[Mapping[str, Any]] = None) -> Optional["UncertaintyCalibration"]:
+        """The manifest's calibration for a station measuring with `measuring` (its confidence profile, if
+        one fits), or None when the model was never calibrated."""
         doc = manifest.raw.get("uncertainty")
-        return None if doc is None else cls(doc, manifest.fibres, manifest.blend_classes)
+        return None if doc is None else cls(doc, manifest.fibres, manifest.blend_classes, measuring)
 
     def unknown_score(self, spectrum: np.ndarray, noise: float) -> float:
         """The unknown-fibre score of one preprocessed spectrum (flagged above `unknown_threshold`)."""

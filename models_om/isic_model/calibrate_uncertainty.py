@@ -190,13 +190,16 @@ def _factor(ratios: np.ndarray, level: float, fallback: float = 1.0) -> float:
     return round(max(conformal_quantile(ratios, level), 1e-3), 4)
 
 
-def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibres: Sequence[str],
-             classes: Sequence[str], path: str) -> Dict[str, Any]:
-    """One path's `uncertainty.paths.<path>` object (temperature, scale model, quantiles, widening)."""
+def fit_temperatures(fit: Mapping[str, np.ndarray], classes: Sequence[str],
+                     noise_split: Optional[float] = None) -> Dict[str, Any]:
+    """{temperature, noisy_temperature, noise_split, flag_temperature} of one path's rows: T of the clean
+    spectra, of the noisy ones (noise above `noise_split`, default NOISY_FACTOR x the rows' median) and of
+    each quality-flag set seen often enough."""
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[b] for b in fit["labels"]])
     temperature = fit_temperature(fit["prob"], labels)
-    noise_split = NOISY_FACTOR * float(np.median(fit["noise"]))
+    if noise_split is None:
+        noise_split = NOISY_FACTOR * float(np.median(fit["noise"]))
     noisy = fit["noise"] > noise_split
     noisy_temperature = (fit_temperature(fit["prob"][noisy], labels[noisy]) if noisy.sum() >= MIN_NOISY
                          else temperature)
@@ -207,8 +210,16 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
         rows = fit["flag_key"] == key
         if rows.sum() >= MIN_FLAG_SET:
             flag_temperature[key] = fit_temperature(fit["prob"][rows], labels[rows])
-    temperatures = {"temperature": temperature, "noisy_temperature": noisy_temperature, "noise_split": noise_split,
-                    "flag_temperature": flag_temperature}
+    return {"temperature": temperature, "noisy_temperature": noisy_temperature, "noise_split": noise_split,
+            "flag_temperature": flag_temperature}
+
+
+def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibres: Sequence[str],
+             classes: Sequence[str], path: str) -> Dict[str, Any]:
+    """One path's `uncertainty.paths.<path>` object (temperature, scale model, quantiles, widening)."""
+    temperatures = fit_temperatures(fit, classes)
+    temperature, noisy_temperature, noise_split, flag_temperature = (
+        temperatures[k] for k in ("temperature", "noisy_temperature", "noise_split", "flag_temperature"))
     feats, _ = _features(fit, temperatures)
     present = fit["truth"] > 0
     n_fibres = len(fibres)

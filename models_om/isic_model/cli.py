@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "isic_model.lab_commands",
     "isic_model.counting_limit",
     "isic_model.calibrate_uncertainty",
+    "isic_model.calibrate_confidence",
     "isic_model.lot_simulation",
     "isic_model.wavelength_figures",
 )

@@ -74,12 +74,15 @@ def method_figures(
 
 class _Runner:
     """One model's Predictor over ONNX Runtime; collects compositions and blend labels. Without
-    `room_sensor` the model is given no room temperature, as at a station whose sensor reads nothing."""
+    `room_sensor` the model is given no room temperature, as at a station whose sensor reads nothing;
+    `settings` pick the calibration's confidence profile as a station measuring with them gets it."""
 
-    def __init__(self, manifest_path: Path, room_sensor: bool = True) -> None:
+    def __init__(self, manifest_path: Path, room_sensor: bool = True,
+                 settings: Optional[StationSettings] = None) -> None:
         self.manifest = load_manifest(manifest_path)
         self.room_sensor = room_sensor
-        self.predictor = Predictor(self.manifest, create_backend("onnxruntime", self.manifest, {"threads": 2}))
+        self.predictor = Predictor(self.manifest, create_backend("onnxruntime", self.manifest, {"threads": 2}),
+                                   measuring=None if settings is None else asdict(settings))
         self.compositions: List[np.ndarray] = []
         self.blends: List[str] = []
         self.predictions: List[Any] = []
@@ -162,17 +165,17 @@ def run_evaluation(
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / "manifest.json"
-    main = _Runner(manifest_path, room_sensor)
-    signal = _Runner(manifest_path, room_sensor)
+    settings = settings or training_settings(load_manifest(manifest_path))
+    main = _Runner(manifest_path, room_sensor, settings)
+    signal = _Runner(manifest_path, room_sensor, settings)
     manifest = main.manifest
     fibres = list(manifest.fibres)
-    settings = settings or training_settings(manifest)
     variants: Dict[str, _Runner] = {}
     if ablation:
         for name in ABLATION_ORDER[:-1]:
             path = manifest_path.parent / "ablation" / name / "manifest.json"
             if path.is_file():
-                variants[name] = _Runner(path, room_sensor)
+                variants[name] = _Runner(path, room_sensor, settings)
 
     counter = CountingOracle(fibres, preset)
     truths, labels, reflectances = [], [], []
@@ -209,6 +212,8 @@ def run_evaluation(
         "overrides": dict(overrides or {}),
         "settings": asdict(settings),
         "room_sensor": room_sensor,
+        "confidence_profile": (None if main.predictor.calibration is None or main.predictor.calibration.profile is None
+                               else main.predictor.calibration.profile["station"]),
         "n": pooled["n"],
         "accuracy_ci95": pooled["accuracy_ci95"],
         "mae_ci95": pooled["mae_ci95"],
@@ -239,7 +244,8 @@ def run_seeds(manifest_path: Path, seeds: Sequence[int], samples: int, **options
     scores: List[Dict[str, Any]] = []
     per_seed = [run_evaluation(manifest_path, seed, samples, scores=scores, **options) for seed in seeds]
     first = per_seed[0]
-    result: Dict[str, Any] = {key: first[key] for key in ("model", "preset", "overrides", "settings", "room_sensor")}
+    result: Dict[str, Any] = {key: first[key] for key in ("model", "preset", "overrides", "settings", "room_sensor",
+                                                          "confidence_profile")}
     result.update(seeds=list(seeds), samples_per_seed=samples, **pooled_figures(scores))
     result["per_seed"] = per_seed
     result["seconds"] = round(sum(r["seconds"] for r in per_seed), 1)

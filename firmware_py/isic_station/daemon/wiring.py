@@ -33,7 +33,7 @@ from isic_station.manifest import Manifest, load_manifest
 from isic_station.messaging.mqtt_link import MqttSettings
 from isic_station.messaging.outbox import Outbox
 from isic_station.preprocess.image import scale_problem
-from isic_station.uncertainty import settings_note, settings_problem
+from isic_station.uncertainty import settings_note, settings_problem, station_settings_of
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,12 @@ class ModelLoader:
         manifest = manifest if manifest is not None else self.manifest()
         calibrated_for = manifest.calibration_data.get("station")
         problem = settings_problem(calibrated_for, self.config) if calibrated_for else None
-        predictor = Predictor(manifest, create_backend(self.kind, manifest, self.options), settings_problem=problem)
+        predictor = Predictor(manifest, create_backend(self.kind, manifest, self.options), settings_problem=problem,
+                              measuring=station_settings_of(self.config))
         log.info("model %s %s on %s", manifest.name, manifest.version, predictor.backend.name)
+        if predictor.calibration is not None and predictor.calibration.profile is not None:
+            log.info("blend confidence tempered as calibrated at %s (the station measures at least as much)",
+                     ", ".join(f"{k} {v}" for k, v in sorted(predictor.calibration.profile["station"].items())))
         scale = scale_problem(self.camera_um_per_px, manifest.image) if self.camera_um_per_px else None
         if scale:
             log.warning("%s", scale)

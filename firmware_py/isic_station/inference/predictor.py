@@ -18,7 +18,7 @@ recalibrated confidence and the unknown-fibre check replace the raw tile spread 
 import dataclasses
 import logging
 import time
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -66,13 +66,15 @@ class Predictor:
     """Joins the manifest's preprocessing, a loaded backend and the fusion over tiles."""
 
     def __init__(self, manifest: Manifest, backend: Backend, calibrated: bool = True,
-                 settings_problem: Optional[str] = None) -> None:
+                 settings_problem: Optional[str] = None, measuring: Optional[Mapping[str, Any]] = None) -> None:
         """`calibrated=False` ignores the manifest's uncertainty calibration (raw answers, to calibrate on);
         `settings_problem` says why that calibration does not hold at the station's measuring settings
-        (`uncertainty.settings_problem`: the station flags every result `uncalibrated_settings`)."""
+        (`uncertainty.settings_problem`: the station flags every result `uncalibrated_settings`);
+        `measuring` are those settings (`uncertainty.station_settings_of`), which pick the calibration's
+        confidence profile (`uncertainty.confidence_profile`; None: its own temperatures)."""
         self.manifest = manifest
         self.backend = backend
-        self.calibration = UncertaintyCalibration.from_manifest(manifest) if calibrated else None
+        self.calibration = UncertaintyCalibration.from_manifest(manifest, measuring) if calibrated else None
         self.settings_problem = settings_problem if self.calibration is not None else None
         self.counter = FibreCounter.on_backend(backend) if GRAPH_COUNTER in manifest.graphs else None
         split = GRAPH_TILE_ENCODER in manifest.graphs and GRAPH_FUSION in manifest.graphs

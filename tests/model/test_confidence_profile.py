@@ -1,0 +1,90 @@
+"""Confidence profiles: the blend confidence refit for stations measuring more than the calibration
+(`isic-model calibrate-confidence`), and which profile a station's settings pick."""
+
+import json
+from dataclasses import asdict, replace
+
+from isic_model.cli import main
+from isic_model.measuring_settings import station_settings
+from isic_station.config import load_config
+from isic_station.daemon.wiring import ModelLoader
+from isic_station.manifest import load_manifest
+from isic_station.tools.bench.accuracy import apply_settings
+from isic_station.tools.demo import DemoBench
+from isic_station.uncertainty import UncertaintyCalibration, confidence_profile, with_confidence_profile
+
+from .test_uncertainty_calibration import copy_model
+
+CALIBRATED = {"coadd": 4, "n_frames": 3, "frame_px": 640, "frame_height": 480, "camera_um_per_px": 1.0,
+              "integration_us": 8000, "label": True}
+
+
+def profile_at(coadd, frames, temperature):
+    temps = {"temperature": temperature, "noisy_temperature": 2 * temperature, "flag_temperature": {}}
+    return {"station": dict(CALIBRATED, coadd=coadd, n_frames=frames), "data": {}, "heldout": {},
+            "paths": {"bimodal": temps, "signal_only": temps}}
+
+
+def test_a_station_takes_the_richest_profile_its_settings_meet():
+    doc = {"paths": {"bimodal": {"temperature": 1.0}, "signal_only": {"temperature": 1.0}},
+           "confidence_profiles": [profile_at(16, 16, 0.7), profile_at(8, 8, 0.8)]}
+    assert confidence_profile(doc, dict(CALIBRATED, coadd=16, n_frames=16))["paths"]["bimodal"]["temperature"] == 0.7
+    assert confidence_profile(doc, dict(CALIBRATED, coadd=32, n_frames=10))["paths"]["bimodal"]["temperature"] == 0.8
+    assert confidence_profile(doc, CALIBRATED) is None  # the calibration's own settings: its own temperatures
+    assert confidence_profile(doc, None) is None
+    # a finer camera over the same pixels sees less field than the profile was fitted on
+    assert confidence_profile(doc, dict(CALIBRATED, coadd=16, n_frames=16, camera_um_per_px=0.8)) is None
+    # without a camera (signal-only) the frames are unknown: no profile fitted with frames is met
+    assert confidence_profile(doc, {"coadd": 16, "integration_us": 8000}) is None
+    tempered = with_confidence_profile(doc, confidence_profile(doc, dict(CALIBRATED, coadd=16, n_frames=16)))
+    assert tempered["paths"]["signal_only"] == {"temperature": 0.7, "noisy_temperature": 1.4, "flag_temperature": {}}
+    assert doc["paths"]["signal_only"] == {"temperature": 1.0}  # the calibration itself is left as it was
+
+
+def station_config(folder, *settings):
+    bench = DemoBench(folder)
+    bench.pty_path = "/dev/null"
+    path = bench.write_config()
+    path.write_text(apply_settings(path.read_text(encoding="utf-8"), list(settings)), encoding="utf-8")
+    return path
+
+
+def test_the_command_writes_a_profile_richer_stations_use_and_refuses_poorer_settings(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    copy_model(model)
+    shipped = load_manifest(model / "manifest.json").raw["uncertainty"].get("confidence_profiles", [])
+    richer = station_config(tmp_path, "spectrometer.coadd=8", "camera.frames_per_measurement=4")
+    args = ["calibrate-confidence", "--model", str(model), "--config", str(richer), "--groups", "12", "--repeats",
+            "2", "--heldout-samples", "10", "--jobs", "2", "--cache", str(tmp_path / "cache"), "--json"]
+    assert main(args) == 0
+    assert main(args) == 0  # again at the same settings: replaced, not added
+    manifest = load_manifest(model / "manifest.json")
+    settings = asdict(station_settings(richer))
+    profiles = manifest.raw["uncertainty"]["confidence_profiles"]
+    assert len(profiles) == len(shipped) + 1 and profiles[:-1] == shipped  # the shipped model's are kept
+    profile = profiles[-1]
+    assert profile["station"] == settings and profile["data"]["measurements"] == 24
+    for when in ("before", "after"):
+        assert set(profile["heldout"][when]) >= {"accuracy", "ece", "mean_confidence", "coverage_95"}
+    calibration = UncertaintyCalibration.from_manifest(manifest, settings)
+    assert calibration.profile == profile
+    assert calibration.paths["bimodal"].temperature == profile["paths"]["bimodal"]["temperature"]
+    own = UncertaintyCalibration.from_manifest(manifest, manifest.raw["uncertainty"]["data"]["station"])
+    assert own.profile is None
+    assert own.paths["bimodal"].temperature == manifest.raw["uncertainty"]["paths"]["bimodal"]["temperature"]
+    # the station's loader picks it from its own config
+    config = load_config(richer)
+    config = replace(config, model=replace(config.model, manifest=model / "manifest.json"))
+    predictor = ModelLoader(config).load()
+    try:
+        assert predictor.calibration.profile == profile
+    finally:
+        predictor.backend.close()
+    poorer = station_config(tmp_path, "spectrometer.coadd=2")
+    before = (model / "manifest.json").read_bytes()
+    capsys.readouterr()
+    assert main(["calibrate-confidence", "--model", str(model), "--config", str(poorer), "--json"]) != 0
+    assert "take fewer scans, frames or field than the calibration's" in capsys.readouterr().err
+    assert (model / "manifest.json").read_bytes() == before
+    assert json.loads(before)["uncertainty"]["confidence_profiles"] == profiles
