@@ -25,7 +25,10 @@ this module applies it (numpy only, on the board):
   (T fitted by log-likelihood on the calibration data), with its own T for noisy spectra (noise
   above `noise_split`: weak lamp, noisy detector), where the model is overconfident, and its own T
   for each set of quality flags the calibration data held often enough (`flag_temperature`, keyed
-  by the sorted flags: blurred or badly exposed frames, a dim spectrum).
+  by the sorted flags: blurred or badly exposed frames, a dim spectrum). A station measuring more
+  than the calibration data (more scans, frames or field: the production settings) errs less, so
+  these temperatures leave it underconfident: a confidence profile refit at its settings
+  (`confidence_profiles`, `isic-model calibrate-confidence`) replaces them there.
 - Unknown fibres: the preprocessed spectrum's residual outside the principal subspace of the
   known fibres' calibration spectra (Q statistic, as SIMCA), over what known fabrics leave at
   this noise level (c0 + c1 noise^2); above the threshold (a high quantile over known fabrics of

@@ -24,7 +24,7 @@ import numpy as np
 from isic_common.errors import ConfigError, ModelError
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibrate_uncertainty import _path_rows, _uncalibrated_copy, _write_json, fit_temperatures
-from isic_model.calibration_data import Records, apply_records, collect, mixture_text, presets_arg
+from isic_model.calibration_data import Records, add_record_options, apply_records, collect, mixture_text, presets_arg
 from isic_model.data import Presets, StationSettings
 from isic_model.measuring_settings import station_settings
 from isic_model.workers import scratch_file
@@ -127,9 +127,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--heldout-seed", type=int, default=1101, help="seed of the check (default: %(default)s)")
     p.add_argument("--heldout-samples", type=int, default=400,
                    help="default-preset measurements of the check (default: %(default)s)")
-    p.add_argument("--cache", type=Path, default=Path("out/cache"), help="record cache folder (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="processes simulating the records (2 on an idle 2-core machine; default: %(default)s)")
+    add_record_options(p, "processes simulating the records (2 on an idle 2-core machine)")
     p.add_argument("--json", action="store_true", help="print the written profile")
     p.set_defaults(handler=_command)
 

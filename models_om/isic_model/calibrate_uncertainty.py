@@ -40,7 +40,15 @@ import numpy as np
 from isic_common.errors import ModelError
 from isic_drivers.lab.sample import trained_ranges
 from isic_model import SHIPPED_MANIFEST
-from isic_model.calibration_data import Records, apply_records, collect, mixture_text, presets_arg, training_presets
+from isic_model.calibration_data import (
+    Records,
+    add_record_options,
+    apply_records,
+    collect,
+    mixture_text,
+    presets_arg,
+    training_presets,
+)
 from isic_model.data import StationSettings
 from isic_model.lot_simulation import judge_lots
 from isic_model.measuring_settings import station_settings, training_settings
@@ -749,9 +757,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--config", type=Path, default=None,
                    help="measure with this station config's settings (default: the demo bench's, as `bench accuracy`)")
     p.add_argument("--training-settings", action="store_true", help="measure with the settings training used")
-    p.add_argument("--cache", type=Path, default=Path("out/cache"), help="record cache folder (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="processes simulating the records (2 on an idle 2-core machine; default: %(default)s)")
+    add_record_options(p, "processes simulating the records (2 on an idle 2-core machine)")
     p.add_argument("--json", action="store_true", help="print the written `uncertainty` object (without arrays)")
     p.set_defaults(handler=_command)
 

@@ -15,6 +15,7 @@ Sample g of a run is drawn from the generator seeded (seed, g), so runs are repr
 short run is the head of a long one. Collected records are cached as .npz keyed by all of that.
 """
 
+import argparse
 import logging
 import multiprocessing
 import sys
@@ -211,6 +212,13 @@ def _simulate(manifest_path: Path, settings: StationSettings, seed: int, groups:
     finally:
         predictor.backend.close()
     return Records(**{k: np.asarray(v) for k, v in rows.items()})
+
+
+def add_record_options(parser: "argparse.ArgumentParser", jobs_help: str) -> None:
+    """The options of a command that collects records: `--cache` (their folder) and `--jobs`."""
+    parser.add_argument("--cache", type=Path, default=Path("out/cache"),
+                        help="record cache folder (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=1, help=f"{jobs_help} (default: %(default)s)")
 
 
 def presets_arg(text: str) -> Presets:

@@ -16,7 +16,7 @@ import numpy as np
 
 from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
-from isic_model.calibration_data import apply_records
+from isic_model.calibration_data import add_record_options, apply_records
 from isic_station.daemon.spec_check import VERDICTS, LotSpec, LotSummary, judge
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration
@@ -110,8 +110,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--preset", default="default", help="lab preset (default: %(default)s)")
     p.add_argument("--tolerance", default="3,5", help="tolerances in pp, comma-separated (default: %(default)s)")
     p.add_argument("--offset-pp", type=float, default=8.0, help="how far off the wrong declaration is")
-    p.add_argument("--cache", type=Path, default=Path("out/cache"), help="record cache folder (default: %(default)s)")
-    p.add_argument("--jobs", type=int, default=1, help="processes simulating the lots (default: %(default)s)")
+    add_record_options(p, "processes simulating the lots")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_command)
 
