@@ -112,31 +112,37 @@ def test_a_lot_with_an_unknown_fibre_result_is_referred():
     summary = LotSummary(SPEC, since="2026-12-01T10:00:00.000Z")
     for _ in range(3):
         summary.add({"cotton": 0.6, "polyester": 0.4}, {}, {"cotton": [0.58, 0.62], "polyester": [0.38, 0.42]},
-                    "pass", unknown_fibre=True)
+                    "pass", flags=["unknown_fibre"])
     doc = summary.to_dict("st1", "2026-12-01T10:00:00.000Z")
     assert doc["verdict"] == "pass" and doc["refer_to_lab"] and doc["unknown_fibre_results"] == 3
 
 
-@pytest.mark.parametrize("flag, kind, count_key, problem, reason", [
-    ("outside_trained_range", "outside_trained", "outside_trained_results",
+@pytest.mark.parametrize("flag, alarm_words, count_key, problem, reason", [
+    ("outside_trained_range", "condition_problem", "outside_trained_results",
      "room temperature 9.0 degC is outside the 18-35 degC the model was trained in", "outside the conditions"),
-    ("no_room_reading", "unread_room", "unread_room_results",
+    ("no_room_reading", "room_problem", "unread_room_results",
      "no room temperature reading, and model 9t takes the room as an input", "without the room temperature"),
+    ("uncalibrated_settings", "settings_problem", "uncalibrated_settings_results",
+     "the uncertainty calibration was fitted on richer measurements than this station takes (coadd 4 -> 1)",
+     "fewer scans, frames or field"),
 ])
-def test_a_room_the_model_cannot_vouch_for_refers_result_and_lot(flag, kind, count_key, problem, reason):
-    """A room outside the trained range, or no reading for a model taking the room: the result and its lot
-    are referred, the alarm names the cause, and a lot kept before the count existed reads 0."""
+def test_a_result_the_calibration_cannot_vouch_for_refers_result_and_lot(flag, alarm_words, count_key, problem,
+                                                                         reason):
+    """A room outside the trained range, no reading for a model taking the room, or leaner settings than the
+    calibration's: the result and its lot are referred, the alarm names the cause (a generic one without its
+    words), and a lot kept before the count existed reads 0."""
     doc = result_with(None, flags=[flag], interval={"cotton": [0.5, 0.7], "polyester": [0.3, 0.5]})
     assert "refer_to_lab" in doc["flags"] and validation_errors(doc, "result") == []
-    alarm_words = {"outside_trained_range": "condition_problem", "no_room_reading": "room_problem"}[flag]
     assert problem in refer_to_lab_alarm(doc, **{alarm_words: problem})["message"]
+    assert reason in refer_to_lab_alarm(doc)["message"]
     summary = LotSummary(SPEC, since="2026-12-01T10:00:00.000Z")
-    for counted in (False, True, False):
+    for flags in ([], [flag, "signal_only"], ["signal_only"]):
         summary.add({"cotton": 0.6, "polyester": 0.4}, {}, {"cotton": [0.58, 0.62], "polyester": [0.38, 0.42]},
-                    "pass", **{kind: counted})
+                    "pass", flags=flags)
     lot = summary.to_dict("st1", "2026-12-01T10:00:00.000Z")
     assert lot["verdict"] == "pass" and lot["refer_to_lab"] and lot[count_key] == 1
-    assert any(reason in r for r in lot["reasons"]) and validation_errors(lot, "lot") == []
+    assert any(r.startswith("1 result(s) ") and reason in r for r in lot["reasons"])
+    assert validation_errors(lot, "lot") == []
     assert LotSummary.from_state(summary.state()).to_dict("st1", "2026-12-01T10:00:00.000Z")[count_key] == 1
     before = {k: v for k, v in summary.state().items() if k != count_key}  # kept before the count
     assert not LotSummary.from_state(before).to_dict("st1", "2026-12-01T10:00:00.000Z")["refer_to_lab"]

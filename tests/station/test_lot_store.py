@@ -16,7 +16,7 @@ def test_a_kept_summary_reads_back_with_the_same_judgement(tmp_path: Path) -> No
     for cotton, verdict in ((0.61, "pass"), (0.59, "undetermined"), (0.60, "pass")):
         summary.add({"cotton": cotton, "polyester": 1 - cotton}, {"cotton": 0.01, "polyester": 0.01},
                     {"cotton": [cotton - 0.02, cotton + 0.02], "polyester": [0.38, 0.42]}, verdict,
-                    unknown_fibre=verdict == "undetermined")
+                    flags=["unknown_fibre"] if verdict == "undetermined" else [])
     store = LotStore(tmp_path)
     store.save(summary)
     again = LotStore(tmp_path).load()

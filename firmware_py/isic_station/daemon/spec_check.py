@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from isic_station.messaging.results import REFERRING_FLAGS
 from isic_station.schemas import validation_errors
 
 DEFAULT_TOLERANCE_PP = 5.0
@@ -147,16 +148,16 @@ def t975(dof: int) -> float:
 class LotSummary:
     """The running judgement of a lot since `set_lot`: n, mean, sd and the 95 % interval of the mean per fibre.
 
-    `add(composition, systematic, interval=None, verdict=None, unknown_fibre=False, blend=None,
-    outside_trained=False, unread_room=False)` per
-    result: `systematic` is the calibration's per-fibre systematic standard deviation for the result's
-    path and `blend` (its blend class; {} for an uncalibrated model), `interval` the result's own 95 %
-    interval (the lot's interval while n = 1). The lot's systematic part is that of the blend most of
-    its results were read as (ties: the larger per fibre), the mean of its results' (the systematic
-    error of a mean of pieces is at most the mean of theirs; one dim piece in a bright lot must not
-    lend the lot the systematic error of dark fabric): one piece
-    misread as a three-fibre blend must not lend the lot that blend's far larger bias, nor may it hide
-    it when most pieces read so. Not thread-safe: the inference thread owns it.
+    `add(composition, systematic, interval=None, verdict=None, blend=None, flags=())` per result:
+    `systematic` is the calibration's per-fibre systematic standard deviation for the result's path and
+    `blend` (its blend class; {} for an uncalibrated model), `interval` the result's own 95 % interval
+    (the lot's interval while n = 1), `flags` its quality flags (those of REFERRING_FLAGS are counted
+    and refer the lot). The lot's systematic part is that of the blend most of its results were read
+    as (ties: the larger per fibre), the mean of its results' (the systematic error of a mean of pieces
+    is at most the mean of theirs; one dim piece in a bright lot must not lend the lot the systematic
+    error of dark fabric): one piece misread as a three-fibre blend must not lend the lot that blend's
+    far larger bias, nor may it hide it when most pieces read so. Not thread-safe: the inference thread
+    owns it.
     """
 
     def __init__(self, spec: LotSpec, since: str) -> None:
@@ -169,16 +170,13 @@ class LotSummary:
         self._blends: Dict[str, int] = {}  # blend -> results read as it
         self._first_interval: Optional[Dict[str, Sequence[float]]] = None
         self.verdicts = {v: 0 for v in VERDICTS}
-        self.unknown_fibre_results = 0
-        self.outside_trained_results = 0  # results measured outside the model's trained conditions
-        self.unread_room_results = 0  # results flagged no_room_reading
+        self.referred = {flag: 0 for flag in REFERRING_FLAGS}  # flag -> results carrying it
         self.calibrated = True
 
     def add(self, composition: Mapping[str, float], systematic: Mapping[str, float],
             interval: Optional[Mapping[str, Sequence[float]]] = None, verdict: Optional[str] = None,
-            unknown_fibre: bool = False, blend: Optional[str] = None, outside_trained: bool = False,
-            unread_room: bool = False) -> None:
-        """Count one result of the lot (its composition, blend, the systematic part, its own verdict)."""
+            blend: Optional[str] = None, flags: Iterable[str] = ()) -> None:
+        """Count one result of the lot (its composition, blend, the systematic part, its own verdict, flags)."""
         self.n += 1
         for f, v in composition.items():
             self._sum[f] = self._sum.get(f, 0.0) + float(v)
@@ -194,9 +192,8 @@ class LotSummary:
             self._first_interval = interval
         if verdict in self.verdicts:
             self.verdicts[verdict] += 1
-        self.unknown_fibre_results += int(bool(unknown_fibre))
-        self.outside_trained_results += int(bool(outside_trained))
-        self.unread_room_results += int(bool(unread_room))
+        for flag in set(flags) & set(self.referred):
+            self.referred[flag] += 1
 
     def blend(self) -> Optional[str]:
         """The blend class most of the lot's results were read as (None before any result or without blends)."""
@@ -230,9 +227,7 @@ class LotSummary:
                 "sum_sq": dict(self._sum_sq), "systematic_sum": {b: dict(v) for b, v in self._systematic.items()},
                 "blends": dict(self._blends),
                 "first_interval": self._first_interval, "verdicts": dict(self.verdicts),
-                "unknown_fibre_results": self.unknown_fibre_results,
-                "outside_trained_results": self.outside_trained_results,
-                "unread_room_results": self.unread_room_results, "calibrated": self.calibrated}
+                **self._referred_counts(), "calibrated": self.calibrated}
 
     @classmethod
     def from_state(cls, doc: Mapping[str, Any]) -> "LotSummary":
@@ -255,9 +250,8 @@ class LotSummary:
         summary._first_interval = None if first is None else {str(k): [float(v[0]), float(v[1])]
                                                               for k, v in first.items()}
         summary.verdicts = {v: int(doc["verdicts"].get(v, 0)) for v in VERDICTS}
-        summary.unknown_fibre_results = int(doc["unknown_fibre_results"])
-        summary.outside_trained_results = int(doc.get("outside_trained_results", 0))  # kept before the check
-        summary.unread_room_results = int(doc.get("unread_room_results", 0))  # kept before the flag
+        summary.referred = {flag: int(doc.get(key, 0))  # 0: kept before the lot counted the flag
+                            for flag, (key, _) in REFERRING_FLAGS.items()}
         summary.calibrated = bool(doc["calibrated"])
         return summary
 
@@ -277,6 +271,10 @@ class LotSummary:
             out[f] = [round(max(0.0, mean - half), 4), round(min(1.0, mean + half), 4)]
         return out
 
+    def _referred_counts(self) -> Dict[str, int]:
+        """The lot document's count of each referring flag's results, by its key there."""
+        return {key: self.referred[flag] for flag, (key, _) in REFERRING_FLAGS.items()}
+
     def to_dict(self, station: str, updated_at: str) -> Dict[str, Any]:
         """The lot document (schema `lot`), retained on `<prefix>/<station>/lot`."""
         mean = {f: round(total / self.n, 4) for f, total in self._sum.items()} if self.n else {}
@@ -294,14 +292,8 @@ class LotSummary:
         unseen = self.unseen_declared_fibres()
         if unseen:
             reasons.append(f"the results read {self.blend()}, without the declared " + ", ".join(unseen))
-        if self.unknown_fibre_results:
-            reasons.append(f"{self.unknown_fibre_results} result(s) likely hold a fibre the model does not know")
-        if self.outside_trained_results:
-            reasons.append(f"{self.outside_trained_results} result(s) measured outside the conditions the model "
-                           "was trained in")
-        if self.unread_room_results:
-            reasons.append(f"{self.unread_room_results} result(s) measured without the room temperature the model "
-                           "takes as an input")
+        reasons += [f"{self.referred[flag]} result(s) {reason}" for flag, (_, reason) in REFERRING_FLAGS.items()
+                    if self.referred[flag]]
         return {
             "schema_version": 1,
             "station": station,
@@ -319,13 +311,10 @@ class LotSummary:
             "verdict": decision["verdict"],
             "failing_fibres": decision["failing_fibres"],
             "straddling_fibres": decision["straddling_fibres"],
-            "refer_to_lab": (decision["verdict"] == "undetermined" or self.unknown_fibre_results > 0
-                             or self.outside_trained_results > 0 or self.unread_room_results > 0),
+            "refer_to_lab": decision["verdict"] == "undetermined" or any(self.referred.values()),
             "reasons": reasons,
             "results": dict(self.verdicts),
-            "unknown_fibre_results": self.unknown_fibre_results,
-            "outside_trained_results": self.outside_trained_results,
-            "unread_room_results": self.unread_room_results,
+            **self._referred_counts(),
             "rule": RULE_INTERVAL if self.calibrated else RULE_POINT,
             "replayed": False,
         }

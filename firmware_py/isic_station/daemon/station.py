@@ -380,9 +380,7 @@ class Station:
                     calibration.systematic(path, doc["blend"], quality.noise, quality.level,
                                            declared=summary.spec.composition)
                     if calibration is not None else {},
-                    prediction.decision_interval_95, doc["spec"]["verdict"], "unknown_fibre" in doc["flags"],
-                    blend=doc["blend"], outside_trained="outside_trained_range" in doc["flags"],
-                    unread_room="no_room_reading" in doc["flags"])
+                    prediction.decision_interval_95, doc["spec"]["verdict"], blend=doc["blend"], flags=doc["flags"])
         self.lot.keep()
         self.outbox.add(self.link.topics.lot, summary.to_dict(doc["station"], utc_iso()), **delivery("lot"))
 

@@ -8,7 +8,7 @@ the counter in the outbox database so it keeps increasing across restarts.
 
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from isic_station.schemas import load_schema
 
@@ -16,9 +16,15 @@ SCHEMA_VERSION = 1
 
 # The quality flags a result may carry, in the order results list them: the result schema's enum.
 RESULT_FLAGS = tuple(load_schema("result")["properties"]["flags"]["items"]["enum"])
-# A result flagged with any of these is the lab's to decide (`refer_to_lab`), whatever its spec check says.
-REFERRING_FLAGS = frozenset({"unknown_fibre", "outside_trained_range", "uncalibrated_settings",
-                             "no_room_reading"})
+# A result flagged with any of these is the lab's to decide (`refer_to_lab`), whatever its spec check says, and
+# so is its lot, however its mean reads: the lot document's count of such results, and the reason it gives.
+REFERRING_FLAGS: Dict[str, Tuple[str, str]] = {
+    "unknown_fibre": ("unknown_fibre_results", "likely holding a fibre the model does not know"),
+    "outside_trained_range": ("outside_trained_results", "measured outside the conditions the model was trained in"),
+    "uncalibrated_settings": ("uncalibrated_settings_results",
+                              "measured with fewer scans, frames or field than the uncertainty calibration's"),
+    "no_room_reading": ("unread_room_results", "measured without the room temperature the model takes as an input"),
+}
 
 
 def utc_iso(moment: Optional[datetime] = None) -> str:
@@ -63,7 +69,7 @@ def build_result(
         raise ValueError(f"unknown result flag(s) {unknown}; known: {list(RESULT_FLAGS)}")
     if spec is not None and spec["verdict"] == "fail":
         flag_set.add("out_of_spec")
-    if flag_set & REFERRING_FLAGS or (spec is not None and spec["refer_to_lab"]):
+    if flag_set & REFERRING_FLAGS.keys() or (spec is not None and spec["refer_to_lab"]):
         flag_set.add("refer_to_lab")
     flag_list = [f for f in RESULT_FLAGS if f in flag_set]  # in a stable order
     return {
@@ -148,14 +154,10 @@ def refer_to_lab_alarm(result: Mapping[str, Any], uncalibrated_flags: Iterable[s
         straddling = ", ".join(f"{f} {spec['deviation_pp'][f]:+.1f} pp" for f in spec.get("straddling_fibres", ()))
         reasons.append(f"lot {spec['lot_id']}: interval straddles the ±{spec['tolerance_pp']:g} pp tolerance "
                        f"({straddling})")
-    if "unknown_fibre" in result["flags"]:
-        reasons.append(f"likely holds a fibre the model does not know (score {result.get('unknown_fibre_score')})")
-    if "outside_trained_range" in result["flags"]:
-        reasons.append(condition_problem or "measured outside the conditions the model was trained in")
-    if "uncalibrated_settings" in result["flags"]:
-        reasons.append(settings_problem or "measured at settings the uncertainty calibration does not hold for")
-    if "no_room_reading" in result["flags"]:
-        reasons.append(room_problem or "measured without the room temperature the model takes as an input")
+    problems = {"unknown_fibre": f"{REFERRING_FLAGS['unknown_fibre'][1]} (score {result.get('unknown_fibre_score')})",
+                "outside_trained_range": condition_problem, "uncalibrated_settings": settings_problem,
+                "no_room_reading": room_problem}
+    reasons += [problems[flag] or reason for flag, (_, reason) in REFERRING_FLAGS.items() if flag in result["flags"]]
     untrusted = sorted(set(uncalibrated_flags))
     if untrusted:
         reasons.append("quality flag(s) the uncertainty calibration never saw: " + ", ".join(untrusted))
