@@ -11,7 +11,6 @@ On the board itself ATC gets TE_PARALLEL_COMPILER=1 MAX_COMPILE_CORE_NUMBER=1 to
 ATC only exists on a CANN host; elsewhere `AtcUnavailable` says so in one line.
 """
 
-import json
 import logging
 import os
 import platform
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from isic_common.errors import EX_UNAVAILABLE, ModelError, StationError
+from isic_model.manifest_doc import editing_manifest
 from isic_station.manifest import GraphSpec, Manifest
 
 log = logging.getLogger(__name__)
@@ -162,9 +162,8 @@ def build_om(
     if record:
         if len(soc_versions) != 1:
             raise ModelError("--record needs exactly one --soc-version (the manifest names one .om per graph)")
-        doc = json.loads(manifest.path.read_text(encoding="utf-8"))
-        for key, graph in manifest.graphs.items():
-            om = written_om(out_dir, om_stem(graph, soc_versions[0]))
-            doc["graphs"][key]["om"] = os.path.relpath(om, manifest.path.parent)
-        manifest.path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        with editing_manifest(manifest.path) as doc:
+            for key, graph in manifest.graphs.items():
+                om = written_om(out_dir, om_stem(graph, soc_versions[0]))
+                doc["graphs"][key]["om"] = os.path.relpath(om, manifest.path.parent)
     return commands

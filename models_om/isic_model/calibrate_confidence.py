@@ -23,9 +23,18 @@ import numpy as np
 
 from isic_common.errors import ConfigError, ModelError
 from isic_model import SHIPPED_MANIFEST
-from isic_model.calibrate_uncertainty import _path_rows, _uncalibrated_copy, _write_json, fit_temperatures
-from isic_model.calibration_data import Records, add_record_options, apply_records, collect, mixture_text, presets_arg
+from isic_model.calibrate_uncertainty import fit_temperatures
+from isic_model.calibration_data import (
+    Records,
+    add_record_options,
+    apply_records,
+    collect,
+    mixture_text,
+    path_rows,
+    presets_arg,
+)
 from isic_model.data import Presets, StationSettings
+from isic_model.manifest_doc import editing_manifest, uncalibrated_copy
 from isic_model.measuring_settings import station_settings
 from isic_model.workers import scratch_file
 from isic_station.manifest import load_manifest
@@ -68,14 +77,14 @@ def fit_profile(manifest_path: Path, settings: StationSettings, seed: int, group
     preset = preset if preset is not None else presets_arg(doc["data"]["preset"])
     fibres, classes = list(manifest.fibres), list(manifest.blend_classes)
     start = time.perf_counter()
-    with scratch_file(_uncalibrated_copy(manifest_path)) as source:
+    with scratch_file(uncalibrated_copy(manifest_path)) as source:
         fit = collect(source, seed, groups, preset, repeats, cache_dir=cache_dir, progress=progress,
                       settings=settings, jobs=jobs)
         held = collect(source, heldout_seed, heldout_samples, "default", cache_dir=cache_dir, progress=progress,
                        settings=settings, jobs=jobs)
     paths = {}
     for path in (PATH_BIMODAL, PATH_SIGNAL_ONLY):
-        rows = _path_rows(fit, path, np.zeros(len(fit)))  # the temperature fit reads no atypicality
+        rows = path_rows(fit, path, np.zeros(len(fit)))  # the temperature fit reads no atypicality
         temperatures = fit_temperatures(rows, classes, noise_split=doc["paths"][path]["noise_split"])
         paths[path] = {k: temperatures[k] for k in TEMPERATURE_KEYS}
     profile: Dict[str, Any] = {
@@ -96,13 +105,10 @@ def fit_profile(manifest_path: Path, settings: StationSettings, seed: int, group
 def write_profile(manifest_path: Path, profile: Mapping[str, Any]) -> None:
     """Keep `profile` in the manifest's `uncertainty.confidence_profiles`, in place of one at the same settings;
     the schema and the runtime accept the manifest first."""
-    raw = json.loads(manifest_path.read_text(encoding="utf-8"))
-    kept = [p for p in raw["uncertainty"].get("confidence_profiles", []) if p["station"] != profile["station"]]
-    raw["uncertainty"]["confidence_profiles"] = kept + [dict(profile)]
-    with scratch_file(manifest_path.with_name(".check-" + manifest_path.name)) as check:
-        check.write_text(json.dumps(raw), encoding="utf-8")
-        UncertaintyCalibration.from_manifest(load_manifest(check), profile["station"])
-    _write_json(manifest_path, raw)
+    with editing_manifest(manifest_path,
+                          accept=lambda m: UncertaintyCalibration.from_manifest(m, profile["station"])) as raw:
+        kept = [p for p in raw["uncertainty"].get("confidence_profiles", []) if p["station"] != profile["station"]]
+        raw["uncertainty"]["confidence_profiles"] = kept + [dict(profile)]
 
 
 def register(sub: "argparse._SubParsersAction") -> None:

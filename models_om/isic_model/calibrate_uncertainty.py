@@ -37,7 +37,6 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
-from isic_common.errors import ModelError
 from isic_drivers.lab.sample import trained_ranges
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibration_data import (
@@ -46,11 +45,13 @@ from isic_model.calibration_data import (
     apply_records,
     collect,
     mixture_text,
+    path_rows,
     presets_arg,
     training_presets,
 )
 from isic_model.data import StationSettings
 from isic_model.lot_simulation import judge_lots
+from isic_model.manifest_doc import editing_manifest, uncalibrated_copy
 from isic_model.measuring_settings import station_settings, training_settings
 from isic_model.workers import scratch_file
 from isic_station.daemon.spec_check import majority_blend
@@ -63,7 +64,6 @@ from isic_station.uncertainty import (
     QUALITY_FLAGS,
     PathCalibration,
     UncertaintyCalibration,
-    flag_key,
     fraction_band,
     scale_features,
     spectrum_residual,
@@ -71,8 +71,8 @@ from isic_station.uncertainty import (
     unknown_fibre_score,
 )
 from isic_station.uncertainty_metrics import (
+    confidence_figures,
     coverage_95,
-    ece_noise_floor,
     expected_calibration_error,
     median_interval_width,
 )
@@ -145,23 +145,6 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     best = float(grid[int(np.argmin([nll(t) for t in grid]))])
     fine = best * np.exp(np.linspace(-0.06, 0.06, 25))
     return round(float(fine[int(np.argmin([nll(t) for t in fine]))]), 4)
-
-
-def _path_rows(records: Records, path: str, atypicality: np.ndarray) -> Dict[str, np.ndarray]:
-    """The measurements and answers of `path`: bimodal = the station's answer where frames passed."""
-    if path == PATH_BIMODAL:
-        keep = ~records.station_signal_only
-        r = records.subset(keep)
-        rows = {"pred": r.station_pred, "spread": r.station_spread, "prob": r.station_prob, "truth": r.truth,
-                "noise": r.noise, "flags": r.flags, "labels": r.labels, "group": r.group,
-                "atypicality": atypicality[keep], "preset": r.preset, "level": r.level}
-    else:
-        rows = {"pred": records.signal_pred, "spread": np.zeros_like(records.signal_spread),
-                "prob": records.signal_prob, "truth": records.truth, "noise": records.noise, "flags": records.flags,
-                "labels": records.labels, "group": records.group, "atypicality": atypicality,
-                "preset": records.preset, "level": records.level}
-    rows["flag_key"] = np.array([flag_key(path, text.split()) for text in rows["flags"]], dtype=object)
-    return rows
 
 
 def _row_temperatures(rows: Mapping[str, np.ndarray], temperatures: Mapping[str, Any]) -> np.ndarray:
@@ -520,9 +503,9 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
                             for x, n in zip(records.spectrum, records.noise)])
     paths = {}
     for path in (PATH_BIMODAL, PATH_SIGNAL_ONLY):
-        doc = fit_path(_path_rows(fit, path, atypicality[in_fit]), _path_rows(cal, path, atypicality[~in_fit]),
+        doc = fit_path(path_rows(fit, path, atypicality[in_fit]), path_rows(cal, path, atypicality[~in_fit]),
                        fibres, classes, path)
-        rows = _path_rows(records, path, atypicality)
+        rows = path_rows(records, path, atypicality)
         doc["systematic"] = systematic_error(rows, fibres)
         # per blend: from groups of clean, bright spectra (median noise <= the noise split, median level >=
         # DIM_LEVEL) for such results, and from all groups for noisy or dim ones: pooled, a weak lamp's bias
@@ -556,9 +539,8 @@ def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
         "samples": len(records),
         "coverage_95": coverage_95(records.truth, a["intervals"]),
         "median_interval_width": median_interval_width(records.truth, a["intervals"]),
-        "ece": expected_calibration_error(a["confidence"], a["correct"]),
+        **confidence_figures(a["confidence"], a["correct"]),
         "ece_uncalibrated": expected_calibration_error(raw_conf, a["correct"]),
-        "ece_noise_floor": ece_noise_floor(a["confidence"]),
         "flagged_known": round(float(a["unknown"].mean()), 4),
         "signal_only_share": round(float(a["signal_only"].mean()), 4),
     }
@@ -583,29 +565,6 @@ def unknown_breakdown(records: Records, flagged: np.ndarray) -> Dict[str, Dict[s
     return {"per_fibre": per_fibre, "per_share": per_share}
 
 
-def _uncalibrated_copy(manifest_path: Path) -> Path:
-    """The manifest without its `uncertainty` object, beside it (so its graph files resolve): the model is
-    answered uncalibrated anyway, and an earlier calibration in an older layout must not stop a new
-    one. The manifest itself keeps its calibration until the new one replaces it."""
-    try:
-        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"model manifest not found: {manifest_path}") from None
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"model manifest {manifest_path} cannot be read: {exc}") from None
-    if isinstance(raw, dict):
-        raw.pop("uncertainty", None)
-    copy = manifest_path.with_name(".uncalibrated-" + manifest_path.name)
-    copy.write_text(json.dumps(raw), encoding="utf-8")
-    return copy
-
-
-def _write_json(path: Path, doc: Mapping[str, Any]) -> None:
-    with scratch_file(path.with_suffix(".json.tmp")) as tmp:
-        tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
-
-
 def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset: Any, heldout_seed: int,
               heldout_samples: int, heldout_presets: Sequence[str], unknown: Sequence[str],
               cache_dir: Optional[Path], progress: bool = True, settings: Optional[StationSettings] = None,
@@ -617,16 +576,12 @@ def calibrate(manifest_path: Path, seed: int, groups: int, repeats: int, preset:
     manifest_path = Path(manifest_path)
     if manifest_path.is_dir():
         manifest_path = manifest_path / "manifest.json"
-    with scratch_file(_uncalibrated_copy(manifest_path)) as source:
+    with scratch_file(uncalibrated_copy(manifest_path)) as source:
         doc = _calibrate(source, seed, groups, repeats, preset, heldout_seed, heldout_samples, heldout_presets,
                          unknown, cache_dir, progress, settings or station_settings(), jobs, lots,
                          unknown_samples)
-    raw = json.loads(manifest_path.read_text(encoding="utf-8"))
-    raw["uncertainty"] = doc
-    with scratch_file(manifest_path.with_name(".check-" + manifest_path.name)) as check:
-        check.write_text(json.dumps(raw), encoding="utf-8")
-        UncertaintyCalibration.from_manifest(load_manifest(check))  # schema and runtime accept it first
-    _write_json(manifest_path, raw)
+    with editing_manifest(manifest_path, accept=UncertaintyCalibration.from_manifest) as raw:
+        raw["uncertainty"] = doc
     return doc
 
 
@@ -767,10 +722,10 @@ def _command(args: argparse.Namespace) -> int:
     if args.preset is not None:
         preset = args.preset
     else:
-        with scratch_file(_uncalibrated_copy(path)) as source:
+        with scratch_file(uncalibrated_copy(path)) as source:
             preset = training_presets(load_manifest(source).raw)
     if args.training_settings:
-        with scratch_file(_uncalibrated_copy(path)) as source:
+        with scratch_file(uncalibrated_copy(path)) as source:
             settings = training_settings(load_manifest(source))
     else:
         settings = station_settings(args.config)

@@ -29,7 +29,7 @@ import numpy as np
 from isic_model.data import Presets, StationSettings, cache_key, draw_preset
 from isic_model.measuring_settings import station_settings
 from isic_model.workers import save_npz, stop_workers_on_sigterm
-from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, SpectrumQuality
+from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, SpectrumQuality, flag_key
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,24 @@ def mixture_text(preset: Presets) -> str:
 def training_presets(manifest_raw: Mapping[str, Any]) -> Presets:
     """The preset (mixture) the model was trained on: the station's range of conditions."""
     return manifest_raw.get("training", {}).get("preset", "default")
+
+
+def path_rows(records: Records, path: str, atypicality: np.ndarray) -> Dict[str, np.ndarray]:
+    """The measurements and answers of `path` as rows the fits read: bimodal = the station's answer where frames
+    passed, signal-only = the signal path's answer on every measurement (its tile spread is none)."""
+    if path == PATH_BIMODAL:
+        keep = ~records.station_signal_only
+        r = records.subset(keep)
+        rows = {"pred": r.station_pred, "spread": r.station_spread, "prob": r.station_prob, "truth": r.truth,
+                "noise": r.noise, "flags": r.flags, "labels": r.labels, "group": r.group,
+                "atypicality": atypicality[keep], "preset": r.preset, "level": r.level}
+    else:
+        rows = {"pred": records.signal_pred, "spread": np.zeros_like(records.signal_spread),
+                "prob": records.signal_prob, "truth": records.truth, "noise": records.noise, "flags": records.flags,
+                "labels": records.labels, "group": records.group, "atypicality": atypicality,
+                "preset": records.preset, "level": records.level}
+    rows["flag_key"] = np.array([flag_key(path, text.split()) for text in rows["flags"]], dtype=object)
+    return rows
 
 
 def apply_records(calibration: Any, records: Records, signal_only: bool = False) -> Dict[str, np.ndarray]:

@@ -41,6 +41,7 @@ from isic_drivers.lab.sample import parse_overrides
 from isic_model.baselines import BASELINE_SAVGOL, baseline_spectrum_params, fit_baselines
 from isic_model.counting_limit import CountingOracle
 from isic_model.data import StationSettings, generate_spectra
+from isic_model.manifest_doc import editing_manifest
 from isic_model.measuring_settings import station_settings, training_settings
 from isic_model.scoring import composition_figures
 from isic_model.uncertainty_figures import interval_figures
@@ -309,20 +310,17 @@ def format_table(result: Mapping[str, Any], fibres: Sequence[str]) -> str:
 
 def record_metrics(manifest_path: Path, cfg: Mapping[str, Any], classes: Sequence[str]) -> Dict[str, Any]:
     """Evaluate on the config's held-out seed, write `metrics` and a short check run into the manifest."""
-    from isic_model.export import set_manifest_metrics
-
     seed, samples = int(cfg["heldout_seed"]), int(cfg["eval_samples"])
     preset = cfg.get("eval_preset", "default")
     metrics = run_evaluation(manifest_path, seed, samples, preset)
     check = run_evaluation(
         manifest_path, seed, int(cfg["check_samples"]), preset, baselines=False, ablation=False, progress=False
     )
-    set_manifest_metrics(manifest_path, metrics)
-    doc = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
-    doc["training"]["check_run"] = {
-        k: check[k] for k in ("seed", "samples", "preset", "accuracy", "mae", "signal_only")
-    }
-    Path(manifest_path).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    with editing_manifest(Path(manifest_path)) as doc:
+        doc["metrics"] = metrics
+        doc["training"]["check_run"] = {
+            k: check[k] for k in ("seed", "samples", "preset", "accuracy", "mae", "signal_only")
+        }
     print(format_table(metrics, list(doc["fibres"])))
     return metrics
 

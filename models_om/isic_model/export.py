@@ -12,7 +12,6 @@ torch's outputs; `export_model` refuses to write a manifest for graphs that fail
 """
 
 import datetime as dt
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from isic_common.errors import ModelError
 from isic_drivers.lab.sample import trained_ranges
 from isic_model.graph_checks import OPSET, ORT_TOLERANCE, graph_problems
+from isic_model.manifest_doc import write_manifest_doc
 from isic_model.net import BimodalGraph, CounterGraph, FibreCounter, ISiCNet, NetConfig, SignalOnlyGraph
 from isic_model.split_graph import split_bimodal
 from isic_station.manifest import file_sha256
@@ -250,12 +250,5 @@ def export_model(
     if metrics is not None:
         manifest["metrics"] = metrics
     path = out_dir / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    write_manifest_doc(path, manifest)
     return path
-
-
-def set_manifest_metrics(manifest_path: Path, metrics: Dict[str, Any]) -> None:
-    """Record evaluation figures (what `evaluate --json` printed) in an existing manifest."""
-    doc = json.loads(manifest_path.read_text(encoding="utf-8"))
-    doc["metrics"] = metrics
-    manifest_path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")

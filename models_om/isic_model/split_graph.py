@@ -12,7 +12,6 @@ checkpoint was not kept) gets them as well (`isic-model split-graph`). `split_bi
 not ATC-ready or whose encoder-then-fusion differs from the bimodal graph on ONNX Runtime.
 """
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
@@ -24,6 +23,7 @@ import onnxruntime as ort
 
 from isic_common.errors import ModelError
 from isic_model.graph_checks import ORT_TOLERANCE, graph_problems
+from isic_model.manifest_doc import read_manifest_doc, write_manifest_doc
 from isic_station.inference.base import GRAPH_BIMODAL, GRAPH_FUSION, GRAPH_TILE_ENCODER
 from isic_station.inference.batches import TileGraph
 from isic_station.inference.tile_encoder import INPUT_IMAGE, OUTPUT_TILE_TOKENS
@@ -153,9 +153,9 @@ def split_bimodal(folder: Path, graphs: Mapping[str, Any]) -> Dict[str, Dict[str
 def add_split_graphs(manifest: Manifest) -> Dict[str, Dict[str, Any]]:
     """Cut `manifest`'s bimodal graph (`split_bimodal`) and record the two graphs in its manifest.json; the
     entries added ({} when there is no image encoder to cut after)."""
-    doc = json.loads(manifest.path.read_text(encoding="utf-8"))
+    doc = read_manifest_doc(manifest.path)
     added = split_bimodal(manifest.path.parent, doc["graphs"])
     if added:
         doc["graphs"].update(added)
-        manifest.path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        write_manifest_doc(manifest.path, doc)
     return added
