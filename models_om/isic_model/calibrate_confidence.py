@@ -23,7 +23,7 @@ import numpy as np
 
 from isic_common.errors import ConfigError, ModelError
 from isic_model import SHIPPED_MANIFEST
-from isic_model.calibrate_uncertainty import fit_temperatures
+from isic_model.calibrate_uncertainty import fit_temperatures, temperature_text
 from isic_model.calibration_data import (
     Records,
     add_record_options,
@@ -86,7 +86,7 @@ def fit_profile(manifest_path: Path, settings: StationSettings, seed: int, group
     for path in (PATH_BIMODAL, PATH_SIGNAL_ONLY):
         rows = path_rows(fit, path, np.zeros(len(fit)))  # the temperature fit reads no atypicality
         temperatures = fit_temperatures(rows, classes, noise_split=doc["paths"][path]["noise_split"])
-        paths[path] = {k: temperatures[k] for k in TEMPERATURE_KEYS}
+        paths[path] = {k: temperatures[k] for k in TEMPERATURE_KEYS if k in temperatures}
     profile: Dict[str, Any] = {
         "station": asdict(settings),
         "data": {"seed": seed, "groups": groups, "repeats": repeats, "measurements": len(fit),
@@ -126,7 +126,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--config", type=Path, required=True,
                    help="the station config whose measuring settings the profile is for")
     p.add_argument("--seed", type=int, default=2101, help="lab seed of the fit data (default: %(default)s)")
-    p.add_argument("--groups", type=int, default=200, help="compositions in the fit data (default: %(default)s)")
+    p.add_argument("--groups", type=int, default=600,
+                   help="compositions in the fit data; 200 held too few dark-dyed pieces to fit their own "
+                   "temperature (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=2, help="fresh pieces per composition (default: %(default)s)")
     p.add_argument("--preset", type=presets_arg, default=None,
                    help="preset or mixture of the fit data (default: the calibration's own mixture)")
@@ -149,7 +151,7 @@ def _command(args: argparse.Namespace) -> int:
     held = profile["heldout"]
     print(f"confidence profile written into {path} for {profile['station']} ({profile['seconds']} s)")
     for name, p in profile["paths"].items():
-        print(f"  {name}: temperature {p['temperature']:.3f} (noisy spectra {p['noisy_temperature']:.3f})")
+        print(f"  {name}: {temperature_text(p)}")
     for when in ("before", "after"):
         f = held[when]
         print(f"  held out (seed {held['seed']}, {held['samples']}, default) {when}: accuracy {f['accuracy']:.3f}, "

@@ -4,6 +4,10 @@
 import json
 from dataclasses import asdict, replace
 
+import numpy as np
+
+from isic_model import SHIPPED_MANIFEST
+from isic_model.calibrate_uncertainty import fit_temperatures
 from isic_model.cli import main
 from isic_model.measuring_settings import station_settings
 from isic_station.config import load_config
@@ -11,7 +15,12 @@ from isic_station.daemon.wiring import ModelLoader
 from isic_station.manifest import load_manifest
 from isic_station.tools.bench.accuracy import apply_settings
 from isic_station.tools.demo import DemoBench
-from isic_station.uncertainty import UncertaintyCalibration, confidence_profile, with_confidence_profile
+from isic_station.uncertainty import (
+    PathCalibration,
+    UncertaintyCalibration,
+    confidence_profile,
+    with_confidence_profile,
+)
 
 from .test_uncertainty_calibration import copy_model
 
@@ -88,3 +97,53 @@ def test_the_command_writes_a_profile_richer_stations_use_and_refuses_poorer_set
     assert "take fewer scans, frames or field than the calibration's" in capsys.readouterr().err
     assert (model / "manifest.json").read_bytes() == before
     assert json.loads(before)["uncertainty"]["confidence_profiles"] == profiles
+
+
+def answers(rng, n, accuracy, confidence, classes=3):
+    """[n, classes] blend probabilities whose top class (at `confidence`) is the true one with `accuracy`."""
+    labels = rng.integers(0, classes, n)
+    top = np.where(rng.random(n) < accuracy, labels, (labels + rng.integers(1, classes, n)) % classes)
+    prob = np.full((n, classes), (1 - confidence) / (classes - 1))
+    prob[np.arange(n), top] = confidence
+    return prob, labels
+
+
+def rows_of(parts):
+    """Fit rows (`fit_temperatures`' input) from (level, accuracy, confidence, n) parts, all of clean spectra."""
+    rng = np.random.default_rng(5)
+    probs, labels, levels = [], [], []
+    for level, accuracy, confidence, n in parts:
+        p, lab = answers(rng, n, accuracy, confidence)
+        probs.append(p)
+        labels.append(lab)
+        levels.append(np.full(n, level))
+    n = sum(len(lab) for lab in labels)
+    return {"prob": np.concatenate(probs), "labels": np.array(["abc"[i] for i in np.concatenate(labels)]),
+            "level": np.concatenate(levels), "noise": np.full(n, 0.001), "flag_key": np.array([""] * n, dtype=object)}
+
+
+def test_dark_spectra_get_their_own_temperature_only_where_the_fit_data_shows_it():
+    """Dark fabric answered as confidently as bright but right less often gets a hotter temperature below the
+    split the likelihood picks; where dark and bright err alike, or dark pieces are too few, no split is kept."""
+    overconfident_dark = rows_of([(0.75, 0.97, 0.9, 600), (0.3, 0.75, 0.9, 200)])
+    temps = fit_temperatures(overconfident_dark, "abc", noise_split=0.01)
+    assert 0.3 < temps["dark_split"] <= 0.6
+    assert temps["dark_temperature"] > 1.0 > temps["temperature"]  # dark: less sure than answered; bright: surer
+    shipped = load_manifest(SHIPPED_MANIFEST)
+    path = PathCalibration.from_dict(dict(shipped.raw["uncertainty"]["paths"]["bimodal"], **temps), shipped.fibres)
+    assert path.temperature_for(0.001, "", level=0.3) == temps["dark_temperature"]
+    assert path.temperature_for(0.001, "", level=0.75) == temps["temperature"]
+    assert path.temperature_for(0.02, "", level=0.3) == temps["noisy_temperature"]  # noise comes first
+    alike = rows_of([(0.75, 0.9, 0.9, 600), (0.3, 0.9, 0.9, 200)])
+    assert "dark_temperature" not in fit_temperatures(alike, "abc", noise_split=0.01)
+    few = rows_of([(0.75, 0.97, 0.9, 600), (0.3, 0.75, 0.9, 30)])
+    assert "dark_temperature" not in fit_temperatures(few, "abc", noise_split=0.01)
+
+
+def test_a_profile_without_a_dark_temperature_takes_the_calibrations_away():
+    doc = {"paths": {p: {"temperature": 1.0, "noisy_temperature": 2.0, "flag_temperature": {},
+                         "dark_temperature": 1.5, "dark_split": 0.45, "quantile": {}}
+                     for p in ("bimodal", "signal_only")}}
+    tempered = with_confidence_profile(doc, profile_at(16, 16, 0.7))
+    assert tempered["paths"]["bimodal"] == {"temperature": 0.7, "noisy_temperature": 1.4, "flag_temperature": {},
+                                            "quantile": {}}
