@@ -337,8 +337,11 @@ def settings_note(calibrated: Mapping[str, Any], config: Any) -> Optional[str]:
 
 
 # What a confidence profile (`uncertainty.confidence_profiles[i].paths.<path>`) replaces in a path's calibration:
-# all of them (the dark pair is optional: a profile without it gives dark spectra the clean temperature).
+# its temperatures, all of them (the dark pair is optional: a profile without it gives dark spectra the clean
+# temperature), and, in a profile that holds them (`calibrate-confidence --intervals`), the interval model.
 TEMPERATURE_KEYS = ("temperature", "noisy_temperature", "flag_temperature", "dark_temperature", "dark_split")
+INTERVAL_KEYS = ("offset", "weights", "quantile", "band_factor", "absent_factor", "interval_level", "level_factor",
+                 "level_split", "widening")
 
 
 def measures_at_least(measuring: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
@@ -363,12 +366,15 @@ def confidence_profile(doc: Mapping[str, Any], measuring: Optional[Mapping[str, 
 
 
 def with_confidence_profile(doc: Mapping[str, Any], profile: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Calibration `doc` with `profile`'s temperatures in place of each path's own (`doc` itself without one)."""
+    """Calibration `doc` with `profile`'s temperatures (and interval model, where it holds one) in place of each
+    path's own (`doc` itself without a profile). The unknown-fibre check and the lot tables stay the calibration's."""
     if profile is None:
         return dict(doc)
-    paths = {name: dict({k: v for k, v in path.items() if k not in TEMPERATURE_KEYS},
-                        **{k: profile["paths"][name][k] for k in TEMPERATURE_KEYS if k in profile["paths"][name]})
-             for name, path in doc["paths"].items()}
+    paths = {}
+    for name, path in doc["paths"].items():
+        own = profile["paths"][name]
+        keys = TEMPERATURE_KEYS + (INTERVAL_KEYS if "quantile" in own else ())
+        paths[name] = dict({k: v for k, v in path.items() if k not in keys}, **{k: own[k] for k in keys if k in own})
     return dict(doc, paths=paths)
 
 

@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
+from isic_common.errors import ModelError
 from isic_drivers.lab.sample import trained_ranges
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibration_data import (
@@ -247,9 +248,11 @@ def fit_dark_temperature(probabilities: np.ndarray, labels: np.ndarray,
 
 
 def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibres: Sequence[str],
-             classes: Sequence[str], path: str) -> Dict[str, Any]:
-    """One path's `uncertainty.paths.<path>` object (temperature, scale model, quantiles, widening)."""
-    temperatures = fit_temperatures(fit, classes)
+             classes: Sequence[str], path: str, temperatures: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """One path's `uncertainty.paths.<path>` object (temperature, scale model, quantiles, widening): the scale
+    fitted on `fit`, the conformal factors on `cal`, the confidence it reads tempered by `temperatures`
+    (`fit_temperatures`' object; default: fitted on `fit`)."""
+    temperatures = temperatures if temperatures is not None else fit_temperatures(fit, classes)
     temperature, noisy_temperature, noise_split, flag_temperature = (
         temperatures[k] for k in ("temperature", "noisy_temperature", "noise_split", "flag_temperature"))
     feats, _ = _features(fit, temperatures)
@@ -269,6 +272,10 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
     scale = np.exp(offset + cal_feats @ weights)
     scores = np.abs(cal["pred"] - cal["truth"]) / scale
     cal_present = cal["truth"] > 0
+    unseen = [f for j, f in enumerate(fibres) if not cal_present[:, j].any()]
+    if unseen:
+        raise ModelError(f"no calibrating measurement on the {path} path holds {', '.join(unseen)}: too few "
+                         "measurements to fit its intervals (measure more compositions: --groups)")
     quantile = {f: round(conformal_quantile(scores[:, j][cal_present[:, j]], conformal_level), 5)
                 for j, f in enumerate(fibres)}
     q_all = np.array([quantile[f] for f in fibres])
@@ -530,19 +537,29 @@ def fit_discriminant(fit: Records, strangers: Records, cal: Records, band: np.nd
     }
 
 
+def split_groups(records: Records) -> np.ndarray:
+    """[N] bool: the records of half the composition groups (drawn with rng 0), which fit the scale model; the
+    other half calibrates it (split conformal: the pieces of one composition never sit on both sides)."""
+    groups = np.unique(records.group)
+    fit_groups = set(np.random.default_rng(0).choice(groups, size=len(groups) // 2, replace=False).tolist())
+    return np.array([g in fit_groups for g in records.group])
+
+
+def atypicality_of(records: Records, unknown: Mapping[str, Any]) -> np.ndarray:
+    """[N] each record's unknown-fibre score under the `unknown_fibre` object `unknown` (a scale feature)."""
+    mean, components = np.asarray(unknown["mean"]), np.asarray(unknown["components"])
+    return np.array([unknown_fibre_score(x, n, mean, components, unknown["noise_model"])
+                     for x, n in zip(records.spectrum, records.noise)])
+
+
 def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[str],
                     strangers: Optional[Records] = None) -> Dict[str, Any]:
     """The manifest's `uncertainty` object (without the data description) from calibration records (and
     `strangers`, fabrics holding unknown fibres, for the unknown-fibre discriminant)."""
-    groups = np.unique(records.group)
-    rng = np.random.default_rng(0)
-    fit_groups = set(rng.choice(groups, size=len(groups) // 2, replace=False).tolist())
-    in_fit = np.array([g in fit_groups for g in records.group])
+    in_fit = split_groups(records)
     fit, cal = records.subset(in_fit), records.subset(~in_fit)
     unknown = fit_unknown(fit, cal, strangers)
-    mean, components = np.asarray(unknown["mean"]), np.asarray(unknown["components"])
-    atypicality = np.array([unknown_fibre_score(x, n, mean, components, unknown["noise_model"])
-                            for x, n in zip(records.spectrum, records.noise)])
+    atypicality = atypicality_of(records, unknown)
     paths = {}
     for path in (PATH_BIMODAL, PATH_SIGNAL_ONLY):
         doc = fit_path(path_rows(fit, path, atypicality[in_fit]), path_rows(cal, path, atypicality[~in_fit]),

@@ -90,6 +90,18 @@ def test_the_command_writes_a_profile_richer_stations_use_and_refuses_poorer_set
         assert predictor.calibration.profile == profile
     finally:
         predictor.backend.close()
+    # --intervals: the same settings' profile, replaced by one holding the interval model too
+    assert main([a if a != "12" else "24" for a in args] + ["--intervals"]) == 0
+    manifest = load_manifest(model / "manifest.json")
+    profiles = manifest.raw["uncertainty"]["confidence_profiles"]
+    profile = profiles[-1]
+    assert len(profiles) == len(shipped) + 1
+    assert "intervals" in profile["data"]
+    refit = UncertaintyCalibration.from_manifest(manifest, settings).paths["bimodal"]
+    assert refit.quantile.tolist() == [profile["paths"]["bimodal"]["quantile"][f] for f in manifest.fibres]
+    assert refit.quantile.tolist() != own.paths["bimodal"].quantile.tolist()
+    kept = UncertaintyCalibration.from_manifest(manifest, manifest.raw["uncertainty"]["data"]["station"])
+    assert kept.paths["bimodal"].quantile.tolist() == own.paths["bimodal"].quantile.tolist()
     poorer = station_config(tmp_path, "spectrometer.coadd=2")
     before = (model / "manifest.json").read_bytes()
     capsys.readouterr()
@@ -140,7 +152,7 @@ def test_dark_spectra_get_their_own_temperature_only_where_the_fit_data_shows_it
     assert "dark_temperature" not in fit_temperatures(few, "abc", noise_split=0.01)
 
 
-def test_a_profile_without_a_dark_temperature_takes_the_calibrations_away():
+def test_a_profile_without_a_dark_temperature_takes_the_calibrations_away_and_keeps_its_intervals():
     doc = {"paths": {p: {"temperature": 1.0, "noisy_temperature": 2.0, "flag_temperature": {},
                          "dark_temperature": 1.5, "dark_split": 0.45, "quantile": {}}
                      for p in ("bimodal", "signal_only")}}
