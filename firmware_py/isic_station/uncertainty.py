@@ -31,7 +31,8 @@ this module applies it (numpy only, on the board):
   at the production settings, ECE 0.06-0.075 against 0.01 on default fabric). A station measuring more
   than the calibration data (more scans, frames or field: the production settings) errs less, so
   these temperatures leave it underconfident: a confidence profile refit at its settings
-  (`confidence_profiles`, `isic-model calibrate-confidence`) replaces them there.
+  (`confidence_profiles`, `isic-model calibrate-confidence`) replaces them there, and, where it holds
+  one (`--intervals`), the interval model too: at 16 frames the model errs otherwise, not only less.
 - Unknown fibres: the preprocessed spectrum's residual outside the principal subspace of the
   known fibres' calibration spectra (Q statistic, as SIMCA), over what known fabrics leave at
   this noise level (c0 + c1 noise^2); above the threshold (a high quantile over known fabrics of

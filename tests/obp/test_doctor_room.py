@@ -17,7 +17,8 @@ def test_a_model_taking_the_room_fails_the_room_check_on_a_spectrometer_without_
     stage = SampleStage(tmp_path / "stage.json")
     emulator = start_emulator("--stage", str(stage.path), "--no-temperature")
     taking = _room_check(tmp_path, "taking", emulator, temperature=True)
-    assert not taking.ok and "takes the room temperature as an input" in taking.detail
+    assert not taking.ok and "no temperature sensor" in taking.detail and "takes the room as an input" in taking.detail
+    assert "no_room_reading" in taking.detail
     assert "22 degC" in taking.detail and "a spectrometer with one" in taking.fix
     blind = _room_check(tmp_path, "blind", emulator, temperature=False)
     assert blind.ok and "the room is not checked" in blind.detail

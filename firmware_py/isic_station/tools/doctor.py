@@ -173,13 +173,11 @@ def check_room(config: Config) -> CheckResult:
         with instrument.transport as transport:
             transport.open()
             reading = instrument.temperature_c()
+        problem = manifest.unread_room_problem(reading)
+        if problem:  # how much worse: `isic-model evaluate --no-temperature` (README, "Version 9t")
+            raise ValueError(f"the spectrometer has no temperature sensor: {problem}; every result is flagged "
+                             "no_room_reading and referred to the lab")
         if reading is None:
-            if manifest.temperature_input is not None:
-                # How much worse: `isic-model evaluate --no-temperature` (README, "Version 9t").
-                raise ValueError(f"the spectrometer has no temperature sensor, and model {manifest.version} takes "
-                                 "the room temperature as an input: without it, its results in rooms away from "
-                                 f"{manifest.temperature_input['reference_c']:g} degC lose accuracy, and every "
-                                 "result is flagged no_room_reading and referred to the lab")
             return "the spectrometer has no temperature sensor: the room is not checked"
         room = reading - spec.temperature_offset_c
         problem = manifest.condition_problem(room)
