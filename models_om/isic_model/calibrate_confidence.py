@@ -1,18 +1,19 @@
 """`isic-model calibrate-confidence`: the blend confidence refit for a station that measures more than the calibration.
 
-`calibrate-uncertainty` fits everything at one station's settings (the demo bench's: 3 frames, 4 scans).
-A station taking more (the production settings: 16 frames, 16 scans) errs less, so the confidence tempered
-as calibrated is underconfident there: the nine-line station bench read a mean confidence of 0.932 against
-an accuracy of 0.980, ECE 0.048. This command measures fresh lab data with a station config's settings. It
+`calibrate-uncertainty` fits everything at one station's settings (the demo bench's: 3 frames, 4 scans). A
+station taking more (the production settings: 16 frames, 16 scans) errs less, so the confidence tempered as
+calibrated is underconfident there: the nine-line station bench read a mean confidence of 0.932 against an
+accuracy of 0.980, ECE 0.048. This command measures fresh lab data with a station config's settings. It
 refits both paths' temperatures on that data, with the same fit as calibrate-uncertainty's at the
-calibration's own noise split, and keeps them as a profile in the manifest's `uncertainty.confidence_profiles`
-with the ECE before and after on held-out data. The intervals keep the calibration's fit. Their scale reads
-the tempered confidence, so the held-out coverage is recorded too. A station uses the richest profile its
-settings meet (`isic_station.uncertainty.confidence_profile`). With `--intervals` the profile holds the
-interval model refit at those settings as well: the calibration's left thin and humid fabric covered
-0.89-0.92 at the production settings, because a station taking 16 frames errs otherwise than the one
-the scale model was fitted at, not only less. `calibrate-uncertainty` writes a new calibration without
-profiles: run this again after it.
+calibration's own noise split, and keeps them as a profile in the manifest's
+`uncertainty.confidence_profiles` with the ECE before and after on held-out data. Without `--intervals` the
+intervals keep the calibration's fit; their scale reads the tempered confidence, so the held-out coverage is
+recorded too. A station uses the richest profile its settings meet
+(`isic_station.uncertainty.confidence_profile`). With `--intervals` the profile holds the interval model
+refit at those settings as well: the calibration's left thin and humid fabric covered 0.89-0.92 at the
+production settings, because a station taking 16 frames errs otherwise than the one the scale model was
+fitted at, not only less. `calibrate-uncertainty` writes a new calibration without profiles: run this again
+after it.
 """
 
 import argparse

@@ -118,7 +118,7 @@ MIN_FLAG_SET = 50  # measurements of one quality-flag set needed to fit its own 
 # 0.17-0.44), each side with at least MIN_NOISY rows; one is kept only if it raises the fit data's log-likelihood
 # by DARK_GAIN_NATS (AIC's price of its two parameters). Measured at the production settings (README): with 200
 # groups of the mixture (52 dark-dye pieces) no split gains 0.4 nats; with 600 (159) 0.45 gains 4.0, T 1.03 dark
-# against 0.70 bright, and held-out dark-dye ECE fell from 0.058 / 0.050 to 0.040 / 0.036 (seeds 3101 / 3102).
+# against 0.70 bright; held-out dark-dye ECE 0.058 / 0.050 with one T on the same data, 0.040 / 0.036 with it.
 DARK_SPLITS = (0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 DARK_GAIN_NATS = 2.0
 DEFAULT_UNKNOWN = ("wool", "silk", "acrylic", "elastane")
