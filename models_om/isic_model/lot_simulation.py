@@ -9,14 +9,17 @@ it truly is (should pass) and declared `--offset-pp` off on its main fibre (shou
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
-from isic_model.calibration_data import add_record_options, apply_records
+from isic_model.calibration_data import add_record_options, apply_records, collect
+from isic_model.data import StationSettings
+from isic_model.measuring_settings import station_settings
 from isic_station.daemon.spec_check import VERDICTS, LotSpec, LotSummary, judge
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, UncertaintyCalibration
@@ -36,17 +39,19 @@ def offset_declaration(truth: Sequence[float], fibres: Sequence[str], offset: fl
 
 
 def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: str, tolerances: Sequence[float],
-                  offset_pp: float, cache_dir: Any = None, progress: bool = True, jobs: int = 1) -> Dict[str, Any]:
-    """{tolerance: {true: {pass, fail, undetermined}, offset: {...}}} shares over `lots` lots."""
-    from isic_model.calibration_data import collect
-
+                  offset_pp: float, cache_dir: Any = None, progress: bool = True, jobs: int = 1,
+                  settings: Optional[StationSettings] = None) -> Dict[str, Any]:
+    """{tolerance: {true: {pass, fail, undetermined}, offset: {...}}} shares over `lots` lots measured with
+    `settings` (default: the demo bench's), calibrated as a station with them is (its confidence profile)."""
+    settings = settings or station_settings()
     manifest = load_manifest(manifest_path)
-    calibration = UncertaintyCalibration.from_manifest(manifest)
+    calibration = UncertaintyCalibration.from_manifest(manifest, asdict(settings))
     if calibration is None:
         raise ModelError(f"{manifest_path} has no uncertainty calibration: run `isic-model calibrate-uncertainty`")
     records = collect(manifest_path, seed, lots, preset, repeats=size, cache_dir=cache_dir, progress=progress,
-                      jobs=jobs)
-    return dict({"seed": seed, "lots": lots, "size": size, "preset": preset},
+                      jobs=jobs, settings=settings)
+    return dict({"seed": seed, "lots": lots, "size": size, "preset": preset, "settings": asdict(settings),
+                 "confidence_profile": calibration.profile["station"] if calibration.profile else None},
                 **judge_lots(calibration, records, tolerances, offset_pp))
 
 
@@ -110,6 +115,9 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--preset", default="default", help="lab preset (default: %(default)s)")
     p.add_argument("--tolerance", default="3,5", help="tolerances in pp, comma-separated (default: %(default)s)")
     p.add_argument("--offset-pp", type=float, default=8.0, help="how far off the wrong declaration is")
+    p.add_argument("--config", type=Path, default=None,
+                   help="measure with this station config's settings, calibrated as that station is (its "
+                   "confidence profile) (default: the demo bench's)")
     add_record_options(p, "processes simulating the lots")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=_command)
@@ -119,7 +127,8 @@ def _command(args: argparse.Namespace) -> int:
     path = args.model / "manifest.json" if args.model.is_dir() else args.model
     result = simulate_lots(path, args.seed, args.lots, args.size, args.preset,
                            [float(t) for t in args.tolerance.split(",") if t], args.offset_pp, args.cache,
-                           progress=not args.json, jobs=args.jobs)
+                           progress=not args.json, jobs=args.jobs,
+                           settings=station_settings(args.config) if args.config else None)
     if args.json:
         print(json.dumps(result))
         return 0
