@@ -16,8 +16,9 @@ this module applies it (numpy only, on the board):
   `band_factor` then corrects it per band of the predicted fraction (the conformal quantile of
   |error| / (s quantile) within the band, Mondrian style: minor and major parts of a blend err
   more than the scale model expects, pure fibres less); `level_factor` then for spectra below and
-  above `level_split` in median reflectance (dark dyes and thin fabric; not on the decision bound
-  of fibres predicted absent, `absent_factor`, calibrated before it). A quality
+  above `level_split` in median reflectance (dark dyes and thin fabric), and `noise_factor` for spectra
+  at most and above `noise_split` (a weak lamp, a noisy detector); neither on the decision bound
+  of fibres predicted absent, `absent_factor`, calibrated before them. A quality
   flag seen in the calibration data widens the interval by its measured factor, a flag it never
   saw cannot be calibrated: `refer_to_lab`.
   The standard uncertainty is the 95 % half-width over k = 1.96.
@@ -203,6 +204,7 @@ class PathCalibration:
     systematic_bound_per_blend: Optional[Dict[str, np.ndarray]] = None  # blend class -> [F], clean bright spectra
     systematic_bound_per_blend_noisy: Optional[Dict[str, np.ndarray]] = None  # blend class -> [F], all conditions
     level_factor: Tuple[float, float] = (1.0, 1.0)  # conformal factor for spectra at / above, below level_split
+    noise_factor: Tuple[float, float] = (1.0, 1.0)  # then for spectra at / below, above noise_split
     missed_fibres: Optional[MissedFibres] = None  # where the blend read lacks a declared fibre; None before it
     # T for clean spectra darker than dark_split (median reflectance): dark dyes err otherwise than bright
     # fabric at the same noise; None where the fit found no gain in it (and in calibrations before it)
@@ -229,6 +231,8 @@ class PathCalibration:
             systematic_per_blend_noisy={b: np.array([v[f] for f in fibres], dtype=np.float64)
                                         for b, v in doc.get("systematic_per_blend_noisy", {}).items()},
             level_factor=(float(doc["level_factor"][0]), float(doc["level_factor"][1])) if "level_factor" in doc
+            else (1.0, 1.0),
+            noise_factor=(float(doc["noise_factor"][0]), float(doc["noise_factor"][1])) if "noise_factor" in doc
             else (1.0, 1.0),
             systematic_bound=(np.array([doc["systematic_bound"][f] for f in fibres], dtype=np.float64)
                               if "systematic_bound" in doc else None),
@@ -342,7 +346,7 @@ def settings_note(calibrated: Mapping[str, Any], config: Any) -> Optional[str]:
 # temperature), and, in a profile that holds them (`calibrate-confidence --intervals`), the interval model.
 TEMPERATURE_KEYS = ("temperature", "noisy_temperature", "flag_temperature", "dark_temperature", "dark_split")
 INTERVAL_KEYS = ("offset", "weights", "quantile", "band_factor", "absent_factor", "interval_level", "level_factor",
-                 "level_split", "widening")
+                 "level_split", "noise_factor", "widening")
 
 
 def measures_at_least(measuring: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
@@ -452,6 +456,7 @@ class UncertaintyCalibration:
         pred = np.asarray(pred, dtype=np.float64)
         bands = fraction_band(pred)
         level = cal.level_factor[1] if quality.level < cal.level_split else cal.level_factor[0]
+        level *= cal.noise_factor[1] if quality.noise > cal.noise_split else cal.noise_factor[0]
         unit = cal.quantile * cal.scale(pred, spread, confidence, quality, atypicality) * widening
         half = unit * cal.band_factor[bands] * level
         decision_half = np.where(bands == 0, unit * cal.absent_factor, half)

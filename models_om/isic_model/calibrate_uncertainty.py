@@ -291,6 +291,13 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
     level_factor = [_factor((scores / q_all)[cal_present & ~dim], conformal_level),
                     _factor((scores / q_all)[cal_present & dim], conformal_level)]
     q_all = q_all * np.where(dim, level_factor[1], level_factor[0])
+    # then by spectral noise (the temperature's split): noisy spectra (weak lamp, noisy detector) err otherwise
+    # than the scale model's noise term gives them once the model takes 16 frames (low_snr covered 0.923,
+    # default 0.968-0.981 at the production settings without)
+    noisy = (cal["noise"] > temperatures["noise_split"])[:, None]
+    noise_factor = [_factor((scores / q_all)[cal_present & ~noisy], conformal_level),
+                    _factor((scores / q_all)[cal_present & noisy], conformal_level)]
+    q_all = q_all * np.where(noisy, noise_factor[1], noise_factor[0])
     # What each preset of the calibration data would need on its own (pooled over fibres): recorded, not applied.
     condition = {name: _factor((scores / q_all)[cal_present & (cal["preset"] == name)[:, None]], conformal_level)
                  for name in sorted(set(cal["preset"].tolist()))}
@@ -316,6 +323,7 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
         "absent_factor": absent_factor,
         "interval_level": conformal_level,
         "level_factor": level_factor,
+        "noise_factor": noise_factor,
         "level_split": DIM_LEVEL,
         "widening": widening,
         "condition_factors": condition,

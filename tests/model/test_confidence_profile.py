@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict, replace
 
 import numpy as np
+import pytest
 
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibrate_uncertainty import fit_temperatures
@@ -17,6 +18,7 @@ from isic_station.tools.bench.accuracy import apply_settings
 from isic_station.tools.demo import DemoBench
 from isic_station.uncertainty import (
     PathCalibration,
+    SpectrumQuality,
     UncertaintyCalibration,
     confidence_profile,
     with_confidence_profile,
@@ -159,3 +161,25 @@ def test_a_profile_without_a_dark_temperature_takes_the_calibrations_away_and_ke
     tempered = with_confidence_profile(doc, profile_at(16, 16, 0.7))
     assert tempered["paths"]["bimodal"] == {"temperature": 0.7, "noisy_temperature": 1.4, "flag_temperature": {},
                                             "quantile": {}}
+
+
+def test_noisy_spectra_take_the_noise_factor_on_their_interval():
+    """A path's `noise_factor` scales the interval of spectra noisier than its noise split, and only theirs."""
+    shipped = load_manifest(SHIPPED_MANIFEST)
+    doc = shipped.raw["uncertainty"]
+    pred = {f: 0.0 for f in shipped.fibres}
+    pred.update({"cotton": 0.6, "polyester": 0.4})
+    probs = {c: 1.0 / len(shipped.blend_classes) for c in shipped.blend_classes}
+    split = doc["paths"]["bimodal"]["noise_split"]
+
+    def cotton_uncertainty(noise_factor, noise):
+        paths = dict(doc["paths"], bimodal=dict(doc["paths"]["bimodal"], noise_factor=noise_factor))
+        calibration = UncertaintyCalibration(dict(doc, paths=paths), list(shipped.fibres), list(shipped.blend_classes))
+        spectrum = np.asarray(doc["unknown_fibre"]["mean"], dtype=np.float64)
+        out = calibration.apply("bimodal", pred, {f: 0.01 for f in shipped.fibres}, probs, spectrum,
+                                SpectrumQuality(noise, 0.75))
+        return out.uncertainty["cotton"]  # half-width / 1.96, before the interval is clipped to [0, 1]
+
+    noisy, clean = 2 * split, 0.5 * split
+    assert cotton_uncertainty([1.0, 1.5], noisy) == pytest.approx(1.5 * cotton_uncertainty([1.0, 1.0], noisy), rel=1e-6)
+    assert cotton_uncertainty([1.0, 1.5], clean) == pytest.approx(cotton_uncertainty([1.0, 1.0], clean), rel=1e-6)
