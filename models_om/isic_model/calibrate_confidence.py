@@ -100,7 +100,8 @@ def fit_profile(manifest_path: Path, settings: StationSettings, seed: int, group
                       settings=settings, jobs=jobs)
         held = collect(source, heldout_seed, heldout_samples, "default", cache_dir=cache_dir, progress=progress,
                        settings=settings, jobs=jobs)
-    atypicality = atypicality_of(fit, doc["unknown_fibre"])
+    # the interval's scale reads the atypicality (the temperature fit does not)
+    atypicality = atypicality_of(fit, doc["unknown_fibre"]) if intervals else np.zeros(len(fit))
     in_fit = split_groups(fit)
     paths = {}
     for path in (PATH_BIMODAL, PATH_SIGNAL_ONLY):

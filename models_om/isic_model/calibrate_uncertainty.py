@@ -219,18 +219,19 @@ def fit_temperatures(fit: Mapping[str, np.ndarray], classes: Sequence[str],
             flag_temperature[key] = fit_temperature(fit["prob"][rows], labels[rows])
     out = {"temperature": temperature, "noisy_temperature": noisy_temperature, "noise_split": noise_split,
            "flag_temperature": flag_temperature}
-    dark = fit_dark_temperature(fit["prob"][clean], labels[clean], fit["level"][clean])
+    dark = fit_dark_temperature(fit["prob"][clean], labels[clean], fit["level"][clean], temperature)
     if dark is not None:
         out["dark_split"], out["dark_temperature"], out["temperature"] = dark
     return out
 
 
-def fit_dark_temperature(probabilities: np.ndarray, labels: np.ndarray,
-                         level: np.ndarray) -> Optional[Tuple[float, float, float]]:
+def fit_dark_temperature(probabilities: np.ndarray, labels: np.ndarray, level: np.ndarray,
+                         temperature: float) -> Optional[Tuple[float, float, float]]:
     """(split, T below it, T at or above it) for clean spectra of median reflectance `level`: the split of
-    DARK_SPLITS whose two temperatures raise the log-likelihood most over one, or None when none raises it by
-    DARK_GAIN_NATS (too few dark pieces to tell, or dark ones no more over- or underconfident than the rest)."""
-    one = temperature_nll(probabilities, labels, fit_temperature(probabilities, labels))
+    DARK_SPLITS whose two temperatures raise the log-likelihood most over their one fitted `temperature`, or
+    None when none raises it by DARK_GAIN_NATS (too few dark pieces to tell, or dark ones no more over- or
+    underconfident than the rest)."""
+    one = temperature_nll(probabilities, labels, temperature)
     best: Optional[Tuple[float, float, float, float]] = None
     for split in DARK_SPLITS:
         dark = level < split
@@ -292,8 +293,8 @@ def fit_path(fit: Mapping[str, np.ndarray], cal: Mapping[str, np.ndarray], fibre
                     _factor((scores / q_all)[cal_present & dim], conformal_level)]
     q_all = q_all * np.where(dim, level_factor[1], level_factor[0])
     # then by spectral noise (the temperature's split): noisy spectra (weak lamp, noisy detector) err otherwise
-    # than the scale model's noise term gives them once the model takes 16 frames (low_snr covered 0.923,
-    # default 0.968-0.981 at the production settings without)
+    # than the scale model's noise term gives them once the model takes 16 frames (low_snr covered 0.923 at the
+    # production settings without, 0.939 with)
     noisy = (cal["noise"] > temperatures["noise_split"])[:, None]
     noise_factor = [_factor((scores / q_all)[cal_present & ~noisy], conformal_level),
                     _factor((scores / q_all)[cal_present & noisy], conformal_level)]

@@ -157,7 +157,8 @@ def refer_to_lab_alarm(result: Mapping[str, Any], uncalibrated_flags: Iterable[s
     problems = {"unknown_fibre": f"{REFERRING_FLAGS['unknown_fibre'][1]} (score {result.get('unknown_fibre_score')})",
                 "outside_trained_range": condition_problem, "uncalibrated_settings": settings_problem,
                 "no_room_reading": room_problem}
-    reasons += [problems[flag] or reason for flag, (_, reason) in REFERRING_FLAGS.items() if flag in result["flags"]]
+    reasons += [problems.get(flag) or reason for flag, (_, reason) in REFERRING_FLAGS.items()
+                if flag in result["flags"]]
     untrusted = sorted(set(uncalibrated_flags))
     if untrusted:
         reasons.append("quality flag(s) the uncertainty calibration never saw: " + ", ".join(untrusted))
