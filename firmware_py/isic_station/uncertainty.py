@@ -33,7 +33,8 @@ this module applies it (numpy only, on the board):
   than the calibration data (more scans, frames or field: the production settings) errs less, so
   these temperatures leave it underconfident: a confidence profile refit at its settings
   (`confidence_profiles`, `isic-model calibrate-confidence`) replaces them there, and, where it holds
-  one (`--intervals`), the interval model too: at 16 frames the model errs otherwise, not only less.
+  one (`--intervals`), the interval model too: at 16 frames the model errs otherwise, not only less; and
+  where it holds them (`--lots`), the lot tables below, refit on groups measured at its settings.
 - Unknown fibres: the preprocessed spectrum's residual outside the principal subspace of the
   known fibres' calibration spectra (Q statistic, as SIMCA), over what known fabrics leave at
   this noise level (c0 + c1 noise^2); above the threshold (a high quantile over known fabrics of
@@ -343,10 +344,14 @@ def settings_note(calibrated: Mapping[str, Any], config: Any) -> Optional[str]:
 
 # What a confidence profile (`uncertainty.confidence_profiles[i].paths.<path>`) replaces in a path's calibration:
 # its temperatures, all of them (the dark pair is optional: a profile without it gives dark spectra the clean
-# temperature), and, in a profile that holds them (`calibrate-confidence --intervals`), the interval model.
+# temperature), and, in a profile that holds them, the interval model (`calibrate-confidence --intervals`) and the
+# lot tables (`--lots`).
 TEMPERATURE_KEYS = ("temperature", "noisy_temperature", "flag_temperature", "dark_temperature", "dark_split")
 INTERVAL_KEYS = ("offset", "weights", "quantile", "band_factor", "absent_factor", "interval_level", "level_factor",
                  "level_split", "noise_factor", "widening")
+LOT_KEYS = ("systematic", "systematic_per_blend", "systematic_per_blend_noisy", "systematic_bound",
+            "systematic_bound_per_blend", "systematic_bound_per_blend_noisy", "systematic_bound_pools",
+            "systematic_bound_pools_noisy", "systematic_bound_missed")
 
 
 def measures_at_least(measuring: Mapping[str, Any], other: Mapping[str, Any]) -> bool:
@@ -371,14 +376,15 @@ def confidence_profile(doc: Mapping[str, Any], measuring: Optional[Mapping[str, 
 
 
 def with_confidence_profile(doc: Mapping[str, Any], profile: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """Calibration `doc` with `profile`'s temperatures (and interval model, where it holds one) in place of each
-    path's own (`doc` itself without a profile). The unknown-fibre check and the lot tables stay the calibration's."""
+    """Calibration `doc` with `profile`'s temperatures (and interval model and lot tables, where it holds them) in
+    place of each path's own (`doc` itself without a profile). The unknown-fibre check stays the calibration's."""
     if profile is None:
         return dict(doc)
     paths = {}
     for name, path in doc["paths"].items():
         own = profile["paths"][name]
-        keys = TEMPERATURE_KEYS + (INTERVAL_KEYS if "quantile" in own else ())
+        keys = (TEMPERATURE_KEYS + (INTERVAL_KEYS if "quantile" in own else ())
+                + (LOT_KEYS if "systematic_bound" in own else ()))
         paths[name] = dict({k: v for k, v in path.items() if k not in keys}, **{k: own[k] for k in keys if k in own})
     return dict(doc, paths=paths)
 

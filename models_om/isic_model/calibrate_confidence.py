@@ -12,8 +12,10 @@ recorded too. A station uses the richest profile its settings meet
 (`isic_station.uncertainty.confidence_profile`). With `--intervals` the profile holds the interval model
 refit at those settings as well: the calibration's left thin and humid fabric covered 0.89-0.92 at the
 production settings, because a station taking 16 frames errs otherwise than the one the scale model was
-fitted at, not only less. `calibrate-uncertainty` writes a new calibration without profiles: run this again
-after it.
+fitted at, not only less. With `--lots` it holds the lot tables refit at those settings as well (`--repeats 4`,
+as the calibration's): lots of 20 measured at the production settings were judged by the demo calibration's
+tables, whose bias is that of 3 frames. `calibrate-uncertainty` writes a new calibration without profiles: run
+this again after it.
 """
 
 import argparse
@@ -29,8 +31,10 @@ from isic_common.errors import ConfigError, ModelError
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibrate_uncertainty import (
     atypicality_of,
+    fit_lot_tables,
     fit_path,
     fit_temperatures,
+    lot_bound_text,
     split_groups,
     temperature_text,
 )
@@ -50,6 +54,7 @@ from isic_model.workers import scratch_file
 from isic_station.manifest import load_manifest
 from isic_station.uncertainty import (
     INTERVAL_KEYS,
+    LOT_KEYS,
     PATH_BIMODAL,
     PATH_SIGNAL_ONLY,
     TEMPERATURE_KEYS,
@@ -58,6 +63,8 @@ from isic_station.uncertainty import (
     with_confidence_profile,
 )
 from isic_station.uncertainty_metrics import confidence_figures, coverage_95, median_interval_width
+
+MIN_LOT_REPEATS = 2  # pieces per composition group the lot tables need (a group's mean less its pieces' spread)
 
 
 def heldout_confidence(calibration: UncertaintyCalibration, records: Records) -> Dict[str, Any]:
@@ -72,22 +79,27 @@ def heldout_confidence(calibration: UncertaintyCalibration, records: Records) ->
 
 def fit_profile(manifest_path: Path, settings: StationSettings, seed: int, groups: int, repeats: int,
                 preset: Optional[Presets], heldout_seed: int, heldout_samples: int, cache_dir: Optional[Path],
-                progress: bool = True, jobs: int = 1, intervals: bool = False) -> Dict[str, Any]:
+                progress: bool = True, jobs: int = 1, intervals: bool = False, lots: bool = False) -> Dict[str, Any]:
     """The confidence profile of the manifest's calibration at `settings` (not yet written): temperatures
     refit on `groups` x `repeats` measurements of `preset` (default: the calibration's own mixture), with
-    `intervals` the interval model too, and the held-out figures of `heldout_samples` default-preset
-    measurements before and after.
+    `intervals` the interval model too, with `lots` the lot tables, and the held-out figures of
+    `heldout_samples` default-preset measurements before and after.
 
     The interval model is fitted as `calibrate-uncertainty` fits it (`fit_path`: the scale on half the
     composition groups, the conformal factors on the other half), reading the confidence as the profile
     tempers it and the atypicality under the calibration's unknown-fibre model, as the station will. The
     temperatures are fitted on all the data (the calibrating half included: a handful of parameters, which
-    the dark pieces need all of, against the split's guarantee kept for the scale's own fit)."""
+    the dark pieces need all of, against the split's guarantee kept for the scale's own fit). The lot tables are
+    fitted as `calibrate-uncertainty` fits them (`fit_lot_tables`), on all the groups: a lot's mean at 16 frames
+    keeps another bias than at the calibration's 3."""
     manifest = load_manifest(manifest_path)
     doc = manifest.raw.get("uncertainty")
     if doc is None:
         raise ModelError(f"{manifest_path} has no uncertainty calibration: run `isic-model calibrate-uncertainty`")
     calibrated = doc["data"].get("station", {})
+    if lots and repeats < MIN_LOT_REPEATS:
+        raise ConfigError(f"--lots needs --repeats {MIN_LOT_REPEATS} or more: the lot tables are fitted on the error "
+                          f"of a composition group's mean, less its pieces' own spread (got --repeats {repeats})")
     if not measures_at_least(asdict(settings), calibrated):
         raise ConfigError(f"settings {asdict(settings)} take fewer scans, frames or field than the calibration's "
                           f"{calibrated}: a confidence profile only tempers richer measurements (recalibrate with "
@@ -113,12 +125,18 @@ def fit_profile(manifest_path: Path, settings: StationSettings, seed: int, group
                              path_rows(fit.subset(~in_fit), path, atypicality[~in_fit]), fibres, classes, path,
                              temperatures=temperatures)
             paths[path].update({k: model[k] for k in INTERVAL_KEYS})
+        if lots:
+            tables = fit_lot_tables(path_rows(fit, path, atypicality), fibres, classes,
+                                    doc["paths"][path]["noise_split"])
+            paths[path].update({k: tables[k] for k in LOT_KEYS})
     profile: Dict[str, Any] = {
         "station": asdict(settings),
         "data": {"seed": seed, "groups": groups, "repeats": repeats, "measurements": len(fit),
                  "preset": mixture_text(preset),
                  **({"intervals": "refit: half the composition groups fit the scale, half calibrate (rng 0)"}
-                    if intervals else {})},
+                    if intervals else {}),
+                 **({"lots": f"refit: lot tables from all {groups} composition groups of {repeats} pieces"}
+                    if lots else {})},
         "paths": paths,
     }
     before = UncertaintyCalibration(doc, fibres, classes)
@@ -166,6 +184,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--intervals", action="store_true",
                    help="refit the intervals' scale model and conformal factors at these settings too (at the "
                    "production settings the calibration's covered thin and humid fabric 0.89-0.92)")
+    p.add_argument("--lots", action="store_true",
+                   help="refit the lot tables (the systematic error a lot's mean keeps, and its bounds) at these "
+                   f"settings too, from the fit data's composition groups (needs --repeats {MIN_LOT_REPEATS} or more; "
+                   "4, as the calibration's, bounds them better)")
     add_record_options(p, "processes simulating the records (2 on an idle 2-core machine)")
     p.add_argument("--json", action="store_true", help="print the written profile")
     p.set_defaults(handler=_command)
@@ -175,16 +197,18 @@ def _command(args: argparse.Namespace) -> int:
     path = args.model / "manifest.json" if args.model.is_dir() else args.model
     profile = fit_profile(path, station_settings(args.config), args.seed, args.groups, args.repeats, args.preset,
                           args.heldout_seed, args.heldout_samples, args.cache, progress=not args.json, jobs=args.jobs,
-                          intervals=args.intervals)
+                          intervals=args.intervals, lots=args.lots)
     write_profile(path, profile)
     if args.json:
         print(json.dumps(profile))
         return 0
     held = profile["heldout"]
-    what = "confidence and interval" if args.intervals else "confidence"
+    what = " and ".join(["confidence"] + (["interval"] if args.intervals else []) + (["lot"] if args.lots else []))
     print(f"{what} profile written into {path} for {profile['station']} ({profile['seconds']} s)")
     for name, p in profile["paths"].items():
         print(f"  {name}: {temperature_text(p)}")
+        if args.lots:
+            print(f"    lot bounds (pp, clean bright / all conditions): {lot_bound_text(p)}")
     for when in ("before", "after"):
         f = held[when]
         print(f"  held out (seed {held['seed']}, {held['samples']}, default) {when}: accuracy {f['accuracy']:.3f}, "

@@ -471,6 +471,34 @@ def missed_fibre_bounds(rows: Mapping[str, np.ndarray], fibres: Sequence[str],
     return out
 
 
+def fit_lot_tables(rows: Mapping[str, np.ndarray], fibres: Sequence[str], classes: Sequence[str],
+                   noise_split: float) -> Dict[str, Any]:
+    """One path's lot tables (`LOT_KEYS`) from the composition groups of `rows` (two or more pieces each):
+    the systematic error a lot's mean keeps and its 95 % bounds, per blend, from groups of clean, bright
+    spectra (median noise <= `noise_split`, median level >= DIM_LEVEL) for such results and from all groups
+    for noisy or dim ones (pooled, a weak lamp's bias lent every clean lot 2-6 pp it does not have, dark dyes'
+    and thin fabric's 1-3 pp), and the bounds for a lot whose blend read lacks a declared fibre."""
+    doc: Dict[str, Any] = {"systematic": systematic_error(rows, fibres)}
+    clean_groups = {g for g in np.unique(rows["group"])
+                    if np.median(rows["noise"][rows["group"] == g]) <= noise_split
+                    and np.median(rows["level"][rows["group"] == g]) >= DIM_LEVEL}
+    clean = np.array([g in clean_groups for g in rows["group"]])
+    for key, subset in (("systematic_per_blend", clean), ("systematic_per_blend_noisy", np.ones_like(clean))):
+        doc[key] = {}
+        for blend in sorted(set(rows["labels"].tolist())):
+            of_blend = subset & (rows["labels"] == blend)
+            if len(np.unique(rows["group"][of_blend])) >= MIN_BLEND_GROUPS:
+                doc[key][blend] = systematic_error({k: v[of_blend] for k, v in rows.items()}, fibres)
+    # the tail-aware bound the station applies (the tables above stay for the record and older stations)
+    bright, every = (systematic_bounds(rows, fibres, classes, subset) for subset in (clean, np.ones_like(clean)))
+    doc["systematic_bound"] = every["overall"]  # over all groups: for a result without a blend
+    for suffix, bounds in (("", bright), ("_noisy", every)):
+        doc["systematic_bound_per_blend" + suffix] = bounds["per_blend"]
+        doc["systematic_bound_pools" + suffix] = bounds["pools"]
+    doc["systematic_bound_missed"] = missed_fibre_bounds(rows, fibres, classes)  # all conditions: few misses
+    return doc
+
+
 def fit_unknown(fit: Records, cal: Records, strangers: Optional[Records] = None) -> Dict[str, Any]:
     """Principal subspace of the known spectra, the residual's noise model and the thresholds, and with
     `strangers` (fabrics holding unknown fibres) the logistic discriminant (the manifest's `unknown_fibre`)."""
@@ -573,28 +601,7 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
     for path in (PATH_BIMODAL, PATH_SIGNAL_ONLY):
         doc = fit_path(path_rows(fit, path, atypicality[in_fit]), path_rows(cal, path, atypicality[~in_fit]),
                        fibres, classes, path)
-        rows = path_rows(records, path, atypicality)
-        doc["systematic"] = systematic_error(rows, fibres)
-        # per blend: from groups of clean, bright spectra (median noise <= the noise split, median level >=
-        # DIM_LEVEL) for such results, and from all groups for noisy or dim ones: pooled, a weak lamp's bias
-        # lent every clean lot 2-6 pp it does not have, dark dyes' and thin fabric's 1-3 pp
-        clean_groups = {g for g in np.unique(rows["group"])
-                        if np.median(rows["noise"][rows["group"] == g]) <= doc["noise_split"]
-                        and np.median(rows["level"][rows["group"] == g]) >= DIM_LEVEL}
-        clean = np.array([g in clean_groups for g in rows["group"]])
-        for key, subset in (("systematic_per_blend", clean), ("systematic_per_blend_noisy", np.ones_like(clean))):
-            doc[key] = {}
-            for blend in sorted(set(rows["labels"].tolist())):
-                of_blend = subset & (rows["labels"] == blend)
-                if len(np.unique(rows["group"][of_blend])) >= MIN_BLEND_GROUPS:
-                    doc[key][blend] = systematic_error({k: v[of_blend] for k, v in rows.items()}, fibres)
-        # the tail-aware bound the station applies (the tables above stay for the record and older stations)
-        bright, every = (systematic_bounds(rows, fibres, classes, subset) for subset in (clean, np.ones_like(clean)))
-        doc["systematic_bound"] = every["overall"]  # over all groups: for a result without a blend
-        for suffix, bounds in (("", bright), ("_noisy", every)):
-            doc["systematic_bound_per_blend" + suffix] = bounds["per_blend"]
-            doc["systematic_bound_pools" + suffix] = bounds["pools"]
-        doc["systematic_bound_missed"] = missed_fibre_bounds(rows, fibres, classes)  # all conditions: few misses
+        doc.update(fit_lot_tables(path_rows(records, path, atypicality), fibres, classes, doc["noise_split"]))
         paths[path] = doc
     return {"paths": paths, "unknown_fibre": unknown}
 
@@ -716,6 +723,13 @@ def temperature_text(path: Mapping[str, Any]) -> str:
     return f"temperature {path['temperature']:.3f} (noisy spectra {path['noisy_temperature']:.3f}{dark})"
 
 
+def lot_bound_text(path: Mapping[str, Any]) -> str:
+    """A path's 95 % lot bounds per pool in pp, clean bright groups / all conditions, as a person reads them."""
+    noisy = path["systematic_bound_pools_noisy"]
+    return "; ".join(f"{name} {100 * b['bound']:.1f} / {100 * noisy.get(name, b)['bound']:.1f}"
+                     for name, b in path["systematic_bound_pools"].items())
+
+
 def summary_lines(doc: Mapping[str, Any]) -> List[str]:
     """The figures a person reads after calibrating."""
     lines = []
@@ -725,9 +739,7 @@ def summary_lines(doc: Mapping[str, Any]) -> List[str]:
                      + f"; widening {p['widening'] or 'none'}; level factor {p.get('level_factor')}; systematic (pp) "
                      + ", ".join(f"{f} {100 * v:.1f}" for f, v in p["systematic"].items()))
         if "systematic_bound_pools" in p:
-            lines.append(f"{path}: 95 % lot bound (pp; clean bright groups / all) per pool: " + "; ".join(
-                f"{name} {100 * b['bound']:.1f} / {100 * p['systematic_bound_pools_noisy'].get(name, b)['bound']:.1f}"
-                for name, b in p["systematic_bound_pools"].items()))
+            lines.append(f"{path}: 95 % lot bound (pp; clean bright groups / all) per pool: {lot_bound_text(p)}")
     h = doc["heldout"]
     for name, fig in h["presets"].items():
         lines.append(f"held-out seed {h['seed']} preset {name:<9}: coverage_95 {fig['coverage_95']:.3f}, median "

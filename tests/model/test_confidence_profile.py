@@ -92,18 +92,27 @@ def test_the_command_writes_a_profile_richer_stations_use_and_refuses_poorer_set
         assert predictor.calibration.profile == profile
     finally:
         predictor.backend.close()
-    # --intervals: the same settings' profile, replaced by one holding the interval model too
-    assert main([a if a != "12" else "24" for a in args] + ["--intervals"]) == 0
+    # --intervals --lots: the same settings' profile, replaced by one holding the interval model and lot tables too
+    capsys.readouterr()
+    assert main(args + ["--lots", "--repeats", "1"]) != 0  # a group of one piece has no spread to take off
+    assert "--lots needs --repeats 2 or more" in capsys.readouterr().err
+    assert main([a if a != "12" else "24" for a in args] + ["--intervals", "--lots"]) == 0
     manifest = load_manifest(model / "manifest.json")
     profiles = manifest.raw["uncertainty"]["confidence_profiles"]
     profile = profiles[-1]
     assert len(profiles) == len(shipped) + 1
-    assert "intervals" in profile["data"]
-    refit = UncertaintyCalibration.from_manifest(manifest, settings).paths["bimodal"]
+    assert "intervals" in profile["data"] and "lots" in profile["data"]
+    profiled = UncertaintyCalibration.from_manifest(manifest, settings)
+    refit = profiled.paths["bimodal"]
     assert refit.quantile.tolist() == [profile["paths"]["bimodal"]["quantile"][f] for f in manifest.fibres]
     assert refit.quantile.tolist() != own.paths["bimodal"].quantile.tolist()
+    bounds = profile["paths"]["bimodal"]["systematic_bound_per_blend"]
+    blend = next(b for b in bounds if bounds[b] != own.doc["paths"]["bimodal"]["systematic_bound_per_blend"][b])
+    assert profiled.systematic("bimodal", blend) == pytest.approx({f: v / 1.959964 for f, v in bounds[blend].items()})
+    assert profiled.systematic("bimodal", blend) != own.systematic("bimodal", blend)
     kept = UncertaintyCalibration.from_manifest(manifest, manifest.raw["uncertainty"]["data"]["station"])
     assert kept.paths["bimodal"].quantile.tolist() == own.paths["bimodal"].quantile.tolist()
+    assert kept.systematic("bimodal", blend) == own.systematic("bimodal", blend)
     poorer = station_config(tmp_path, "spectrometer.coadd=2")
     before = (model / "manifest.json").read_bytes()
     capsys.readouterr()
