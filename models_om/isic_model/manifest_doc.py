@@ -36,7 +36,10 @@ def write_manifest_doc(path: Path, doc: Mapping[str, Any],
     the new manifest as the station loads it (it raises when not: schema or runtime errors)."""
     path = Path(path)
     with scratch_file(path.with_name(f".new-{path.name}")) as new:
-        new.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        try:
+            new.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        except OSError as exc:  # a full disk, a read-only folder: the old manifest stands
+            raise ModelError(f"cannot write model manifest {path}: {exc.strerror or exc}; it is unchanged") from None
         if accept is not None:
             accept(load_manifest(new))
         new.replace(path)
@@ -57,5 +60,9 @@ def uncalibrated_copy(manifest_path: Path) -> Path:
     doc = read_manifest_doc(manifest_path)
     doc.pop("uncertainty", None)
     copy = Path(manifest_path).with_name(".uncalibrated-" + Path(manifest_path).name)
-    copy.write_text(json.dumps(doc), encoding="utf-8")
+    try:
+        copy.write_text(json.dumps(doc), encoding="utf-8")
+    except OSError as exc:
+        copy.unlink(missing_ok=True)
+        raise ModelError(f"cannot write {copy} beside the model manifest: {exc.strerror or exc}") from None
     return copy
