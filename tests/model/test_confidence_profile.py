@@ -113,9 +113,13 @@ def test_the_command_writes_a_profile_richer_stations_use_and_refuses_poorer_set
     kept = UncertaintyCalibration.from_manifest(manifest, manifest.raw["uncertainty"]["data"]["station"])
     assert kept.paths["bimodal"].quantile.tolist() == own.paths["bimodal"].quantile.tolist()
     assert kept.systematic("bimodal", blend) == own.systematic("bimodal", blend)
-    poorer = station_config(tmp_path, "spectrometer.coadd=2")
     before = (model / "manifest.json").read_bytes()
     capsys.readouterr()
+    # two compositions split one to fit, one to calibrate: some fibre is in no calibrating measurement
+    assert main([a if a != "12" else "2" for a in args] + ["--intervals"]) != 0
+    assert "too few measurements to fit its intervals (measure more compositions: --groups)" in capsys.readouterr().err
+    assert (model / "manifest.json").read_bytes() == before
+    poorer = station_config(tmp_path, "spectrometer.coadd=2")  # written over `richer`'s file
     assert main(["calibrate-confidence", "--model", str(model), "--config", str(poorer), "--json"]) != 0
     assert "take fewer scans, frames or field than the calibration's" in capsys.readouterr().err
     assert (model / "manifest.json").read_bytes() == before
