@@ -30,6 +30,7 @@ import numpy as np
 from isic_common.errors import ConfigError, ModelError
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibrate_uncertainty import (
+    answer_figures,
     atypicality_of,
     fit_lot_tables,
     fit_path,
@@ -39,7 +40,6 @@ from isic_model.calibrate_uncertainty import (
     temperature_text,
 )
 from isic_model.calibration_data import (
-    Records,
     add_record_options,
     apply_records,
     collect,
@@ -62,19 +62,8 @@ from isic_station.uncertainty import (
     measures_at_least,
     with_confidence_profile,
 )
-from isic_station.uncertainty_metrics import confidence_figures, coverage_95, median_interval_width
 
 MIN_LOT_REPEATS = 2  # pieces per composition group the lot tables need (a group's mean less its pieces' spread)
-
-
-def heldout_confidence(calibration: UncertaintyCalibration, records: Records) -> Dict[str, Any]:
-    """Accuracy, ECE (with its noise floor and the mean confidence), coverage_95 and median width of the
-    station's answers to `records` as `calibration` calibrates them."""
-    a = apply_records(calibration, records)
-    return dict(confidence_figures(a["confidence"], a["correct"]),
-                accuracy=round(float(np.mean(a["correct"])), 4),
-                coverage_95=coverage_95(records.truth, a["intervals"]),
-                median_interval_width=median_interval_width(records.truth, a["intervals"]))
 
 
 def fit_profile(manifest_path: Path, settings: StationSettings, seed: int, groups: int, repeats: int,
@@ -142,7 +131,8 @@ def fit_profile(manifest_path: Path, settings: StationSettings, seed: int, group
     before = UncertaintyCalibration(doc, fibres, classes)
     after = UncertaintyCalibration(with_confidence_profile(doc, profile), fibres, classes)
     profile["heldout"] = {"seed": heldout_seed, "samples": heldout_samples, "preset": "default",
-                          "before": heldout_confidence(before, held), "after": heldout_confidence(after, held)}
+                          "before": answer_figures(apply_records(before, held), held.truth),
+                          "after": answer_figures(apply_records(after, held), held.truth)}
     profile["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     profile["seconds"] = round(time.perf_counter() - start, 1)
     return profile

@@ -606,15 +606,23 @@ def fit_calibration(records: Records, fibres: Sequence[str], classes: Sequence[s
     return {"paths": paths, "unknown_fibre": unknown}
 
 
+def answer_figures(answers: Mapping[str, np.ndarray], truth: np.ndarray) -> Dict[str, Any]:
+    """Accuracy, coverage_95, median interval width and the confidence figures (ECE, its noise floor, mean
+    confidence) of calibrated answers (`apply_records`) against the true fractions."""
+    return dict(confidence_figures(answers["confidence"], answers["correct"]),
+                accuracy=round(float(np.mean(answers["correct"])), 4),
+                coverage_95=coverage_95(truth, answers["intervals"]),
+                median_interval_width=median_interval_width(truth, answers["intervals"]))
+
+
 def heldout_figures(calibration: Any, records: Records) -> Dict[str, Any]:
-    """coverage_95, median interval width, ECE and the unknown-fibre flag rate on known fabrics."""
+    """`answer_figures`, the uncalibrated ECE, the unknown-fibre flag rate on known fabrics and the
+    signal-only path's coverage, width and ECE."""
     a = apply_records(calibration, records)
     raw_conf = records.station_prob.max(axis=1)
     figures = {
         "samples": len(records),
-        "coverage_95": coverage_95(records.truth, a["intervals"]),
-        "median_interval_width": median_interval_width(records.truth, a["intervals"]),
-        **confidence_figures(a["confidence"], a["correct"]),
+        **answer_figures(a, records.truth),
         "ece_uncalibrated": expected_calibration_error(raw_conf, a["correct"]),
         "flagged_known": round(float(a["unknown"].mean()), 4),
         "signal_only_share": round(float(a["signal_only"].mean()), 4),
