@@ -41,6 +41,7 @@ from isic_common.errors import ModelError
 from isic_drivers.lab.sample import trained_ranges
 from isic_model import SHIPPED_MANIFEST
 from isic_model.calibration_data import (
+    CELLULOSE,
     Records,
     add_record_options,
     apply_records,
@@ -101,9 +102,8 @@ PCA_COMPONENTS = 15  # principal components of the known spectra (10-30 measured
 MIN_FLAGGED = 30  # flagged (measurement, fibre) pairs needed to calibrate a flag's widening
 MIN_BAND_PAIRS = 20  # (measurement, fibre) pairs a band of the predicted fraction needs for its own factor
 MIN_BLEND_GROUPS = 8  # composition groups of a blend class needed for its own systematic error
-# The lot bound: the cellulose fibres the model confuses with one another, the bound's coverage, and the scores a
-# pool needs for its split-conformal quantile to be one of them (ceil((n + 1) 0.95) <= n)
-CELLULOSE = ("cotton", "linen", "viscose")
+# The lot bound: its coverage, and the scores a pool needs for its split-conformal quantile to be one of them
+# (ceil((n + 1) 0.95) <= n); its pools count the blend's CELLULOSE fibres
 LOT_BOUND_COVERAGE = 0.95
 MIN_POOL_SCORES = 19
 MISS_SHARE_BANDS = (0.0, 0.1, 0.2, 0.35, 1.01)  # bands of a fibre's true share for its miss rate (lot check)

@@ -34,6 +34,7 @@ from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, SpectrumQua
 log = logging.getLogger(__name__)
 
 UNKNOWN_SHARE = (0.2, 0.8)  # fraction range of the unknown fibre in an unknown-fibre sample
+CELLULOSE = ("cotton", "linen", "viscose")  # the fibres the model confuses with one another (lot bounds, lot kinds)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 
 from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
-from isic_model.calibration_data import add_record_options, apply_records, collect
+from isic_model.calibration_data import CELLULOSE, add_record_options, apply_records, collect
 from isic_model.data import StationSettings
 from isic_model.measuring_settings import station_settings
 from isic_station.daemon.spec_check import VERDICTS, LotSpec, LotSummary, judge
@@ -55,10 +55,20 @@ def simulate_lots(manifest_path: Path, seed: int, lots: int, size: int, preset: 
                 **judge_lots(calibration, records, tolerances, offset_pp))
 
 
+def lot_kind(truth: Sequence[float], fibres: Sequence[str]) -> str:
+    """What decides how a lot can be judged: one fibre (its wrong declaration adds a fibre at `offset_pp`, a
+    share the model seldom reads), or a blend by its number of cellulose fibres (the lot bound's pool)."""
+    present = [f for f, v in zip(fibres, truth) if v > 0]
+    if len(present) == 1:
+        return "one fibre"
+    return f"blend, {sum(f in CELLULOSE for f in present)} cellulose"
+
+
 def judge_lots(calibration: Any, records: Any, tolerances: Sequence[float], offset_pp: float) -> Dict[str, Any]:
     """Each composition group of `records` judged as a lot by the station's `LotSummary`, declared as it is
-    and `offset_pp` off: {offset_pp, tolerance_pp: {tol: {true, offset, results}}} (shares), and
-    `coverage_95`: the share of (lot, fibre present) pairs whose interval of the mean holds the truth."""
+    and `offset_pp` off: {offset_pp, tolerance_pp: {tol: {true, offset, results, by_kind}}} (shares; `by_kind`:
+    per `lot_kind`, its number of lots and their shares), and `coverage_95`: the share of (lot, fibre present)
+    pairs whose interval of the mean holds the truth."""
     fibres, classes = list(calibration.fibres), list(calibration.blend_classes)
     answers = apply_records(calibration, records)
     groups = np.unique(records.group)
@@ -68,9 +78,12 @@ def judge_lots(calibration: Any, records: Any, tolerances: Sequence[float], offs
     for tol in tolerances:
         counts = {"true": dict.fromkeys(VERDICTS, 0), "offset": dict.fromkeys(VERDICTS, 0)}
         results = {"true": dict.fromkeys(VERDICTS, 0), "offset": dict.fromkeys(VERDICTS, 0)}
+        kinds: Dict[str, Dict[str, Dict[str, int]]] = {}
         for g in groups:
             rows = np.flatnonzero(records.group == g)
             truth = records.truth[rows[0]]
+            kind = kinds.setdefault(lot_kind(truth, fibres),
+                                    {"true": dict.fromkeys(VERDICTS, 0), "offset": dict.fromkeys(VERDICTS, 0)})
             declarations = {
                 "true": {f: float(v) for f, v in zip(fibres, truth) if v > 0},
                 "offset": offset_declaration(truth, fibres, offset_pp / 100.0),
@@ -88,6 +101,7 @@ def judge_lots(calibration: Any, records: Any, tolerances: Sequence[float], offs
                                 decision, blend=blend)
                 lot = summary.to_dict("sim", "")
                 counts[case][lot["verdict"]] += 1
+                kind[case][lot["verdict"]] += 1
                 if case == "true" and tol == tolerances[0]:
                     covered += [lot["interval_95"][f][0] <= t <= lot["interval_95"][f][1]
                                 for f, t in zip(fibres, truth) if t > 0]
@@ -95,6 +109,10 @@ def judge_lots(calibration: Any, records: Any, tolerances: Sequence[float], offs
                                           for case, c in counts.items()}
         out["tolerance_pp"][f"{tol:g}"]["results"] = {
             case: {v: round(n / len(records), 3) for v, n in c.items()} for case, c in results.items()}
+        out["tolerance_pp"][f"{tol:g}"]["by_kind"] = {
+            name: dict({case: {v: round(n / sum(c.values()), 3) for v, n in c.items()} for case, c in k.items()},
+                       lots=sum(k["true"].values()))
+            for name, k in sorted(kinds.items())}
     out["coverage_95"] = round(float(np.mean(covered)), 4) if covered else None
     return out
 
@@ -139,5 +157,8 @@ def _command(args: argparse.Namespace) -> int:
             lots = ", ".join(f"{v} {100 * s:.1f} %" for v, s in cases[case].items())
             single = ", ".join(f"{v} {100 * s:.1f} %" for v, s in cases["results"][case].items())
             print(f"tolerance {tol} pp, {what:<20}: lots {lots}; single results {single}")
+            for name, kind in cases["by_kind"].items():
+                shares = ", ".join(f"{v} {100 * s:.1f} %" for v, s in kind[case].items())
+                print(f"    {name} ({kind['lots']} lots): {shares}")
     print(f"interval of the lot mean holds the truth for {100 * result['coverage_95']:.1f} % of (lot, fibre present)")
     return 0

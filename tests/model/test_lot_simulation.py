@@ -4,6 +4,7 @@ settings or a station config's (then calibrated as that station is, with its con
 import json
 
 from isic_model.cli import main
+from isic_model.lot_simulation import lot_kind
 from isic_station.daemon.spec_check import VERDICTS
 
 from .test_confidence_profile import station_config
@@ -28,4 +29,18 @@ def test_lots_are_judged_at_the_settings_and_with_the_profile_of_the_station_con
             for case in ("true", "offset"):
                 shares = result["tolerance_pp"][tolerance][case]
                 assert set(shares) == set(VERDICTS) and abs(sum(shares.values()) - 1.0) < 1e-9
+            kinds = result["tolerance_pp"][tolerance]["by_kind"]
+            assert sum(k["lots"] for k in kinds.values()) == 3
+            for case in ("true", "offset"):  # the lots of each kind add up to all the lots' shares
+                for verdict in VERDICTS:
+                    assert abs(sum(k[case][verdict] * k["lots"] for k in kinds.values()) / 3
+                               - result["tolerance_pp"][tolerance][case][verdict]) < 0.01
         assert 0.0 <= result["coverage_95"] <= 1.0
+
+
+def test_a_lot_is_of_one_fibre_or_a_blend_counted_by_its_cellulose_fibres():
+    fibres = ("cotton", "linen", "viscose", "polyester", "nylon")
+    assert lot_kind([0, 0, 0, 1.0, 0], fibres) == "one fibre"
+    assert lot_kind([0.6, 0.4, 0, 0, 0], fibres) == "blend, 2 cellulose"
+    assert lot_kind([0.3, 0, 0, 0.5, 0.2], fibres) == "blend, 1 cellulose"
+    assert lot_kind([0, 0, 0, 0.5, 0.5], fibres) == "blend, 0 cellulose"
