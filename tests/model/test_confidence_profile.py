@@ -14,9 +14,11 @@ from isic_model.measuring_settings import station_settings
 from isic_station.config import load_config
 from isic_station.daemon.wiring import ModelLoader
 from isic_station.manifest import load_manifest
+from isic_station.schemas import load_schema
 from isic_station.tools.bench.accuracy import apply_settings
 from isic_station.tools.demo import DemoBench
 from isic_station.uncertainty import (
+    LOT_KEYS,
     PathCalibration,
     SpectrumQuality,
     UncertaintyCalibration,
@@ -196,3 +198,10 @@ def test_noisy_spectra_take_the_noise_factor_on_their_interval():
     noisy, clean = 2 * split, 0.5 * split
     assert cotton_uncertainty([1.0, 1.5], noisy) == pytest.approx(1.5 * cotton_uncertainty([1.0, 1.0], noisy), rel=1e-6)
     assert cotton_uncertainty([1.0, 1.5], clean) == pytest.approx(cotton_uncertainty([1.0, 1.0], clean), rel=1e-6)
+
+
+def test_the_manifest_schema_asks_a_profile_for_every_lot_table_the_station_swaps_in():
+    """`uncertainty.LOT_KEYS` (what a profile's lot tables replace) and the schema's dependentRequired are one list."""
+    profile_path = (load_schema("manifest")["properties"]["uncertainty"]["properties"]["confidence_profiles"]
+                    ["items"]["properties"]["paths"]["additionalProperties"])
+    assert set(profile_path["dependentRequired"]["systematic_bound"]) == set(LOT_KEYS) - {"systematic_bound"}
