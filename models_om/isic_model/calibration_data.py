@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from isic_drivers.lab.fibres import load_fibres
 from isic_model.data import Presets, StationSettings, cache_key, draw_preset
 from isic_model.measuring_settings import station_settings
 from isic_model.workers import save_npz, stop_workers_on_sigterm
@@ -34,7 +35,9 @@ from isic_station.uncertainty import PATH_BIMODAL, PATH_SIGNAL_ONLY, SpectrumQua
 log = logging.getLogger(__name__)
 
 UNKNOWN_SHARE = (0.2, 0.8)  # fraction range of the unknown fibre in an unknown-fibre sample
-CELLULOSE = ("cotton", "linen", "viscose")  # the fibres the model confuses with one another (lot bounds, lot kinds)
+# the lab's cellulose family (cotton, linen, viscose): the fibres the model confuses with one another (lot bounds,
+# lot kinds)
+CELLULOSE = tuple(name for name, fibre in load_fibres().items() if fibre.family == "cellulose")
 
 
 @dataclass

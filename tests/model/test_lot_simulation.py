@@ -4,14 +4,14 @@ settings or a station config's (then calibrated as that station is, with its con
 import json
 
 from isic_model.cli import main
-from isic_model.lot_simulation import lot_kind
+from isic_model.lot_simulation import lot_kind, summed_counts
 from isic_station.daemon.spec_check import VERDICTS
 
 from .test_confidence_profile import station_config
 
 
-def simulated(capsys, *extra):
-    assert main(["simulate-lots", "--lots", "3", "--size", "3", "--tolerance", "3,5", "--jobs", "2", "--json",
+def simulated(capsys, *extra, lots="3"):
+    assert main(["simulate-lots", "--lots", lots, "--size", "3", "--tolerance", "3,5", "--jobs", "2", "--json",
                  *extra]) == 0
     return json.loads(capsys.readouterr().out)
 
@@ -44,3 +44,30 @@ def test_a_lot_is_of_one_fibre_or_a_blend_counted_by_its_cellulose_fibres():
     assert lot_kind([0.6, 0.4, 0, 0, 0], fibres) == "blend, 2 cellulose"
     assert lot_kind([0.3, 0, 0, 0.5, 0.2], fibres) == "blend, 1 cellulose"
     assert lot_kind([0, 0, 0, 0.5, 0.5], fibres) == "blend, 0 cellulose"
+
+
+def test_several_seeds_pool_their_lots_and_each_share_carries_its_interval(tmp_path, capsys):
+    cache = ["--cache", str(tmp_path / "cache")]
+    pooled = simulated(capsys, *cache, "--seeds", "3001,3002", lots="2")
+    alone = simulated(capsys, *cache, "--seed", "3002", lots="2")
+    assert pooled["seeds"] == [3001, 3002] and pooled["lots"] == 2 and pooled["pooled_lots"] == 4
+    assert [s["seed"] for s in pooled["per_seed"]] == [3001, 3002]
+    assert pooled["per_seed"][1]["tolerance_pp"] == alone["tolerance_pp"]  # a seed's lots are its own
+    for tolerance in ("3", "5"):
+        figures = pooled["tolerance_pp"][tolerance]
+        for case in ("true", "offset"):
+            for verdict in VERDICTS:  # the pooled share is the lots' share over both seeds
+                per_seed = sum(s["tolerance_pp"][tolerance][case][verdict] * 2 for s in pooled["per_seed"])
+                assert abs(figures[case][verdict] * 4 - per_seed) < 0.01
+                low, high = figures["ci95"][case][verdict]
+                assert 0.0 <= low <= figures[case][verdict] <= high <= 1.0 and high - low > 0.2  # 4 lots: wide
+    assert main(["simulate-lots", "--seeds", "3001,3002", "--lots", "2", "--size", "3", *cache]) == 0
+    text = capsys.readouterr().out
+    assert "seeds 3001,3002" in text and "lot shares with 95 % intervals" in text
+
+
+def test_lot_counts_add_key_by_key_and_keep_a_kind_only_one_seed_met():
+    first = {"lots": 2, "covered": [3, 4], "by_kind": {"one fibre": {"pass": 1}}}
+    second = {"lots": 3, "covered": [5, 5], "by_kind": {"one fibre": {"pass": 2}, "blend, 2 cellulose": {"pass": 0}}}
+    assert summed_counts(first, second) == {
+        "lots": 5, "covered": [8, 9], "by_kind": {"one fibre": {"pass": 3}, "blend, 2 cellulose": {"pass": 0}}}
