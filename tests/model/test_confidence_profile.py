@@ -18,6 +18,7 @@ from isic_station.schemas import load_schema
 from isic_station.tools.bench.accuracy import apply_settings
 from isic_station.tools.demo import DemoBench
 from isic_station.uncertainty import (
+    INTERVAL_KEYS,
     LOT_KEYS,
     PathCalibration,
     SpectrumQuality,
@@ -200,8 +201,11 @@ def test_noisy_spectra_take_the_noise_factor_on_their_interval():
     assert cotton_uncertainty([1.0, 1.5], clean) == pytest.approx(cotton_uncertainty([1.0, 1.0], clean), rel=1e-6)
 
 
-def test_the_manifest_schema_asks_a_profile_for_every_lot_table_the_station_swaps_in():
-    """`uncertainty.LOT_KEYS` (what a profile's lot tables replace) and the schema's dependentRequired are one list."""
+def test_the_manifest_schema_asks_a_profile_for_every_table_the_station_swaps_in():
+    """`uncertainty.LOT_KEYS` and `INTERVAL_KEYS` (what a profile's lot tables and interval model replace: a key
+    the profile lacks falls back to its default, not to the calibration's own) and the schema's
+    dependentRequired are one list each."""
     profile_path = (load_schema("manifest")["properties"]["uncertainty"]["properties"]["confidence_profiles"]
                     ["items"]["properties"]["paths"]["additionalProperties"])
     assert set(profile_path["dependentRequired"]["systematic_bound"]) == set(LOT_KEYS) - {"systematic_bound"}
+    assert set(profile_path["dependentRequired"]["quantile"]) == set(INTERVAL_KEYS) - {"quantile"}
