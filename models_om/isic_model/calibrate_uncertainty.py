@@ -45,6 +45,7 @@ from isic_model.calibration_data import (
     Records,
     add_record_options,
     apply_records,
+    cellulose_count,
     collect,
     mixture_text,
     path_rows,
@@ -373,7 +374,7 @@ def lot_pool(blend: str, fibre: str) -> str:
     family and how many cellulose fibres the blend holds (the model confuses cotton, linen and viscose, and
     the bias a mean keeps grows with how many of them share the fabric, changing from one composition to the
     next within a blend: a blend of its own has too few groups to bound it)."""
-    return f"{fibre_family(fibre)} fibre, {sum(part in CELLULOSE for part in blend.split('/'))} cellulose in the blend"
+    return f"{fibre_family(fibre)} fibre, {cellulose_count(blend.split('/'))} cellulose in the blend"
 
 
 def systematic_bounds(rows: Mapping[str, np.ndarray], fibres: Sequence[str], classes: Sequence[str],

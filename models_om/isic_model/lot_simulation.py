@@ -18,7 +18,7 @@ import numpy as np
 
 from isic_common.errors import ModelError
 from isic_model import SHIPPED_MANIFEST
-from isic_model.calibration_data import CELLULOSE, add_record_options, apply_records, collect
+from isic_model.calibration_data import add_record_options, apply_records, cellulose_count, collect
 from isic_model.data import StationSettings
 from isic_model.measuring_settings import station_settings
 from isic_station.daemon.spec_check import VERDICTS, LotSpec, LotSummary, judge
@@ -74,7 +74,7 @@ def lot_kind(truth: Sequence[float], fibres: Sequence[str]) -> str:
     present = [f for f, v in zip(fibres, truth) if v > 0]
     if len(present) == 1:
         return "one fibre"
-    return f"blend, {sum(f in CELLULOSE for f in present)} cellulose"
+    return f"blend, {cellulose_count(present)} cellulose"
 
 
 def _verdicts() -> Dict[str, Dict[str, int]]:
