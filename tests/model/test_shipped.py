@@ -9,7 +9,7 @@ from isic_drivers.lab import draw_sample, simulate_measurement
 from isic_drivers.lab.sample import trained_ranges
 from isic_model import SHIPPED_DIR, SHIPPED_MANIFEST
 from isic_model.calibration_data import presets_arg
-from isic_model.evaluate import run_evaluation
+from isic_model.evaluate import run_evaluation, run_seeds
 from isic_model.graph_checks import graph_op_types, graph_problems, load_allowlist
 from isic_station.inference.predictor import Predictor
 from isic_station.inference.registry import create_backend
@@ -89,6 +89,20 @@ def test_evaluate_on_the_heldout_seed_reproduces_the_recorded_run(manifest):
     recorded = {k: result["signal_only"][k] for k in check["signal_only"]}
     assert json.dumps(recorded, sort_keys=True) == json.dumps(check["signal_only"], sort_keys=True)
 
+
+
+def test_evaluate_seeds_pools_coverage_and_confidence_over_every_seeds_results():
+    """Pooled over one seed, the uncertainty figures are that seed's own; over two, they come with the
+    coverage's interval by piece of fabric."""
+    options = dict(baselines=False, ablation=False, progress=False)
+    alone = run_evaluation(SHIPPED_MANIFEST, 5, 3, **options)
+    one = run_seeds(SHIPPED_MANIFEST, [5], 3, **options)
+    for key in ("coverage_95", "median_interval_width", "ece", "ece_noise_floor", "mean_confidence"):
+        assert one[key] == pytest.approx(alone[key], abs=1e-4), key
+    two = run_seeds(SHIPPED_MANIFEST, [5, 6], 3, **options)
+    low, high = two["coverage_95_ci95"]
+    assert two["n"] == two["pieces"] == 6 and 0.0 <= low <= two["coverage_95"] <= high <= 1.0
+    assert two["per_seed"][0]["coverage_95"] == alone["coverage_95"] and "coverage_95_ci95" in alone
 
 def test_the_station_encodes_tiles_as_frames_arrive_and_answers_as_the_bimodal_graph(manifest, monkeypatch):
     """The shipped model's tile encoder runs while frames arrive, only its fusion after the last one, and the
