@@ -185,3 +185,52 @@ def test_a_lot_kept_before_the_mean_reads_back_with_its_systematic_error():
     old = summary.state()
     old["systematic"] = {b: {f: v / 4 for f, v in fibres.items()} for b, fibres in old.pop("systematic_sum").items()}
     assert LotSummary.from_state(old).systematic() == pytest.approx({"cotton": 0.02, "polyester": 0.01})
+
+
+def test_a_fibre_some_results_read_beside_the_common_blend_takes_their_share_of_its_bias():
+    """An honest linen/viscose lot, 6 of its 20 pieces read as cotton/viscose with 15 % cotton: the mean holds
+    4.5 % cotton, the cotton/viscose table bounds cotton in those pieces at 8 pp; the lot is referred, not
+    failed at 3 pp (before, the common blend's table gave cotton none and its interval lay above 3 %)."""
+    spec = LotSpec("L2", {"linen": 0.6, "viscose": 0.4}, tolerance_pp=3.0)
+    summary = LotSummary(spec, since="2026-12-01T10:00:00.000Z")
+    for i in range(20):
+        cotton = 0.15 if i < 6 else 0.0
+        table = {"cotton": 0.08 / 1.96, "viscose": 0.01} if cotton else {"linen": 0.01, "viscose": 0.01}
+        summary.add({"cotton": cotton, "linen": 0.6 - cotton, "viscose": 0.4}, table,
+                    {"cotton": [cotton, cotton], "linen": [0.5, 0.7], "viscose": [0.35, 0.45]}, "undetermined",
+                    blend="cotton/viscose" if cotton else "linen/viscose")
+    doc = summary.to_dict("st1", "2026-12-01T10:05:00.000Z")
+    assert doc["blend"] == "linen/viscose"
+    assert doc["systematic"]["cotton"] == pytest.approx(6 * 0.08 / 1.96 / 20, abs=1e-4)
+    assert doc["systematic"]["linen"] == pytest.approx(0.01, abs=1e-6)  # the common blend's own
+    low, high = doc["interval_95"]["cotton"]
+    assert low < 0.03 < high and doc["verdict"] == "undetermined" and "cotton" in doc["straddling_fibres"]
+    assert validation_errors(doc, "lot") == []
+
+
+def test_an_undeclared_fibre_no_table_bounds_takes_the_results_own_intervals():
+    """Every piece read as linen/viscose/polyester yet holding 6 % cotton (no table bounds cotton there): the
+    results' intervals, [0, 0.14], bound it; a cotton share in the lot's intervals that no result vouches
+    for stays failed, and a lot kept before the half-widths were summed reads back as before."""
+    spec = LotSpec("L3", {"linen": 0.3, "viscose": 0.24, "polyester": 0.46}, tolerance_pp=3.0)
+    table = {"linen": 0.02, "viscose": 0.02, "polyester": 0.005, "cotton": 0.0}
+
+    def lot(cotton_interval):
+        summary = LotSummary(spec, since="2026-12-01T10:00:00.000Z")
+        for i in range(20):
+            cotton = 0.06 + (0.005 if i % 2 else -0.005)
+            summary.add({"cotton": cotton, "linen": 0.24 - cotton + 0.06, "viscose": 0.24, "polyester": 0.46},
+                        table, {"cotton": cotton_interval, "linen": [0.1, 0.4], "viscose": [0.1, 0.4],
+                                "polyester": [0.43, 0.49]}, "undetermined", blend="linen/viscose/polyester")
+        return summary
+
+    wide = lot([0.0, 0.14])
+    doc = wide.to_dict("st1", "2026-12-01T10:05:00.000Z")
+    assert doc["systematic"]["cotton"] == pytest.approx(0.07 / 1.96, abs=1e-4)
+    assert doc["verdict"] == "undetermined" and "cotton" in doc["straddling_fibres"]
+    tight = lot([0.05, 0.07]).to_dict("st1", "2026-12-01T10:05:00.000Z")  # the results vouch for 5-7 %
+    assert tight["verdict"] == "fail" and tight["failing_fibres"] == ["cotton"]
+    back = LotSummary.from_state(wide.state())
+    assert back.to_dict("st1", "2026-12-01T10:05:00.000Z")["interval_95"] == doc["interval_95"]
+    before = {k: v for k, v in wide.state().items() if k != "half_sum"}
+    assert LotSummary.from_state(before).to_dict("st1", "2026-12-01T10:05:00.000Z")["verdict"] == "fail"

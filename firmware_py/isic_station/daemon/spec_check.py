@@ -156,8 +156,10 @@ class LotSummary:
     as (ties: the larger per fibre), the mean of its results' (the systematic error of a mean of pieces
     is at most the mean of theirs; one dim piece in a bright lot must not lend the lot the systematic
     error of dark fabric): one piece misread as a three-fibre blend must not lend the lot that blend's
-    far larger bias, nor may it hide it when most pieces read so. Not thread-safe: the inference thread
-    owns it.
+    far larger bias, nor may it hide it when most pieces read so. A fibre that blend lacks takes what
+    the other results lend it, and an undeclared fibre no table bounds the results' own intervals
+    (`systematic`): a lot read as linen/viscose whose results hold some cotton must not fail on that
+    cotton with no bound on it. Not thread-safe: the inference thread owns it.
     """
 
     def __init__(self, spec: LotSpec, since: str) -> None:
@@ -168,6 +170,7 @@ class LotSummary:
         self._sum_sq: Dict[str, float] = {}
         self._systematic: Dict[str, Dict[str, float]] = {}  # blend ('' when not given) -> per fibre, summed
         self._blends: Dict[str, int] = {}  # blend -> results read as it
+        self._half_sum: Dict[str, float] = {}  # fibre -> summed half-widths of the results' own intervals
         self._first_interval: Optional[Dict[str, Sequence[float]]] = None
         self.verdicts = {v: 0 for v in VERDICTS}
         self.referred = {flag: 0 for flag in REFERRING_FLAGS}  # flag -> results carrying it
@@ -188,6 +191,9 @@ class LotSummary:
             kept[f] = kept.get(f, 0.0) + float(v)
         if interval is None:
             self.calibrated = False
+        else:
+            for f, (low, high) in interval.items():
+                self._half_sum[f] = self._half_sum.get(f, 0.0) + (float(high) - float(low)) / 2.0
         if self.n == 1:
             self._first_interval = interval
         if verdict in self.verdicts:
@@ -210,22 +216,31 @@ class LotSummary:
 
     def systematic(self) -> Dict[str, float]:
         """Per fibre, the systematic standard deviation of the lot's mean: the mean over the results of its
-        most common blend."""
+        most common blend for the fibres that blend holds; for those it lacks, the mean over all the results
+        (a fibre only some results read lends the mean their bias in their share); and an undeclared fibre
+        no table bounds (none of the blends read holds it, yet the results put some of it in the mean) takes
+        the results' own intervals: their mean half-width / 1.96, as a result's `uncertainty` is."""
         if not self._blends:
             return {}
         top = max(self._blends.values())
+        common = [b for b, count in self._blends.items() if count == top]
+        held = {f for b in common for f in b.split("/")}
         out: Dict[str, float] = {}
-        for b, count in self._blends.items():
-            if count == top:
-                for f, v in self._systematic.get(b, {}).items():
-                    out[f] = max(out.get(f, 0.0), v / count)
+        for b in common:
+            for f, v in self._systematic.get(b, {}).items():
+                out[f] = max(out.get(f, 0.0), v / top)
+        for f in {f for kept in self._systematic.values() for f in kept} - held:
+            out[f] = max(out.get(f, 0.0), sum(kept.get(f, 0.0) for kept in self._systematic.values()) / self.n)
+        for f, total in self._half_sum.items():
+            if out.get(f, 0.0) == 0.0 and f not in self.spec.composition:
+                out[f] = total / self.n / Z95
         return out
 
     def state(self) -> Dict[str, Any]:
         """Everything the summary counts, as JSON (`from_state` gives it back: kept across a restart)."""
         return {"spec": self.spec.to_dict(), "since": self.since, "n": self.n, "sum": dict(self._sum),
                 "sum_sq": dict(self._sum_sq), "systematic_sum": {b: dict(v) for b, v in self._systematic.items()},
-                "blends": dict(self._blends),
+                "blends": dict(self._blends), "half_sum": dict(self._half_sum),
                 "first_interval": self._first_interval, "verdicts": dict(self.verdicts),
                 **self._referred_counts(), "calibrated": self.calibrated}
 
@@ -239,6 +254,8 @@ class LotSummary:
         summary._sum = {str(k): float(v) for k, v in doc["sum"].items()}
         summary._sum_sq = {str(k): float(v) for k, v in doc["sum_sq"].items()}
         summary._blends = {str(b): int(c) for b, c in doc["blends"].items()}
+        # {} when kept before the lot summed its results' half-widths: undeclared fibres then fall back on 0
+        summary._half_sum = {str(k): float(v) for k, v in doc.get("half_sum", {}).items()}
         if "systematic_sum" in doc:
             summary._systematic = {str(b): {str(k): float(v) for k, v in fibres.items()}
                                    for b, fibres in doc["systematic_sum"].items()}
