@@ -83,13 +83,13 @@ def _verdicts() -> Dict[str, Dict[str, int]]:
 
 def lot_counts(calibration: Any, records: Any, tolerances: Sequence[float], offset_pp: float) -> Dict[str, Any]:
     """Each composition group of `records` judged as a lot by the station's `LotSummary`, declared as it is
-    and `offset_pp` off, counted: {lots, results, covered: [held, pairs], tolerance_pp: {tol: {lots, results,
+    and `offset_pp` off, counted: {lots, covered: [held, pairs], tolerance_pp: {tol: {lots, results,
     by_kind}}} (verdict counts per case; `covered`: (lot, fibre present) pairs whose interval of the mean holds
     the truth, at the first tolerance). Counts, so that several seeds' lots add up (`summed_counts`)."""
     fibres, classes = list(calibration.fibres), list(calibration.blend_classes)
     answers = apply_records(calibration, records)
     groups = np.unique(records.group)
-    out: Dict[str, Any] = {"lots": len(groups), "results": len(records), "covered": [0, 0], "tolerance_pp": {}}
+    out: Dict[str, Any] = {"lots": len(groups), "covered": [0, 0], "tolerance_pp": {}}
     for tol in tolerances:
         counts: Dict[str, Any] = {"lots": _verdicts(), "results": _verdicts(), "by_kind": {}}
         for g in groups:
