@@ -40,10 +40,10 @@ UNKNOWN_SHARE = (0.2, 0.8)  # fraction range of the unknown fibre in an unknown-
 CELLULOSE = tuple(name for name, fibre in load_fibres().items() if fibre.family == "cellulose")
 
 
-
 def cellulose_count(fibres: Sequence[str]) -> int:
     """How many of `fibres` are cellulose: what the bias a lot's mean keeps grows with (lot bounds, lot kinds)."""
     return sum(f in CELLULOSE for f in fibres)
+
 
 @dataclass
 class Records:
